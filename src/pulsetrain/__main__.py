@@ -1,0 +1,5 @@
+import sys
+
+from pulsetrain.cli import main
+
+sys.exit(main())
