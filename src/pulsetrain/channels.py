@@ -1,0 +1,872 @@
+"""Point-to-point pipeline channels with Karabo's distribution and slowness policies.
+
+An :class:`OutputChannel` binds a ZeroMQ ROUTER socket (tcp between hosts; ipc or inproc inside
+one host; several endpoints at once).  Every :class:`InputChannel` connects one DEALER socket per
+output it reads from.  Flow is *pull-based with credits*: an input tells each output how many
+trains it can take (its free slots), and an output sends only to inputs with credit.  What an
+output does with a train for an input without credit is that input's *slowness policy*:
+
+``drop``
+    the train is not sent to that input (counted in the connection's ``dropped``).
+``queueDrop``
+    the train is queued for that input, up to ``max_queue_length``; when the queue is full the
+    new train is dropped (Karabo C++ semantics) and counted.
+``wait``
+    :meth:`OutputChannel.write` does not return until the input has asked for it:
+    back-pressure, nothing is lost.
+
+``copy`` inputs each get every train (subject to their policy).  All ``shared`` inputs of one
+output form one group: each train goes to exactly one of them, the one that became ready first
+(load balancing by readiness).  When no shared input is ready, the group policy applies: the
+output's ``no_input_shared`` if given, else the strictest policy any shared input asked for
+(``wait`` > ``queueDrop`` > ``drop``).  End-of-stream is never dropped, and an input reports it
+only after every output it has heard from has sent it.
+
+Robustness: inputs repeat their credit message as a heartbeat (every ``heartbeat`` seconds), so
+an output that restarts on the same endpoint learns its inputs again, and ZeroMQ reconnects the
+sockets by itself; an output forgets an input it has not heard from for ``liveness`` seconds
+(so a vanished ``wait`` input blocks its producer for at most that long).  The credit message
+carries the input's whole configuration, so no separate hand-shake can get lost.
+
+Wire format: credit ``[msgpack{t: 'credit', in, isess, osess, rcv, win, dist, slow, maxq}]``
+from input to output, ``[msgpack{t: 'data', s: session, w: write_index}, *train_frames]`` and
+``[msgpack{t: 'eos', s: session}]`` from output to input, where ``train_frames`` are the frames
+of :func:`pulsetrain.protocol.serialize` (protocol 2.2): any point of a pipeline carries the
+bridge format, and arrays are received without copying.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgpack
+import zmq
+
+from pulsetrain import protocol
+from pulsetrain.errors import ChannelError, ConfigurationError, ProtocolError
+
+__all__ = [
+    "DISTRIBUTIONS",
+    "SLOWNESS_POLICIES",
+    "OutputChannel",
+    "InputChannel",
+    "Item",
+    "EndOfStream",
+]
+
+log = logging.getLogger(__name__)
+
+DISTRIBUTIONS = ("copy", "shared")
+SLOWNESS_POLICIES = ("drop", "queueDrop", "wait")
+_STRICTNESS = {"drop": 0, "queueDrop": 1, "wait": 2}
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+def _unpack_ctl(buf: Any) -> dict:
+    try:
+        msg = msgpack.unpackb(buf, raw=False)
+    except Exception as exc:
+        raise ProtocolError(f"channel control frame is not msgpack: {exc}") from exc
+    if not isinstance(msg, dict):
+        raise ProtocolError("channel control frame is not a map")
+    return msg
+
+
+def validate_policy(
+    data_distribution: str, on_slowness: str, max_queue_length: int
+) -> tuple[str, str, int]:
+    """Check a connection policy; raises :class:`ConfigurationError` naming the bad value."""
+    if on_slowness == "queue":  # Karabo < 3.0 name, treated as queueDrop since 2.19
+        on_slowness = "queueDrop"
+    if data_distribution not in DISTRIBUTIONS:
+        raise ConfigurationError(
+            f"data_distribution must be one of {DISTRIBUTIONS}, not {data_distribution!r}"
+        )
+    if on_slowness not in SLOWNESS_POLICIES:
+        raise ConfigurationError(
+            f"on_slowness must be one of {SLOWNESS_POLICIES}, not {on_slowness!r}"
+        )
+    if not isinstance(max_queue_length, int) or max_queue_length < 1:
+        raise ConfigurationError(f"max_queue_length must be an integer >= 1, not {max_queue_length!r}")
+    return data_distribution, on_slowness, max_queue_length
+
+
+def _context(context: zmq.Context | None) -> zmq.Context:
+    # One context per process by default, so that inproc endpoints connect across devices.
+    return context if context is not None else zmq.Context.instance()
+
+
+# ============================================================================================
+# Output
+# ============================================================================================
+
+
+@dataclasses.dataclass
+class _Pending:
+    frames: list | None  # None = end of stream
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    waiting: set = dataclasses.field(default_factory=set)  # identities still to serve (wait)
+    shared_open: bool = False  # still to be given to a shared input (wait policy)
+    error: Exception | None = None
+
+
+class _Connection:
+    """What an output knows about one connected input."""
+
+    __slots__ = (
+        "identity", "input_id", "isess", "distribution", "slowness", "maxq", "sent", "allowed",
+        "dropped", "queue", "last_seen", "connected_at",
+    )
+
+    def __init__(self, identity: bytes, msg: dict, now: float):
+        self.identity = identity
+        self.input_id = str(msg.get("in", "?"))
+        self.isess = msg.get("isess")
+        dist, slow, maxq = validate_policy(
+            msg.get("dist", "copy"), msg.get("slow", "drop"), int(msg.get("maxq", 2))
+        )
+        self.distribution, self.slowness, self.maxq = dist, slow, maxq
+        self.sent = 0
+        self.allowed = 0
+        self.dropped = 0
+        self.queue: collections.deque = collections.deque()
+        self.last_seen = now
+        self.connected_at = now
+
+    @property
+    def credit(self) -> int:
+        return self.allowed - self.sent
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "remote_id": self.input_id,
+            "data_distribution": self.distribution,
+            "on_slowness": self.slowness,
+            "max_queue_length": self.maxq,
+            "sent": self.sent,
+            "dropped": self.dropped,
+            "queued": len(self.queue),
+            "credit": self.credit,
+        }
+
+
+class OutputChannel:
+    """The sending end of pipeline connections.
+
+    Parameters
+    ----------
+    name : str
+        Channel ID, conventionally ``'<deviceId>:<channel>'``.
+    bind : str or iterable of str
+        ZeroMQ endpoints to bind, e.g. ``'tcp://127.0.0.1:0'`` (port 0 = any free port),
+        ``'ipc:///tmp/x'`` or ``'inproc://x'``.  Several endpoints may be bound at once.
+    no_input_shared : {'drop', 'queueDrop', 'wait'}, optional
+        Policy when no shared input is ready; by default the strictest asked for by a shared input.
+    liveness : float
+        Seconds after which an input that sent nothing is forgotten.
+    context : zmq.Context, optional
+        Defaults to the process-wide context (needed for inproc).
+
+    Notes
+    -----
+    Arrays passed to :meth:`write` are sent without copying: do not modify them afterwards.
+    ``write`` and ``signal_eos`` must not be called concurrently.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        bind: str | Iterable[str] = "tcp://127.0.0.1:0",
+        *,
+        no_input_shared: str | None = None,
+        liveness: float = 3.0,
+        context: zmq.Context | None = None,
+    ):
+        if no_input_shared is not None:
+            validate_policy("shared", no_input_shared, 1)
+        self.name = name
+        self.no_input_shared = no_input_shared
+        self.liveness = liveness
+        self.session = uuid.uuid4().hex[:12]
+        self._ctx = _context(context)
+        self._router = self._ctx.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.LINGER, 0)
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self._router.setsockopt(zmq.SNDHWM, 0)
+        self._router.setsockopt(zmq.RCVHWM, 0)
+        self.endpoints: list[str] = []
+        try:
+            for ep in [bind] if isinstance(bind, str) else list(bind):
+                self._router.bind(ep)
+                self.endpoints.append(self._router.getsockopt_string(zmq.LAST_ENDPOINT))
+        except zmq.ZMQError as exc:
+            self._router.close(0)
+            raise ChannelError(f"output {name}: cannot bind {bind!r}: {exc}") from exc
+        wake = f"inproc://pt-out-wake-{id(self)}-{self.session}"
+        self._wake_r = self._ctx.socket(zmq.PAIR)
+        self._wake_r.bind(wake)
+        self._wake_w = self._ctx.socket(zmq.PAIR)
+        self._wake_w.connect(wake)
+        self._wake_lock = threading.Lock()
+
+        self._lock = threading.Lock()
+        self._conns: dict[bytes, _Connection] = {}
+        self._ready_shared: collections.deque[bytes] = collections.deque()
+        self._shared_queue: collections.deque = collections.deque()
+        self._inbox: collections.deque[_Pending] = collections.deque()
+        self._current: _Pending | None = None
+        self._write_index = 0
+        self.written = 0
+        self.shared_dropped = 0
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name=f"out:{name}", daemon=True)
+        self._thread.start()
+
+    # ---------------------------------------------------------------- public API
+    def write(
+        self,
+        data: Mapping[str, Mapping[str, Any]],
+        meta: Mapping[str, Mapping[str, Any]],
+        timeout: float | None = None,
+    ) -> None:
+        """Send one train to the connected inputs according to their policies.
+
+        Returns once the train has been handed to every input (sent, queued or dropped); with
+        ``wait`` inputs that are not ready this blocks until they are (or they vanish).
+
+        Raises
+        ------
+        TimeoutError
+            ``timeout`` seconds passed while a ``wait`` input was not ready; the train stays
+            pending and is delivered when the input asks for it.
+        """
+        frames = protocol.serialize(data, meta)
+        self._submit(_Pending(frames), timeout)
+        self.written += 1
+
+    def signal_eos(self, timeout: float | None = None) -> None:
+        """Send end-of-stream to every input (never dropped)."""
+        self._submit(_Pending(None), timeout)
+
+    def connections(self) -> list[dict[str, Any]]:
+        """A table of the connected inputs: id, policy, sent, dropped, queued, credit."""
+        with self._lock:
+            return [c.as_dict() for c in self._conns.values()]
+
+    @property
+    def dropped(self) -> int:
+        """Trains dropped for any input, summed over connections, plus shared-group drops."""
+        with self._lock:
+            return self.shared_dropped + sum(c.dropped for c in self._conns.values())
+
+    def wait_for_inputs(self, n: int = 1, timeout: float = 10.0) -> bool:
+        """Wait until at least ``n`` inputs are connected; returns whether they are."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self._conns) >= n:
+                    return True
+            time.sleep(0.005)
+        return False
+
+    def close(self) -> None:
+        """Stop the channel's thread and close its sockets (pending writes are released)."""
+        if self._closing:
+            return
+        self._closing = True
+        self._wake()
+        self._thread.join(timeout=5)
+        for pending in list(self._inbox) + ([self._current] if self._current else []):
+            pending.error = ChannelError(f"output {self.name} closed")
+            pending.done.set()
+        for sock in (self._router, self._wake_r, self._wake_w):
+            sock.close(0)
+
+    def __enter__(self) -> OutputChannel:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- internals
+    def _wake(self) -> None:
+        with self._wake_lock:
+            try:
+                self._wake_w.send(b"", zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+
+    def _submit(self, pending: _Pending, timeout: float | None) -> None:
+        if self._closing:
+            raise ChannelError(f"output {self.name} is closed")
+        self._inbox.append(pending)
+        self._wake()
+        if not pending.done.wait(timeout):
+            raise TimeoutError(f"output {self.name}: an input with policy 'wait' is not ready")
+        if pending.error is not None:
+            raise pending.error
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        next_check = time.monotonic() + self.liveness / 4
+        while not self._closing:
+            try:
+                events = dict(poller.poll(timeout=int(self.liveness * 250)))
+            except zmq.ZMQError:  # pragma: no cover - context terminated
+                break
+            if self._wake_r in events:
+                while True:
+                    try:
+                        self._wake_r.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+            if self._router in events:
+                for _ in range(1000):
+                    try:
+                        identity, *rest = self._router.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._on_input_message(identity, rest)
+            now = time.monotonic()
+            if now >= next_check:
+                self._expire(now)
+                next_check = now + self.liveness / 4
+            self._progress()
+
+    def _on_input_message(self, identity: bytes, frames: list[bytes]) -> None:
+        try:
+            if not frames:
+                raise ProtocolError("empty message")
+            msg = _unpack_ctl(frames[0])
+            kind = msg.get("t")
+            now = time.monotonic()
+            with self._lock:
+                if kind == "bye":
+                    self._remove(identity)
+                    return
+                if kind != "credit":
+                    raise ProtocolError(f"unknown message type {kind!r}")
+                conn = self._conns.get(identity)
+                if conn is None or conn.isess != msg.get("isess"):
+                    if conn is not None:
+                        self._remove(identity)
+                    conn = _Connection(identity, msg, now)
+                    self._conns[identity] = conn
+                    log.info("%s: input %s connected (%s, %s)", self.name, conn.input_id,
+                             conn.distribution, conn.slowness)
+                conn.last_seen = now
+                received = int(msg.get("rcv", 0)) if msg.get("osess") == self.session else 0
+                conn.allowed = max(conn.allowed, received + int(msg.get("win", 1)))
+                if conn.distribution == "shared" and conn.credit > 0:
+                    if identity not in self._ready_shared:
+                        self._ready_shared.append(identity)
+        except (ProtocolError, ConfigurationError, ValueError, TypeError) as exc:
+            log.warning("%s: ignored bad message from an input: %s", self.name, exc)
+
+    def _remove(self, identity: bytes) -> None:
+        conn = self._conns.pop(identity, None)
+        if conn is None:
+            return
+        log.info("%s: input %s disconnected", self.name, conn.input_id)
+        try:
+            self._ready_shared.remove(identity)
+        except ValueError:
+            pass
+        # Queued trains for a vanished input are lost: count them.
+        conn.dropped += sum(1 for frames in conn.queue if frames is not None)
+        if self._current is not None:
+            self._current.waiting.discard(identity)
+
+    def _expire(self, now: float) -> None:
+        with self._lock:
+            for identity, conn in list(self._conns.items()):
+                if now - conn.last_seen > self.liveness:
+                    log.warning("%s: input %s timed out", self.name, conn.input_id)
+                    self._remove(identity)
+
+    def _send(self, conn: _Connection, frames: list | None) -> bool:
+        if frames is None:
+            header = [conn.identity, _pack({"t": "eos", "s": self.session})]
+            payload: list = []
+        else:
+            header = [conn.identity, frames[0]]
+            payload = frames[1:]
+        try:
+            self._router.send_multipart(header + payload, copy=False)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the input went away
+            log.warning("%s: cannot send to %s: %s", self.name, conn.input_id, exc)
+            self._remove(conn.identity)
+            return False
+        conn.sent += 1
+        return True
+
+    def _shared_policy(self) -> str:
+        if self.no_input_shared is not None:
+            return self.no_input_shared
+        levels = [c.slowness for c in self._conns.values() if c.distribution == "shared"]
+        return max(levels, key=_STRICTNESS.__getitem__, default="drop")
+
+    def _next_ready_shared(self) -> _Connection | None:
+        while self._ready_shared:
+            conn = self._conns.get(self._ready_shared[0])
+            if conn is not None and conn.credit > 0:
+                return conn
+            self._ready_shared.popleft()
+        return None
+
+    def _give_shared(self, conn: _Connection, frames: list | None) -> None:
+        if self._send(conn, frames) and conn.credit <= 0:
+            try:
+                self._ready_shared.remove(conn.identity)
+            except ValueError:
+                pass
+        elif conn.credit > 0 and conn.identity in self._ready_shared:
+            # Move to the back: the next train goes to whoever was ready longest.
+            self._ready_shared.remove(conn.identity)
+            self._ready_shared.append(conn.identity)
+
+    def _progress(self) -> None:
+        """Send what can be sent: queues first, then the current item, then new items."""
+        with self._lock:
+            for conn in list(self._conns.values()):
+                if conn.distribution == "shared" and self._shared_queue:
+                    continue  # shared EOS waits until the common queue is empty
+                while conn.queue and conn.credit > 0 and conn.identity in self._conns:
+                    self._send(conn, conn.queue.popleft())
+            while self._shared_queue:
+                conn = self._next_ready_shared()
+                if conn is None:
+                    break
+                self._give_shared(conn, self._shared_queue.popleft())
+            while True:
+                if self._current is None:
+                    if not self._inbox:
+                        return
+                    self._current = self._inbox.popleft()
+                    self._dispatch_new(self._current)
+                cur = self._current
+                self._continue(cur)
+                if cur.waiting or cur.shared_open:
+                    return
+                self._current = None
+                cur.done.set()
+
+    def _dispatch_new(self, cur: _Pending) -> None:
+        frames = cur.frames
+        if frames is not None:
+            header = _pack({"t": "data", "s": self.session, "w": self._write_index})
+            self._write_index += 1
+            frames = cur.frames = [header, *frames]
+        eos = frames is None
+        has_shared = False
+        for conn in list(self._conns.values()):
+            if conn.distribution == "shared":
+                has_shared = True
+                if eos:  # EOS goes to every shared input, after the common queue
+                    if conn.credit > 0 and not conn.queue and not self._shared_queue:
+                        self._send(conn, None)
+                    else:
+                        conn.queue.append(None)
+                continue
+            if conn.credit > 0 and not conn.queue:
+                self._send(conn, frames)
+            elif eos or conn.slowness == "queueDrop":
+                if eos or len(conn.queue) < conn.maxq:
+                    conn.queue.append(frames)
+                else:
+                    conn.dropped += 1
+            elif conn.slowness == "wait":
+                cur.waiting.add(conn.identity)
+                conn.queue.append(frames)  # kept in order; sent when the input asks
+            else:
+                conn.dropped += 1
+        if has_shared and not eos:
+            conn = self._next_ready_shared()
+            if conn is not None and not self._shared_queue:
+                self._give_shared(conn, frames)
+            else:
+                policy = self._shared_policy()
+                if policy == "drop":
+                    self.shared_dropped += 1
+                else:
+                    maxq = max(
+                        (c.maxq for c in self._conns.values() if c.distribution == "shared"),
+                        default=2,
+                    )
+                    if policy == "wait" or len(self._shared_queue) < maxq:
+                        self._shared_queue.append(frames)
+                        cur.shared_open = policy == "wait"
+                    else:
+                        self.shared_dropped += 1
+
+    def _continue(self, cur: _Pending) -> None:
+        if cur.waiting:
+            # A waited-for train is done for an input once it left that input's queue.
+            cur.waiting = {
+                ident for ident in cur.waiting
+                if ident in self._conns
+                and any(f is cur.frames for f in self._conns[ident].queue)
+            }
+        if cur.shared_open:
+            has_shared = any(c.distribution == "shared" for c in self._conns.values())
+            in_queue = any(f is cur.frames for f in self._shared_queue)
+            cur.shared_open = has_shared and in_queue
+            if not has_shared and in_queue:  # every shared input vanished
+                self._shared_queue.clear()
+                self.shared_dropped += 1
+
+
+# ============================================================================================
+# Input
+# ============================================================================================
+
+
+class EndOfStream:
+    """Marker returned by :meth:`InputChannel.get` when every output sent end-of-stream."""
+
+    def __repr__(self) -> str:
+        return "EndOfStream()"
+
+
+@dataclasses.dataclass
+class Item:
+    """One train received by an input channel."""
+
+    data: dict
+    meta: dict
+    endpoint: str
+    write_index: int
+
+
+class _Upstream:
+    __slots__ = ("endpoint", "sock", "osess", "received", "outstanding", "last_w", "missed",
+                 "eos", "heard", "last_credit_sent")
+
+    def __init__(self, endpoint: str, sock: zmq.Socket):
+        self.endpoint = endpoint
+        self.sock = sock
+        self.osess: str | None = None
+        self.received = 0  # data messages received in the current output session
+        self.outstanding = 0  # received but not yet consumed and released
+        self.last_w = -1
+        self.missed = 0
+        self.eos = False
+        self.heard = False
+        self.last_credit_sent = 0.0
+
+
+class InputChannel:
+    """The receiving end of pipeline connections.
+
+    Parameters
+    ----------
+    name : str
+        Channel ID, conventionally ``'<deviceId>:<channel>'``.
+    data_distribution : {'copy', 'shared'}
+        ``copy``: receive every train; ``shared``: share the trains of each output with its other
+        shared inputs.
+    on_slowness : {'drop', 'queueDrop', 'wait'}
+        What each output does with a train while this input is not ready (see module docs).
+    max_queue_length : int
+        Queue length at the output for ``queueDrop``.
+    window : int
+        Trains this input holds per output: one being processed plus ``window - 1`` buffered.
+    heartbeat : float
+        Seconds between repeated credit messages.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        data_distribution: str = "copy",
+        on_slowness: str = "drop",
+        max_queue_length: int = 2,
+        window: int = 2,
+        heartbeat: float = 0.5,
+        context: zmq.Context | None = None,
+    ):
+        self.data_distribution, self.on_slowness, self.max_queue_length = validate_policy(
+            data_distribution, on_slowness, max_queue_length
+        )
+        if window < 1:
+            raise ConfigurationError("window must be >= 1")
+        self.name = name
+        self.window = window
+        self.heartbeat = heartbeat
+        self.session = uuid.uuid4().hex[:12]
+        self._ctx = _context(context)
+        self._ups: dict[str, _Upstream] = {}
+        self._by_sock: dict[zmq.Socket, _Upstream] = {}
+        self._buffer: collections.deque = collections.deque()
+        self._cond = threading.Condition()
+        self._processing: _Upstream | None = None
+        self._commands: collections.deque = collections.deque()
+        wake = f"inproc://pt-in-wake-{id(self)}-{self.session}"
+        self._wake_r = self._ctx.socket(zmq.PAIR)
+        self._wake_r.bind(wake)
+        self._wake_w = self._ctx.socket(zmq.PAIR)
+        self._wake_w.connect(wake)
+        self._wake_lock = threading.Lock()
+        self.received = 0
+        self.errors = 0
+        self.last_error = ""
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name=f"in:{name}", daemon=True)
+        self._thread.start()
+
+    # ---------------------------------------------------------------- public API
+    def connect(self, endpoint: str) -> None:
+        """Start reading from the output bound at ``endpoint`` (idempotent)."""
+        self._command(("connect", endpoint))
+
+    def disconnect(self, endpoint: str) -> None:
+        """Stop reading from ``endpoint``."""
+        self._command(("disconnect", endpoint))
+
+    @property
+    def endpoints(self) -> list[str]:
+        """The outputs this input is connected to."""
+        return list(self._ups)
+
+    @property
+    def missed(self) -> int:
+        """Trains the outputs wrote that this input did not get (``copy`` inputs only)."""
+        return sum(u.missed for u in list(self._ups.values()))
+
+    def get(self, timeout: float | None = None) -> Item | EndOfStream:
+        """Return the next train (or :class:`EndOfStream`), releasing the previous one.
+
+        Calling ``get`` tells the outputs this input is ready for more, so keep processing
+        between two calls: that is what makes a slow consumer slow to its producers.
+
+        Raises
+        ------
+        TimeoutError
+            Nothing arrived within ``timeout`` seconds.
+        """
+        self.release()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._buffer:
+                if self._closing:
+                    raise ChannelError(f"input {self.name} is closed")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"input {self.name}: no data within {timeout} s")
+                self._cond.wait(remaining)
+            up, item = self._buffer.popleft()
+            self._processing = up
+        return item
+
+    def release(self) -> None:
+        """Mark the train returned by the last :meth:`get` as processed (frees a credit)."""
+        with self._cond:
+            up, self._processing = self._processing, None
+        if up is not None:
+            self._command(("release", up))
+
+    def close(self) -> None:
+        """Say goodbye to the outputs and close the sockets."""
+        if self._closing:
+            return
+        self._command(("close", None))
+        self._thread.join(timeout=5)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        for sock in (self._wake_r, self._wake_w):
+            sock.close(0)
+
+    def __enter__(self) -> InputChannel:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- internals
+    def _command(self, cmd: tuple) -> None:
+        self._commands.append(cmd)
+        with self._wake_lock:
+            try:
+                self._wake_w.send(b"", zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+
+    def _credit_msg(self, up: _Upstream) -> bytes:
+        return _pack(
+            {
+                "t": "credit",
+                "in": self.name,
+                "isess": self.session,
+                "osess": up.osess,
+                "rcv": up.received,
+                "win": max(0, self.window - up.outstanding),
+                "dist": self.data_distribution,
+                "slow": self.on_slowness,
+                "maxq": self.max_queue_length,
+            }
+        )
+
+    def _send_credit(self, up: _Upstream) -> None:
+        # 'win' is the number of free slots counted from what was received: the output may
+        # send while its count of sent trains is below received + free slots.
+        try:
+            up.sock.send(self._credit_msg(up), zmq.NOBLOCK)
+            up.last_credit_sent = time.monotonic()
+        except zmq.ZMQError:
+            pass  # not connected (yet): the heartbeat repeats it
+
+    def _open(self, endpoint: str, poller: zmq.Poller) -> None:
+        if endpoint in self._ups:
+            return
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.SNDHWM, 16)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.setsockopt(zmq.ROUTING_ID, f"{self.name}#{self.session}#{len(self._ups)}".encode())
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            self.errors += 1
+            self.last_error = f"cannot connect to {endpoint!r}: {exc}"
+            log.error("%s: %s", self.name, self.last_error)
+            return
+        up = _Upstream(endpoint, sock)
+        self._ups[endpoint] = up
+        self._by_sock[sock] = up
+        poller.register(sock, zmq.POLLIN)
+        self._send_credit(up)
+
+    def _close_up(self, up: _Upstream, poller: zmq.Poller, goodbye: bool) -> None:
+        if goodbye:
+            try:
+                up.sock.send(_pack({"t": "bye"}), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        poller.unregister(up.sock)
+        up.sock.close(0)
+        self._ups.pop(up.endpoint, None)
+        self._by_sock.pop(up.sock, None)
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._wake_r, zmq.POLLIN)
+        while True:
+            try:
+                events = dict(poller.poll(timeout=int(self.heartbeat * 1000)))
+            except zmq.ZMQError:  # pragma: no cover
+                break
+            if self._wake_r in events:
+                while True:
+                    try:
+                        self._wake_r.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+            while self._commands:
+                op, arg = self._commands.popleft()
+                if op == "connect":
+                    self._open(arg, poller)
+                elif op == "disconnect":
+                    up = self._ups.get(arg)
+                    if up is not None:
+                        self._close_up(up, poller, goodbye=True)
+                elif op == "release":
+                    if arg.endpoint in self._ups:
+                        arg.outstanding = max(0, arg.outstanding - 1)
+                        self._send_credit(arg)
+                elif op == "close":
+                    for up in list(self._ups.values()):
+                        self._close_up(up, poller, goodbye=True)
+                    return
+            for sock, _ in events.items():
+                up = self._by_sock.get(sock)
+                if up is None:
+                    continue
+                for _ in range(64):
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._on_message(up, frames)
+            now = time.monotonic()
+            for up in self._ups.values():
+                if now - up.last_credit_sent >= self.heartbeat:
+                    self._send_credit(up)
+
+    def _on_message(self, up: _Upstream, frames: list) -> None:
+        counted = False
+        try:
+            head = _unpack_ctl(frames[0].buffer)
+            session = head.get("s")
+            if session != up.osess:  # a new output (first contact or restarted)
+                up.osess, up.received, up.last_w, up.eos = session, 0, -1, False
+            up.heard = True
+            kind = head.get("t")
+            if kind == "eos":
+                up.eos = True
+                if all(u.eos for u in self._ups.values() if u.heard):
+                    for u in self._ups.values():
+                        u.eos = False
+                    self._deliver(None, EndOfStream())
+                return
+            if kind != "data":
+                raise ProtocolError(f"unknown message type {kind!r}")
+            up.received += 1
+            w = int(head.get("w", -1))
+            if self.data_distribution == "copy" and up.last_w >= 0 and w > up.last_w + 1:
+                up.missed += w - up.last_w - 1
+            up.last_w = w
+            up.outstanding += 1
+            counted = True
+            data, meta = protocol.deserialize(frames[1:])
+            self.received += 1
+            self._deliver(up, Item(data, meta, up.endpoint, w))
+        except ProtocolError as exc:
+            self.errors += 1
+            self.last_error = f"bad message from {up.endpoint}: {exc}"
+            log.error("%s: %s", self.name, self.last_error)
+            if counted:
+                up.outstanding -= 1
+            self._send_credit(up)
+
+    def _deliver(self, up: _Upstream | None, item: Any) -> None:
+        with self._cond:
+            self._buffer.append((up, item))
+            self._cond.notify()
+
+
+_ids = itertools.count()
+
+
+def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
+    """Return ``tcp://host:port`` with a port that was free a moment ago."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return f"tcp://{host}:{s.getsockname()[1]}"
+
+
+def ipc_endpoint(name: str) -> str:
+    """An ``ipc://`` endpoint in the temporary directory, unique to this process."""
+    import tempfile
+
+    safe = "".join(c if c.isalnum() else "_" for c in name)
+    return f"ipc://{tempfile.gettempdir()}/pt-{os.getpid()}-{next(_ids)}-{safe}"
