@@ -1,0 +1,48 @@
+"""``pulsetrain run``: start and supervise a topology."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+EPILOG = """examples:
+  pulsetrain run examples/calibration-pipeline.toml
+  pulsetrain run my-beamline.toml --workdir /tmp/run1 --duration 60
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="start and supervise a topology (servers, devices, connections)",
+        description="Start the local servers of a topology file as processes, create and "
+        "connect its devices, restart servers that die, and shut down cleanly on Ctrl-C.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("topology", help="topology TOML file")
+    p.add_argument("--workdir", help="directory for logs and the token file")
+    p.add_argument("--duration", type=float, default=None,
+                   help="stop after this many seconds (default: run until Ctrl-C)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pulsetrain.supervisor import Supervisor
+
+    sup = Supervisor(args.topology, workdir=args.workdir)
+    sup.start()
+    print(f"topology {sup.topology.name!r} running; token file: {sup.token_file}")
+    for name, sp in sup.servers.items():
+        print(f"  server {name}: control {sp.control}")
+    for ch, ep in sup.endpoints().items():
+        print(f"  output {ch}: {ep}")
+    print("Ctrl-C to stop.", flush=True)
+    if args.duration is not None:
+        try:
+            time.sleep(args.duration)
+        finally:
+            sup.stop()
+        return 0
+    sup.run_forever()
+    return 0

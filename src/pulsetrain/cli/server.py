@@ -1,0 +1,89 @@
+"""``pulsetrain server``: run a device server process."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+EPILOG = """examples:
+  # a server on another host, for a topology that names it with this endpoint
+  PULSETRAIN_TOKEN=secret pulsetrain server --name gpu1 --bind tcp://0.0.0.0:7000
+
+  # a local server with its token in a file, stopped when it uses more than 4 GB
+  pulsetrain server --name s1 --bind tcp://127.0.0.1:7000 --token-file ~/.pt-token \\
+      --memory-limit-mb 4000
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "server",
+        help="run a device server process",
+        description="Run a device server: hosts devices and answers the control plane. "
+        "Devices are created by `pulsetrain run` (or `pulsetrain ctl`) through the control "
+        "endpoint.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--name", required=True, help="server ID")
+    p.add_argument("--bind", default="tcp://127.0.0.1:0", help="control endpoint to bind")
+    p.add_argument("--events-bind", default=None,
+                   help="events (PUB) endpoint; default: the control host, any port")
+    p.add_argument("--token-file", help="file holding the control token "
+                   "(default: $PULSETRAIN_TOKEN)")
+    p.add_argument("--read-token", default=os.environ.get("PULSETRAIN_READ_TOKEN"),
+                   help="optional read-only token (get/list only)")
+    p.add_argument("--memory-limit-mb", type=float, default=None,
+                   help="exit (and be restarted by the supervisor) above this resident memory")
+    p.set_defaults(func=run)
+
+
+def _memory_watchdog(limit_mb: float, stop: threading.Event) -> None:
+    import psutil
+
+    proc = psutil.Process()
+    while not stop.wait(0.2):
+        rss = proc.memory_info().rss / 2**20
+        if rss > limit_mb:
+            logging.getLogger("pulsetrain.server").critical(
+                "resident memory %.0f MB exceeds the limit of %.0f MB: exiting", rss, limit_mb)
+            os._exit(75)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pulsetrain.control import token_from_env
+    from pulsetrain.server import DeviceServer
+
+    if args.token_file:
+        with open(os.path.expanduser(args.token_file)) as f:
+            token = f.read().strip()
+    else:
+        token = token_from_env()
+    if not token:
+        print("error: no control token: use --token-file or set PULSETRAIN_TOKEN", file=sys.stderr)
+        return 2
+    events = args.events_bind
+    if events is None:
+        host = args.bind.rsplit(":", 1)[0]
+        events = f"{host}:0" if args.bind.startswith("tcp://") else args.bind + "-events"
+    logging.getLogger().setLevel(logging.INFO)
+    server = DeviceServer(args.name, args.bind, events, token=token, read_token=args.read_token)
+    stop = threading.Event()
+    if args.memory_limit_mb:
+        threading.Thread(target=_memory_watchdog, args=(args.memory_limit_mb, stop),
+                         daemon=True).start()
+    signal.signal(signal.SIGTERM, lambda *a: server.stop())
+    signal.signal(signal.SIGINT, lambda *a: server.stop())
+    logging.getLogger("pulsetrain.server").info(
+        "server %s: control %s, events %s", args.name, server.control_endpoint,
+        server.events_endpoint)
+    try:
+        server.serve()
+    finally:
+        stop.set()
+        server.close()
+    return 0
