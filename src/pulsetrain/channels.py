@@ -113,6 +113,7 @@ def _context(context: zmq.Context | None) -> zmq.Context:
 @dataclasses.dataclass
 class _Pending:
     frames: list | None  # None = end of stream
+    entry: tuple | None = None  # (write index, frames) once dispatched
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     waiting: set = dataclasses.field(default_factory=set)  # identities still to serve (wait)
     shared_open: bool = False  # still to be given to a shared input (wait policy)
@@ -385,7 +386,7 @@ class OutputChannel:
         except ValueError:
             pass
         # Queued trains for a vanished input are lost: count them.
-        conn.dropped += sum(1 for frames in conn.queue if frames is not None)
+        conn.dropped += sum(1 for entry in conn.queue if entry is not None)
         if self._current is not None:
             self._current.waiting.discard(identity)
 
@@ -396,15 +397,16 @@ class OutputChannel:
                     log.warning("%s: input %s timed out", self.name, conn.input_id)
                     self._remove(identity)
 
-    def _send(self, conn: _Connection, frames: list | None) -> bool:
-        if frames is None:
-            header = [conn.identity, _pack({"t": "eos", "s": self.session})]
-            payload: list = []
+    def _send(self, conn: _Connection, entry: tuple | None) -> bool:
+        """Send one queued entry ``(write_index, frames)`` (None = end of stream)."""
+        if entry is None:
+            msg = [conn.identity, _pack({"t": "eos", "s": self.session, "d": conn.dropped})]
         else:
-            header = [conn.identity, frames[0]]
-            payload = frames[1:]
+            widx, frames = entry
+            head = {"t": "data", "s": self.session, "w": widx, "d": conn.dropped}
+            msg = [conn.identity, _pack(head), *frames]
         try:
-            self._router.send_multipart(header + payload, copy=False)
+            self._router.send_multipart(msg, copy=False)
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the input went away
             log.warning("%s: cannot send to %s: %s", self.name, conn.input_id, exc)
             self._remove(conn.identity)
@@ -464,11 +466,10 @@ class OutputChannel:
                 cur.done.set()
 
     def _dispatch_new(self, cur: _Pending) -> None:
-        frames = cur.frames
-        if frames is not None:
-            header = _pack({"t": "data", "s": self.session, "w": self._write_index})
+        frames = None
+        if cur.frames is not None:
+            frames = cur.entry = (self._write_index, cur.frames)
             self._write_index += 1
-            frames = cur.frames = [header, *frames]
         eos = frames is None
         has_shared = False
         for conn in list(self._conns.values()):
@@ -517,11 +518,11 @@ class OutputChannel:
             cur.waiting = {
                 ident for ident in cur.waiting
                 if ident in self._conns
-                and any(f is cur.frames for f in self._conns[ident].queue)
+                and any(f is cur.entry for f in self._conns[ident].queue)
             }
         if cur.shared_open:
             has_shared = any(c.distribution == "shared" for c in self._conns.values())
-            in_queue = any(f is cur.frames for f in self._shared_queue)
+            in_queue = any(f is cur.entry for f in self._shared_queue)
             cur.shared_open = has_shared and in_queue
             if not has_shared and in_queue:  # every shared input vanished
                 self._shared_queue.clear()
@@ -818,6 +819,8 @@ class InputChannel:
             if session != up.osess:  # a new output (first contact or restarted)
                 up.osess, up.received, up.last_w, up.eos = session, 0, -1, False
             up.heard = True
+            # the output counts what it dropped for this connection and tells us
+            up.missed = max(up.missed, int(head.get("d", 0)))
             kind = head.get("t")
             if kind == "eos":
                 up.eos = True
@@ -829,15 +832,12 @@ class InputChannel:
             if kind != "data":
                 raise ProtocolError(f"unknown message type {kind!r}")
             up.received += 1
-            w = int(head.get("w", -1))
-            if self.data_distribution == "copy" and up.last_w >= 0 and w > up.last_w + 1:
-                up.missed += w - up.last_w - 1
-            up.last_w = w
+            up.last_w = int(head.get("w", -1))
             up.outstanding += 1
             counted = True
             data, meta = protocol.deserialize(frames[1:])
             self.received += 1
-            self._deliver(up, Item(data, meta, up.endpoint, w))
+            self._deliver(up, Item(data, meta, up.endpoint, up.last_w))
         except ProtocolError as exc:
             self.errors += 1
             self.last_error = f"bad message from {up.endpoint}: {exc}"
