@@ -43,7 +43,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pulsetrain.channels import EndOfStream, InputChannel, OutputChannel
-from pulsetrain.errors import ConfigurationError, DeviceError, PropertyError
+from pulsetrain.errors import ConfigurationError, DeviceError, PropertyError, PulsetrainError
 
 __all__ = ["State", "Access", "Property", "slot", "Device", "find_device_class", "device_classes"]
 
@@ -383,7 +383,14 @@ class Device:
                 f"{self.device_id}: slot {name!r} not allowed in state {self.state} "
                 f"(allowed: {', '.join(allowed)})"
             )
-        return self.run_in_device(lambda: getattr(self, name)(*args))
+        try:
+            return self.run_in_device(self._guarded(lambda: getattr(self, name)(*args)))
+        except PulsetrainError:
+            raise
+        except Exception as exc:
+            raise DeviceError(
+                f"{self.device_id}: slot {name!r} failed: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def add_listener(self, callback: Callable[[str, str, Any], None]) -> None:
         """Call ``callback(device_id, key, value)`` after every property change."""
