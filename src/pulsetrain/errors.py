@@ -44,3 +44,54 @@ class CatalogError(PulsetrainError):
 
 class FileFormatError(PulsetrainError):
     """A run file could not be written or read in the European XFEL format."""
+
+
+class DataShapeError(PulsetrainError, ValueError):
+    """An array passed to an analysis or geometry function has the wrong shape or dtype."""
+
+
+class ConstantNotFoundError(CatalogError, CalibrationError):
+    """No constant in the catalogue is valid at the requested time under the requested conditions.
+
+    Besides the message, the attributes describe the query and what came closest:
+    ``detector``, ``module``, ``constant_type``, ``conditions``, ``at`` and ``candidates``, a list
+    of ``(ConstantRecord, [Mismatch, ...])`` pairs, nearest first.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        detector=None,
+        module=None,
+        constant_type=None,
+        conditions=None,
+        at=None,
+        candidates=(),
+    ):
+        super().__init__(message)
+        self.detector = detector
+        self.module = module
+        self.constant_type = constant_type
+        self.conditions = conditions
+        self.at = at
+        self.candidates = list(candidates)
+
+
+class ChecksumMismatchError(CatalogError):
+    """A stored constant's array does not match the checksum, shape or dtype recorded for it."""
+
+
+class BridgeError(ChannelError):
+    """A Karabo bridge server or client was used in a state that forbids it (e.g. stopped)."""
+
+
+class StorageError(PulsetrainError, OSError):
+    """Run files could not be stored: the disk is full, or writing failed with an I/O error.
+
+    The message names the file being written; files closed before the error stay valid.
+    """
+
+
+class TrainOrderError(FileFormatError):
+    """A train arrived out of order or twice for the same source; it was not written."""
