@@ -125,7 +125,7 @@ class _Connection:
 
     __slots__ = (
         "identity", "input_id", "isess", "distribution", "slowness", "maxq", "sent", "allowed",
-        "dropped", "queue", "last_seen", "connected_at",
+        "dropped", "queue", "last_seen", "connected_at", "acked",
     )
 
     def __init__(self, identity: bytes, msg: dict, now: float):
@@ -138,6 +138,7 @@ class _Connection:
         self.distribution, self.slowness, self.maxq = dist, slow, maxq
         self.sent = 0
         self.allowed = 0
+        self.acked = 0  # messages the input says it received
         self.dropped = 0
         self.queue: collections.deque = collections.deque()
         self.last_seen = now
@@ -230,6 +231,7 @@ class OutputChannel:
         self.written = 0
         self.shared_dropped = 0
         self._closing = False
+        self._last_tracker: zmq.MessageTracker | None = None
         self._thread = threading.Thread(target=self._loop, name=f"out:{name}", daemon=True)
         self._thread.start()
 
@@ -280,17 +282,32 @@ class OutputChannel:
             time.sleep(0.005)
         return False
 
-    def close(self) -> None:
-        """Stop the channel's thread and close its sockets (pending writes are released)."""
+    def close(self, linger: float = 2.0) -> None:
+        """Stop the channel's thread and close its sockets.
+
+        Waits up to ``linger`` seconds until the connected inputs confirm they received what was
+        sent (including an end-of-stream just signalled), so that a process can exit right after
+        closing without losing its last trains; writes still blocked on a ``wait`` input are then
+        released with a :class:`ChannelError`.
+        """
         if self._closing:
             return
+        deadline = time.monotonic() + linger
+        self.flush(linger)
         self._closing = True
         self._wake()
         self._thread.join(timeout=5)
+        tracker = self._last_tracker
+        if tracker is not None:
+            try:
+                tracker.wait(max(0.0, deadline - time.monotonic()))
+            except zmq.NotDone:
+                pass
         for pending in list(self._inbox) + ([self._current] if self._current else []):
             pending.error = ChannelError(f"output {self.name} closed")
             pending.done.set()
-        for sock in (self._router, self._wake_r, self._wake_w):
+        self._router.close(int(linger * 1000))
+        for sock in (self._wake_r, self._wake_w):
             sock.close(0)
 
     def __enter__(self) -> OutputChannel:
@@ -300,6 +317,23 @@ class OutputChannel:
         self.close()
 
     # ---------------------------------------------------------------- internals
+    def flush(self, timeout: float = 2.0) -> bool:
+        """Wait until the inputs confirmed everything written so far; returns whether they did."""
+        deadline = time.monotonic() + timeout
+        while self._unsent():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def _unsent(self) -> bool:
+        """Whether anything written is not yet confirmed received by its input."""
+        with self._lock:
+            return bool(
+                self._inbox or self._current or self._shared_queue
+                or any(c.queue or c.acked < c.sent for c in self._conns.values())
+            )
+
     def _wake(self) -> None:
         with self._wake_lock:
             try:
@@ -369,6 +403,7 @@ class OutputChannel:
                              conn.distribution, conn.slowness)
                 conn.last_seen = now
                 received = int(msg.get("rcv", 0)) if msg.get("osess") == self.session else 0
+                conn.acked = max(conn.acked, received)
                 conn.allowed = max(conn.allowed, received + int(msg.get("win", 1)))
                 if conn.distribution == "shared" and conn.credit > 0:
                     if identity not in self._ready_shared:
@@ -406,7 +441,7 @@ class OutputChannel:
             head = {"t": "data", "s": self.session, "w": widx, "d": conn.dropped}
             msg = [conn.identity, _pack(head), *frames]
         try:
-            self._router.send_multipart(msg, copy=False)
+            self._last_tracker = self._router.send_multipart(msg, copy=False, track=True)
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the input went away
             log.warning("%s: cannot send to %s: %s", self.name, conn.input_id, exc)
             self._remove(conn.identity)
@@ -823,7 +858,9 @@ class InputChannel:
             up.missed = max(up.missed, int(head.get("d", 0)))
             kind = head.get("t")
             if kind == "eos":
+                up.received += 1  # EOS uses a credit like data
                 up.eos = True
+                self._send_credit(up)  # confirms receipt at once (the output may be closing)
                 if all(u.eos for u in self._ups.values() if u.heard):
                     for u in self._ups.values():
                         u.eos = False

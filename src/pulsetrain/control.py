@@ -33,7 +33,7 @@ from pulsetrain.errors import AuthenticationError, DeviceError, ProtocolError, P
 __all__ = ["Client", "pack", "unpack", "new_token", "token_from_env", "READ_OPS", "WRITE_OPS"]
 
 READ_OPS = frozenset({"ping", "list", "get", "schema", "configuration", "classes"})
-WRITE_OPS = frozenset({"set", "call", "instantiate", "kill", "connect", "shutdown"})
+WRITE_OPS = frozenset({"set", "call", "instantiate", "kill", "connect", "shutdown", "directory"})
 
 
 def _default(obj: Any) -> Any:

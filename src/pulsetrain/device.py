@@ -475,9 +475,12 @@ class Device:
         except Exception:
             self.log.exception("shutdown failed")
         self._stopping.set()
-        for channel in self.input_channels.values():
-            channel.close()
+        deadline = time.monotonic() + 2.0
+        for channel in self.output_channels.values():  # let the last trains reach the inputs
+            channel.flush(max(0.0, deadline - time.monotonic()))
         for channel in self.output_channels.values():
+            channel.close(linger=0.1)
+        for channel in self.input_channels.values():
             channel.close()
         self._queue.put(None)
         if self._worker is not None and threading.get_ident() != self._worker_ident:
@@ -545,6 +548,14 @@ class Device:
         """Leave state ERROR and go back to ON."""
         if self.state == State.ERROR.value:
             self.set_state(State.ON, "reset")
+
+    # ------------------------------------------------------------ other devices
+    def remote(self, device_id: str) -> RemoteDevice:
+        """A handle on another device of the topology, reached through the control plane."""
+        server = getattr(self, "server", None)
+        if server is None:
+            raise DeviceError(f"{self.device_id}: not hosted by a server, cannot reach {device_id}")
+        return RemoteDevice(server.client_for(device_id), device_id)
 
     # ------------------------------------------------------------ channels
     def write(self, output: str, data: dict, meta: dict, timeout: float | None = None) -> None:
@@ -643,6 +654,30 @@ class Device:
             except Exception:
                 pass  # already reported by _guarded (state ERROR)
         channel.release()
+
+
+class RemoteDevice:
+    """Another device, seen through the control plane (get / set / call / wait_for)."""
+
+    def __init__(self, client: Any, device_id: str):
+        self.client = client
+        self.device_id = device_id
+
+    def get(self, key: str) -> Any:
+        """A property value."""
+        return self.client.get(self.device_id, key)
+
+    def set(self, key: str, value: Any) -> Any:
+        """Set a property."""
+        return self.client.set(self.device_id, key, value)
+
+    def call(self, slot_name: str, *args: Any) -> Any:
+        """Call a slot."""
+        return self.client.call(self.device_id, slot_name, *args)
+
+    def wait_for(self, key: str, expected: Any, timeout: float = 10.0) -> Any:
+        """Wait until ``key`` equals ``expected`` (or ``expected(value)`` is true)."""
+        return self.client.wait_for(self.device_id, key, expected, timeout=timeout)
 
 
 # ---------------------------------------------------------------- plugin discovery

@@ -103,6 +103,9 @@ class DeviceServer:
         self._thread: threading.Thread | None = None
         self.requests = 0
         self.refused = 0
+        #: Device ID → control endpoint of its server, for devices that talk to other devices.
+        self.directory: dict[str, str] = {}
+        self._remote_clients: dict[str, control.Client] = {}
 
     # ------------------------------------------------------------ devices
     def instantiate(self, class_name: str, device_id: str, config: Mapping | None = None) -> Device:
@@ -128,6 +131,19 @@ class DeviceServer:
         device = self._device(device_id)
         self.devices.pop(device_id, None)
         device.stop()
+
+    def client_for(self, device_id: str) -> control.Client:
+        """A control client for the server hosting ``device_id`` (from the directory)."""
+        endpoint = self.directory.get(device_id)
+        if endpoint is None:
+            if device_id in self.devices:
+                endpoint = self.control_endpoint
+            else:
+                raise DeviceError(f"{self.name}: no known server for device {device_id!r}")
+        client = self._remote_clients.get(endpoint)
+        if client is None:
+            client = self._remote_clients[endpoint] = control.Client(endpoint, token=self.token)
+        return client
 
     def _device(self, device_id: str | None) -> Device:
         try:
@@ -243,7 +259,7 @@ class DeviceServer:
             rid = req.get("id")
             op = req.get("op")
             self._authorise(req.get("token"), op)
-            if op in ("set", "call", "instantiate", "kill", "connect"):
+            if op in ("set", "call", "instantiate", "kill", "connect", "directory"):
                 future = self._pool.submit(self._execute, req)
                 future.add_done_callback(lambda f, route=route, rid=rid: self._reply_later(
                     route, rid, f))
@@ -310,6 +326,9 @@ class DeviceServer:
         if op == "shutdown":
             threading.Thread(target=self.stop, daemon=True).start()
             return True
+        if op == "directory":
+            self.directory.update({str(k): str(v) for k, v in (req.get("value") or {}).items()})
+            return len(self.directory)
         if op == "instantiate":
             device = self.instantiate(str(req.get("cls")), str(req.get("device")),
                                       req.get("config") or {})

@@ -138,6 +138,8 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         for sp in self.servers.values():
             self._wait_ping(sp, deadline)
+            self._send_directory(sp.name)
+        for sp in self.servers.values():
             self._instantiate(sp.name)
         self._thread = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
         self._thread.start()
@@ -239,6 +241,13 @@ class Supervisor:
                 if time.monotonic() > deadline:
                     raise PulsetrainError(f"server {sp.name} does not answer on {sp.control}")
 
+    def directory(self) -> dict[str, str]:
+        """Device ID → control endpoint of its server."""
+        return {d.device_id: self.servers[d.server].control for d in self.topology.devices.values()}
+
+    def _send_directory(self, server: str) -> None:
+        self.client(server).request("directory", value=self.directory())
+
     def _instantiate(self, server: str) -> None:
         client = self.client(server)
         for dev in self.topology.devices_on(server):
@@ -253,6 +262,7 @@ class Supervisor:
             sp.proc.wait()
         self._spawn(sp)
         self._wait_ping(sp, time.monotonic() + 30)
+        self._send_directory(sp.name)
         self._instantiate(sp.name)
 
     def _supervise(self) -> None:
@@ -271,6 +281,7 @@ class Supervisor:
                                if d.device_id not in info["devices"]]
                     if missing and not local:  # a remote server restarted on its own
                         log.warning("server %s lost devices %s; re-creating", sp.name, missing)
+                        self._send_directory(sp.name)
                         self._instantiate_missing(sp.name, missing)
                 except TimeoutError:
                     if local and time.monotonic() - sp.last_ok > self.ping_timeout:

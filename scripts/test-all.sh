@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs and run all of it (what CI runs).
+#   - Debian packages: chromium (browser tests), postgresql (catalogue tests)
+#   - the package with its test extras
+#   - a throw-away PostgreSQL server on 127.0.0.1 for the catalogue tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need_apt[@]}"
+fi
+
+python3 -m pip install -q -e '.[test,postgres,slurm]'
+
+if [ -x .ci/postgres.sh ]; then
+    eval "$(.ci/postgres.sh)"
+fi
+
+exec python3 -m pytest -q -p no:cacheprovider "$@"
