@@ -237,6 +237,7 @@ class Topology:
         from pulsetrain.device import find_device_class
 
         endpoints: dict[str, str] = {}
+        local: dict[str, tuple[str, str]] = {}
         counters: dict[str, int] = {}
         configs: dict[str, dict[str, Any]] = {}
         for device in self.devices.values():
@@ -255,8 +256,11 @@ class Topology:
                     port = server.port_base + counters.get(server.name, 0)
                     counters[server.name] = counters.get(server.name, 0) + 1
                 ep = f"tcp://{server.data_host}:{port}"
-                outputs.setdefault(name, {})["bind"] = [ep]
+                inproc = f"inproc://pt/{device.device_id}:{name}"
+                # tcp for other hosts/processes; inproc (zero-copy) for inputs on the same server
+                outputs.setdefault(name, {})["bind"] = [ep, inproc]
                 endpoints[f"{device.device_id}:{name}"] = ep
+                local[f"{device.device_id}:{name}"] = (device.server, inproc)
             configs[device.device_id] = cfg
         for conn in self.connections:
             in_dev, in_ch = _split_channel(conn.input, "input")
@@ -267,7 +271,9 @@ class Topology:
                 on_slowness=conn.on_slowness,
                 max_queue_length=conn.max_queue_length,
             )
-            entry["connect"].append(endpoints[conn.output])
+            out_server, inproc = local[conn.output]
+            same = out_server == self.devices[in_dev].server
+            entry["connect"].append(inproc if same else endpoints[conn.output])
         return configs
 
     def devices_on(self, server: str) -> list[DeviceSpec]:
