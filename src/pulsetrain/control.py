@@ -271,3 +271,71 @@ def subscribe(
 
 __all__.append("subscribe")
 __all__.append("AuthenticationError")
+
+
+class TopologyClient:
+    """Control of a whole running topology, found through its ``state.json``.
+
+    Parameters
+    ----------
+    state : dict or path
+        The supervisor's state (``Supervisor.state()``) or the path of its ``state.json``.
+    token : str, optional
+        Defaults to the content of the state's token file.
+    """
+
+    def __init__(self, state: dict | str | os.PathLike, token: str | None = None):
+        import json
+
+        if not isinstance(state, dict):
+            with open(state) as f:
+                state = json.load(f)
+        self.state = state
+        if token is None:
+            with open(state["token_file"]) as f:
+                token = f.read().strip()
+        self.token = token
+        self.clients = {name: Client(s["control"], token=token)
+                        for name, s in state["servers"].items()}
+
+    @classmethod
+    def for_topology(cls, name_or_file: str, token: str | None = None) -> TopologyClient:
+        """Find the running topology named ``name_or_file`` (or of that topology file)."""
+        from pulsetrain.supervisor import Supervisor
+
+        name = name_or_file
+        if os.path.exists(name_or_file) and name_or_file.endswith(".toml"):
+            from pulsetrain.topology import Topology
+
+            name = Topology.load(name_or_file).name
+        path = Supervisor.state_path(name)
+        if not path.exists():
+            raise PulsetrainError(f"topology {name!r} is not running (no {path})")
+        return cls(str(path), token=token)
+
+    def devices(self) -> dict[str, dict]:
+        """Device ID → class and server."""
+        return dict(self.state["devices"])
+
+    def client(self, device_id: str) -> Client:
+        """The control client of the server hosting ``device_id``."""
+        try:
+            return self.clients[self.state["devices"][device_id]["server"]]
+        except KeyError:
+            raise DeviceError(f"no device {device_id!r} in the running topology") from None
+
+    def get(self, device_id: str, key: str | None = None) -> Any:
+        """A property (or the whole configuration)."""
+        return self.client(device_id).get(device_id, key)
+
+    def set(self, device_id: str, key: str, value: Any) -> Any:
+        """Set a property."""
+        return self.client(device_id).set(device_id, key, value)
+
+    def call(self, device_id: str, slot: str, *args: Any) -> Any:
+        """Call a slot."""
+        return self.client(device_id).call(device_id, slot, *args)
+
+    def output(self, channel: str) -> str:
+        """The tcp endpoint of an output channel ``'DEVICE:channel'``."""
+        return self.state["outputs"][channel]

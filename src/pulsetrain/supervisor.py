@@ -9,6 +9,7 @@ are created again with the same configuration, so their peers reconnect by thems
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -141,13 +142,44 @@ class Supervisor:
             self._send_directory(sp.name)
         for sp in self.servers.values():
             self._instantiate(sp.name)
+        self._write_state()
         self._thread = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
         self._thread.start()
         return self
 
+    def state(self) -> dict[str, Any]:
+        """What clients need to find a running topology (written to ``state.json``)."""
+        return {
+            "topology": self.topology.name,
+            "pid": os.getpid(),
+            "token_file": str(self.token_file),
+            "servers": {n: {"control": sp.control, "events": sp.events}
+                        for n, sp in self.servers.items()},
+            "devices": {d.device_id: {"class": d.class_name, "server": d.server}
+                        for d in self.topology.devices.values()},
+            "outputs": self.endpoints(),
+        }
+
+    @staticmethod
+    def state_path(topology_name: str) -> Path:
+        """Where a running topology announces itself: ``$XDG_RUNTIME_DIR`` or the temp dir."""
+        base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+        return Path(base) / f"pulsetrain-{os.getuid()}" / f"{topology_name}.json"
+
+    def _write_state(self) -> None:
+        text = json.dumps(self.state(), indent=2)
+        (self.workdir / "state.json").write_text(text)
+        path = self.state_path(self.topology.name)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(text)
+
     def stop(self, timeout: float = 15.0) -> None:
         """Shut everything down: devices, then server processes (killed if they do not exit)."""
         self._stop.set()
+        with contextlib.suppress(OSError):
+            path = self.state_path(self.topology.name)
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
         if self._thread is not None:
             self._thread.join(timeout=5)
         for sp in self.servers.values():
