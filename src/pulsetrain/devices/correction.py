@@ -1,0 +1,173 @@
+"""``AGIPDCorrection``: correct one AGIPD module's stream with constants from the catalogue."""
+
+from __future__ import annotations
+
+import collections
+import re
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+
+from pulsetrain.device import Device, Property, State, slot
+from pulsetrain.errors import CalibrationError, CatalogError
+
+__all__ = ["AGIPDCorrection", "corrected_source_name"]
+
+
+def corrected_source_name(raw_source: str) -> str:
+    """``SPB_DET_AGIPD1M-1/DET/7CH0:xtdf`` → ``SPB_DET_AGIPD1M-1/CORR/7CH0:output``."""
+    name = raw_source.replace("/DET/", "/CORR/", 1)
+    return re.sub(r":xtdf$", ":output", name)
+
+
+class AGIPDCorrection(Device):
+    """Offset, gain-stage, relative-gain and bad-pixel correction of one AGIPD module.
+
+    At start (and on ``reload_constants``) the device asks the catalogue for the newest constants
+    valid at ``constants_time`` (default: now) whose operating conditions match its own.  Each
+    raw module-train (``image.data`` (frames, 2, 512, 128) uint16) becomes a corrected one
+    (``image.data`` float32 (frames, 512, 128), ``image.gain`` uint8, ``image.mask`` uint32)
+    under the CORR source name.  Missing or mismatched constants put the device in ERROR with a
+    message naming what is missing — or, with ``on_missing_constants = 'passthrough'``, raw data
+    are forwarded flagged ``corrected = False``.
+    """
+
+    inputs = {"input": {}}
+    outputs = ("output",)
+
+    catalog = Property(str, "", access="init", description="catalogue URL (empty: default)")
+    detector = Property(str, "SPB_DET_AGIPD1M-1", access="init")
+    module = Property(int, 0, minimum=0, maximum=15, access="init")
+    memory_cells = Property(int, 64, minimum=1, maximum=352)
+    bias_voltage = Property(float, 300.0, unit="V")
+    acquisition_rate = Property(float, 1.1, unit="MHz")
+    gain_setting = Property(int, 0, minimum=0, maximum=1)
+    gain_mode = Property(int, 0, minimum=0, maximum=3)
+    integration_time = Property(int, 12, minimum=0)
+    photon_energy = Property(float, 9.3, unit="keV")
+    constants_time = Property(str, "", description="ISO time for the constant lookup (empty: now)")
+    on_missing_constants = Property(str, "error", options=("error", "passthrough"))
+    bad_to_nan = Property(bool, False, description="set masked pixels to NaN")
+    common_mode = Property(bool, False)
+    force_mg_threshold = Property(float, 0.0, minimum=0.0, unit="ADU",
+                                  description="0: off (see docs/calibration.md)")
+    force_hg_threshold = Property(float, 0.0, minimum=0.0, unit="ADU")
+
+    constantsLoaded = Property(bool, False, access="readonly")
+    constantIds = Property(dict, {}, access="readonly", description="catalogue IDs in use")
+    framesPerSecond = Property(float, 0.0, access="readonly", unit="Hz")
+    processingTime = Property(float, 0.0, access="readonly", unit="s",
+                              description="correction time of the last module-train")
+    latencyP50 = Property(float, 0.0, access="readonly", unit="s",
+                          description="arrival after the train timestamp, median of last 100")
+    latencyP99 = Property(float, 0.0, access="readonly", unit="s")
+    correctedTrains = Property(int, 0, access="readonly")
+    uncorrectedTrains = Property(int, 0, access="readonly",
+                                 description="trains passed through without constants")
+
+    def initialize(self) -> None:
+        self.constants = None
+        self._lat: collections.deque = collections.deque(maxlen=100)
+        self._frames: collections.deque = collections.deque(maxlen=50)
+        self.reload_constants()
+        self.every(1.0, self._stats)
+
+    def _conditions(self) -> dict:
+        return {
+            "memory_cells": self.memory_cells, "bias_voltage": self.bias_voltage,
+            "acquisition_rate": self.acquisition_rate, "gain_setting": self.gain_setting,
+            "gain_mode": self.gain_mode, "integration_time": self.integration_time,
+            "photon_energy": self.photon_energy,
+        }
+
+    @slot(description="Look the constants up again and load them")
+    def reload_constants(self) -> None:
+        """Look the constants up again in the catalogue and load them."""
+        from pulsetrain.catalog import Catalog
+        from pulsetrain.catalog.agipd import load_agipd_constants
+
+        at = None
+        if self.constants_time:
+            at = datetime.fromisoformat(self.constants_time)
+            if at.tzinfo is None:
+                at = at.replace(tzinfo=timezone.utc)
+        try:
+            cat = Catalog(self.catalog or None)
+            try:
+                constants, records = load_agipd_constants(
+                    cat, self.detector, self.module, self._conditions(), at)
+            finally:
+                cat.close()
+        except (CatalogError, CalibrationError) as exc:
+            self.constants = None
+            self.update(constantsLoaded=False, constantIds={})
+            if self.on_missing_constants == "passthrough":
+                self.set_state(State.PROCESSING,
+                               f"no constants, passing raw data through: {exc}")
+            else:
+                self.set_error(f"cannot correct module {self.module}: {exc}")
+            return
+        self.constants = constants
+        self.update(constantsLoaded=True,
+                    constantIds={k: int(r.id) for k, r in records.items()})
+        self.set_state(State.PROCESSING,
+                       f"constants loaded: {', '.join(f'{k}#{r.id}' for k, r in records.items())}")
+
+    def on_set(self, key: str, value: object) -> None:
+        if key in self._conditions() or key == "constants_time":
+            self.reload_constants()
+
+    def on_data(self, data: dict, meta: dict, channel: str) -> None:
+        from pulsetrain.calibration import correct_module_data
+
+        t0 = time.perf_counter()
+        out, out_meta = {}, {}
+        frames = 0
+        for src, props in data.items():
+            raw = props.get("image.data")
+            if not isinstance(raw, np.ndarray) or raw.ndim != 4:
+                continue
+            name = corrected_source_name(src)
+            if self.constants is None:
+                if self.on_missing_constants != "passthrough":
+                    raise CalibrationError(
+                        f"module {self.module}: no constants loaded ({self.status})")
+                out[name] = {**props, "corrected": False}
+                self._values["uncorrectedTrains"] += 1
+            else:
+                out[name] = correct_module_data(
+                    props, self.constants,
+                    bad_to_nan=self.bad_to_nan, common_mode=self.common_mode,
+                    force_mg_threshold=self.force_mg_threshold or None,
+                    force_hg_threshold=self.force_hg_threshold or None,
+                )
+                out[name]["corrected"] = True
+                self._values["correctedTrains"] += 1
+            out_meta[name] = {**meta.get(src, {}), "source": name}
+            frames += raw.shape[0]
+        if not out:
+            return
+        now = time.time()
+        self._values["processingTime"] = time.perf_counter() - t0
+        self._frames.append((now, frames))
+        ts = next((m.get("timestamp") for m in out_meta.values()), None)
+        if ts is not None:
+            self._lat.append(now - float(ts))
+        self.write("output", out, out_meta)
+
+    def on_eos(self, channel: str) -> None:
+        self.signal_eos("output")
+
+    def _stats(self) -> None:
+        values = {}
+        if len(self._frames) > 1:
+            span = self._frames[-1][0] - self._frames[0][0]
+            if span > 0:
+                values["framesPerSecond"] = sum(f for _, f in list(self._frames)[1:]) / span
+        if self._lat:
+            arr = np.array(self._lat)
+            values["latencyP50"] = float(np.percentile(arr, 50))
+            values["latencyP99"] = float(np.percentile(arr, 99))
+        if values:
+            self.update(**values)
