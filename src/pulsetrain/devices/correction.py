@@ -14,6 +14,8 @@ from pulsetrain.errors import CalibrationError, CatalogError
 
 __all__ = ["AGIPDCorrection", "corrected_source_name"]
 
+_MODULE = re.compile(r"/DET/(\d+)CH0:")
+
 
 def corrected_source_name(raw_source: str) -> str:
     """``SPB_DET_AGIPD1M-1/DET/7CH0:xtdf`` → ``SPB_DET_AGIPD1M-1/CORR/7CH0:output``."""
@@ -128,6 +130,9 @@ class AGIPDCorrection(Device):
             raw = props.get("image.data")
             if not isinstance(raw, np.ndarray) or raw.ndim != 4:
                 continue
+            number = _MODULE.search(src)
+            if number is not None and int(number.group(1)) != self.module:
+                continue  # another module's data (e.g. a replay of all modules): not ours
             name = corrected_source_name(src)
             if self.constants is None:
                 if self.on_missing_constants != "passthrough":

@@ -1,0 +1,286 @@
+"""``PreviewAssembler``: assembled, downsampled uint8 preview images of every train, for displays.
+
+The device does, once per train on the server side, the heavy work a live view needs: it places
+the 16 AGIPD-1M modules with the detector geometry, bins the image by an integer factor, and
+scales it to uint8 with colour limits (fixed, or percentiles of the train's data), linear or
+logarithmic.  Displays (the web GUI, a notebook, any bridge client) then only copy small
+uint8 arrays — never redo the work per browser.
+
+Input: matched trains holding the module sources, corrected
+(``SPB_DET_AGIPD1M-1/CORR/{m}CH0:output``, ``image.data`` float32 ``(frames, 512, 128)``) or raw
+(``SPB_DET_AGIPD1M-1/DET/{m}CH0:xtdf``, ``image.data`` uint16 ``(frames, 2, 512, 128)``, of which
+plane ``raw_plane`` — the analog signal — is shown).  Missing modules are left empty.
+
+Output (one source, ``output_source``, default ``SPB_DET_AGIPD1M-1/PREVIEW``):
+
+============================  ===================================================================
+``preview.images``            uint8 ``(pulses, H, W)``, row 0 at the top, seen along the beam
+``preview.pulseIds``          uint64 ``(pulses,)`` (from ``image.pulseId``, else 0..n-1)
+``preview.cellIds``           uint16 ``(pulses,)`` (from ``image.cellId``, else 0..n-1)
+``preview.vmin/vmax``         float64: the colour limits used (data units; both > 0 for log)
+``preview.scale``             ``"linear"`` or ``"log"``
+``preview.autoLevels``        bool: whether the limits are percentiles of this train
+``preview.downsample``        int: binning factor
+``preview.trainId``           uint64: the train ID
+``preview.modulesPresent``    bool ``(16,)``
+``preview.beamCentre``        float64 ``(2,)``: beam (y, x) in output pixels (edge coordinates)
+``profile.radial``            float32 ``(npt,)``: q [1/Å] bin centres (if ``profile_bins`` > 0)
+``profile.intensity``         float32 ``(pulses, npt)``: azimuthal mean per pulse (idem)
+============================  ===================================================================
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import numpy as np
+
+from pulsetrain.device import Device, Property, State
+from pulsetrain.errors import ConfigurationError, PropertyError
+from pulsetrain.protocol import make_meta, train_id_of
+
+__all__ = ["PreviewAssembler", "DEFAULT_SOURCE_PATTERN"]
+
+#: Matches corrected and raw AGIPD-1M module sources; group 1 is the module number.
+DEFAULT_SOURCE_PATTERN = r"^SPB_DET_AGIPD1M-1/(?:CORR|DET)/(\d+)CH0:(?:output|xtdf)$"
+
+N_MODULES = 16
+MODULE_SHAPE = (512, 128)
+#: Pixels sampled per module and pulse for automatic colour limits (every 4th row and column).
+_LEVEL_STRIDE = 4
+
+
+class PreviewAssembler(Device):
+    """Assemble, downsample and scale each train's AGIPD-1M frames to uint8 preview images.
+
+    Heavy work happens here once per train, so that any number of displays can show the
+    detector by copying small uint8 arrays.  See the module documentation for the output keys.
+    """
+
+    inputs = {"input": {}}
+    outputs = ("output",)
+
+    source_pattern = Property(
+        str, DEFAULT_SOURCE_PATTERN, access="init",
+        description="regex of the module sources; group 1 is the module number (0..15)")
+    data_key = Property(str, "image.data", access="init", description="key of the module frames")
+    raw_plane = Property(int, 0, minimum=0, maximum=1, access="init",
+                         description="plane of 4-D raw data to show (0: analog, 1: gain)")
+    output_source = Property(str, "SPB_DET_AGIPD1M-1/PREVIEW", access="init",
+                             description="source name of the preview in the output trains")
+    quad_positions = Property(list, [], access="init",
+                              description="AGIPD-1M quadrant positions [[x, y] px] × 4 "
+                                          "(empty: the canonical ones)")
+    beam_centre = Property(list, [0.0, 0.0], access="init", unit="px",
+                           description="beam (x, y) from the geometry origin, in pixels")
+    detector_distance = Property(float, 0.2, minimum=0.01, maximum=20.0, unit="m", access="init",
+                                 description="sample-detector distance (for the profile)")
+    photon_energy = Property(float, 9.3, minimum=0.1, maximum=100.0, unit="keV", access="init",
+                             description="photon energy (for the profile)")
+    profile_bins = Property(int, 0, minimum=0, maximum=10000, access="init",
+                            description="bins of a per-pulse azimuthal profile in q (0: none)")
+
+    downsample = Property(int, 2, minimum=1, maximum=16,
+                          description="integer binning factor of the preview image")
+    vmin = Property(float, 0.0, description="lower colour limit (data units) when not auto")
+    vmax = Property(float, 10000.0, description="upper colour limit (data units) when not auto")
+    auto_levels = Property(bool, True,
+                           description="colour limits from percentiles of each train's data")
+    auto_percentiles = Property(list, [1.0, 99.8], unit="%",
+                                description="lower and upper percentile for auto levels")
+    scale = Property(str, "linear", options=("linear", "log"), description="colour scale")
+    max_pulses = Property(int, 64, minimum=0, maximum=2700,
+                          description="pulses previewed per train, from the first (0: all)")
+
+    processingTime = Property(float, 0.0, access="readonly", unit="s",
+                              description="time to make the last train's preview")
+    meanProcessingTime = Property(float, 0.0, access="readonly", unit="s",
+                                  description="mean processing time over the last 50 trains")
+    lastTrainId = Property(int, 0, access="readonly", description="last train previewed")
+    pulsesOut = Property(int, 0, access="readonly", description="pulses in the last preview")
+    imageShape = Property(list, [], access="readonly", description="preview image (H, W)")
+    levels = Property(list, [], access="readonly", description="colour limits of the last train")
+    modulesFound = Property(int, 0, access="readonly", description="modules in the last train")
+    skippedTrains = Property(int, 0, access="readonly",
+                             description="trains without module data (nothing written)")
+
+    # ------------------------------------------------------------ lifecycle
+    def initialize(self) -> None:
+        try:
+            self._source_re = re.compile(self.source_pattern)
+        except re.error as exc:
+            raise ConfigurationError(f"source_pattern is not a valid regex: {exc}") from None
+        if self._source_re.groups < 1:
+            raise ConfigurationError("source_pattern needs a group capturing the module number")
+        self._check_percentiles(self.auto_percentiles)
+        from pulsetrain.geometry import agipd1m_geometry
+
+        quads = [tuple(map(float, q)) for q in self.quad_positions] or None
+        if quads is not None and len(quads) != 4:
+            raise ConfigurationError("quad_positions needs 4 (x, y) pairs")
+        if len(self.beam_centre) != 2:
+            raise ConfigurationError("beam_centre needs (x, y)")
+        self._geometry = agipd1m_geometry(
+            quads, distance_m=self.detector_distance,
+            beam_centre_px=tuple(map(float, self.beam_centre)))
+        self._build_assembler(self.downsample)
+        self._integrator = None
+        if self.profile_bins:
+            from pulsetrain.analysis import AzimuthalIntegrator
+
+            self._integrator = AzimuthalIntegrator.from_geometry(
+                self._geometry, self.profile_bins, "q_A^-1", photon_energy_kev=self.photon_energy)
+            self._radial = np.asarray(self._integrator.radial, dtype=np.float32)
+        self._frame = np.empty((N_MODULES, *MODULE_SHAPE), dtype=np.float32)
+        self._times: list[float] = []
+        self.set_state(State.ON)
+
+    def _build_assembler(self, downsample: int) -> None:
+        from pulsetrain.geometry import PreviewAssembler as Assembler
+
+        self._assembler = Assembler(self._geometry, downsample)
+        self.update(imageShape=list(self._assembler.shape))
+
+    def on_set(self, key: str, value: Any) -> None:
+        if key == "downsample":
+            self._build_assembler(int(value))
+        elif key == "auto_percentiles":
+            self._check_percentiles(value)
+        elif key in ("vmin", "vmax", "scale") and not self.auto_levels:
+            self._fixed_levels()  # refuse impossible limits now, not at the next train
+
+    @staticmethod
+    def _check_percentiles(value: list) -> None:
+        try:
+            lo, hi = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise PropertyError("auto_percentiles needs two numbers [low, high]") from None
+        if not 0.0 <= lo < hi <= 100.0:
+            raise PropertyError(f"auto_percentiles needs 0 <= low < high <= 100, got {value}")
+
+    # ------------------------------------------------------------ data
+    def _modules(self, data: dict) -> tuple[dict[int, np.ndarray], dict]:
+        """Module number → frames array (pulses, 512, 128) view, and the first module's source."""
+        found: dict[int, np.ndarray] = {}
+        first: dict = {}
+        for src in sorted(data):
+            match = self._source_re.search(src)
+            if match is None:
+                continue
+            try:
+                module = int(match.group(1))
+            except ValueError:
+                continue
+            arr = data[src].get(self.data_key)
+            if not isinstance(arr, np.ndarray) or not 0 <= module < N_MODULES:
+                continue
+            if arr.ndim == 4:  # raw (frames, 2, 512, 128): one plane
+                arr = arr[:, self.raw_plane]
+            elif arr.ndim == 2:  # a single frame
+                arr = arr[np.newaxis]
+            if arr.shape[-2:] != MODULE_SHAPE or arr.ndim != 3:
+                self.log.warning("%s: %s has shape %s, not (frames, 512, 128); skipped",
+                                 src, self.data_key, arr.shape)
+                continue
+            found[module] = arr
+            if not first:
+                first = data[src]
+        return found, first
+
+    def _fixed_levels(self) -> tuple[float, float]:
+        vmin, vmax = float(self.vmin), float(self.vmax)
+        if vmax <= vmin:
+            raise PropertyError(f"colour limits need vmin < vmax, got ({vmin}, {vmax})")
+        if self.scale == "log" and vmin <= 0:
+            raise PropertyError(f"log scale needs vmin > 0, got {vmin}")
+        return vmin, vmax
+
+    def _auto_levels(self, modules: dict[int, np.ndarray], n: int) -> tuple[float, float]:
+        s = _LEVEL_STRIDE
+        sample = np.concatenate(
+            [np.asarray(a[:n, ::s, ::s], dtype=np.float32).ravel() for a in modules.values()])
+        sample = sample[np.isfinite(sample)]
+        if self.scale == "log":
+            sample = sample[sample > 0]
+        if sample.size == 0:
+            return (1.0, 10.0) if self.scale == "log" else (0.0, 1.0)
+        lo_p, hi_p = (float(v) for v in self.auto_percentiles)
+        lo, hi = (float(v) for v in np.percentile(sample, [lo_p, hi_p]))
+        if not hi > lo:
+            hi = lo * 1.001 + 1.0 if self.scale == "log" else lo + 1.0
+        return lo, hi
+
+    def on_data(self, data: dict, meta: dict, channel: str) -> None:
+        t0 = time.perf_counter()
+        modules, first = self._modules(data)
+        if not modules:
+            self._values["skippedTrains"] += 1
+            if self.status != "no module data in the last train":
+                self.set_state(State.ON, "no module data in the last train")
+            return
+        n = min(len(a) for a in modules.values())
+        if self.max_pulses:
+            n = min(n, self.max_pulses)
+        vmin, vmax = self._auto_levels(modules, n) if self.auto_levels else self._fixed_levels()
+        shape = self._assembler.shape
+        images = np.empty((n, *shape), dtype=np.uint8)
+        profile = None
+        if self._integrator is not None:
+            profile = np.empty((n, len(self._radial)), dtype=np.float32)
+        frame = self._frame
+        missing = [m for m in range(N_MODULES) if m not in modules]
+        frame[missing] = np.nan
+        for p in range(n):
+            for m, arr in modules.items():
+                frame[m] = arr[p]
+            self._assembler.preview(frame, vmin, vmax, self.scale, out=images[p])
+            if profile is not None:
+                profile[p] = self._integrator.integrate(frame).intensity
+        tid = train_id_of(meta)
+        if tid is None:
+            tid = int(np.asarray(first.get("image.trainId", [0])).reshape(-1)[0])
+        present = np.zeros(N_MODULES, dtype=bool)
+        present[list(modules)] = True
+        out = {
+            "preview.images": images,
+            "preview.pulseIds": _per_pulse(first.get("image.pulseId"), n, np.uint64),
+            "preview.cellIds": _per_pulse(first.get("image.cellId"), n, np.uint16),
+            "preview.vmin": float(vmin),
+            "preview.vmax": float(vmax),
+            "preview.scale": self.scale,
+            "preview.autoLevels": bool(self.auto_levels),
+            "preview.downsample": int(self._assembler.downsample),
+            "preview.trainId": np.uint64(tid),
+            "preview.modulesPresent": present,
+            "preview.beamCentre": np.asarray(self._assembler.beam_centre_yx, dtype=np.float64),
+        }
+        if profile is not None:
+            out["profile.radial"] = self._radial
+            out["profile.intensity"] = profile
+        timestamp = next((m.get("timestamp") for m in meta.values()
+                          if isinstance(m, dict) and m.get("timestamp") is not None), None)
+        src = self.output_source
+        self.write("output", {src: out}, {src: make_meta(src, tid, timestamp)})
+        elapsed = time.perf_counter() - t0
+        self._times = (self._times + [elapsed])[-50:]
+        self._values["processingTime"] = elapsed
+        self._values["meanProcessingTime"] = float(np.mean(self._times))
+        self._values["lastTrainId"] = int(tid)
+        self._values["pulsesOut"] = n
+        self._values["levels"] = [float(vmin), float(vmax)]
+        self._values["modulesFound"] = len(modules)
+        if self.state != State.PROCESSING.value:
+            self.set_state(State.PROCESSING, "")
+
+    def on_eos(self, channel: str) -> None:
+        self.signal_eos("output")
+        self.set_state(State.ON, "end of stream")
+
+
+def _per_pulse(values: Any, n: int, dtype: type) -> np.ndarray:
+    """The first ``n`` per-frame values of a module (``image.pulseId``...), else 0..n-1."""
+    if isinstance(values, np.ndarray) and values.size >= n:
+        return np.ascontiguousarray(values.reshape(-1)[:n], dtype=dtype)
+    return np.arange(n, dtype=dtype)
