@@ -1,0 +1,162 @@
+"""Recording and replay: simulate → files → replay to a stock Karabo bridge client, and the
+FileReplay → correction → DAQWriter (CORR) pipeline of the design's figure 4."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+
+import numpy as np
+import pytest
+
+from pulsetrain.topology import free_port
+
+
+def run_cli(*args, timeout=300):
+    out = subprocess.run([sys.executable, "-m", "pulsetrain", *args], capture_output=True,
+                         text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def sim_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("sim")
+    run_cli("simulate", "--out", str(base), "--trains", "8", "--frames", "4",
+            "--modules", "0", "5", "--memory-cells", "16")
+    return base / "r0001"
+
+
+def assert_equal_values(a, b, where):
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.shape == b.shape, where
+        np.testing.assert_array_equal(a, b, err_msg=where)
+    else:
+        assert a == b, where
+
+
+def check_replay_equals_extra_data(run_dir, tmp_path, *extra):
+    from extra_data import RunDirectory
+    from karabo_bridge import Client
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pulsetrain", "replay", str(run_dir), "--port", str(port),
+         "--pattern", "REP", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    try:
+        run = RunDirectory(str(run_dir))
+        expected = list(run.trains())
+        got = []
+        with Client(f"tcp://127.0.0.1:{port}", timeout=30) as client:
+            for _ in expected:
+                got.append(client.next())
+            # nothing more: every train exactly once
+            with pytest.raises(TimeoutError):
+                Client(f"tcp://127.0.0.1:{port}", timeout=1).next()
+        assert [m[next(iter(m))]["timestamp.tid"] for _, m in got] == [t for t, _ in expected]
+        for (tid, ref), (data, meta) in zip(expected, got):
+            assert set(data) == set(ref), tid
+            for src, props in ref.items():
+                for key, value in props.items():
+                    if key == "metadata":
+                        continue
+                    assert key in data[src], (tid, src, key)
+                    assert_equal_values(data[src][key], value, f"{tid} {src} {key}")
+        assert proc.wait(30) == 0
+        return len(expected)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        print(proc.stdout.read()[-3000:])
+
+
+@pytest.mark.slow
+def test_simulated_run_validates_and_replays_exactly(sim_run, tmp_path):
+    out = subprocess.run(["extra-data-validate", str(sim_run)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert check_replay_equals_extra_data(sim_run, tmp_path) == 8
+
+
+@pytest.mark.slow
+def test_extra_data_mock_run_replays_exactly(tmp_path):
+    from extra_data.tests.make_examples import make_spb_run
+
+    run_dir = tmp_path / "spb"
+    run_dir.mkdir()
+    make_spb_run(str(run_dir), format_version="1.2")
+    n = check_replay_equals_extra_data(run_dir, tmp_path, "--trains", "#0:20")
+    assert n > 0
+
+
+@pytest.mark.slow
+def test_replay_through_correction_writes_a_valid_corr_run(sim_run, tmp_path):
+    """Figure 4: a raw run replayed through the correction pipeline becomes a CORR run."""
+    from extra_data import RunDirectory
+
+    from pulsetrain.bootstrap import store_truth_constants
+    from pulsetrain.catalog import Catalog
+    from pulsetrain.sim import DetectorSimulator
+    from pulsetrain.supervisor import Supervisor
+    from pulsetrain.topology import Topology
+
+    url = f"sqlite:///{tmp_path / 'cat.sqlite'}"
+    cat = Catalog(url)
+    store_truth_constants(cat, DetectorSimulator("AGIPD", frames=4, memory_cells=16,
+                                                 modules=(0, 5)), modules=[0, 5])
+    cat.close()
+    text = textwrap.dedent(f"""
+        [servers.a]
+        [servers.b]
+        [devices."REPLAY"]
+        class = "FileReplay"
+        server = "a"
+        config = {{ run_dir = "{sim_run}", rate = 0.0, sources = ["*/DET/*"] }}
+        [devices."MATCH"]
+        class = "TrainMatcher"
+        server = "b"
+        config = {{ sources = ["SPB_DET_AGIPD1M-1/CORR/0CH0:output", "SPB_DET_AGIPD1M-1/CORR/5CH0:output"] }}
+        [devices."DAQ"]
+        class = "DAQWriter"
+        server = "b"
+        config = {{ directory = "{tmp_path / 'proc'}", data_category = "CORR", autostart = true, catalog = "{url}" }}
+        [[connections]]
+        from = "MATCH:output"
+        to = "DAQ:input"
+        on_slowness = "wait"
+    """)
+    for m in (0, 5):
+        text += textwrap.dedent(f"""
+            [devices."CORR{m}"]
+            class = "AGIPDCorrection"
+            server = "a"
+            config = {{ catalog = "{url}", module = {m}, memory_cells = 16 }}
+            [[connections]]
+            from = "REPLAY:module{m}"
+            to = "CORR{m}:input"
+            on_slowness = "wait"
+            [[connections]]
+            from = "CORR{m}:output"
+            to = "MATCH:input"
+            on_slowness = "wait"
+        """)
+    path = tmp_path / "fig4.toml"
+    path.write_text(text)
+    with Supervisor(Topology.load(path), workdir=tmp_path / "run") as sup:
+        sup.device_client("DAQ").wait_for("DAQ", "trainsWritten", 8, timeout=120)
+        summary = sup.call("DAQ", "stop_run")
+    assert summary["trains"] == 8
+    corr = tmp_path / "proc" / "r0001"
+    out = subprocess.run(["extra-data-validate", str(corr)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert all(p.name.startswith("CORR-R0001-") for p in corr.glob("*.h5"))
+    run = RunDirectory(str(corr))
+    data = run["SPB_DET_AGIPD1M-1/CORR/5CH0:output", "image.data"].ndarray()
+    assert data.dtype == np.float32 and data.shape == (8 * 4, 512, 128)
+    cat = Catalog(url)
+    assert [r.data_category for r in cat.find_runs()] == ["CORR"]
+    cat.close()
+
