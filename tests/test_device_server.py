@@ -75,6 +75,7 @@ def wire(client, device_id):
     sink = InputChannel("sink:in", on_slowness="wait")
     sink.connect(client.get(device_id, "channels.outputs.output.endpoints")[0])
     assert src.wait_for_inputs(1, 10)
+    client.wait_for(device_id, "channels.outputs.output.connections", lambda c: len(c) >= 1, 10)
     return src, sink
 
 

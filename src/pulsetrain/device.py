@@ -264,6 +264,9 @@ class Device:
     trainsIn = Property(int, 0, access="readonly", description="trains received")
     trainsOut = Property(int, 0, access="readonly", description="trains written")
     errorCount = Property(int, 0, access="readonly", description="exceptions raised by device code")
+    stall_timeout = Property(float, 30.0, minimum=0.0, unit="s",
+                             description="device code busy longer than this puts the device in "
+                             "ERROR (0: never)")
 
     def __init__(self, device_id: str, config: Mapping[str, Any] | None = None):
         self.device_id = device_id
@@ -290,6 +293,7 @@ class Device:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         self._worker_ident: int | None = None
+        self._busy_since: float | None = None
         self._input_threads: list[threading.Thread] = []
         self._timers: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -416,11 +420,27 @@ class Device:
     def set_state(self, state: State | str, status: str | None = None) -> None:
         """Change the state (and optionally the status message)."""
         state = State(state).value
+        if status is not None:  # status first: whoever sees the new state sees its reason
+            self._assign("status", status)
         if state != self._values["state"]:
             self.log.info("state %s -> %s", self._values["state"], state)
             self._assign("state", state)
-        if status is not None:
-            self._assign("status", status)
+
+    _stalled = False
+
+    def check_stall(self, now: float | None = None) -> bool:
+        """Called by the server's watchdog: ERROR if device code has been busy too long."""
+        since = self._busy_since
+        if not self.stall_timeout or since is None or self._stalled:
+            return False
+        busy = (now or time.monotonic()) - since
+        if busy > self.stall_timeout:
+            self._stalled = True
+            self._values["errorCount"] += 1
+            self.set_error(f"device code stalled: busy for {busy:.0f} s "
+                           f"(stall_timeout {self.stall_timeout:g} s); its inputs are not read")
+            return True
+        return False
 
     def set_error(self, message: str) -> None:
         """Go to state ERROR with ``message`` (logged)."""
@@ -625,10 +645,16 @@ class Device:
             fn, future = job
             if not future.set_running_or_notify_cancel():
                 continue
+            self._busy_since = time.monotonic()
             try:
                 future.set_result(fn())
             except BaseException as exc:  # delivered to the caller
                 future.set_exception(exc)
+            finally:
+                self._busy_since = None
+                if self._stalled:
+                    self._stalled = False
+                    self.log.warning("device code returned after a stall")
 
     def _read_input(self, name: str, channel: InputChannel) -> None:
         while not self._stopping.is_set():

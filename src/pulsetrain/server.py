@@ -193,6 +193,8 @@ class DeviceServer:
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + 1.0
+                for device in list(self.devices.values()):  # watchdog for stuck device code
+                    device.check_stall(now)
                 self._publish("__heartbeat__", self._heartbeat())
         self._shutdown_devices()
 
