@@ -20,9 +20,10 @@ and described in ``lastError``; the device keeps running.
 
 from __future__ import annotations
 
+import math
 import re
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -182,35 +183,59 @@ def _pulse_keys(props: dict) -> dict[str, Any]:
 class _ModuleAnalysis(Device):
     """Shared input handling of the analysis devices (not registered as a device class)."""
 
-    inputs = {"input": {}}
+    inputs: ClassVar[dict] = {"input": {}}
     outputs = ("output",)
 
-    source_pattern = Property(str, CORRECTED_PATTERN, access="init",
-                              description="module source names, '{m}' = module number")
-    data_kind = Property(str, "corrected", options=("corrected", "raw"), access="init",
-                         description="corrected frames, or raw frames minus a median dark "
-                                     "estimate (development only)")
+    source_pattern = Property(
+        str,
+        CORRECTED_PATTERN,
+        access="init",
+        description="module source names, '{m}' = module number",
+    )
+    data_kind = Property(
+        str,
+        "corrected",
+        options=("corrected", "raw"),
+        access="init",
+        description="corrected frames, or raw frames minus a median dark "
+        "estimate (development only)",
+    )
     data_key = Property(str, "image.data", access="init", description="key of the frames")
-    mask_key = Property(str, "image.mask", access="init",
-                        description="key of the bad-pixel mask, nonzero = bad ('' = none)")
+    mask_key = Property(
+        str,
+        "image.mask",
+        access="init",
+        description="key of the bad-pixel mask, nonzero = bad ('' = none)",
+    )
     use_mask = Property(bool, True, description="leave out pixels flagged in the mask")
-    dark_frames = Property(int, 32, minimum=1, maximum=10000, access="init",
-                           description="raw data: frames per module for the median dark estimate")
-    output_source = Property(str, "", access="init",
-                             description="source name of the results (default per class)")
+    dark_frames = Property(
+        int,
+        32,
+        minimum=1,
+        maximum=10000,
+        access="init",
+        description="raw data: frames per module for the median dark estimate",
+    )
+    output_source = Property(
+        str, "", access="init", description="source name of the results (default per class)"
+    )
 
     processedTrains = Property(int, 0, access="readonly", description="trains analysed")
-    badTrains = Property(int, 0, access="readonly",
-                         description="trains that could not be analysed (see lastError)")
-    incompleteTrains = Property(int, 0, access="readonly",
-                                description="trains analysed with some modules missing")
-    skippedTrains = Property(int, 0, access="readonly",
-                             description="raw data: trains used only for the dark estimate")
+    badTrains = Property(
+        int, 0, access="readonly", description="trains that could not be analysed (see lastError)"
+    )
+    incompleteTrains = Property(
+        int, 0, access="readonly", description="trains analysed with some modules missing"
+    )
+    skippedTrains = Property(
+        int, 0, access="readonly", description="raw data: trains used only for the dark estimate"
+    )
     lastError = Property(str, "", access="readonly", description="why the last bad train was bad")
     lastTrainId = Property(int, 0, access="readonly")
     modulesUsed = Property(int, 0, access="readonly", description="modules in the last train")
-    processingTime = Property(float, 0.0, unit="s", access="readonly",
-                              description="time to analyse the last train")
+    processingTime = Property(
+        float, 0.0, unit="s", access="readonly", description="time to analyse the last train"
+    )
 
     default_output_source = "SPB_DET_AGIPD1M-1/ANALYSIS"
 
@@ -310,28 +335,52 @@ class AzimuthalIntegration(_ModuleAnalysis):
     default_output_source = "SPB_DET_AGIPD1M-1/AZIMUTHAL"
 
     npt = Property(int, 512, minimum=2, maximum=10000, description="number of radial bins")
-    unit = Property(str, "q_A^-1", options=("q_A^-1", "q_nm^-1", "2th_deg", "2th_rad", "r_mm"),
-                    description="radial unit")
-    radial_min = Property(float, 0.0, description="lower end of the radial range (unit); "
-                                                  "min = max = 0: whole detector")
+    unit = Property(
+        str,
+        "q_A^-1",
+        options=("q_A^-1", "q_nm^-1", "2th_deg", "2th_rad", "r_mm"),
+        description="radial unit",
+    )
+    radial_min = Property(
+        float,
+        0.0,
+        description="lower end of the radial range (unit); min = max = 0: whole detector",
+    )
     radial_max = Property(float, 0.0, description="upper end of the radial range (unit)")
-    distance = Property(float, 0.2, unit="m", minimum=0.01, maximum=20.0,
-                        description="sample-detector distance")
+    distance = Property(
+        float, 0.2, unit="m", minimum=0.01, maximum=20.0, description="sample-detector distance"
+    )
     photon_energy = Property(float, 9.3, unit="keV", minimum=0.1, maximum=100.0)
-    beam_centre_x = Property(float, 0.0, unit="px",
-                             description="beam position from the geometry origin (x)")
-    beam_centre_y = Property(float, 0.0, unit="px",
-                             description="beam position from the geometry origin (y)")
-    quad_positions = Property(list, [], access="init",
-                              description="4 (x, y) quadrant positions in px (empty: standard)")
+    beam_centre_x = Property(
+        float, 0.0, unit="px", description="beam position from the geometry origin (x)"
+    )
+    beam_centre_y = Property(
+        float, 0.0, unit="px", description="beam position from the geometry origin (y)"
+    )
+    quad_positions = Property(
+        list, [], access="init", description="4 (x, y) quadrant positions in px (empty: standard)"
+    )
 
-    meanProfile = Property(np.ndarray, np.zeros(0, np.float32), access="readonly",
-                           description="mean radial profile of the last train")
-    radialAxis = Property(np.ndarray, np.zeros(0), access="readonly",
-                          description="bin centres of the profiles (unit)")
+    meanProfile = Property(
+        np.ndarray,
+        np.zeros(0, np.float32),
+        access="readonly",
+        description="mean radial profile of the last train",
+    )
+    radialAxis = Property(
+        np.ndarray, np.zeros(0), access="readonly", description="bin centres of the profiles (unit)"
+    )
 
-    _geometry_keys = ("npt", "unit", "radial_min", "radial_max", "distance", "photon_energy",
-                      "beam_centre_x", "beam_centre_y")
+    _geometry_keys = (
+        "npt",
+        "unit",
+        "radial_min",
+        "radial_max",
+        "distance",
+        "photon_energy",
+        "beam_centre_x",
+        "beam_centre_y",
+    )
 
     def setup(self) -> None:
         from pulsetrain.geometry import agipd1m_geometry
@@ -354,8 +403,7 @@ class AzimuthalIntegration(_ModuleAnalysis):
         self._integrators: dict[int, AzimuthalIntegrator] = {}
         radial = lo + (np.arange(self.npt) + 0.5) * (hi - lo) / self.npt
         self.update(radialAxis=radial)
-        self.log.info("azimuthal integration: %d bins over %s %s", self.npt, self._range,
-                      self.unit)
+        self.log.info("azimuthal integration: %d bins over %s %s", self.npt, self._range, self.unit)
 
     def on_set(self, key: str, value: Any) -> None:
         if key in self._geometry_keys:
@@ -374,10 +422,15 @@ class AzimuthalIntegration(_ModuleAnalysis):
     def analyse(self, frames: dict, n_pulses: int, train_id: int | None) -> dict[str, Any]:
         sums = np.zeros((n_pulses, self.npt))
         counts = np.zeros((n_pulses, self.npt), dtype=np.int64)
+        # One serial (GIL-free) kernel call per module frame: measured faster here than the
+        # parallel stack kernel per module (a parallel region per call costs more than it
+        # gains on 65k-pixel frames) and than stacking the modules into one array first.
         for m, (img, mask) in frames.items():
-            res = self._integrator(m).integrate_stack(img, mask=mask)
-            sums += res.sum
-            counts += res.count
+            integ = self._integrator(m)
+            for f in range(n_pulses):
+                res = integ.integrate(img[f], mask=None if mask is None else mask[f])
+                sums[f] += res.sum
+                counts[f] += res.count
         with np.errstate(invalid="ignore", divide="ignore"):
             intensity = (sums / counts).astype(np.float32)
             mean = (sums.sum(axis=0) / counts.sum(axis=0)).astype(np.float32)
@@ -406,19 +459,39 @@ class HitFinder(_ModuleAnalysis):
 
     default_output_source = "SPB_DET_AGIPD1M-1/HITS"
 
-    threshold = Property(float, 200.0, description="peak pixels must be above this "
-                                                   "(corrected: keV; raw: ADU)")
-    min_peaks = Property(int, 10, minimum=0, maximum=100000,
-                         description="peaks a pulse needs to be a hit")
-    min_pixels = Property(int, 1, minimum=1, maximum=9,
-                          description="pixels above threshold a peak needs in its 3x3 block")
-    method = Property(str, "maxima", options=("maxima", "pixels"),
-                      description="count local maxima, or all pixels above threshold")
-    window_trains = Property(int, 10, minimum=1, maximum=100000,
-                             description="trains (by train ID) in the rolling hit rate")
+    threshold = Property(
+        float, 200.0, description="peak pixels must be above this (corrected: keV; raw: ADU)"
+    )
+    min_peaks = Property(
+        int, 10, minimum=0, maximum=100000, description="peaks a pulse needs to be a hit"
+    )
+    min_pixels = Property(
+        int,
+        1,
+        minimum=1,
+        maximum=9,
+        description="pixels above threshold a peak needs in its 3x3 block",
+    )
+    method = Property(
+        str,
+        "maxima",
+        options=("maxima", "pixels"),
+        description="count local maxima, or all pixels above threshold",
+    )
+    window_trains = Property(
+        int,
+        10,
+        minimum=1,
+        maximum=100000,
+        description="trains (by train ID) in the rolling hit rate",
+    )
 
-    hitRate = Property(float, 0.0, access="readonly",
-                       description="hits / pulses over the last window_trains trains")
+    hitRate = Property(
+        float,
+        0.0,
+        access="readonly",
+        description="hits / pulses over the last window_trains trains",
+    )
     hitRateTrain = Property(float, 0.0, access="readonly", description="hit rate of the last train")
     hits = Property(int, 0, access="readonly", description="hits since start or reset")
     pulses = Property(int, 0, access="readonly", description="pulses since start or reset")
@@ -451,7 +524,7 @@ class HitFinder(_ModuleAnalysis):
             "hits.nHits": n_hits,
             "hits.nPulses": n_pulses,
             "hits.hitRate": n_hits / n_pulses if n_pulses else float("nan"),
-            "hits.hitRateWindow": float(rate) if rate == rate else 0.0,
+            "hits.hitRateWindow": 0.0 if math.isnan(rate) else float(rate),
         }
 
     def publish(self, elapsed: float) -> None:
@@ -459,7 +532,7 @@ class HitFinder(_ModuleAnalysis):
         rate = self.meter.hit_rate
         self.update(
             processingTime=elapsed,
-            hitRate=float(rate) if rate == rate else 0.0,
+            hitRate=0.0 if math.isnan(rate) else float(rate),
             hitRateTrain=n_hits / n_pulses if n_pulses else 0.0,
             hits=self.hits + n_hits,
             pulses=self.pulses + n_pulses,
