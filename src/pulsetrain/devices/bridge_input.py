@@ -433,8 +433,12 @@ class BridgeInput(Device):
         if not data:
             raise ProtocolError("the train holds no source")
         for src, props in data.items():
+            if not isinstance(src, str):
+                raise ProtocolError(f"source name {src!r} is not a string")
             if not isinstance(props, dict):
                 raise ProtocolError(f"source {src!r} is not a map of keys")
+            if not all(isinstance(k, str) for k in props):
+                raise ProtocolError(f"source {src!r} has keys that are not strings")
         if self.require_train_id:
             for src in data:
                 m = meta.get(src)
@@ -466,6 +470,7 @@ class BridgeInput(Device):
             except Exception as exc:  # noqa: BLE001 - counted and shown, never fatal
                 if self._halt.is_set():
                     return
+                self._values["malformed"] += 1
                 self._error(f"publishing failed: {type(exc).__name__}: {exc}")
                 continue
             self._values["received"] += 1
