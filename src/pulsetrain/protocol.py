@@ -33,9 +33,9 @@ from pulsetrain.errors import ProtocolError
 
 __all__ = [
     "PROTOCOL_VERSIONS",
-    "serialize",
     "deserialize",
     "make_meta",
+    "serialize",
     "train_id_of",
 ]
 
@@ -68,8 +68,9 @@ def make_meta(source: str, train_id: int, timestamp: float | None = None) -> dic
     """
     if timestamp is None:
         timestamp = time.time()
-    sec = math.floor(timestamp)
-    frac = round((timestamp - sec) * 1e6) * 10**12  # microsecond precision, in attoseconds
+    # Microsecond precision, rounded once so that the fraction never reaches a full second.
+    sec, micro = divmod(round(timestamp * 1e6), 10**6)
+    frac = micro * 10**12  # in attoseconds
     return {
         "source": source,
         "timestamp": float(timestamp),
@@ -362,7 +363,8 @@ def deserialize(frames: Sequence[Any]) -> tuple[Data, Meta]:
     Returns
     -------
     data, meta : dict
-        The train.  With protocol 2.2, arrays are read-only views on the frames (zero-copy):
+        The train.  With protocol 2.2, arrays are views on the frames (zero-copy; writeable
+        when the frame is, as received ``zmq.Frame`` buffers are, read-only for ``bytes``):
         keep them alive as long as the arrays are used (numpy does, through ``array.base``).
 
     Raises
