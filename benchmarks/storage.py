@@ -1,0 +1,223 @@
+"""Benchmark: storage - RunWriter GB/s against plain h5py writing the same arrays.
+
+Workload: a simulated raw run of 16 AGIPD modules (``frames`` x 2 x 512 x 128 uint16 per
+module-train of dark-like values, plus cellId/pulseId/trainId/length/status per frame), a motor
+(control source) and a camera, ``trains`` trains.  The arrays are made once and reused for every train, so only
+writing is timed.
+
+* ``RunWriter``: the full EuXFEL layout (17 sequence files, INDEX, METADATA, RUN, periodic
+  flushes, ``.part`` rename on close).
+* ``plain h5py``: the same arrays written with ``ds[a:b] = arr`` into datasets preallocated at
+  their final size in 17 files, with the same chunk shapes and compression, and no INDEX or
+  METADATA at all - the peer the writer must match (goal >= 0.9 x).
+
+Both write into the same directory, interleaved round by round; each figure is the median of the
+rounds, from opening the first file to closing the last.  GB/s counts array bytes (uncompressed).
+
+Run ``python benchmarks/storage.py [--quick] [--compression lzf] [--dir DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pulsetrain.files import RunWriter, default_aggregator, make_meta
+from pulsetrain.files.naming import default_frame_group
+from pulsetrain.files.sequence_file import ColumnSpec, Layout
+
+MODULES = 16
+FIRST_TRAIN = 1_500_000_000
+MOTOR = "SPB_IRU_MOTORS/MOTOR/SAMPLE_X"
+CAMERA = "SPB_IRU_CAM/CAM/SIDEMIC:daqOutput"
+
+
+def make_template(frames: int, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """One train's arrays (reused for every train): detector-like values (an offset of ~5000
+    ADU per pixel plus noise of 20 ADU; gain bits 0), so that compression behaves as on dark
+    data rather than on white noise."""
+    rng = np.random.default_rng(seed)
+    offset = rng.normal(5000, 300, (1, 1, 512, 128))
+    cells = np.arange(frames, dtype=np.uint16)
+    data: dict[str, dict[str, np.ndarray]] = {}
+    for m in range(MODULES):
+        data[f"SPB_DET_AGIPD1M-1/DET/{m}CH0:xtdf"] = {
+            "image.data": _detector_like(rng, offset, frames),
+            "image.cellId": cells,
+            "image.pulseId": cells.astype(np.uint64) * 4,
+            "image.trainId": np.zeros(frames, dtype=np.uint64),
+            "image.length": np.full(frames, 262144, dtype=np.uint32),
+            "image.status": np.zeros(frames, dtype=np.uint16),
+        }
+    data[MOTOR] = {"actualPosition.value": np.float64(1.5), "velocity.value": np.float32(0.1)}
+    data[CAMERA] = {
+        "data.image.pixels": rng.poisson(30, (256, 320)).astype(np.uint16),
+        "data.trainId": np.uint64(0),
+    }
+    return data
+
+
+def _detector_like(rng: np.random.Generator, offset: np.ndarray, frames: int) -> np.ndarray:
+    data = np.zeros((frames, 2, 512, 128), dtype=np.uint16)
+    data[:, :1] = np.clip(offset + rng.normal(0, 20, (frames, 1, 512, 128)), 0, 16383)
+    return data
+
+
+def payload_bytes(template: dict, trains: int) -> int:
+    total = 0
+    for values in template.values():
+        total += sum(np.asarray(v).nbytes for v in values.values())
+    return total * trains
+
+
+def run_writer(out: Path, template: dict, trains: int, layout: Layout) -> float:
+    """Write the run with RunWriter; returns the wall time in seconds."""
+    t0 = time.perf_counter()
+    with RunWriter(
+        out,
+        chunk_trains=layout.chunk_trains,
+        chunk_bytes=layout.chunk_bytes,
+        compression=layout.compression,
+        min_free_bytes=0,
+    ) as writer:
+        for i in range(trains):
+            tid = FIRST_TRAIN + i
+            ns = 1_700_000_000_000_000_000 + i * 100_000_000
+            meta = {src: make_meta(src, tid, ns) for src in template}
+            writer.write_train(template, meta)
+    return time.perf_counter() - t0
+
+
+def run_plain(out: Path, template: dict, trains: int, layout: Layout) -> float:
+    """Plain h5py: same arrays, same chunks and filters, datasets preallocated, no index."""
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    files: dict[str, h5py.File] = {}
+    targets = []  # (dataset, array, rows per train)
+    for source, values in template.items():
+        agg = default_aggregator(source)
+        f = files.get(agg)
+        if f is None:
+            f = files[agg] = h5py.File(out / f"PLAIN-{agg}.h5", "w")
+        control = ":" not in source
+        for key, value in values.items():
+            arr = np.asarray(value)
+            group = key.split(".", 1)[0]
+            per_frame = not control and default_frame_group(source, group)
+            if not per_frame:
+                arr = arr.reshape((1,) + arr.shape)
+            spec = ColumnSpec(arr.dtype, arr.shape[1:])
+            rows = layout.chunk_rows(spec, per_frame)
+            n = len(arr)
+            ds = f.create_dataset(
+                f"{source}/{key.replace('.', '/')}",
+                shape=(n * trains,) + arr.shape[1:],
+                maxshape=(None,) + arr.shape[1:],
+                chunks=(rows,) + arr.shape[1:],
+                dtype=arr.dtype,
+                **({} if control else layout.filters()),
+            )
+            targets.append((ds, arr, n))
+    for i in range(trains):
+        for ds, arr, n in targets:
+            ds[i * n : (i + 1) * n] = arr
+    for f in files.values():
+        f.close()
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run the benchmark, print a table, return the result dicts."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small run, one round (for CI)")
+    parser.add_argument("--trains", type=int, help="trains per round (default 24, quick 8)")
+    parser.add_argument("--frames", type=int, help="frames per module-train (default 16, quick 4)")
+    parser.add_argument("--rounds", type=int, help="rounds (default 5, quick 1)")
+    parser.add_argument("--compression", choices=["none", "gzip", "lzf"], default="none")
+    parser.add_argument("--dir", help="directory to write into (default: a temporary one)")
+    args = parser.parse_args(argv)
+    trains = args.trains or (8 if args.quick else 24)
+    frames = args.frames or (4 if args.quick else 16)
+    rounds = args.rounds or (1 if args.quick else 5)
+    compression = None if args.compression == "none" else args.compression
+    layout = Layout(compression=compression)
+    template = make_template(frames)
+    nbytes = payload_bytes(template, trains)
+
+    base = Path(tempfile.mkdtemp(prefix="pt-bench-storage-", dir=args.dir))
+    times: dict[str, list[float]] = {"writer": [], "plain": []}
+    cpu: dict[str, list[float]] = {"writer": [], "plain": []}
+    try:
+        for r in range(rounds):
+            order = ("plain", "writer") if r % 2 == 0 else ("writer", "plain")
+            for name in order:
+                out = base / f"{name}-{r}"
+                run = run_writer if name == "writer" else run_plain
+                c0 = time.process_time()
+                times[name].append(run(out, template, trains, layout))
+                cpu[name].append(time.process_time() - c0)
+                shutil.rmtree(out)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+    writer_s = statistics.median(times["writer"])
+    plain_s = statistics.median(times["plain"])
+    writer_gbs = nbytes / writer_s / 1e9
+    plain_gbs = nbytes / plain_s / 1e9
+    print(
+        f"storage benchmark: {trains} trains x 16 AGIPD modules x {frames} frames + motor + "
+        f"camera = {nbytes / 1e9:.2f} GB per round, {rounds} round(s), "
+        f"compression={args.compression}"
+    )
+    print(
+        f"python {platform.python_version()}, h5py {h5py.__version__}, HDF5 "
+        f"{h5py.version.hdf5_version}, {os.cpu_count()} cores, dir {base.parent}"
+    )
+    print()
+    print(f"{'variant':<14}{'median s':>10}{'GB/s':>8}{'CPU s':>8}   rounds (wall s)")
+    for name, label in (("writer", "RunWriter"), ("plain", "plain h5py")):
+        s = statistics.median(times[name])
+        rounds_txt = " ".join(f"{t:.2f}" for t in times[name])
+        cpu_s = statistics.median(cpu[name])
+        print(f"{label:<14}{s:>10.3f}{nbytes / s / 1e9:>8.2f}{cpu_s:>8.2f}   {rounds_txt}")
+    ratio = writer_gbs / plain_gbs
+    cpu_ratio = statistics.median(cpu["plain"]) / statistics.median(cpu["writer"])
+    print()
+    print(
+        f"RunWriter / plain h5py = {ratio:.2f} x wall-clock GB/s (goal >= 0.9 x); "
+        f"{cpu_ratio:.2f} x by CPU time"
+    )
+    # TODO(lead): replay comparison - iter_run_trains-based replay trains/s against
+    # karabo-bridge-serve-files on the same run and socket pattern (goal >= 2 x).
+    return [
+        {
+            "name": f"storage.writer_GBps[{args.compression}]",
+            "value": round(writer_gbs, 3),
+            "unit": "GB/s",
+            "peer": "plain h5py (same arrays, chunks, compression)",
+            "ratio": round(ratio, 3),
+            "goal": 0.9,
+        },
+        {
+            "name": f"storage.plain_h5py_GBps[{args.compression}]",
+            "value": round(plain_gbs, 3),
+            "unit": "GB/s",
+            "peer": None,
+            "ratio": None,
+            "goal": None,
+        },
+    ]
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,456 @@
+"""Read run directories back into trains, through EXtra-data.
+
+:func:`iter_run_trains` opens a run with ``extra_data.RunDirectory`` and yields
+``(train_id, data, meta)`` in the train convention.  For speed it reads each key once per
+*block* of trains (one HDF5 read covering the rows of many trains, split into per-train views)
+instead of once per train.
+
+Conventions of the yielded data (the same as the writer takes):
+
+- Control keys come as ``<key>.value`` and ``<key>.timestamp`` (one row per train).
+- Per-train instrument keys come without a train axis (a camera frame is ``(H, W)``); if a
+  source recorded several rows for a train they come as a stacked array.
+- Per-frame groups (``image`` of detector module sources by default) always keep the frame
+  axis first, even with one frame or zero frames in the train.
+- Strings come as ``str``.
+- A source is in a train's ``data`` when it recorded something for it (or, for sources with
+  per-frame groups, when its file lists the train).
+- ``meta[source]`` carries the train's timestamp from ``INDEX/timestamp`` of the file holding
+  the source's data; where files have none (format 0.5) it is derived: 100 ms per train from the nearest known timestamp, or from
+  the file's creation date, or from the first file's modification time.
+"""
+
+from __future__ import annotations
+
+import calendar
+import fnmatch
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from pulsetrain.errors import ConfigurationError, FileFormatError
+from pulsetrain.files.naming import default_frame_group
+from pulsetrain.files.timestamps import TRAIN_PERIOD_NS, make_meta
+
+__all__ = ["RunInfo", "iter_run_trains", "open_run_dir", "run_info"]
+
+log = logging.getLogger(__name__)
+
+TrainSelection = slice | tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Summary of a run directory.
+
+    Attributes
+    ----------
+    train_ids : numpy.ndarray
+        All train IDs of the run (uint64, increasing).
+    control_sources, instrument_sources : tuple of str
+        Source names (legacy alias names of corrected detectors excluded).
+    files : tuple of Path
+        The HDF5 files EXtra-data opened.
+    metadata : dict
+        ``run_metadata()`` of the run (format version, proposal, run number, ...).
+    """
+
+    train_ids: np.ndarray
+    control_sources: tuple[str, ...]
+    instrument_sources: tuple[str, ...]
+    files: tuple[Path, ...]
+    metadata: dict[str, Any]
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """All sources, sorted."""
+        return tuple(sorted(self.control_sources + self.instrument_sources))
+
+    @property
+    def n_files(self) -> int:
+        return len(self.files)
+
+    @property
+    def n_trains(self) -> int:
+        return len(self.train_ids)
+
+
+def open_run_dir(run_dir: str | os.PathLike[str]):  # -> extra_data.DataCollection
+    """Open a run directory with ``extra_data.RunDirectory`` (files opened serially).
+
+    If EXtra-data cannot write its cache of the run's files (``karabo_data_map.json``, e.g. on
+    a full disk), the files are opened without the cache.  Raises FileFormatError when the
+    directory holds no usable run files.
+    """
+    import extra_data
+
+    try:
+        return extra_data.RunDirectory(str(run_dir), parallelize=False)
+    except FileNotFoundError as exc:
+        raise FileFormatError(f"no run files in {run_dir}: {exc}") from exc
+    except OSError as exc:
+        log.warning("opening %s without EXtra-data's file cache: %s", run_dir, exc)
+        paths = sorted(
+            str(p)
+            for p in Path(run_dir).iterdir()
+            if p.name.endswith(".h5") and p.name.lower() != "overview.h5"
+        )
+        return extra_data.DataCollection.from_paths(paths, is_single_run=True, parallelize=False)
+    except Exception as exc:  # EXtra-data raises a bare Exception for unusable files
+        if "unusable" in str(exc):
+            raise FileFormatError(f"no usable run files in {run_dir}: {exc}") from exc
+        raise
+
+
+def _sources_of(run) -> tuple[list[str], list[str]]:
+    legacy = set(getattr(run, "legacy_sources", {}) or {})
+    control = sorted(s for s in run.control_sources if s not in legacy)
+    instrument = sorted(s for s in run.instrument_sources if s not in legacy)
+    return control, instrument
+
+
+def run_info(run_dir: str | os.PathLike[str]) -> RunInfo:
+    """Train IDs, sources, files and metadata of a run directory."""
+    with open_run_dir(run_dir) as run:
+        control, instrument = _sources_of(run)
+        try:
+            metadata = run.run_metadata()
+        except Exception:  # noqa: BLE001 - malformed METADATA must not hide the run
+            metadata = {}
+        return RunInfo(
+            train_ids=np.asarray(run.train_ids, dtype=np.uint64),
+            control_sources=tuple(control),
+            instrument_sources=tuple(instrument),
+            files=tuple(sorted(Path(f.filename) for f in run.files)),
+            metadata={k: _plain(v) for k, v in metadata.items()},
+        )
+
+
+def iter_run_trains(
+    run_dir: str | os.PathLike[str],
+    *,
+    sources: list[str] | tuple[str, ...] | str | None = None,
+    trains: TrainSelection = None,
+    require_all: bool = False,
+    frame_groups: Callable[[str, str], bool] | None = None,
+    max_block_bytes: int = 64 << 20,
+    max_block_trains: int = 256,
+) -> Iterator[tuple[int, dict[str, dict[str, Any]], dict[str, dict[str, Any]]]]:
+    """Yield the trains of a run as ``(train_id, data, meta)``.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        Run directory (any EXDF version EXtra-data reads).
+    sources : list of str, optional
+        Glob patterns of source names (``"*/DET/*"``); default all sources.
+    trains : slice or (int, int), optional
+        A ``slice`` selects by position in the run's train list; a tuple ``(first, stop)``
+        selects train IDs ``first <= tid < stop``.
+    require_all : bool
+        Skip trains in which any selected source has no data.
+    frame_groups : callable, optional
+        ``frame_groups(source, group) -> bool``: groups that keep their frame axis.
+    max_block_bytes, max_block_trains : int
+        Size of the blocks read at once (memory bound of the reader).
+
+    Yields
+    ------
+    tuple
+        ``(train_id, data, meta)``; arrays may be views into a block shared by several trains
+        (treat them as read-only).
+    """
+    is_frame_group = frame_groups or default_frame_group
+    with open_run_dir(run_dir) as run:
+        control, instrument = _sources_of(run)
+        all_sources = control + instrument
+        if sources is not None:
+            patterns = [sources] if isinstance(sources, str) else list(sources)
+            chosen = set()
+            for pattern in patterns:
+                matched = [s for s in all_sources if fnmatch.fnmatchcase(s, pattern)]
+                if not matched:
+                    raise ConfigurationError(
+                        f"no source of {run_dir} matches {pattern!r} "
+                        f"(sources: {', '.join(all_sources[:8])}{', ...' if len(all_sources) > 8 else ''})"
+                    )
+                chosen.update(matched)
+            control = [s for s in control if s in chosen]
+            instrument = [s for s in instrument if s in chosen]
+        train_ids = np.asarray(run.train_ids, dtype=np.uint64)
+        timestamps = _train_timestamps(run, train_ids)
+        selected = _select_trains(train_ids, trains)
+        readers = [_SourceReader(run, s, True, is_frame_group) for s in control] + [
+            _SourceReader(run, s, False, is_frame_group) for s in instrument
+        ]
+        readers = [r for r in readers if r.keys]
+        if not readers or selected.size == 0:
+            return
+        per_train = sum(r.bytes_per_train(train_ids.size) for r in readers)
+        block = int(max(1, min(max_block_trains, max_block_bytes // max(1, per_train))))
+        for positions in _blocks(selected, block):
+            block_tids = train_ids[positions]
+            parts = [r.read_block(block_tids) for r in readers]
+            for j, tid in enumerate(block_tids.tolist()):
+                data: dict[str, dict[str, Any]] = {}
+                meta: dict[str, dict[str, Any]] = {}
+                for reader, (values, stamps) in zip(readers, parts):
+                    if values[j] is not None:
+                        src = reader.source
+                        data[src] = values[j]
+                        ns = int(stamps[j]) or int(timestamps[positions[j]])
+                        meta[src] = make_meta(src, tid, ns)
+                if not data:
+                    continue
+                if require_all and len(data) != len(readers):
+                    continue
+                yield tid, data, meta
+
+
+def _blocks(selected: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    """Runs of consecutive positions, at most *size* long (a block is read as one range)."""
+    breaks = np.nonzero(np.diff(selected) != 1)[0] + 1
+    for run in np.split(selected, breaks):
+        for start in range(0, run.size, size):
+            yield run[start : start + size]
+
+
+def _select_trains(train_ids: np.ndarray, trains: TrainSelection) -> np.ndarray:
+    positions = np.arange(train_ids.size)
+    if trains is None:
+        return positions
+    if isinstance(trains, slice):
+        return positions[trains]
+    if isinstance(trains, tuple) and len(trains) == 2:
+        first, stop = (int(t) if t is not None else None for t in trains)
+        mask = np.ones(train_ids.size, dtype=bool)
+        if first is not None:
+            mask &= train_ids >= first
+        if stop is not None:
+            mask &= train_ids < stop
+        return positions[mask]
+    raise ConfigurationError(f"trains must be a slice or a (first, stop) tuple, not {trains!r}")
+
+
+class _SourceReader:
+    """Reads one source's keys a block of trains at a time."""
+
+    def __init__(self, run, source: str, control: bool, is_frame_group) -> None:
+        self.source = source
+        self.control = control
+        src = run[source]
+        self.files = sorted(
+            src.files, key=lambda fa: int(fa.train_ids[0]) if fa.train_ids.size else 0
+        )
+        keys = sorted(src.keys(inc_timestamps=True)) if control else sorted(src.keys())
+        self.keys = keys
+        self.section = "CONTROL" if control else "INSTRUMENT"
+        self.groups: dict[str, list[str]] = {}
+        for k in keys:
+            group = "" if control else k.split(".", 1)[0]
+            self.groups.setdefault(group, []).append(k)
+        self.frame_groups = {g for g in self.groups if not control and is_frame_group(source, g)}
+        self._datasets: dict[tuple[str, str], h5py.Dataset] = {}
+        self._stamps: dict[str, np.ndarray] = {}
+        self._paths: dict[str, dict[str, str]] = {}
+        self._order: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _raw_dataset(self, fa, key: str) -> h5py.Dataset:
+        """The dataset of *key* in file *fa* (found by walking the source group, so HDF5 names
+        containing '.' - seen in some mock files - work too)."""
+        paths = self._paths.get(fa.filename)
+        if paths is None:
+            paths = {}
+            base = f"{self.section}/{self.source}"
+
+            def visit(name: str, obj: object) -> None:
+                if isinstance(obj, h5py.Dataset):
+                    paths[name.replace("/", ".")] = f"{base}/{name}"
+
+            fa.file[base].visititems(visit)
+            self._paths[fa.filename] = paths
+        return fa.file[paths[key]]
+
+    def _dataset(self, fa, key: str):
+        cache_key = (fa.filename, key)
+        ds = self._datasets.get(cache_key)
+        if ds is None:
+            ds = self._raw_dataset(fa, key)
+            if h5py.check_string_dtype(ds.dtype) is not None:
+                ds = ds.asstr()
+            self._datasets[cache_key] = ds
+        return ds
+
+    def bytes_per_train(self, ntrains: int) -> int:
+        total = 0
+        fa = self.files[0] if self.files else None
+        if fa is None or ntrains == 0:
+            return 0
+        for group, keys in self.groups.items():
+            _, counts = fa.get_index(self.source, group)
+            rows = float(counts.mean()) if counts.size else 0.0
+            for key in keys:
+                ds = self._raw_dataset(fa, key)
+                entry = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
+                total += int(entry * max(rows, 1.0))
+        return total
+
+    def _sorted_ids(self, fa) -> tuple[np.ndarray, np.ndarray]:
+        """File positions in train-ID order and the sorted IDs (old files may be unsorted;
+        the first of duplicated IDs wins, as in EXtra-data)."""
+        cached = self._order.get(fa.filename)
+        if cached is None:
+            tids = fa.train_ids
+            order = np.argsort(tids, kind="stable")
+            stids = tids[order]
+            keep = np.ones(stids.size, dtype=bool)
+            keep[1:] = stids[1:] != stids[:-1]
+            cached = self._order[fa.filename] = (order[keep], stids[keep])
+        return cached
+
+    def _file_stamps(self, fa) -> np.ndarray:
+        stamps = self._stamps.get(fa.filename)
+        if stamps is None:
+            n = fa.train_ids.size
+            f = fa.file
+            if "INDEX/timestamp" in f:
+                stamps = f["INDEX/timestamp"][:n].astype(np.uint64)
+            else:
+                stamps = np.zeros(n, dtype=np.uint64)
+            self._stamps[fa.filename] = stamps
+        return stamps
+
+    def read_block(self, block_tids: np.ndarray) -> tuple[list[dict[str, Any] | None], np.ndarray]:
+        """Per train of the block: this source's values (None when it has no data), and the
+        train timestamps of the source's files (0 where unknown)."""
+        out: list[dict[str, Any] | None] = [None] * block_tids.size
+        block_stamps = np.zeros(block_tids.size, dtype=np.uint64)
+        lo_tid, hi_tid = int(block_tids[0]), int(block_tids[-1])
+        for fa in self.files:
+            order, stids = self._sorted_ids(fa)
+            if stids.size == 0 or int(stids[-1]) < lo_tid or int(stids[0]) > hi_tid:
+                continue
+            # Positions of the block's trains in this file (and in the block).
+            spos = np.minimum(np.searchsorted(stids, block_tids), stids.size - 1)
+            present = stids[spos] == block_tids
+            if not present.any():
+                continue
+            bpos = np.nonzero(present)[0]
+            fpos = order[spos[bpos]]
+            block_stamps[bpos] = self._file_stamps(fa)[fpos]
+            has_frames = bool(self.frame_groups)
+            values_per_train: list[dict[str, Any]] = [{} for _ in bpos]
+            any_data = np.full(bpos.size, has_frames)
+            for group, keys in self.groups.items():
+                firsts, counts = fa.get_index(self.source, group)
+                firsts = firsts[fpos].astype(np.int64)
+                counts = counts[fpos].astype(np.int64)
+                nonzero = counts > 0
+                any_data |= nonzero
+                per_frame = group in self.frame_groups
+                if nonzero.any():
+                    r0 = int(firsts[nonzero].min())
+                    r1 = int((firsts + counts)[nonzero].max())
+                else:
+                    r0 = r1 = 0
+                for key in keys:
+                    ds = self._dataset(fa, key)
+                    block = ds[r0:r1] if r1 > r0 else None
+                    if block is None and per_frame:
+                        block = _empty_rows(self._raw_dataset(fa, key))
+                    for i in range(bpos.size):
+                        c = counts[i]
+                        if c == 0:
+                            if per_frame:
+                                values_per_train[i][key] = block[0:0]
+                            continue
+                        a = firsts[i] - r0
+                        if per_frame or c > 1:
+                            values_per_train[i][key] = block[a : a + c]
+                        else:
+                            values_per_train[i][key] = _scalar(block[a])
+            for i, b in enumerate(bpos.tolist()):
+                if any_data[i]:
+                    out[b] = values_per_train[i]
+        return out, block_stamps
+
+
+def _empty_rows(ds: h5py.Dataset) -> np.ndarray:
+    if h5py.check_string_dtype(ds.dtype) is not None:
+        return np.empty((0,) + ds.shape[1:], dtype=object)
+    return np.empty((0,) + ds.shape[1:], dtype=ds.dtype)
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return value
+
+
+def _train_timestamps(run, train_ids: np.ndarray) -> np.ndarray:
+    """Nanosecond timestamp per train from INDEX/timestamp; missing ones derived (see module)."""
+    stamps = np.zeros(train_ids.size, dtype=np.uint64)
+    known = np.zeros(train_ids.size, dtype=bool)
+    creation: int | None = None
+    for fa in run.files:
+        n = fa.train_ids.size
+        if n == 0:
+            continue
+        f = fa.file
+        if creation is None and "METADATA/creationDate" in f:
+            creation = _parse_stamp(f["METADATA/creationDate"][0])
+        if "INDEX/timestamp" not in f:
+            continue
+        values = f["INDEX/timestamp"][:n].astype(np.uint64)
+        pos = np.searchsorted(train_ids, fa.train_ids)
+        pos = np.minimum(pos, train_ids.size - 1)
+        ok = (train_ids[pos] == fa.train_ids) & (values > 0) & ~known[pos]
+        stamps[pos[ok]] = values[ok]
+        known[pos[ok]] = True
+    if known.all() or train_ids.size == 0:
+        return stamps
+    if known.any():
+        ref_pos = np.nonzero(known)[0]
+        # Nearest known train (by position) for each unknown one.
+        idx = np.searchsorted(ref_pos, np.arange(train_ids.size))
+        idx = np.clip(idx, 0, ref_pos.size - 1)
+        left = ref_pos[np.clip(idx - 1, 0, ref_pos.size - 1)]
+        right = ref_pos[idx]
+        here = np.arange(train_ids.size)
+        nearest = np.where(np.abs(here - left) <= np.abs(right - here), left, right)
+        ref_tid = train_ids[nearest].astype(np.int64)
+        ref_ns = stamps[nearest].astype(np.int64)
+    else:
+        if creation is None:
+            first = run.files[0].filename
+            creation = int(os.stat(first).st_mtime * 1e9)
+        ref_tid = np.full(train_ids.size, int(train_ids[0]), dtype=np.int64)
+        ref_ns = np.full(train_ids.size, creation, dtype=np.int64)
+    derived = ref_ns + (train_ids.astype(np.int64) - ref_tid) * TRAIN_PERIOD_NS
+    stamps[~known] = np.maximum(derived[~known], 0).astype(np.uint64)
+    return stamps
+
+
+def _parse_stamp(value: Any) -> int | None:
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    try:
+        t = time.strptime(str(value), "%Y%m%dT%H%M%SZ")
+    except ValueError:
+        return None
+    return calendar.timegm(t) * 1_000_000_000
