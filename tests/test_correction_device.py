@@ -111,6 +111,6 @@ def test_passthrough_when_configured(tmp_path, catalog_url):
         inp.connect(sup.endpoints()["CORR3:output"])
         item = inp.get(timeout=60)
         src = "SPB_DET_AGIPD1M-1/CORR/3CH0:output"
-        assert item.data[src]["corrected"] is False
+        assert item.data[src]["calibration.corrected"] is False
         assert item.data[src]["image.data"].dtype == np.uint16
         inp.close()

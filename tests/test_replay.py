@@ -30,6 +30,12 @@ def sim_run(tmp_path_factory):
 
 
 def assert_equal_values(a, b, where):
+    # Replay gives strings as str, as live Karabo data carries them; EXtra-data gives the
+    # bytes stored in the file.  Same value, compared decoded.
+    if isinstance(b, bytes):
+        b = b.decode()
+    if isinstance(b, np.ndarray) and b.dtype.kind == "S":
+        b = b.astype(str)
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         a, b = np.asarray(a), np.asarray(b)
         assert a.shape == b.shape, where
@@ -38,7 +44,7 @@ def assert_equal_values(a, b, where):
         assert a == b, where
 
 
-def check_replay_equals_extra_data(run_dir, tmp_path, *extra):
+def check_replay_equals_extra_data(run_dir, tmp_path, *extra, positions=None):
     from extra_data import RunDirectory
     from karabo_bridge import Client
 
@@ -49,11 +55,16 @@ def check_replay_equals_extra_data(run_dir, tmp_path, *extra):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
     try:
         run = RunDirectory(str(run_dir))
+        if positions is not None:
+            run = run.select_trains(positions)
         expected = list(run.trains())
         got = []
         with Client(f"tcp://127.0.0.1:{port}", timeout=30) as client:
             for _ in expected:
-                got.append(client.next())
+                try:
+                    got.append(client.next())
+                except TimeoutError:
+                    raise AssertionError(f"train {len(got)} of {len(expected)} did not arrive")
             # nothing more: every train exactly once
             with pytest.raises(TimeoutError):
                 Client(f"tcp://127.0.0.1:{port}", timeout=1).next()
@@ -88,7 +99,8 @@ def test_extra_data_mock_run_replays_exactly(tmp_path):
     run_dir = tmp_path / "spb"
     run_dir.mkdir()
     make_spb_run(str(run_dir), format_version="1.2")
-    n = check_replay_equals_extra_data(run_dir, tmp_path, "--trains", "#0:20")
+    n = check_replay_equals_extra_data(run_dir, tmp_path, "--trains", "#0:5",
+                                       positions=np.s_[0:5])
     assert n > 0
 
 

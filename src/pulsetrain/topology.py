@@ -33,13 +33,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pulsetrain.channels import validate_policy
+from pulsetrain.channels import PORT_RANGE, free_port, validate_policy  # noqa: F401
 from pulsetrain.errors import ConfigurationError
 
 if sys.version_info >= (3, 11):
@@ -93,13 +92,6 @@ def _split_channel(ref: str, what: str) -> tuple[str, str]:
     if not sep or not device or not channel:
         raise ConfigurationError(f"{what} {ref!r} must look like 'DEVICE_ID:channel'")
     return device, channel
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class Topology:

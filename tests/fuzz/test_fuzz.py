@@ -246,7 +246,12 @@ def test_input_adapter_survives_mutated_pushes(tmp_path, server):
     sock.curve_serverkey = dev.get("serverPublicKey").encode()
     sock.curve_publickey = tool_public
     sock.curve_secretkey = tool_secret_key
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
     sock.connect(dev.get("boundEndpoint"))
+    # send only once the CURVE handshake succeeded (as a careful tool does)
+    assert monitor.poll(10_000), "no CURVE handshake with the input adapter"
+    sock.disable_monitor()
+    monitor.close(0)
     rng = np.random.default_rng(777)
     seed = [bytes(f) for f in protocol.serialize(
         {"SPB_EXTERNAL/TOOL/RESULTS:output": {"score": np.arange(4.0)}},

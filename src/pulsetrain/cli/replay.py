@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        server.stop()
+        # give the last replies time to leave (a zero linger would discard them)
+        server.stop(linger=10.0)
     print(f"fed {sent} trains; sent {server.sent}, dropped {server.dropped}")
     return 0

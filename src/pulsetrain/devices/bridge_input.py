@@ -269,6 +269,13 @@ class BridgeInput(Device):
         self._load_keys()
         self.log.info("allow-list reloaded: %d keys", len(self._allowed))
 
+    _count_lock = threading.Lock()
+
+    def _count(self, key: str) -> None:
+        """Bump a counter; two threads (receive, publish) count, so under a lock."""
+        with self._count_lock:
+            self._values[key] += 1
+
     @slot(description="Zero the counters")
     def reset_counters(self) -> None:
         """Zero the counters and forget the last error."""
@@ -325,7 +332,7 @@ class BridgeInput(Device):
 
     # ------------------------------------------------------------ receiving (own thread)
     def _refuse(self, why: str) -> None:
-        self._values["refused"] += 1
+        self._count("refused")
         self._values["lastError"] = f"refused: {why}"
         self.log.warning("refused a connection: %s", why)
 
@@ -401,7 +408,7 @@ class BridgeInput(Device):
 
     def _accept(self, frames: list) -> None:
         if not self._rate_ok():
-            self._values["dropped"] += 1
+            self._count("dropped")
             return
         client = ""
         try:
@@ -410,24 +417,24 @@ class BridgeInput(Device):
             client = ""
         if self.mode == "bind" and client not in self._allowed.values():
             # The key was removed from the allow-list after this connection was made.
-            self._values["rejected"] += 1
+            self._count("rejected")
             self._error(f"rejected a train from {client or '?'}: its key is no longer allowed")
             return
         try:
             data, meta = deserialize(frames)
             self._check(data, meta)
         except ProtocolError as exc:
-            self._values["malformed"] += 1
+            self._count("malformed")
             self._error(f"malformed message from {client or '?'}: {exc}")
             return
         except AuthenticationError as exc:
-            self._values["rejected"] += 1
+            self._count("rejected")
             self._error(f"rejected train from {client or '?'}: {exc}")
             return
         try:
             self._trains.put_nowait((data, meta, client))
         except queue.Full:
-            self._values["dropped"] += 1
+            self._count("dropped")
 
     def _check(self, data: dict, meta: dict) -> None:
         if not data:
@@ -464,16 +471,16 @@ class BridgeInput(Device):
             try:
                 self.write("output", data, meta)
             except ProtocolError as exc:
-                self._values["malformed"] += 1
+                self._count("malformed")
                 self._error(f"cannot re-publish a train from {client or '?'}: {exc}")
                 continue
             except Exception as exc:  # noqa: BLE001 - counted and shown, never fatal
                 if self._halt.is_set():
                     return
-                self._values["malformed"] += 1
+                self._count("malformed")
                 self._error(f"publishing failed: {type(exc).__name__}: {exc}")
                 continue
-            self._values["received"] += 1
+            self._count("received")
             tid = train_id_of(meta)
             if tid is not None:
                 self._values["lastTrainId"] = tid

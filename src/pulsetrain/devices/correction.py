@@ -32,7 +32,7 @@ class AGIPDCorrection(Device):
     (``image.data`` float32 (frames, 512, 128), ``image.gain`` uint8, ``image.mask`` uint32)
     under the CORR source name.  Missing or mismatched constants put the device in ERROR with a
     message naming what is missing — or, with ``on_missing_constants = 'passthrough'``, raw data
-    are forwarded flagged ``corrected = False``.
+    are forwarded flagged ``calibration.corrected = False``.
     """
 
     inputs = {"input": {}}
@@ -138,7 +138,7 @@ class AGIPDCorrection(Device):
                 if self.on_missing_constants != "passthrough":
                     raise CalibrationError(
                         f"module {self.module}: no constants loaded ({self.status})")
-                out[name] = {**props, "corrected": False}
+                out[name] = {**props, "calibration.corrected": False}
                 self._values["uncorrectedTrains"] += 1
             else:
                 out[name] = correct_module_data(
@@ -147,7 +147,7 @@ class AGIPDCorrection(Device):
                     force_mg_threshold=self.force_mg_threshold or None,
                     force_hg_threshold=self.force_hg_threshold or None,
                 )
-                out[name]["corrected"] = True
+                out[name]["calibration.corrected"] = True
                 self._values["correctedTrains"] += 1
             out_meta[name] = {**meta.get(src, {}), "source": name}
             frames += raw.shape[0]

@@ -49,6 +49,9 @@ class FileReplay(Device):
     all_in_output = Property(bool, False, access="init")
     autostart = Property(bool, True, access="init")
     retimestamp = Property(bool, False, description="stamp trains with the replay time")
+    connect_timeout = Property(float, 10.0, minimum=0.0, unit="s", access="init",
+                               description="before the first train, wait this long for every "
+                               "output that carries data to have an input connected")
 
     sentTrains = Property(int, 0, access="readonly")
     trainId = Property(int, 0, access="readonly")
@@ -88,10 +91,27 @@ class FileReplay(Device):
             mt[src] = meta[src]
         return parts
 
+    def _await_consumers(self) -> None:
+        """Data written before an input connects is lost for it: wait for the consumers."""
+        import fnmatch
+
+        sources = [s for s in self.info.sources
+                   if not self.sources or any(fnmatch.fnmatchcase(s, p) for p in self.sources)]
+        names = set(self._split({s: {} for s in sources}, {s: {} for s in sources}))
+        deadline = time.monotonic() + self.connect_timeout
+        for name in sorted(names):
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.output_channels[name].wait_for_inputs(1, left):
+                self.log.warning("output %s has no input: its trains are not delivered", name)
+
     def _produce(self) -> None:
         from pulsetrain.files import iter_run_trains
         from pulsetrain.protocol import make_meta
 
+        while not self._run.wait(0.2):
+            if self._stopping.is_set():
+                return
+        self._await_consumers()
         while not self._stopping.is_set():
             t_next = time.monotonic()
             for tid, data, meta in iter_run_trains(

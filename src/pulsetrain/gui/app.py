@@ -1,0 +1,433 @@
+"""The GUI web server: an embedded Bokeh server with one page per scene.
+
+:class:`GuiServer` connects to a running topology (:class:`GuiBackend`: output taps, property
+polling, guarded writes), and serves each scene at ``/<scene name>`` (plus ``/status.json``).
+Every browser tab is a :class:`SceneSession`: its panels read the shared backend, and a callback
+every 25 ms pushes new pipeline data — at most ``update_rate`` (≤ 10) pushes per second and
+panel, latest train wins.
+
+Security: the server binds 127.0.0.1 unless told otherwise, and accepts websocket connections
+only from the origins it serves.  Pages can change devices only after the user entered the
+control token (checked again by the device servers, which receive that token); a GUI started
+read-only disables every editor and refuses changes on the server side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import html
+import json
+import logging
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from bokeh.application import Application
+from bokeh.application.handlers.function import FunctionHandler
+from bokeh.document import Document
+from bokeh.layouts import column, row
+from bokeh.models import Button, Div, InlineStyleSheet, PasswordInput
+from bokeh.server.server import Server
+from tornado.web import RequestHandler
+
+from pulsetrain.control import TopologyClient
+from pulsetrain.errors import ConfigurationError, PulsetrainError
+from pulsetrain.gui.backend import GuiBackend
+from pulsetrain.gui.panels import PanelBase, build_panel
+from pulsetrain.gui.scene import Scene, auto_scene, load_scene
+
+__all__ = ["STATIC_DIR", "GuiServer", "SceneSession"]
+
+log = logging.getLogger(__name__)
+
+#: Static assets of the GUI (index template, style sheet).
+STATIC_DIR = Path(__file__).with_name("static")
+
+#: Seconds between two checks for new pipeline data in a page.
+TICK_SECONDS = 0.025
+
+
+class SceneSession:
+    """One browser tab showing one scene.
+
+    Parameters
+    ----------
+    server : GuiServer
+    scene : Scene
+    doc : bokeh.document.Document
+    """
+
+    def __init__(self, server: GuiServer, scene: Scene, doc: Document):
+        self.server = server
+        self.scene = scene
+        self.backend = server.backend
+        self.doc = doc
+        self.token: str | None = None
+        self.updating = False
+        self.editors: list[Any] = []
+        self.stylesheet = InlineStyleSheet(css=server.css)
+        self.msg = Div(text="", width=600, name="message", css_classes=["pt-message"])
+        header = self._header()
+        self.panels: list[PanelBase] = [build_panel(self, p) for p in scene.panels]
+        grid = [
+            row(*[p.layout for p in self.panels[i : i + scene.columns]])
+            for i in range(0, len(self.panels), scene.columns)
+        ]
+        doc.title = f"{scene.title} — pulsetrain"
+        doc.add_root(column(header, *grid, name="pt-root"))
+        self._last_poll = self.backend.polls
+        doc.add_periodic_callback(self._tick, int(TICK_SECONDS * 1000))
+
+    # ------------------------------------------------------------ header and token
+    def _header(self) -> Any:
+        links = " · ".join(
+            f"<a href='/{s.name}'>{html.escape(s.title)}</a>"
+            if s.name != self.scene.name
+            else f"<b>{html.escape(s.title)}</b>"
+            for s in self.server.scenes
+        )
+        topo = html.escape(str(self.backend.topology.state.get("topology", "")))
+        title = Div(
+            text=f"<h2 style='margin:2px 0'>{html.escape(self.scene.title)}</h2>"
+            f"<div>topology <b>{topo}</b> · pages: {links}</div>",
+            width=560,
+        )
+        self.mode = Div(text="", width=260, name="mode", css_classes=["pt-mode"])
+        parts: list[Any] = [title, self.mode]
+        if not self.backend.read_only:
+            self.token_input = PasswordInput(
+                title="control token (to change devices)",
+                placeholder="paste the token",
+                width=260,
+                name="token",
+                css_classes=["pt-token"],
+            )
+            self.token_input.on_change("value", self._token_entered)
+            self.lock_button = Button(
+                label="lock", width=70, name="lock", css_classes=["pt-lock"], disabled=True
+            )
+            self.lock_button.on_click(self._lock)
+            parts += [self.token_input, self.lock_button]
+        self._show_mode()
+        return column(row(*parts), self.msg)
+
+    @property
+    def can_edit(self) -> bool:
+        """Whether this page may change devices (not read-only, and the token was entered)."""
+        return not self.backend.read_only and self.token is not None
+
+    def _show_mode(self) -> None:
+        if self.backend.read_only:
+            text = "<b style='color:#6e6e6e'>read-only</b>: changes are disabled"
+        elif self.token is None:
+            text = "<b style='color:#b35900'>locked</b>: enter the control token to change devices"
+        else:
+            text = "<b style='color:#1a7f37'>unlocked</b>: changes are sent with your token"
+        self.mode.text = text
+
+    def _token_entered(self, attr: str, old: Any, new: Any) -> None:
+        if self.updating or not new:
+            return
+        if self.backend.check_token(str(new)):
+            self.token = str(new)
+            self.message("token accepted: devices can be changed from this page")
+        else:
+            self.token = None
+            self.message("wrong control token", error=True)
+        with self.programmatic():
+            self.token_input.value = ""  # do not keep the secret in the page's model
+        self._set_editable()
+
+    def _lock(self, event: Any = None) -> None:
+        self.token = None
+        self._set_editable()
+        self.message("locked")
+
+    def _set_editable(self) -> None:
+        enabled = self.can_edit
+        for widget in self.editors:
+            widget.disabled = not enabled
+        if not self.backend.read_only:
+            self.lock_button.disabled = not enabled
+        self._show_mode()
+
+    # ------------------------------------------------------------ helpers for panels
+    @contextlib.contextmanager
+    def programmatic(self) -> Iterator[None]:
+        """Change widgets from the server without their callbacks sending requests."""
+        old, self.updating = self.updating, True
+        try:
+            yield
+        finally:
+            self.updating = old
+
+    def message(self, text: str, error: bool = False) -> None:
+        """Show a one-line message at the top of the page."""
+        colour = "#c01c28" if error else "#1a7f37"
+        self.msg.text = f"<span style='color:{colour}'>{html.escape(text)}</span>"
+        (log.warning if error else log.info)("page %s: %s", self.scene.name, text)
+
+    def _refuse(self) -> str | None:
+        if self.backend.read_only:
+            return "refused: this GUI is read-only (started with --read-only)"
+        if self.token is None:
+            return "refused: enter the control token to change devices"
+        return None
+
+    def request_set(self, device: str, key: str, value: Any, on_fail: Any = None) -> None:
+        """Set a device property off the web thread; report the result in the page."""
+        refusal = self._refuse()
+        if refusal:  # checked here, on the server: a crafted page message cannot bypass it
+            self.message(refusal, error=True)
+            if on_fail:
+                on_fail()
+            return
+        future = self.backend.submit(self.backend.set_property, device, key, value, self.token)
+        future.add_done_callback(
+            functools.partial(
+                self._from_thread,
+                functools.partial(self._done, f"{device}.{key} = {value!r}", on_fail),
+            )
+        )
+
+    def request_call(self, device: str, slot: str) -> None:
+        """Call a device slot off the web thread; report the result in the page."""
+        refusal = self._refuse()
+        if refusal:
+            self.message(refusal, error=True)
+            return
+        future = self.backend.submit(self.backend.call_slot, device, slot, self.token)
+        future.add_done_callback(
+            functools.partial(
+                self._from_thread, functools.partial(self._done, f"{device}.{slot}()", None)
+            )
+        )
+
+    def _from_thread(self, callback: Any, future: Any) -> None:
+        try:
+            self.doc.add_next_tick_callback(functools.partial(callback, future))
+        except Exception:  # the page was closed meanwhile
+            log.debug("page gone before a request finished")
+
+    def _done(self, what: str, on_fail: Any, future: Any) -> None:
+        try:
+            future.result()
+        except (PulsetrainError, TimeoutError) as exc:
+            self.message(f"{what}: {exc}", error=True)
+            if on_fail:
+                on_fail()
+            return
+        self.message(f"{what}: done")
+
+    # ------------------------------------------------------------ updates
+    def _tick(self) -> None:
+        import time
+
+        now = time.monotonic()
+        polled = self.backend.polls != self._last_poll
+        self._last_poll = self.backend.polls
+        for panel in self.panels:
+            try:
+                panel.on_tick(now)
+                if polled:
+                    panel.on_poll()
+            except Exception:  # one broken panel must not stop the others
+                log.exception("panel %s of scene %s failed", panel.panel.type, self.scene.name)
+
+
+class _StatusHandler(RequestHandler):
+    def initialize(self, server: GuiServer) -> None:
+        self.gui = server
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.write(json.dumps(self.gui.status(), default=str))
+
+
+def _free_port(address: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+class GuiServer:
+    """Serve the scenes of a running topology in the browser.
+
+    Parameters
+    ----------
+    topology : str or TopologyClient
+        A running topology: its name, its TOML file, or a client.
+    scenes : sequence of Scene or path
+        Pages to serve (default: one automatic "overview" scene).
+    port : int
+        TCP port (0: a free one).
+    address : str
+        Address to bind (default 127.0.0.1: this machine only).
+    read_only : bool
+        Disable and refuse every change to a device.
+    preview_output : str
+        ``DEVICE:output`` shown by detector-image panels that name no source (default: the
+        first ``PreviewAssembler`` of the topology).
+    allow_origin : sequence of str
+        Extra ``host:port`` origins allowed to open the websocket (for remote browsers).
+    token : str, optional
+        The control token (default: read from the running topology's token file).
+    """
+
+    def __init__(
+        self,
+        topology: str | TopologyClient,
+        scenes: Sequence[Scene | str | Path] = (),
+        *,
+        port: int = 0,
+        address: str = "127.0.0.1",
+        read_only: bool = False,
+        preview_output: str = "",
+        allow_origin: Sequence[str] = (),
+        token: str | None = None,
+    ):
+        client = (
+            topology
+            if isinstance(topology, TopologyClient)
+            else TopologyClient.for_topology(str(topology), token=token)
+        )
+        loaded = [s if isinstance(s, Scene) else load_scene(s) for s in scenes]
+        devices = client.devices()
+        if preview_output and preview_output not in client.state.get("outputs", {}):
+            raise ConfigurationError(
+                f"--preview-output {preview_output!r} is not an output of the running topology"
+            )
+        self.preview_output = preview_output or next(
+            (
+                f"{d}:output"
+                for d, info in sorted(devices.items())
+                if info.get("class") == "PreviewAssembler"
+            ),
+            "",
+        )
+        if not loaded:
+            loaded = [auto_scene(devices, self.preview_output)]
+        names = [s.name for s in loaded]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"scene names must be unique, got {names}")
+        self.scenes = loaded
+        poll = min(s.poll_interval for s in loaded)
+        self.backend = GuiBackend(client, read_only=read_only, poll_interval=poll)
+        self.address = address
+        self.port = port or _free_port(address)
+        origins = {f"127.0.0.1:{self.port}", f"localhost:{self.port}", *allow_origin}
+        if address not in ("127.0.0.1", "localhost", "0.0.0.0", "::"):
+            origins.add(f"{address}:{self.port}")
+        self.allow_origin = sorted(origins)
+        self.css = (STATIC_DIR / "pulsetrain.css").read_text()
+        self.sessions = 0
+        self.image_pushes = 0
+        self._server: Server | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    # ------------------------------------------------------------ info
+    @property
+    def url(self) -> str:
+        """The address of the first page."""
+        return self.scene_url(self.scenes[0].name)
+
+    def scene_url(self, name: str) -> str:
+        """The address of a scene's page."""
+        host = "127.0.0.1" if self.address in ("0.0.0.0", "::") else self.address
+        return f"http://{host}:{self.port}/{name}"
+
+    def status(self) -> dict[str, Any]:
+        """What ``/status.json`` returns."""
+        return {
+            **self.backend.status(),
+            "scenes": [s.name for s in self.scenes],
+            "sessions_opened": self.sessions,
+            "image_pushes": self.image_pushes,
+            "preview_output": self.preview_output,
+        }
+
+    # ------------------------------------------------------------ serving
+    def _make_document(self, scene: Scene, doc: Document) -> None:
+        self.sessions += 1
+        SceneSession(self, scene, doc)
+
+    def _create_server(self) -> Server:
+        apps = {
+            f"/{s.name}": Application(FunctionHandler(functools.partial(self._make_document, s)))
+            for s in self.scenes
+        }
+        return Server(
+            apps,
+            port=self.port,
+            address=self.address,
+            allow_websocket_origin=self.allow_origin,
+            extra_patterns=[("/status.json", _StatusHandler, {"server": self})],
+            index=str(STATIC_DIR / "index.html"),
+            check_unused_sessions_milliseconds=5000,
+            unused_session_lifetime_milliseconds=10000,
+        )
+
+    def start(self, timeout: float = 30.0) -> GuiServer:
+        """Start polling and serve in a background thread; returns once the port listens."""
+        self.backend.start()
+        self._thread = threading.Thread(target=self._serve, name="gui-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise PulsetrainError(f"the GUI server did not start within {timeout} s")
+        if self._error is not None:
+            raise PulsetrainError(f"the GUI server failed to start: {self._error}")
+        return self
+
+    def _serve(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            self._server = self._create_server()
+            self._server.start()
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        log.info("GUI serving %s", ", ".join(self.scene_url(s.name) for s in self.scenes))
+        self._server.io_loop.start()
+        loop.close()
+
+    def run(self) -> None:
+        """Serve in the calling thread until :meth:`stop` (or Ctrl-C)."""
+        self.start()
+        try:
+            while self._thread is not None and self._thread.is_alive():
+                self._thread.join(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop serving and disconnect from the topology."""
+        server = self._server
+        if server is not None:
+
+            def shutdown() -> None:
+                server.stop()
+                server.io_loop.stop()
+
+            server.io_loop.add_callback(shutdown)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._server = None
+        self.backend.stop()
+
+    def __enter__(self) -> GuiServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,362 @@
+"""The GUI in a real browser (Debian chromium driven by Playwright) against a live pipeline.
+
+The pipeline runs at 10 Hz (see gui_pipeline.py); ``pulsetrain gui`` runs as a separate process,
+as an operator would start it, and a second, read-only GUI runs in this process.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gui_pipeline import MOTOR, PREVIEW, PREVIEW_OUTPUT, PULSES
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+LIVE_SCENE = f"""
+[scene]
+name = "live"
+title = "Live"
+update_rate = 10
+
+[[panel]]
+type = "detector_image"
+source = "{PREVIEW_OUTPUT}"
+controls = false
+width = 560
+"""
+
+CONTROL_SCENE = f"""
+[scene]
+name = "control"
+title = "Control"
+columns = 1
+
+[[panel]]
+type = "device_panel"
+devices = [
+  {{ id = "{MOTOR}", properties = ["targetPosition", "velocity", "actualPosition"] }},
+  {{ id = "{PREVIEW}", properties = ["auto_levels", "vmin", "vmax", "levels"] }},
+]
+"""
+
+# Every panel type on one page (checked for JavaScript errors and data).
+ALL_SCENE = f"""
+[scene]
+name = "all"
+columns = 2
+[[panel]]
+type = "detector_image"
+source = "{PREVIEW_OUTPUT}"
+[[panel]]
+type = "line"
+source = "{PREVIEW_OUTPUT}"
+x = "profile.radial"
+y = "profile.intensity"
+[[panel]]
+type = "trend"
+series = [{{ device = "{PREVIEW}", key = "trainsIn", rate = true }},
+          {{ device = "{MOTOR}", key = "actualPosition", axis = "right" }}]
+[[panel]]
+type = "counters"
+[[panel]]
+type = "device_panel"
+"""
+
+# What the page shows: the image data source of the first image panel (pixels as base64).
+SHOWN_JS = """() => {
+  const s = Bokeh.documents[0].get_model_by_name('image-source-0');
+  const img = new Uint8Array(s.data.image[0]);
+  let bytes = '';
+  for (let i = 0; i < img.length; i += 8192) {
+    bytes += String.fromCharCode.apply(null, img.subarray(i, i + 8192));
+  }
+  return {train: Number(s.data.train[0]), pulse: Number(s.data.pulse[0]),
+          shape: Array.from(s.data.image[0].shape), image: btoa(bytes)};
+}"""
+
+
+def shown_image(shown: dict) -> np.ndarray:
+    """The displayed pixels, from :data:`SHOWN_JS`."""
+    return np.frombuffer(base64.b64decode(shown["image"]), np.uint8).reshape(shown["shape"])
+
+
+def model_js(name: str, attr: str) -> str:
+    return f"() => Bokeh.documents[0].get_model_by_name({name!r}).{attr}"
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    path = os.environ.get("PULSETRAIN_ARTIFACTS")
+    directory = Path(path) / "gui" if path else tmp_path_factory.mktemp("test-artifacts")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    d = tmp_path_factory.mktemp("scenes")
+    (d / "live.toml").write_text(LIVE_SCENE)
+    (d / "control.toml").write_text(CONTROL_SCENE)
+    (d / "all.toml").write_text(ALL_SCENE)
+    return d
+
+
+@pytest.fixture(scope="module")
+def gui(pipeline, scenes):
+    """``pulsetrain gui`` in its own process; yields {scene name: URL}."""
+    _, path = pipeline
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pulsetrain",
+            "gui",
+            "--topology",
+            str(path),
+            "--port",
+            "0",
+            "--scene",
+            str(scenes / "live.toml"),
+            "--scene",
+            str(scenes / "control.toml"),
+            "--scene",
+            str(scenes / "all.toml"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    urls: dict[str, str] = {}
+    output = []
+    deadline = time.monotonic() + 60
+    while len(urls) < 3:
+        try:
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            proc.kill()
+            pytest.fail(f"pulsetrain gui printed no URLs within 60 s: {''.join(output)}")
+        output.append(line)
+        match = re.search(r"(http://\S+/(live|control|all))\s*$", line)
+        if match:
+            urls[match.group(2)] = match.group(1)
+    yield urls
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+
+
+@pytest.fixture(scope="module")
+def read_only_gui(pipeline, scenes):
+    """A read-only GUI in this process."""
+    from pulsetrain.gui import GuiServer
+
+    _, path = pipeline
+    server = GuiServer(str(path), [scenes / "control.toml"], read_only=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"Debian chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(20000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors in the page: {errors}"
+
+
+def wait_until(test, timeout=15.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = test()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not reached within {timeout} s")
+
+
+def test_image_updates_at_the_train_rate(gui, page, artifacts, capsys):
+    page.goto(gui["live"])
+    # measure once the page is warm (first frames, JIT)
+    page.wait_for_function("window.pulsetrain && window.pulsetrain.total >= 10", timeout=60000)
+    first = page.evaluate(SHOWN_JS)
+    n0 = page.evaluate("window.pulsetrain.total")
+    t0 = time.monotonic()
+    page.wait_for_timeout(10_000)  # the measurement window itself
+    n1 = page.evaluate("window.pulsetrain.total")
+    elapsed = time.monotonic() - t0
+    last = page.evaluate(SHOWN_JS)
+    rate = (n1 - n0) / elapsed
+    shot = artifacts / "gui-live.png"
+    page.screenshot(path=str(shot), full_page=True)
+    with capsys.disabled():
+        print(
+            f"\n[gui] {n1 - n0} image updates in {elapsed:.2f} s = {rate:.2f}/s; "
+            f"trains {first['train']} -> {last['train']}; screenshot: {shot}"
+        )
+    assert rate >= 9.0, f"only {rate:.2f} image updates per second"
+    assert last["train"] - first["train"] >= 9 * elapsed
+    assert len(first["shape"]) == 2 and shown_image(first).size > 10_000
+    assert shot.stat().st_size > 10_000
+
+
+def test_slider_shows_the_chosen_pulse(gui, page, collector):
+    page.goto(gui["live"])
+    page.wait_for_function("window.pulsetrain && window.pulsetrain.total >= 2", timeout=60000)
+    page.locator(".pt-pause").click()  # freeze on the current train
+    page.wait_for_function(
+        model_js("image-status-0", "text") + ".includes('frozen')", timeout=10000
+    )
+    page.wait_for_function(
+        "() => { const s = Bokeh.documents[0].get_model_by_name('image-source-0');"
+        " const t = Bokeh.documents[0].get_model_by_name('image-status-0').text;"
+        " return t.includes('>' + s.data.train[0] + '<'); }"
+    )
+    shown = page.evaluate(SHOWN_JS)
+    train = shown["train"]
+    values = wait_until(lambda: collector.get(train), what=f"train {train} in the collector")
+    images = values["preview.images"]
+    assert images.shape[0] == PULSES
+    assert shown["pulse"] == 0
+    np.testing.assert_array_equal(shown_image(shown), images[0])
+    handle = page.locator(".pt-pulse-slider .noUi-handle")
+    handle.focus()
+    for expected in range(1, PULSES):
+        handle.press("ArrowRight")
+        page.wait_for_function(
+            f"() => Bokeh.documents[0].get_model_by_name('image-source-0').data.pulse[0] "
+            f"== {expected}"
+        )
+        shown = page.evaluate(SHOWN_JS)
+        assert shown["train"] == train  # still the frozen train
+        assert page.evaluate(model_js("pulse-slider-0", "value")) == expected
+        np.testing.assert_array_equal(shown_image(shown), images[expected])
+    assert not np.array_equal(images[0], images[PULSES - 1])  # the pulses do differ
+    page.locator(".pt-pause").click()  # unfreeze: new trains again
+    page.wait_for_function(
+        f"() => Bokeh.documents[0].get_model_by_name('image-source-0').data.train[0] > {train}"
+    )
+
+
+def test_setting_properties_from_the_page(gui, page, pipeline, collector, artifacts):
+    sup, _ = pipeline
+    page.goto(gui["control"])
+    target = page.locator(f".pt-edit-{MOTOR.replace('/', '_')}-targetPosition input")
+    target.wait_for()
+    assert target.is_disabled()  # locked until the token is entered
+    before = sup.get(MOTOR, "targetPosition")
+    # a page message that bypasses the disabled widget is refused by the server
+    page.evaluate(f"""() => {{
+        const m = Bokeh.documents[0].get_model_by_name('edit:{MOTOR}:targetPosition');
+        m.disabled = false; m.value = '-4.5'; }}""")
+    page.wait_for_function(model_js("message", "text") + ".includes('enter the control token')")
+    assert sup.get(MOTOR, "targetPosition") == before
+    token_box = page.locator(".pt-token input")
+    token_box.fill("wrong-token")
+    token_box.press("Enter")
+    page.wait_for_function(model_js("message", "text") + ".includes('wrong control token')")
+    token_box.fill(sup.token)
+    token_box.press("Enter")
+    page.wait_for_function(model_js("mode", "text") + ".includes('unlocked')")
+    assert target.is_enabled()
+    target.fill("2.5")
+    target.press("Enter")
+    wait_until(lambda: sup.get(MOTOR, "targetPosition") == 2.5, what="targetPosition = 2.5")
+    page.locator(f".pt-slot-{MOTOR.replace('/', '_')}-move button").click()
+    wait_until(lambda: sup.get(MOTOR, "actualPosition") > 0.05, what="the motor moving")
+    # the preview's colour limits: fixed levels from the page reach the device and its output
+    page.get_by_text("PREVIEW", exact=True).click()
+    auto = page.locator(f".pt-edit-{PREVIEW.replace('/', '_')}-auto_levels select")
+    auto.select_option("false")
+    wait_until(lambda: sup.get(PREVIEW, "auto_levels") is False, what="auto_levels false")
+    vmax = page.locator(f".pt-edit-{PREVIEW.replace('/', '_')}-vmax input")
+    vmax.fill("7000")
+    vmax.press("Enter")
+    try:
+        wait_until(lambda: sup.get(PREVIEW, "vmax") == 7000.0, what="vmax = 7000")
+        tid = sup.get(PREVIEW, "lastTrainId")
+        values = wait_until(
+            lambda: next((v for t, v in list(collector.trains.items()) if t > tid), None),
+            what="a train after the change",
+        )
+        assert values["preview.vmax"] == 7000.0 and not values["preview.autoLevels"]
+        page.screenshot(path=str(artifacts / "gui-control.png"), full_page=True)
+        # a value the device refuses is reported in the page and the old one kept
+        vmax.fill("-1")
+        vmax.press("Enter")
+        page.wait_for_function(model_js("message", "text") + ".includes('colour limits need vmin')")
+        assert sup.get(PREVIEW, "vmax") == 7000.0
+    finally:
+        sup.set(PREVIEW, "auto_levels", True)
+        sup.set(PREVIEW, "vmax", 10000.0)
+        sup.call(MOTOR, "stop") if sup.get(MOTOR, "state") == "MOVING" else None
+
+
+def test_read_only_gui_refuses_changes(read_only_gui, page, pipeline):
+    sup, _ = pipeline
+    page.goto(read_only_gui.scene_url("control"))
+    target = page.locator(f".pt-edit-{MOTOR.replace('/', '_')}-targetPosition input")
+    target.wait_for()
+    assert target.is_disabled()
+    assert page.locator(".pt-token").count() == 0
+    assert page.locator(f".pt-slot-{MOTOR.replace('/', '_')}-move button").is_disabled()
+    page.wait_for_function(model_js("mode", "text") + ".includes('read-only')")
+    before = sup.get(MOTOR, "targetPosition")
+    page.evaluate(f"""() => {{
+        const m = Bokeh.documents[0].get_model_by_name('edit:{MOTOR}:targetPosition');
+        m.disabled = false; m.value = '{before + 1.0}'; }}""")
+    page.wait_for_function(model_js("message", "text") + ".includes('read-only')")
+    page.wait_for_function(
+        model_js(f"edit:{MOTOR}:targetPosition", "value") + f" == '{float(before)!r}'"
+    )
+    assert sup.get(MOTOR, "targetPosition") == before
+
+
+def test_every_panel_type_renders(gui, page):
+    page.goto(gui["all"])
+    page.wait_for_function("window.pulsetrain && window.pulsetrain.total >= 3", timeout=60000)
+    page.wait_for_function(
+        "() => Bokeh.documents[0].get_model_by_name('line-source-1').data.x.length == 50"
+    )
+    page.wait_for_function(
+        "() => Bokeh.documents[0].get_model_by_name('trend-2-0').data.t.length >= 2"
+    )
+    page.wait_for_function(model_js("counters-3", "text") + ".includes('PROCESSING')")
+    assert page.locator(".pt-slot").count() >= 4  # slot buttons of the devices

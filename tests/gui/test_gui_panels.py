@@ -1,0 +1,152 @@
+"""Every panel type built and driven against the live pipeline, without a browser."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from bokeh.document import Document
+from gui_pipeline import DETECTOR, MATCHER, MOTOR, PREVIEW, PREVIEW_OUTPUT, PULSES
+
+from pulsetrain.errors import ConfigurationError
+from pulsetrain.gui import GuiServer, scene_from_dict
+from pulsetrain.gui.panels import RateLimiter, TrendPanel
+
+SCENE = {
+    "scene": {"name": "all", "poll_interval": 0.2, "columns": 3},
+    "panel": [
+        {"type": "detector_image", "source": PREVIEW_OUTPUT},
+        {
+            "type": "line",
+            "source": PREVIEW_OUTPUT,
+            "x": "profile.radial",
+            "y": ["profile.intensity"],
+            "update_rate": 10,
+        },
+        {
+            "type": "trend",
+            "series": [
+                {"device": PREVIEW, "key": "trainsIn", "rate": True},
+                {"device": MOTOR, "key": "actualPosition", "axis": "right"},
+            ],
+        },
+        {"type": "counters"},
+        {"type": "device_panel", "devices": [MOTOR, {"id": PREVIEW, "properties": ["vmax"]}]},
+        {"type": "line", "source": "NO/SUCH:output", "y": "a"},
+        {"type": "device_panel", "devices": ["NO/SUCH/DEVICE"]},
+    ],
+}
+
+
+@pytest.fixture
+def session(pipeline):
+    _, path = pipeline
+    server = GuiServer(str(path), [scene_from_dict(SCENE)])
+    server.backend.start()
+    from pulsetrain.gui.app import SceneSession
+
+    doc = Document()
+    yield SceneSession(server, server.scenes[0], doc)
+    server.backend.stop()
+
+
+def drive(session, test, timeout=10.0):
+    """Run the page's periodic callback until ``test()`` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        session._tick()
+        if test():
+            return
+        time.sleep(0.025)
+    raise AssertionError("the panels did not get there in time")
+
+
+def test_all_panels_update(session):
+    image, line, trend, counters, devices, bad_line, bad_device = session.panels
+    drive(
+        session,
+        lambda: (
+            image.shown is not None
+            and len(line.source.data["x"]) > 0
+            and len(trend.sources[0].data["t"]) >= 3
+        ),
+    )
+    data = image.source.data
+    assert data["image"][0].dtype == np.uint8 and data["train"][0] > 0
+    assert image.slider.end == PULSES - 1 and not image.slider.disabled
+    assert [e.key for e in image.editors] == [
+        "vmin",
+        "vmax",
+        "auto_levels",
+        "scale",
+        "downsample",
+        "max_pulses",
+    ]
+    assert len(line.source.data["x"]) == 50 and np.isfinite(line.source.data["y0"]).any()
+    rates = np.asarray(trend.sources[0].data["y"], dtype=float)
+    assert np.nanmax(rates) > 5  # trains per second through the preview (10 Hz)
+    assert trend.fig.extra_y_ranges  # the motor on its own axis
+    rows = {r["device"]: r for r in counters.rows()}
+    assert set(rows) >= {DETECTOR, MATCHER, MOTOR, PREVIEW, f"GUI ← {PREVIEW_OUTPUT}"}
+    assert rows[PREVIEW]["state"] == "PROCESSING" and rows[PREVIEW]["in"] > 0
+    assert "<table" in counters.table.text
+    assert [c["device"] for c in devices.cards] == [MOTOR, PREVIEW]
+    assert [e.key for e in devices.cards[1]["editors"]] == ["vmax"]
+    assert "SimulatedMotor" in devices.cards[0]["head"].text
+    assert "no output" in bad_line.layout.children[1].text
+    assert "not in the running topology" in bad_device.cards[0]["head"].text
+    # every editor starts disabled: the page is locked until the token is entered
+    assert session.editors and all(w.disabled for w in session.editors)
+    session._token_entered("value", "", session.backend.topology.token)
+    assert session.can_edit and not any(w.disabled for w in session.editors)
+    assert session.token_input.value == ""  # the secret does not stay in the page model
+
+
+def test_freeze_and_pulse_choice(session):
+    image = session.panels[0]
+    drive(session, lambda: image.shown is not None)
+    image.pause.active = True
+    frozen = image.frozen
+    image.slider.value = 2
+    assert image.source.data["pulse"][0] == 2 and image.source.data["train"][0] == frozen.train_id
+    values = next(iter(frozen.data.values()))
+    np.testing.assert_array_equal(image.source.data["image"][0], values["preview.images"][2])
+    time.sleep(0.3)
+    session._tick()
+    assert image.source.data["train"][0] == frozen.train_id  # frozen: no newer train shown
+    image.pause.active = False
+    drive(session, lambda: image.source.data["train"][0] > frozen.train_id)
+
+
+def test_rate_limiter_and_trend_rates():
+    limiter = RateLimiter(10.0, burst=2.0)
+    t0 = limiter.t
+    # checked every 25 ms for 10 s: 100 pushes (10/s), plus the initial burst
+    taken = sum(limiter.take(t0 + k * 0.025) for k in range(1, 401))
+    assert 100 <= taken <= 102
+    t = np.arange(0.0, 10.0, 0.5)
+    y = 10.0 * t  # a counter growing at 10/s
+    tt, rate = TrendPanel.rates(t, y, since=3.0)
+    assert tt[0] > 3.0 and np.allclose(rate, 10.0)
+
+
+def test_editors_parse_the_property_types(session):
+    editors = {e.key: e for e in session.panels[0].editors}
+    assert editors["vmin"].parse("2.5") == 2.5
+    assert editors["downsample"].parse("3") == 3 and editors["downsample"].parse("3.0") == 3
+    assert editors["auto_levels"].parse("false") is False
+    assert editors["scale"].parse("log") == "log"
+    for key, text in (
+        ("downsample", "2.5"),
+        ("downsample", "inf"),
+        ("vmin", "abc"),
+        ("scale", "cubic"),
+        ("auto_levels", "maybe"),
+    ):
+        with pytest.raises(ConfigurationError):
+            editors[key].parse(text)
+    # a value the page cannot parse is reported and the field shows the device's value again
+    editors["vmin"].widget.value = "abc"
+    assert "is not a float" in session.msg.text
+    assert editors["vmin"].widget.value == repr(float(session.backend.value(PREVIEW, "vmin")))
