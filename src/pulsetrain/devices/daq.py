@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pulsetrain.device import Device, Property, State, slot
-from pulsetrain.errors import PulsetrainError
+from pulsetrain.errors import PulsetrainError, TrainOrderError
 from pulsetrain.protocol import train_id_of
 
 __all__ = ["DAQWriter"]
@@ -185,6 +185,10 @@ class DAQWriter(Device):
             self._written_below = tid
             try:
                 self._writer.write_train(data, meta)
+            except TrainOrderError as exc:  # a source older than what its file holds: refused
+                self._values["lateData"] += 1
+                self.log.warning("late data not written: %s", exc)
+                continue
             except PulsetrainError as exc:
                 self._fail(exc)
                 return
