@@ -95,3 +95,11 @@ class StorageError(PulsetrainError, OSError):
 
 class TrainOrderError(FileFormatError):
     """A train arrived out of order or twice for the same source; it was not written."""
+
+
+class BatchJobError(PulsetrainError):
+    """A task of an offline batch job (``pulsetrain correct`` / ``reduce``) failed.
+
+    The message names the task (module, sequence file) and the original error, which is also
+    chained as ``__cause__`` when it could be transported back from the worker.
+    """

@@ -247,7 +247,10 @@ class Supervisor:
         ]
         if spec.memory_limit_mb:
             cmd += ["--memory-limit-mb", str(spec.memory_limit_mb)]
-        env = {**os.environ, **self.env, **spec.env}
+        # Parallelism comes from processes; numba/OpenMP threads that spin while idle would
+        # starve the other servers on a small machine.  A server's env can override this.
+        defaults = {"NUMBA_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+        env = {**defaults, **os.environ, **self.env, **spec.env}
         logfile = open(self.workdir / f"server-{sp.name}.log", "ab")  # noqa: SIM115
         sp.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT, env=env,

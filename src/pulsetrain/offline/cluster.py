@@ -1,0 +1,337 @@
+"""Where offline jobs run: a local Dask cluster, an existing scheduler, or SLURM.
+
+Every offline job (:func:`~pulsetrain.offline.correct_run`,
+:func:`~pulsetrain.offline.reduce_run`) runs its tasks on a ``dask.distributed`` client.  The
+client comes from one of three back ends, chosen by :class:`ClusterConfig`:
+
+* ``LocalCluster`` (default): worker *processes* with one thread each
+  (``processes=True, threads_per_worker=1``) on this machine; ``workers`` of them (default: one
+  per CPU core);
+* an existing scheduler by address (``tcp://host:8786``), e.g. started by ``dask scheduler`` or
+  by a facility's JupyterHub;
+* dask-jobqueue's ``SLURMCluster``: ``jobs`` batch jobs of ``cores`` single-threaded worker
+  processes each, submitted to ``queue`` with ``memory`` and ``walltime``.
+
+:func:`run_tasks` collects task results in completion order (``as_completed``) and drives a
+progress bar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pulsetrain.errors import BatchJobError, ConfigurationError
+
+__all__ = [
+    "ClusterConfig",
+    "SlurmOptions",
+    "add_cluster_arguments",
+    "cluster_config_from_args",
+    "numba_threads",
+    "open_client",
+    "run_tasks",
+    "slurm_cluster",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """Resources of the SLURM batch jobs that host Dask workers (dask-jobqueue).
+
+    Parameters
+    ----------
+    queue : str, optional
+        SLURM partition (``#SBATCH -p``); None: the cluster's default.
+    cores : int
+        CPU cores per job; the job runs that many single-threaded worker processes.
+    memory : str
+        Memory per job, e.g. ``"64GB"`` (shared by its worker processes).
+    walltime : str
+        Time limit per job, ``HH:MM:SS``.
+    jobs : int
+        Number of jobs to submit.
+    job_extra : tuple of str
+        Extra ``#SBATCH`` options, e.g. ``("--reservation=upex_002",)``.
+    account : str, optional
+        Accounting project (``#SBATCH -A``).
+    log_directory : str, optional
+        Directory for the jobs' stdout/stderr files.
+    """
+
+    queue: str | None = None
+    cores: int = 16
+    memory: str = "64GB"
+    walltime: str = "01:00:00"
+    jobs: int = 1
+    job_extra: tuple[str, ...] = ()
+    account: str | None = None
+    log_directory: str | None = None
+
+    def __post_init__(self) -> None:
+        if int(self.cores) < 1 or int(self.jobs) < 1:
+            raise ConfigurationError(
+                f"SLURM cores and jobs must be at least 1, got cores={self.cores} jobs={self.jobs}"
+            )
+        parts = str(self.walltime).split(":")
+        if not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+            raise ConfigurationError(
+                f"SLURM walltime must look like HH:MM:SS, got {self.walltime!r}"
+            )
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Which Dask back end an offline job uses.
+
+    Parameters
+    ----------
+    workers : int, optional
+        Worker processes of the local cluster (default: ``os.cpu_count()``).
+    scheduler : str, optional
+        Address of an existing scheduler; overrides ``workers``.
+    slurm : SlurmOptions, optional
+        Run the workers as SLURM jobs (dask-jobqueue); overrides ``workers``.
+    dashboard : str, optional
+        Address of the local scheduler's dashboard (``":8787"``, ``":0"`` for any port);
+        None (default) starts none.
+    memory_limit : str
+        Memory limit per local worker (Dask's ``memory_limit``; ``"auto"`` splits the RAM).
+    """
+
+    workers: int | None = None
+    scheduler: str | None = None
+    slurm: SlurmOptions | None = None
+    dashboard: str | None = None
+    memory_limit: str = "auto"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.scheduler and self.slurm:
+            raise ConfigurationError("choose one of a scheduler address and SLURM, not both")
+        if self.workers is not None and int(self.workers) < 1:
+            raise ConfigurationError(f"workers must be at least 1, got {self.workers}")
+
+    @property
+    def kind(self) -> str:
+        """``"local"``, ``"scheduler"`` or ``"slurm"``."""
+        if self.scheduler:
+            return "scheduler"
+        if self.slurm is not None:
+            return "slurm"
+        return "local"
+
+
+def slurm_cluster(options: SlurmOptions, *, python: str | None = None, **kwargs: Any):
+    """Build (but do not scale) a dask-jobqueue ``SLURMCluster`` for ``options``.
+
+    Each job runs ``options.cores`` worker processes with one thread each.  Nothing is
+    submitted until ``cluster.scale(jobs=...)`` is called; ``cluster.job_script()`` shows the
+    batch script.
+
+    Parameters
+    ----------
+    options : SlurmOptions
+        Queue, cores, memory, walltime, extra directives.
+    python : str, optional
+        Python executable the jobs start (default: this one, ``sys.executable``).
+    **kwargs
+        Passed to ``SLURMCluster``.
+
+    Raises
+    ------
+    ConfigurationError
+        dask-jobqueue is not installed (``pip install 'pulsetrain[slurm]'``).
+    """
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError as exc:  # pragma: no cover - installed with the slurm extra
+        raise ConfigurationError(
+            "SLURM needs dask-jobqueue: pip install 'pulsetrain[slurm]'"
+        ) from exc
+    extra = list(options.job_extra)
+    if options.account:
+        extra.append(f"-A {options.account}")
+    kwargs.setdefault("scheduler_options", {"dashboard_address": None})
+    return SLURMCluster(
+        queue=options.queue,
+        cores=int(options.cores),
+        processes=int(options.cores),
+        memory=options.memory,
+        walltime=options.walltime,
+        job_extra_directives=extra,
+        log_directory=options.log_directory,
+        python=python or sys.executable,
+        job_name="pulsetrain",
+        **kwargs,
+    )
+
+
+@contextlib.contextmanager
+def open_client(config: ClusterConfig | None = None, client: Any = None) -> Iterator[Any]:
+    """A ``distributed.Client`` for ``config``, closed (with its cluster) on exit.
+
+    Parameters
+    ----------
+    config : ClusterConfig, optional
+        Back end (default: a local cluster with one worker per core).
+    client : distributed.Client, optional
+        Use this client as it is (it is not closed on exit); ``config`` is then ignored.
+
+    Yields
+    ------
+    distributed.Client
+    """
+    if client is not None:
+        yield client
+        return
+    from dask.distributed import Client, LocalCluster
+
+    config = config or ClusterConfig()
+    if config.kind == "scheduler":
+        log.info("connecting to the Dask scheduler at %s", config.scheduler)
+        try:
+            c = Client(config.scheduler, timeout="30s")
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot reach the Dask scheduler at {config.scheduler}: {exc}"
+            ) from exc
+        with c:
+            yield c
+        return
+    if config.kind == "slurm":
+        assert config.slurm is not None
+        cluster = slurm_cluster(config.slurm, **config.extra)
+        log.info("SLURM job script:\n%s", cluster.job_script())
+        cluster.scale(jobs=int(config.slurm.jobs))
+        with cluster, Client(cluster) as c:
+            yield c
+        return
+    workers = int(config.workers or os.cpu_count() or 1)
+    cluster = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=config.dashboard,
+        memory_limit=config.memory_limit,
+        silence_logs=logging.ERROR,
+        **config.extra,
+    )
+    log.info("local Dask cluster: %d worker processes x 1 thread", workers)
+    with cluster, Client(cluster) as c:
+        yield c
+
+
+def numba_threads(client: Any) -> int:
+    """Numba threads each task may use: the worker's thread budget (1 on a local cluster).
+
+    Worker processes with one Dask thread each get one numba thread, so two workers on two
+    cores do not fight over the cores with four kernel threads.
+    """
+    try:
+        info = client.scheduler_info()
+        nthreads = [w.get("nthreads", 1) for w in info.get("workers", {}).values()]
+        return max(1, min(nthreads) if nthreads else 1)
+    except Exception:  # noqa: BLE001 - a scheduler that cannot tell: be conservative
+        return 1
+
+
+def run_tasks(
+    client: Any,
+    futures: Iterable[Any],
+    describe: Callable[[Any], str],
+    on_result: Callable[[Any, Any], None],
+) -> None:
+    """Wait for futures in completion order and hand each result to ``on_result``.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        The client that made the futures.
+    futures : iterable of distributed.Future
+        The tasks.
+    describe : callable
+        ``describe(future) -> str`` names a task in error messages.
+    on_result : callable
+        ``on_result(future, result)``, called on this thread as tasks finish (progress bars).
+
+    Raises
+    ------
+    BatchJobError
+        The first task that failed (the others are cancelled), naming it and the cause.
+    """
+    from dask.distributed import as_completed
+
+    futures = list(futures)
+    try:
+        for fut in as_completed(futures):
+            if fut.status == "error":
+                exc = fut.exception()
+                raise BatchJobError(f"{describe(fut)} failed: {type(exc).__name__}: {exc}") from exc
+            if fut.status == "cancelled":
+                raise BatchJobError(f"{describe(fut)} was cancelled (worker lost?)")
+            on_result(fut, fut.result())
+    except BaseException:
+        client.cancel(futures)
+        raise
+
+
+# ------------------------------------------------------------------------------ command line
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the back-end options (``--workers``, ``--scheduler``, ``--slurm`` ...) to a parser."""
+    g = parser.add_argument_group(
+        "where to run (Dask)",
+        "default: a local cluster of --workers processes with one thread each",
+    )
+    x = g.add_mutually_exclusive_group()
+    x.add_argument("--workers", type=int, default=None, help="local worker processes")
+    x.add_argument("--scheduler", default=None, metavar="ADDR",
+                   help="use an existing Dask scheduler, e.g. tcp://host:8786")
+    x.add_argument("--slurm", action="store_true",
+                   help="run workers as SLURM jobs (dask-jobqueue)")
+    g.add_argument("--queue", default=None, help="SLURM partition")
+    g.add_argument("--cores", type=int, default=16, help="SLURM: cores (worker processes) per job")
+    g.add_argument("--memory", default="64GB", help="SLURM: memory per job")
+    g.add_argument("--walltime", default="01:00:00", help="SLURM: time limit per job")
+    g.add_argument("--jobs", type=int, default=1, help="SLURM: number of jobs")
+    g.add_argument("--account", default=None, help="SLURM: accounting project")
+    g.add_argument("--job-extra", action="append", default=[], metavar="OPTION",
+                   help="SLURM: extra #SBATCH option (repeatable)")
+    g.add_argument("--print-job-script", action="store_true",
+                   help="SLURM: print the batch script and exit without submitting")
+    g.add_argument("--dashboard", default=None, metavar="ADDR",
+                   help="local cluster: serve the Dask dashboard here (e.g. :8787)")
+
+
+def cluster_config_from_args(args: argparse.Namespace) -> ClusterConfig:
+    """The :class:`ClusterConfig` the options of :func:`add_cluster_arguments` describe."""
+    slurm = None
+    if args.slurm:
+        slurm = SlurmOptions(
+            queue=args.queue, cores=args.cores, memory=args.memory, walltime=args.walltime,
+            jobs=args.jobs, job_extra=tuple(args.job_extra), account=args.account,
+        )
+    return ClusterConfig(
+        workers=args.workers, scheduler=args.scheduler, slurm=slurm, dashboard=args.dashboard
+    )
+
+
+def print_job_script(config: ClusterConfig) -> int:
+    """Print the SLURM batch script of ``config`` without submitting anything."""
+    if config.slurm is None:
+        print("error: --print-job-script needs --slurm", file=sys.stderr)
+        return 2
+    cluster = slurm_cluster(config.slurm)
+    try:
+        print(cluster.job_script())
+    finally:
+        cluster.close()
+    return 0
