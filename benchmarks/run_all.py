@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["bridge", "pipeline", "calibration", "storage", "analysis", "offline", "gui", "sim"]
+BENCHMARKS = ["bridge", "pipeline", "calibration", "online", "storage", "analysis", "offline",
+              "gui", "sim"]
 
 
 def run_one(name: str, quick: bool, timeout: float) -> tuple[list[dict], str, float]:
