@@ -27,8 +27,10 @@ BENCHMARKS = ["bridge", "pipeline", "calibration", "online", "storage", "analysi
 
 def run_one(name: str, quick: bool, timeout: float) -> tuple[list[dict], str, float]:
     code = (
-        "import json, sys; sys.path.insert(0, %r); import %s as b; "
-        "rows = b.main(%r); print('@@RESULTS@@' + json.dumps(rows, default=float))"
+        "import inspect, json, sys; sys.path.insert(0, %r); import %s as b; q = %r; "
+        "p = list(inspect.signature(b.main).parameters); "
+        "arg = (['--quick'] if q else []) if p and p[0] == 'argv' else q; "
+        "rows = b.main(arg); print('@@RESULTS@@' + json.dumps(rows, default=float))"
     ) % (str(HERE), name, quick)
     t0 = time.perf_counter()
     try:

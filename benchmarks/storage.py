@@ -136,6 +136,62 @@ def run_plain(out: Path, template: dict, trains: int, layout: Layout) -> float:
     return time.perf_counter() - t0
 
 
+def _replay_rate(cmd: list[str], port: int, n: int) -> float:
+    """Trains/s a stock karabo_bridge REQ client receives from a replay command."""
+    import subprocess
+
+    from karabo_bridge import Client
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        with Client(f"tcp://127.0.0.1:{port}", timeout=120) as c:
+            c.next()  # start-up and first read excluded
+            t0 = time.perf_counter()
+            for _ in range(n - 1):
+                c.next()
+            return (n - 1) / (time.perf_counter() - t0)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def replay_comparison(quick: bool, where: str | None) -> list[dict]:
+    """``pulsetrain replay`` against EXtra-data's ``karabo-bridge-serve-files``, same run,
+    REP pattern, a stock karabo_bridge client; goal >= 2x."""
+    import subprocess
+    import sys
+
+    from pulsetrain.topology import free_port
+
+    trains = 20 if quick else 60
+    base = Path(tempfile.mkdtemp(prefix="pt-bench-replay-", dir=where))
+    try:
+        subprocess.run([sys.executable, "-m", "pulsetrain", "simulate", "--out", str(base),
+                        "--trains", str(trains), "--frames", "16"], check=True,
+                       capture_output=True)
+        run = str(base / "r0001")
+        rates = {"pulsetrain": [], "serve-files": []}
+        for _ in range(1 if quick else 2):
+            port = free_port()
+            rates["pulsetrain"].append(_replay_rate(
+                [sys.executable, "-m", "pulsetrain", "replay", run, "--port", str(port)],
+                port, trains))
+            port = free_port()
+            rates["serve-files"].append(_replay_rate(
+                ["karabo-bridge-serve-files", run, str(port), "-z", "REP"], port, trains))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    ours = statistics.median(rates["pulsetrain"])
+    peer = statistics.median(rates["serve-files"])
+    print(f"replay of {trains} trains (16 AGIPD modules x 16 frames + slow data), REP: "
+          f"pulsetrain {ours:.2f} trains/s, karabo-bridge-serve-files {peer:.2f} trains/s, "
+          f"ratio {ours / peer:.2f} (goal >= 2)")
+    return [{"name": "storage.replay_trains_per_s[REP]", "value": round(ours, 2),
+             "unit": "trains/s", "peer": "karabo-bridge-serve-files (EXtra-data)",
+             "ratio": round(ours / peer, 3), "goal": 2.0}]
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run the benchmark, print a table, return the result dicts."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -197,9 +253,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"RunWriter / plain h5py = {ratio:.2f} x wall-clock GB/s (goal >= 0.9 x); "
         f"{cpu_ratio:.2f} x by CPU time"
     )
-    # TODO(lead): replay comparison - iter_run_trains-based replay trains/s against
-    # karabo-bridge-serve-files on the same run and socket pattern (goal >= 2 x).
-    return [
+    replay = replay_comparison(args.quick, args.dir)
+    return replay + [
         {
             "name": f"storage.writer_GBps[{args.compression}]",
             "value": round(writer_gbs, 3),
