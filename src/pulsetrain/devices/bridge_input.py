@@ -510,7 +510,8 @@ class BridgeInput(Device):
         fresh = {k: x for k, x in fresh.items() if self._published.get(k) != x}
         if fresh:
             self._published.update(fresh)
-            self.update(**fresh)
+            with self._count_lock:  # re-read under the lock: never write back a stale count
+                self.update(**{k: self._values[k] for k in fresh})
 
 
 def write_key_pair(directory: str | os.PathLike, name: str) -> tuple[str, str]:
