@@ -126,7 +126,7 @@ def test_replay_through_correction_writes_a_valid_corr_run(sim_run, tmp_path):
         [devices."REPLAY"]
         class = "FileReplay"
         server = "a"
-        config = {{ run_dir = "{sim_run}", rate = 0.0, sources = ["*/DET/*"] }}
+        config = {{ run_dir = "{sim_run}", rate = 0.0, sources = ["*/DET/*"], autostart = false }}
         [devices."MATCH"]
         class = "TrainMatcher"
         server = "b"
@@ -158,6 +158,7 @@ def test_replay_through_correction_writes_a_valid_corr_run(sim_run, tmp_path):
     path = tmp_path / "fig4.toml"
     path.write_text(text)
     with Supervisor(Topology.load(path), workdir=tmp_path / "run") as sup:
+        sup.call("REPLAY", "start_replay")  # the supervisor returned with all connected
         sup.device_client("DAQ").wait_for("DAQ", "trainsWritten", 8, timeout=120)
         summary = sup.call("DAQ", "stop_run")
     assert summary["trains"] == 8

@@ -142,10 +142,35 @@ class Supervisor:
             self._send_directory(sp.name)
         for sp in self.servers.values():
             self._instantiate(sp.name)
+        self.wait_connected(max(1.0, deadline - time.monotonic()))
         self._write_state()
         self._thread = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
         self._thread.start()
         return self
+
+    def wait_connected(self, timeout: float = 30.0) -> bool:
+        """Wait until every connection of the topology is established (inputs connect
+        asynchronously; a train written before its consumer connected is not delivered).
+        Returns whether all are; logs the missing ones otherwise."""
+        expected: dict[str, int] = {}
+        for conn in self.topology.connections:
+            expected[conn.output] = expected.get(conn.output, 0) + 1
+        deadline = time.monotonic() + timeout
+        missing = dict(expected)
+        while missing and time.monotonic() < deadline:
+            for ref, n in list(missing.items()):
+                device, _, channel = ref.rpartition(":")
+                try:
+                    conns = self.get(device, f"channels.outputs.{channel}.connections")
+                except Exception:
+                    continue
+                if len(conns) >= n:
+                    del missing[ref]
+            if missing:
+                time.sleep(0.05)
+        if missing:
+            log.warning("connections not established after %.0f s: %s", timeout, sorted(missing))
+        return not missing
 
     def state(self) -> dict[str, Any]:
         """What clients need to find a running topology (written to ``state.json``)."""

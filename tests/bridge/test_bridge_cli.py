@@ -126,14 +126,6 @@ def test_bridge_sim_help_and_option_errors(capsys):
     )
 
 
-@pytest.mark.slow
-def test_demo_runs_and_exits_0(processes):
-    proc = processes(*pulsetrain_cmd("demo", "--trains", "2", "--frames", "1"))
-    assert proc.wait(240) == 0, proc.output
-    assert "bridge endpoint: tcp://127.0.0.1:" in proc.output
-    assert "demo done: 2 trains" in proc.output
-
-
 def test_sigterm_stops_bridge_sim_cleanly(processes):
     proc = processes(
         *pulsetrain_cmd("bridge-sim", "--port", "0", "--raw", "--frames", "1", "--modules", "0")

@@ -105,6 +105,10 @@ class ClusterConfig:
         None (default) starts none.
     memory_limit : str
         Memory limit per local worker (Dask's ``memory_limit``; ``"auto"`` splits the RAM).
+    connect_timeout : float
+        Seconds to wait for an existing scheduler to answer.
+    extra : dict
+        Further keyword arguments of ``LocalCluster`` / ``SLURMCluster``.
     """
 
     workers: int | None = None
@@ -112,6 +116,7 @@ class ClusterConfig:
     slurm: SlurmOptions | None = None
     dashboard: str | None = None
     memory_limit: str = "auto"
+    connect_timeout: float = 30.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -199,7 +204,7 @@ def open_client(config: ClusterConfig | None = None, client: Any = None) -> Iter
     if config.kind == "scheduler":
         log.info("connecting to the Dask scheduler at %s", config.scheduler)
         try:
-            c = Client(config.scheduler, timeout="30s")
+            c = Client(config.scheduler, timeout=f"{float(config.connect_timeout)}s")
         except OSError as exc:
             raise ConfigurationError(
                 f"cannot reach the Dask scheduler at {config.scheduler}: {exc}"
@@ -216,18 +221,38 @@ def open_client(config: ClusterConfig | None = None, client: Any = None) -> Iter
             yield c
         return
     workers = int(config.workers or os.cpu_count() or 1)
-    cluster = LocalCluster(
+    with _quiet_distributed():
+        cluster = LocalCluster(
         n_workers=workers,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=config.dashboard,
-        memory_limit=config.memory_limit,
-        silence_logs=logging.ERROR,
-        **config.extra,
-    )
-    log.info("local Dask cluster: %d worker processes x 1 thread", workers)
-    with cluster, Client(cluster) as c:
-        yield c
+            # The scheduler's HTTP server starts in any case; a free port avoids clashes
+            # with other clusters on the machine (":8787" is Dask's default).
+            dashboard_address=config.dashboard or ":0",
+            memory_limit=config.memory_limit,
+            silence_logs=logging.ERROR,
+            **config.extra,
+        )
+        log.info("local Dask cluster: %d worker processes x 1 thread", workers)
+        with cluster, Client(cluster) as c:
+            yield c
+
+
+@contextlib.contextmanager
+def _quiet_distributed() -> Iterator[None]:
+    """Keep the in-process scheduler's INFO chatter off the terminal unless asked for.
+
+    ``distributed`` configures its own logger at INFO; while a local cluster runs, its level
+    follows the root logger's (WARNING by default in the command line), and is restored after.
+    """
+    logger = logging.getLogger("distributed")
+    before = logger.level
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        logger.setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def numba_threads(client: Any) -> int:

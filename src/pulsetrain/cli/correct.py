@@ -1,0 +1,109 @@
+"""``pulsetrain correct``: correct a raw run into a CORR run on Dask (local, scheduler, SLURM)."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """examples:
+  pulsetrain correct data/raw/r0001 --out data/proc/r0001 --catalog cat.sqlite
+  pulsetrain correct raw/r0001 --out proc/r0001 --workers 2 --memory-cells 64 --common-mode
+  pulsetrain correct raw/r0001 --out proc/r0001 --scheduler tcp://10.0.0.5:8786
+  pulsetrain correct raw/r0001 --out proc/r0001 --slurm --queue upex --cores 32 \\
+      --memory 256GB --walltime 02:00:00 --jobs 4
+  pulsetrain correct raw/r0001 --out proc/r0001 --slurm --queue upex --print-job-script
+
+Re-running the same command skips output files that are complete and verified (sidecars in
+OUT/.pulsetrain-correct/); --force remakes them.  See docs/offline.md.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from pulsetrain.offline.cluster import add_cluster_arguments
+
+    p = subparsers.add_parser(
+        "correct",
+        help="correct a raw run into a CORR run (Dask: local, scheduler or SLURM)",
+        description="Correct every detector module sequence file of a raw run with constants "
+        "from the catalogue (one Dask task per module and sequence file) and write a CORR run "
+        "in the European XFEL format; record it and the constants used in the catalogue.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", help="raw run directory")
+    p.add_argument("--out", required=True, help="CORR run directory to write")
+    p.add_argument("--catalog", default="", help="catalogue URL (default: the user's SQLite)")
+    p.add_argument("--detector", default="SPB_DET_AGIPD1M-1")
+    p.add_argument("--modules", type=int, nargs="*", default=None, help="only these modules")
+    c = p.add_argument_group("constants look-up (defaults: the online correction device's)")
+    c.add_argument("--memory-cells", type=int, default=None, help="default: any")
+    c.add_argument("--bias-voltage", type=float, default=300.0)
+    c.add_argument("--acquisition-rate", type=float, default=1.1)
+    c.add_argument("--gain-setting", type=int, default=0)
+    c.add_argument("--gain-mode", type=int, default=0)
+    c.add_argument("--integration-time", type=int, default=12)
+    c.add_argument("--photon-energy", type=float, default=9.3)
+    c.add_argument("--constants-time", default=None,
+                   help="ISO time the constants must be valid at, or 'now' "
+                   "(default: the run's first train)")
+    o = p.add_argument_group("correction options (as the online device)")
+    o.add_argument("--bad-to-nan", action="store_true", help="masked pixels become NaN")
+    o.add_argument("--common-mode", action="store_true")
+    o.add_argument("--force-mg-threshold", type=float, default=None, metavar="ADU")
+    o.add_argument("--force-hg-threshold", type=float, default=None, metavar="ADU")
+    p.add_argument("--no-copy-slow", action="store_true",
+                   help="do not copy the files without module data (slow data, cameras)")
+    p.add_argument("--force", action="store_true", help="remake outputs even if verified")
+    p.add_argument("--verify", choices=["checksum", "size"], default="checksum",
+                   help="how existing outputs are verified before being skipped")
+    p.add_argument("--no-record", action="store_true", help="do not record in the catalogue")
+    p.add_argument("--no-progress", action="store_true")
+    add_cluster_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from pulsetrain.errors import PulsetrainError
+    from pulsetrain.offline import CorrectionOptions, correct_run
+    from pulsetrain.offline.cluster import cluster_config_from_args, print_job_script
+
+    try:
+        config = cluster_config_from_args(args)
+        if args.print_job_script:
+            return print_job_script(config)
+        conditions = {
+            "memory_cells": args.memory_cells, "bias_voltage": args.bias_voltage,
+            "acquisition_rate": args.acquisition_rate, "gain_setting": args.gain_setting,
+            "gain_mode": args.gain_mode, "integration_time": args.integration_time,
+            "photon_energy": args.photon_energy,
+        }
+        options = CorrectionOptions(
+            bad_to_nan=args.bad_to_nan, common_mode=args.common_mode,
+            force_mg_threshold=args.force_mg_threshold,
+            force_hg_threshold=args.force_hg_threshold,
+        )
+        report = correct_run(
+            args.run_dir, args.out, catalog=args.catalog or None, detector=args.detector,
+            conditions=conditions, constants_time=args.constants_time, options=options,
+            modules=args.modules, copy_other=not args.no_copy_slow, cluster=config,
+            force=args.force, verify=args.verify, record=not args.no_record,
+            progress=not args.no_progress,
+        )
+    except PulsetrainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    done = report.corrected
+    secs = sum(r["seconds"] for r in done)
+    print(
+        f"{len(done)} module files corrected, {len(report.skipped)} skipped (complete and "
+        f"verified); {report.frames} frames in {report.seconds:.1f} s "
+        f"({secs:.1f} s of task time)"
+    )
+    for module, ids in sorted(report.constants.items()):
+        print(f"module {module}: " + ", ".join(f"{t}#{i}" for t, i in sorted(ids.items())))
+    if report.run_record is not None:
+        print(f"catalogue: CORR run #{report.run_record.id} "
+              f"(proposal {report.run_record.proposal}, run {report.run_record.run_number})")
+    print(report.out_dir)
+    return 0

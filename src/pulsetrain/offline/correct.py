@@ -1,0 +1,783 @@
+"""Batch correction of a raw run into a CORR run, one Dask task per module sequence file.
+
+:func:`correct_run` is what ``pulsetrain correct`` runs.  Per raw sequence file of a detector
+module, one task on a Dask worker
+
+1. looks the module's constants up in the catalogue (valid at the run's start, matching the
+   given operating conditions) and loads them once per worker and module (an LRU cache in the
+   worker process);
+2. skips the file if its output exists and is verified against the sidecar written when it was
+   made (same input file, options and constants; size, train count and SHA-256 of the output);
+3. otherwise reads the raw frames a block of trains at a time, corrects them with
+   :func:`pulsetrain.calibration.correct_module_data` — the function and options the online
+   ``AGIPDCorrection`` device uses, so the results are identical — and writes
+   ``CORR-R{run}-AGIPD{m}-S{seq}.h5`` with :class:`pulsetrain.files.RunWriter` (the same
+   sequence split as the raw run), staged and then renamed into place.
+
+Files without module data (slow data, cameras: ``DA01``) are copied byte for byte as
+``CORR-R{run}-DA01-S{seq}.h5``, so the CORR run is complete on its own.  The catalogue then
+records the CORR run and links the constants used.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from pulsetrain.errors import ConfigurationError, FileFormatError
+from pulsetrain.offline.cluster import ClusterConfig, numba_threads, open_client, run_tasks
+from pulsetrain.offline.runfiles import (
+    ModuleFileReader,
+    RunLayout,
+    file_sha256,
+    parse_file_name,
+    read_json,
+    scan_run,
+    write_json_atomic,
+)
+
+__all__ = [
+    "DEFAULT_CONDITIONS",
+    "SIDECAR_DIR",
+    "ConstantsQuery",
+    "CorrectionOptions",
+    "CorrectionReport",
+    "correct_run",
+    "corrected_source_name",
+    "plan_correction",
+]
+
+log = logging.getLogger(__name__)
+
+#: Hidden directory in the output run directory: one JSON sidecar per output file.
+SIDECAR_DIR = ".pulsetrain-correct"
+#: Operating conditions the constants are looked up with, unless given (the defaults of the
+#: online ``AGIPDCorrection`` device; ``memory_cells`` None matches any number of cells).
+DEFAULT_CONDITIONS: dict[str, Any] = {
+    "memory_cells": None,
+    "bias_voltage": 300.0,
+    "acquisition_rate": 1.1,
+    "gain_setting": 0,
+    "gain_mode": 0,
+    "integration_time": 12,
+    "photon_energy": 9.3,
+}
+#: Version of the sidecar format; a different version means "not verified".
+_SIDECAR_FORMAT = 1
+
+
+def corrected_source_name(raw_source: str) -> str:
+    """``SPB_DET_AGIPD1M-1/DET/7CH0:xtdf`` → ``SPB_DET_AGIPD1M-1/CORR/7CH0:output``."""
+    from pulsetrain.devices.correction import corrected_source_name as online_name
+
+    return online_name(raw_source)
+
+
+@dataclass(frozen=True)
+class CorrectionOptions:
+    """Correction options, as the online ``AGIPDCorrection`` device has them.
+
+    Parameters
+    ----------
+    bad_to_nan : bool
+        Set masked pixels to NaN.
+    common_mode : bool
+        Per-ASIC common-mode correction of high-gain pixels.
+    force_mg_threshold, force_hg_threshold : float, optional
+        Hard gain thresholds in ADU (None: off), see ``docs/calibration.md``.
+    """
+
+    bad_to_nan: bool = False
+    common_mode: bool = False
+    force_mg_threshold: float | None = None
+    force_hg_threshold: float | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`pulsetrain.calibration.correct_module_data`."""
+        return {
+            "bad_to_nan": bool(self.bad_to_nan),
+            "common_mode": bool(self.common_mode),
+            "force_mg_threshold": self.force_mg_threshold or None,
+            "force_hg_threshold": self.force_hg_threshold or None,
+        }
+
+
+@dataclass(frozen=True)
+class ConstantsQuery:
+    """How a worker finds a module's constants: catalogue, detector, conditions and time."""
+
+    catalog_url: str
+    detector: str
+    conditions: tuple[tuple[str, Any], ...]
+    at: str
+
+    def conditions_obj(self):
+        from pulsetrain.catalog import Conditions
+
+        return Conditions(**dict(self.conditions))
+
+    def at_datetime(self) -> datetime:
+        return datetime.fromisoformat(self.at)
+
+
+@dataclass(frozen=True)
+class ModuleTask:
+    """One module sequence file to correct (sent to a worker)."""
+
+    input_path: str
+    source: str
+    module: int
+    sequence: int
+    output_dir: str
+    output_name: str
+    trains: int
+    proposal: int
+    run_number: int
+    format_version: str
+    run_metadata: tuple[tuple[str, Any], ...]
+    query: ConstantsQuery
+    options: CorrectionOptions
+    force: bool = False
+    verify: str = "checksum"
+    max_block_bytes: int = 32 << 20
+    numba_threads: int = 1
+
+
+@dataclass(frozen=True)
+class CopyTask:
+    """One file without module data to copy into the CORR run (sent to a worker)."""
+
+    input_path: str
+    output_dir: str
+    output_name: str
+    trains: int
+    force: bool = False
+    verify: str = "checksum"
+
+
+@dataclass
+class CorrectionReport:
+    """What :func:`correct_run` did.
+
+    Attributes
+    ----------
+    out_dir : Path
+        The CORR run directory.
+    files : list of dict
+        One result per task: ``output``, ``kind`` (``module`` / ``copy``), ``skipped``,
+        ``trains``, ``frames``, ``bytes``, ``seconds``, ``module``, ``constants``.
+    seconds : float
+        Wall time of the whole job (cluster start-up included).
+    trains : int
+        Trains of the run (train IDs over all corrected modules).
+    run_record : RunRecord or None
+        The catalogue's record of the CORR run.
+    constants : dict
+        Module → ``{constant type: catalogue ID}`` used.
+    """
+
+    out_dir: Path
+    files: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    trains: int = 0
+    run_record: Any = None
+    constants: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def corrected(self) -> list[dict[str, Any]]:
+        """Results of module files corrected in this call."""
+        return [r for r in self.files if r["kind"] == "module" and not r["skipped"]]
+
+    @property
+    def skipped(self) -> list[dict[str, Any]]:
+        """Results of files skipped because their output was complete and verified."""
+        return [r for r in self.files if r["skipped"]]
+
+    @property
+    def frames(self) -> int:
+        """Frames corrected in this call."""
+        return sum(r["frames"] for r in self.corrected)
+
+    @property
+    def output_files(self) -> list[Path]:
+        """Every output file of the CORR run (made now or before)."""
+        return sorted(self.out_dir / r["output"] for r in self.files if r["output"])
+
+
+# ------------------------------------------------------------------------------ worker side
+_CATALOGS: dict[str, Any] = {}
+_CACHE: collections.OrderedDict[tuple, tuple[Any, dict[str, int]]] = collections.OrderedDict()
+_CACHE_LOCK = threading.Lock()
+#: Bytes of constants a worker process keeps (at least one module's set is always kept).
+CONSTANTS_CACHE_BYTES = int(os.environ.get("PULSETRAIN_CONSTANTS_CACHE_BYTES", 2 << 30))
+#: Loads from the catalogue per (URL, detector, module) in this process (tests read it).
+LOAD_COUNTS: collections.Counter = collections.Counter()
+
+
+def _catalog(url: str):
+    from pulsetrain.catalog import Catalog
+
+    cat = _CATALOGS.get(url)
+    if cat is None:
+        cat = _CATALOGS[url] = Catalog(url)
+    return cat
+
+
+def _find_ids(query: ConstantsQuery, module: int) -> dict[str, int]:
+    from pulsetrain.catalog.agipd import REQUIRED_TYPES
+
+    records = _catalog(query.catalog_url).find_constants(
+        query.detector, module, query.conditions_obj(), query.at_datetime(), types=REQUIRED_TYPES
+    )
+    return {t: int(r.id) for t, r in records.items()}
+
+
+def _load_constants(query: ConstantsQuery, module: int, ids: dict[str, int]):
+    """The module's constants from the worker's cache, or loaded from the catalogue."""
+    from pulsetrain.catalog.agipd import REQUIRED_TYPES, load_agipd_constants
+
+    key = (query.catalog_url, query.detector, module, tuple(sorted(ids.items())))
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None:
+            _CACHE.move_to_end(key)
+            return hit
+        constants, records = load_agipd_constants(
+            _catalog(query.catalog_url),
+            query.detector,
+            module,
+            query.conditions_obj(),
+            query.at_datetime(),
+        )
+        constants.noise = None  # not used by the correction; frees memory
+        used = {t: int(r.id) for t, r in records.items() if t in REQUIRED_TYPES}
+        LOAD_COUNTS[(query.catalog_url, query.detector, module)] += 1
+        key = (query.catalog_url, query.detector, module, tuple(sorted(used.items())))
+        _CACHE[key] = (constants, used)
+        total = sum(c.nbytes for c, _ in _CACHE.values())
+        while len(_CACHE) > 1 and total > CONSTANTS_CACHE_BYTES:
+            _, (old, _) = _CACHE.popitem(last=False)
+            total -= old.nbytes
+        log.info("module %d: constants %s loaded (%.0f MB)", module, used, constants.nbytes / 1e6)
+        return constants, used
+
+
+def _set_numba_threads(n: int) -> None:
+    try:
+        import numba
+
+        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    except Exception:  # noqa: BLE001 - threading layer not initialisable: keep the default
+        log.debug("could not set numba threads to %s", n, exc_info=True)
+
+
+def _input_identity(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"name": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _sidecar_path(out_dir: Path, name: str) -> Path:
+    return out_dir / SIDECAR_DIR / f"{name}.json"
+
+
+def _verified(out_path: Path, sidecar: dict | None, expect: dict[str, Any], verify: str) -> bool:
+    """Whether ``out_path`` is the complete output the sidecar describes, made from ``expect``."""
+    if sidecar is None or sidecar.get("format") != _SIDECAR_FORMAT:
+        return False
+    for key, value in expect.items():
+        if sidecar.get(key) != value:
+            log.info("%s: %s changed; made again", out_path.name, key)
+            return False
+    try:
+        size = out_path.stat().st_size
+    except OSError:
+        return False
+    if size != sidecar.get("size"):
+        return False
+    try:
+        with h5py.File(out_path, "r") as f:
+            tids = f["INDEX/trainId"][:]
+            if int(np.count_nonzero(tids)) != sidecar.get("trains"):
+                return False
+    except (OSError, KeyError):
+        return False
+    if verify == "checksum":
+        return file_sha256(out_path) == sidecar.get("sha256")
+    return True
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def correct_module_file(task: ModuleTask) -> dict[str, Any]:
+    """Correct one module sequence file (runs on a Dask worker); returns a result dict."""
+    from pulsetrain.calibration import allocate_output, correct_module_data
+    from pulsetrain.files import RunWriter, make_meta, run_file_name
+
+    t0 = time.perf_counter()
+    out_dir = Path(task.output_dir)
+    out_path = out_dir / task.output_name
+    sidecar_path = _sidecar_path(out_dir, task.output_name)
+    in_path = Path(task.input_path)
+    ids = _find_ids(task.query, task.module)
+    expect = {
+        "input": _input_identity(in_path),
+        "options": asdict(task.options),
+        "constants": ids,
+        "source": task.source,
+    }
+    result = {
+        "kind": "module",
+        "module": task.module,
+        "sequence": task.sequence,
+        "input": in_path.name,
+        "output": task.output_name,
+        "constants": ids,
+        "skipped": False,
+        "trains": 0,
+        "frames": 0,
+        "bytes": 0,
+        "seconds": 0.0,
+        "worker_pid": os.getpid(),
+    }
+    if not task.force and _verified(out_path, read_json(sidecar_path), expect, task.verify):
+        side = read_json(sidecar_path) or {}
+        result.update(skipped=True, trains=side.get("trains", 0), frames=side.get("frames", 0),
+                      bytes=side.get("size", 0), seconds=time.perf_counter() - t0)
+        return result
+
+    _set_numba_threads(task.numba_threads)
+    constants, used = _load_constants(task.query, task.module, ids)
+    options = task.options.kwargs()
+    out_source = corrected_source_name(task.source)
+    _remove(sidecar_path)
+    _remove(out_path)
+    staging = out_dir / SIDECAR_DIR / f"tmp-{Path(task.output_name).stem}-{uuid.uuid4().hex[:8]}"
+    frames = 0
+    trains = 0
+    try:
+        with ModuleFileReader(in_path, task.source) as reader:
+            keys = ["image.data", "image.cellId"] + [
+                k for k in ("image.pulseId", "image.trainId") if reader.has_key(k)
+            ]
+            buffers = None
+            with RunWriter(
+                staging,
+                proposal=task.proposal,
+                run_number=task.run_number,
+                data_category="CORR",
+                format_version=task.format_version,
+                run_metadata=dict(task.run_metadata),
+                flush_trains=None,
+                flush_interval=None,
+            ) as writer:
+                for block in reader.blocks(keys, max_block_bytes=task.max_block_bytes):
+                    n = block.frames
+                    if buffers is None or len(buffers.data) < n:
+                        buffers = allocate_output(max(n, 1))
+                    out = (buffers.data[:n], buffers.gain[:n], buffers.mask[:n])
+                    corrected = correct_module_data(block.arrays, constants, out=out, **options)
+                    for i, tid in enumerate(block.train_ids.tolist()):
+                        a, c = int(block.starts[i]), int(block.counts[i])
+                        values = {k: v[a : a + c] for k, v in corrected.items()}
+                        values["calibration.corrected"] = True
+                        meta = make_meta(out_source, tid, int(block.timestamps[i]))
+                        writer.write_train({out_source: values}, {out_source: meta})
+                    frames += n
+                    trains += block.train_ids.size
+        produced = staging / run_file_name("CORR", task.run_number, _aggregator(out_source), 0)
+        if not produced.exists():
+            log.warning("%s: no trains of %s; nothing written", in_path.name, task.source)
+            result.update(output=None, seconds=time.perf_counter() - t0)
+            return result
+        if task.sequence != 0:
+            with h5py.File(produced, "r+") as f:
+                f["METADATA/sequenceNumber"][0] = np.uint32(task.sequence)
+        size = produced.stat().st_size
+        digest = file_sha256(produced)
+        os.replace(produced, out_path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    write_json_atomic(
+        sidecar_path,
+        {
+            "format": _SIDECAR_FORMAT,
+            **expect,
+            "output": task.output_name,
+            "size": size,
+            "sha256": digest,
+            "trains": trains,
+            "frames": frames,
+            "made": datetime.now(timezone.utc).isoformat(),
+        },
+    )
+    result.update(
+        trains=trains, frames=frames, bytes=size, constants=used,
+        seconds=time.perf_counter() - t0,
+    )
+    return result
+
+
+def copy_run_file(task: CopyTask) -> dict[str, Any]:
+    """Copy one file without module data into the CORR run (runs on a Dask worker)."""
+    t0 = time.perf_counter()
+    out_dir = Path(task.output_dir)
+    out_path = out_dir / task.output_name
+    sidecar_path = _sidecar_path(out_dir, task.output_name)
+    in_path = Path(task.input_path)
+    expect = {"input": _input_identity(in_path)}
+    result = {
+        "kind": "copy",
+        "module": None,
+        "input": in_path.name,
+        "output": task.output_name,
+        "constants": {},
+        "skipped": False,
+        "trains": task.trains,
+        "frames": 0,
+        "bytes": 0,
+        "seconds": 0.0,
+        "worker_pid": os.getpid(),
+    }
+    if not task.force and _verified(out_path, read_json(sidecar_path), expect, task.verify):
+        result.update(skipped=True, bytes=out_path.stat().st_size,
+                      seconds=time.perf_counter() - t0)
+        return result
+    _remove(sidecar_path)
+    tmp = out_dir / f".{task.output_name}.{uuid.uuid4().hex[:8]}.part"
+    try:
+        shutil.copyfile(in_path, tmp)
+        size = tmp.stat().st_size
+        digest = file_sha256(tmp)
+        os.replace(tmp, out_path)
+    finally:
+        _remove(tmp)
+    write_json_atomic(
+        sidecar_path,
+        {
+            "format": _SIDECAR_FORMAT,
+            **expect,
+            "output": task.output_name,
+            "size": size,
+            "sha256": digest,
+            "trains": task.trains,
+            "made": datetime.now(timezone.utc).isoformat(),
+        },
+    )
+    result.update(bytes=size, seconds=time.perf_counter() - t0)
+    return result
+
+
+def _aggregator(source: str) -> str:
+    from pulsetrain.files import default_aggregator
+
+    return default_aggregator(source)
+
+
+# ------------------------------------------------------------------------------ client side
+def _file_trains(path: Path) -> int:
+    with h5py.File(path, "r") as f:
+        return int(np.count_nonzero(f["INDEX/trainId"][:]))
+
+
+def plan_correction(
+    raw_run: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    catalog: str | None = None,
+    detector: str = "SPB_DET_AGIPD1M-1",
+    conditions: Mapping[str, Any] | Any | None = None,
+    constants_time: datetime | str | None = None,
+    options: CorrectionOptions | None = None,
+    modules: Sequence[int] | None = None,
+    copy_other: bool = True,
+    force: bool = False,
+    verify: str = "checksum",
+    max_block_bytes: int = 32 << 20,
+    check_constants: bool = True,
+) -> tuple[RunLayout, list[ModuleTask | CopyTask], ConstantsQuery]:
+    """Work out the tasks of :func:`correct_run` (no Dask involved).
+
+    Returns
+    -------
+    (RunLayout, list of tasks, ConstantsQuery)
+        Module tasks in module-major order (so a worker tends to meet the same module again),
+        then the copy tasks.
+
+    Raises
+    ------
+    ConstantNotFoundError
+        A module has no constants matching the query (checked here, before any worker starts).
+    """
+    from pulsetrain.catalog import Conditions, resolve_url
+
+    if verify not in ("checksum", "size"):
+        raise ConfigurationError(f"verify must be 'checksum' or 'size', not {verify!r}")
+    layout = scan_run(raw_run, kind="DET", modules=modules)
+    out = Path(out_dir).expanduser().resolve()
+    if out == layout.run_dir:
+        raise ConfigurationError(
+            f"the output directory {out} is the raw run directory; write CORR runs elsewhere "
+            "(e.g. proc/r0001)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(conditions, Conditions):
+        cond = conditions
+    else:
+        values = dict(DEFAULT_CONDITIONS)
+        values.update(dict(conditions or {}))
+        cond = Conditions.from_dict(values)
+    if constants_time is None:
+        at = layout.start_time or datetime.now(timezone.utc)
+    elif isinstance(constants_time, str):
+        at = (
+            datetime.now(timezone.utc)
+            if constants_time == "now"
+            else datetime.fromisoformat(constants_time)
+        )
+    else:
+        at = constants_time
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=timezone.utc)
+    query = ConstantsQuery(
+        catalog_url=resolve_url(catalog),
+        detector=detector,
+        conditions=tuple(sorted(cond.as_dict().items())),
+        at=at.isoformat(),
+    )
+    if check_constants:
+        for module in layout.modules:
+            _find_ids(query, module)  # ConstantNotFoundError names what is missing
+    options = options or CorrectionOptions()
+    run_metadata = (("run_type", layout.run_type), ("sample", layout.sample))
+    fmt = layout.format_version if layout.format_version in ("1.2", "1.3") else "1.3"
+    tasks: list[ModuleTask | CopyTask] = []
+    for source in sorted(layout.module_sources, key=layout.module_sources.get):
+        module = layout.module_sources[source]
+        for path in layout.module_files[source]:
+            seq = parse_file_name(path)[3]
+            name = f"CORR-R{layout.run_number:04d}-{_aggregator(corrected_source_name(source))}-S{seq:05d}.h5"
+            tasks.append(
+                ModuleTask(
+                    input_path=str(path), source=source, module=module, sequence=seq,
+                    output_dir=str(out), output_name=name, trains=_file_trains(path),
+                    proposal=layout.proposal or 900001, run_number=layout.run_number,
+                    format_version=fmt, run_metadata=run_metadata, query=query,
+                    options=options, force=force, verify=verify,
+                    max_block_bytes=int(max_block_bytes),
+                )
+            )
+    if copy_other:
+        for path in layout.other_files:
+            try:
+                category, run, agg, seq = parse_file_name(path)
+            except FileFormatError:
+                log.warning("%s: not a run file name; not copied", path.name)
+                continue
+            tasks.append(
+                CopyTask(
+                    input_path=str(path), output_dir=str(out),
+                    output_name=f"CORR-R{run:04d}-{agg}-S{seq:05d}.h5",
+                    trains=_file_trains(path), force=force, verify=verify,
+                )
+            )
+    return layout, tasks, query
+
+
+def correct_run(
+    raw_run: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    catalog: str | None = None,
+    detector: str = "SPB_DET_AGIPD1M-1",
+    conditions: Mapping[str, Any] | Any | None = None,
+    constants_time: datetime | str | None = None,
+    options: CorrectionOptions | None = None,
+    modules: Sequence[int] | None = None,
+    copy_other: bool = True,
+    cluster: ClusterConfig | None = None,
+    client: Any = None,
+    force: bool = False,
+    verify: str = "checksum",
+    record: bool = True,
+    progress: bool = True,
+    max_block_bytes: int = 32 << 20,
+) -> CorrectionReport:
+    """Correct a raw run into a CORR run directory, in parallel on Dask.
+
+    Parameters
+    ----------
+    raw_run : path-like
+        Raw run directory (``RAW-R0001-AGIPD00-S00000.h5``, ...).
+    out_dir : path-like
+        CORR run directory to write (created; must not be the raw run directory).
+    catalog : str, optional
+        Catalogue URL (default: the user's catalogue, ``$PULSETRAIN_CATALOG``).
+    detector : str
+        Detector name in the catalogue.
+    conditions : mapping or Conditions, optional
+        Operating conditions of the constant look-up; a mapping updates
+        :data:`DEFAULT_CONDITIONS` (the online device's defaults; memory cells: any).
+    constants_time : datetime or str, optional
+        Time the constants must be valid at: a datetime, an ISO string or ``"now"``; default
+        the timestamp of the run's first train.
+    options : CorrectionOptions, optional
+        Correction options (default: none, as the online device's defaults).
+    modules : sequence of int, optional
+        Correct only these modules.
+    copy_other : bool
+        Copy the files without module data (``DA01``: slow data, cameras) into the CORR run.
+    cluster : ClusterConfig, optional
+        Dask back end (default: a local cluster, one single-threaded worker process per core).
+    client : distributed.Client, optional
+        Use this client instead (``cluster`` is then ignored).
+    force : bool
+        Remake every output even if it is complete and verified.
+    verify : {"checksum", "size"}
+        How an existing output is verified before it is skipped: size, train count and
+        SHA-256 (default), or size and train count only.
+    record : bool
+        Record the CORR run and the constants it used in the catalogue.
+    progress : bool
+        Show a progress bar (trains/s, ETA) on stderr.
+    max_block_bytes : int
+        Raw bytes read and corrected at once per task (memory bound per worker).
+
+    Returns
+    -------
+    CorrectionReport
+
+    Raises
+    ------
+    ConstantNotFoundError
+        Constants are missing for a module (before any work starts).
+    BatchJobError
+        A task failed (the message names the file and the cause).
+    """
+    t0 = time.perf_counter()
+    layout, tasks, query = plan_correction(
+        raw_run, out_dir, catalog=catalog, detector=detector, conditions=conditions,
+        constants_time=constants_time, options=options, modules=modules,
+        copy_other=copy_other, force=force, verify=verify, max_block_bytes=max_block_bytes,
+    )
+    out = Path(tasks[0].output_dir) if tasks else Path(out_dir).resolve()
+    report = CorrectionReport(out_dir=out)
+    n_modules = max(1, len(layout.modules))
+    total = sum(t.trains for t in tasks if isinstance(t, ModuleTask))
+    bar = _progress_bar(total, n_modules, progress)
+    try:
+        with open_client(cluster, client) as c:
+            threads = numba_threads(c)
+            futures = {}
+            for i, task in enumerate(tasks):
+                if isinstance(task, ModuleTask):
+                    task = _with_threads(task, threads)
+                    fut = c.submit(correct_module_file, task, pure=False,
+                                   key=f"correct-{task.output_name}-{uuid.uuid4().hex[:6]}",
+                                   priority=len(tasks) - i)
+                else:
+                    fut = c.submit(copy_run_file, task, pure=False,
+                                   key=f"copy-{task.output_name}-{uuid.uuid4().hex[:6]}",
+                                   priority=-1)
+                futures[fut] = task
+
+            def describe(fut) -> str:
+                task = futures[fut]
+                return f"{Path(task.input_path).name} -> {task.output_name}"
+
+            def on_result(fut, result) -> None:
+                report.files.append(result)
+                if result["kind"] == "module":
+                    bar.update(result["trains"] if result["skipped"] else futures[fut].trains)
+                    bar.set_postfix_str(
+                        f"{len(report.skipped)} skipped" if report.skipped else "", refresh=False
+                    )
+
+            run_tasks(c, list(futures), describe, on_result)
+    finally:
+        bar.close()
+    report.files.sort(key=lambda r: (r["kind"] != "module", r["output"] or ""))
+    for r in report.files:
+        if r["kind"] == "module":
+            report.constants.setdefault(r["module"], {}).update(r["constants"])
+    report.trains = int(layout.train_ids.size)
+    if record:
+        report.run_record = _record(layout, report, query)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _with_threads(task: ModuleTask, threads: int) -> ModuleTask:
+    from dataclasses import replace
+
+    return replace(task, numba_threads=threads)
+
+
+class _NoBar:
+    def update(self, n: float) -> None:
+        pass
+
+    def set_postfix_str(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total_module_trains: int, n_modules: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total_module_trains,
+        unit="train",
+        unit_scale=1.0 / n_modules,
+        desc=f"correct {n_modules} module{'s' if n_modules > 1 else ''}",
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} trains "
+        "[{elapsed}<{remaining}, {rate_fmt}{postfix}]",
+        smoothing=0.1,
+    )
+
+
+def _record(layout: RunLayout, report: CorrectionReport, query: ConstantsQuery):
+    from pulsetrain.catalog import Catalog
+
+    cat = Catalog(query.catalog_url)
+    try:
+        files = [p.name for p in report.output_files if p.exists()]
+        rec = cat.add_run(
+            layout.proposal or 900001,
+            layout.run_number,
+            report.out_dir,
+            data_category="CORR",
+            run_type="corr",
+            sample=layout.sample or None,
+            files=files,
+            n_trains=report.trains,
+            start_time=layout.start_time,
+            replace=True,
+        )
+        ids = sorted({i for per in report.constants.values() for i in per.values()})
+        if ids:
+            cat.link_run_constants(rec, ids)
+        return rec
+    finally:
+        cat.close()

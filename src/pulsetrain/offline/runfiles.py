@@ -1,0 +1,487 @@
+"""Run directories as offline jobs see them: which sequence file holds which module, and block
+reads of one module's frames from one file.
+
+:func:`scan_run` opens a run with EXtra-data (so every EXDF version it reads works) and maps
+detector module sources to their sequence files.  :class:`ModuleFileReader` then reads one
+module's per-frame keys from one file, many trains per HDF5 read, following the file's
+``INDEX/<source>/image/first,count`` (see ``docs/file-format.md``).  Tasks on Dask workers use
+it, so a worker touches only the files of its task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from pulsetrain.errors import ConfigurationError, FileFormatError
+from pulsetrain.files.naming import XTDF_SOURCE_PATTERN
+
+__all__ = [
+    "FILE_NAME_PATTERN",
+    "FrameBlock",
+    "ModuleFileReader",
+    "RunLayout",
+    "file_sha256",
+    "parse_file_name",
+    "read_json",
+    "scan_run",
+    "write_json_atomic",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``RAW-R0001-AGIPD07-S00002.h5`` → category, run, aggregator, sequence.
+FILE_NAME_PATTERN = re.compile(
+    r"^(?P<category>[A-Za-z]+)-R(?P<run>\d+)-(?P<aggregator>[A-Za-z0-9]+)-S(?P<sequence>\d+)\.h5$"
+)
+
+
+def parse_file_name(path: str | os.PathLike[str]) -> tuple[str, int, str, int]:
+    """``(category, run, aggregator, sequence)`` of a sequence file name.
+
+    Raises
+    ------
+    FileFormatError
+        The name does not follow ``CAT-R0001-AGG-S00000.h5``.
+    """
+    name = Path(path).name
+    m = FILE_NAME_PATTERN.match(name)
+    if m is None:
+        raise FileFormatError(
+            f"{name}: not a run file name of the form RAW-R0001-AGIPD00-S00000.h5"
+        )
+    return m["category"].upper(), int(m["run"]), m["aggregator"], int(m["sequence"])
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The files of a run, as an offline job splits it into tasks.
+
+    Attributes
+    ----------
+    run_dir : Path
+        The run directory (absolute).
+    proposal, run_number : int
+        From the files' METADATA.
+    sample, run_type, format_version : str
+        From the files' METADATA ('' where absent).
+    train_ids : numpy.ndarray
+        All train IDs of the run.
+    start_time : datetime or None
+        Timestamp of the first train that has one (UTC).
+    module_sources : dict
+        Source name → module number, for the detector module sources of the chosen kind.
+    module_files : dict
+        Source name → its sequence files, in sequence order.
+    other_files : list of Path
+        Files that hold no module source of the chosen kind (slow data, cameras, ...).
+    """
+
+    run_dir: Path
+    proposal: int
+    run_number: int
+    sample: str
+    run_type: str
+    format_version: str
+    train_ids: np.ndarray
+    start_time: datetime | None
+    module_sources: dict[str, int]
+    module_files: dict[str, list[Path]]
+    other_files: list[Path] = field(default_factory=list)
+
+    @property
+    def modules(self) -> list[int]:
+        """Module numbers, sorted."""
+        return sorted(self.module_sources.values())
+
+    def source_of(self, module: int) -> str:
+        """The source name of module ``module``."""
+        for src, m in self.module_sources.items():
+            if m == module:
+                return src
+        raise ConfigurationError(f"{self.run_dir}: no source for module {module}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def scan_run(
+    run_dir: str | os.PathLike[str],
+    *,
+    kind: str = "DET",
+    modules: Sequence[int] | None = None,
+) -> RunLayout:
+    """Map a run's detector module sources to their sequence files.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        Run directory.
+    kind : {"DET", "CORR"}
+        Raw module sources (``…/DET/{m}CH0:xtdf``) or corrected ones (``…/CORR/{m}CH0:output``).
+    modules : sequence of int, optional
+        Only these modules (default: every module found).
+
+    Raises
+    ------
+    FileFormatError
+        The directory holds no run files, or no module source of that kind (or of those
+        modules).
+    """
+    from pulsetrain.files import open_run_dir
+
+    run_dir = Path(run_dir).expanduser().resolve()
+    if not run_dir.is_dir():
+        raise FileFormatError(f"{run_dir} is not a directory")
+    with open_run_dir(run_dir) as run:
+        found: dict[str, int] = {}
+        for src in sorted(run.instrument_sources):
+            m = XTDF_SOURCE_PATTERN.match(src)
+            if m and m["kind"] == kind:
+                found[src] = int(m["module"])
+        if not found:
+            kinds = {
+                mm["kind"] for s in run.instrument_sources if (mm := XTDF_SOURCE_PATTERN.match(s))
+            }
+            hint = ""
+            if kind == "CORR" and "DET" in kinds:
+                hint = " (it holds raw data: run `pulsetrain correct` on it first)"
+            elif kind == "DET" and "CORR" in kinds:
+                hint = " (it holds corrected data already)"
+            what = "raw (…/DET/…:xtdf)" if kind == "DET" else "corrected (…/CORR/…:output)"
+            raise FileFormatError(f"{run_dir}: no {what} detector module sources{hint}")
+        if modules is not None:
+            wanted = {int(m) for m in modules}
+            missing = sorted(wanted - set(found.values()))
+            if missing:
+                raise FileFormatError(
+                    f"{run_dir}: no data of module(s) {missing} (modules present: "
+                    f"{sorted(found.values())})"
+                )
+            found = {s: m for s, m in found.items() if m in wanted}
+        module_files: dict[str, list[Path]] = {}
+        used: set[Path] = set()
+        for src in found:
+            files = sorted(
+                (Path(fa.filename) for fa in run[src].files),
+                key=lambda p: _sequence_key(p),
+            )
+            module_files[src] = files
+            used.update(files)
+        all_module_files = set()
+        for src in run.instrument_sources:
+            mm = XTDF_SOURCE_PATTERN.match(src)
+            if mm and mm["kind"] == kind:
+                all_module_files.update(Path(fa.filename) for fa in run[src].files)
+        other_files = sorted(
+            (Path(fa.filename) for fa in run.files if Path(fa.filename) not in all_module_files),
+            key=lambda p: (p.name.split("-S")[0], _sequence_key(p)),
+        )
+        try:
+            md = {k: _plain(v) for k, v in run.run_metadata().items()}
+        except Exception:  # noqa: BLE001 - old files: METADATA may be incomplete
+            md = {}
+        train_ids = np.asarray(run.train_ids, dtype=np.uint64)
+        start = None
+        try:
+            stamps = np.asarray(run.train_timestamps(), dtype="datetime64[ns]")
+            good = stamps[~np.isnat(stamps)]
+            if good.size:
+                ns = int(good[0].astype(np.int64))
+                start = datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+        except Exception:  # noqa: BLE001 - no timestamps in old formats
+            start = None
+    proposal = int(md.get("proposalNumber") or 0)
+    run_number = int(md.get("runNumber") or 0)
+    if not run_number:
+        first = next(iter(module_files.values()))[0]
+        run_number = parse_file_name(first)[1]
+    return RunLayout(
+        run_dir=run_dir,
+        proposal=proposal,
+        run_number=run_number,
+        sample=str(md.get("sample") or ""),
+        run_type=str(md.get("runType") or ""),
+        format_version=str(md.get("dataFormatVersion") or ""),
+        train_ids=train_ids,
+        start_time=start,
+        module_sources=found,
+        module_files=module_files,
+        other_files=other_files,
+    )
+
+
+def _sequence_key(path: Path) -> int:
+    try:
+        return parse_file_name(path)[3]
+    except FileFormatError:
+        return 0
+
+
+@dataclass
+class FrameBlock:
+    """The frames of consecutive trains of one module, read at once.
+
+    Attributes
+    ----------
+    train_ids : ndarray of uint64, (trains,)
+    timestamps : ndarray of uint64, (trains,)
+        ``INDEX/timestamp`` in ns (0 where the file has none).
+    counts : ndarray of int64, (trains,)
+        Frames of each train.
+    starts : ndarray of int64, (trains,)
+        Row of each train's first frame in the arrays.
+    arrays : dict
+        Key (``image.data``, …) → array with all the block's frames along axis 0.
+    """
+
+    train_ids: np.ndarray
+    timestamps: np.ndarray
+    counts: np.ndarray
+    starts: np.ndarray
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def frames(self) -> int:
+        return int(self.counts.sum())
+
+    def train(self, i: int) -> dict[str, np.ndarray]:
+        """The arrays of the block's ``i``-th train (views)."""
+        a, n = int(self.starts[i]), int(self.counts[i])
+        return {k: v[a : a + n] for k, v in self.arrays.items()}
+
+
+class ModuleFileReader:
+    """Read one module source's per-frame keys from one sequence file, block by block.
+
+    Parameters
+    ----------
+    path : path-like
+        The sequence file.
+    source : str
+        Module source, e.g. ``SPB_DET_AGIPD1M-1/DET/3CH0:xtdf``.
+    group : str
+        Index group of the per-frame keys (``image``).
+
+    Notes
+    -----
+    Trains with train ID 0 (INDEX padding of old files) are skipped; trains are taken in
+    train-ID order, the first of duplicated IDs wins (as in EXtra-data).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], source: str, group: str = "image") -> None:
+        self.path = Path(path)
+        self.source = source
+        self.group = group
+        try:
+            self.file = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise FileFormatError(f"cannot open {self.path}: {exc}") from exc
+        f = self.file
+        base = f"INDEX/{source}/{group}"
+        if f"{base}/first" not in f or f"{base}/count" not in f:
+            self.close()
+            raise FileFormatError(f"{self.path.name}: no INDEX of {source}/{group}")
+        tids = f["INDEX/trainId"][:].astype(np.uint64)
+        n = tids.size
+        first = f[f"{base}/first"][:n].astype(np.int64)
+        count = f[f"{base}/count"][:n].astype(np.int64)
+        stamps = (
+            f["INDEX/timestamp"][:n].astype(np.uint64)
+            if "INDEX/timestamp" in f
+            else np.zeros(n, np.uint64)
+        )
+        order = np.argsort(tids, kind="stable")
+        stids = tids[order]
+        keep = stids != 0
+        keep[1:] &= stids[1:] != stids[:-1]
+        order = order[keep]
+        self.train_ids = tids[order]
+        self.first = first[order]
+        self.count = count[order]
+        self.timestamps = stamps[order]
+        self._datasets: dict[str, h5py.Dataset] = {}
+
+    def close(self) -> None:
+        """Close the file."""
+        try:
+            self.file.close()
+        except Exception:  # noqa: BLE001 - closing twice or after a failed open
+            pass
+
+    def __enter__(self) -> ModuleFileReader:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def n_trains(self) -> int:
+        return int(self.train_ids.size)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.count.sum())
+
+    def has_key(self, key: str) -> bool:
+        """Whether the source has ``key`` (``image.cellId``) in this file."""
+        return f"INSTRUMENT/{self.source}/{key.replace('.', '/')}" in self.file
+
+    def dataset(self, key: str) -> h5py.Dataset:
+        """The HDF5 dataset of ``key``."""
+        ds = self._datasets.get(key)
+        if ds is None:
+            path = f"INSTRUMENT/{self.source}/{key.replace('.', '/')}"
+            if path not in self.file:
+                raise FileFormatError(f"{self.path.name}: {self.source} has no key {key!r}")
+            ds = self._datasets[key] = self.file[path]
+        return ds
+
+    def frame_nbytes(self, keys: Sequence[str]) -> int:
+        """Bytes of one frame over ``keys``."""
+        total = 0
+        for key in keys:
+            ds = self.dataset(key)
+            total += int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
+        return total
+
+    def select(self, train_range: tuple[int | None, int | None] | None) -> np.ndarray:
+        """Positions of the trains with ``lo <= train ID < hi``."""
+        pos = np.arange(self.n_trains)
+        if train_range is None:
+            return pos
+        lo, hi = train_range
+        mask = np.ones(self.n_trains, dtype=bool)
+        if lo is not None:
+            mask &= self.train_ids >= np.uint64(lo)
+        if hi is not None:
+            mask &= self.train_ids < np.uint64(hi)
+        return pos[mask]
+
+    def blocks(
+        self,
+        keys: Sequence[str],
+        *,
+        max_block_bytes: int = 32 << 20,
+        train_range: tuple[int | None, int | None] | None = None,
+    ) -> Iterator[FrameBlock]:
+        """Yield the selected trains in blocks of at most ``max_block_bytes`` (at least a train).
+
+        Parameters
+        ----------
+        keys : sequence of str
+            Per-frame keys to read (``image.data``, ``image.cellId``, ...).
+        max_block_bytes : int
+            Memory bound of one block (all keys).
+        train_range : (lo, hi), optional
+            Only trains with ``lo <= train ID < hi`` (either end may be None).
+        """
+        positions = self.select(train_range)
+        if positions.size == 0:
+            return
+        per_frame = max(1, self.frame_nbytes(keys))
+        datasets = {k: self.dataset(k) for k in keys}
+        i = 0
+        while i < positions.size:
+            j = i
+            frames = 0
+            while j < positions.size:
+                c = int(self.count[positions[j]])
+                if j > i and (frames + c) * per_frame > max_block_bytes:
+                    break
+                frames += c
+                j += 1
+            sel = positions[i:j]
+            yield self._read(sel, datasets)
+            i = j
+
+    def _read(self, sel: np.ndarray, datasets: dict[str, h5py.Dataset]) -> FrameBlock:
+        first = self.first[sel]
+        count = self.count[sel]
+        starts = np.zeros(sel.size, dtype=np.int64)
+        if sel.size > 1:
+            starts[1:] = np.cumsum(count)[:-1]
+        nonzero = count > 0
+        if nonzero.any():
+            r0 = int(first[nonzero].min())
+            r1 = int((first + count)[nonzero].max())
+        else:
+            r0 = r1 = 0
+        contiguous = bool(np.all(first[nonzero] - r0 == starts[nonzero])) and r1 - r0 == int(
+            count.sum()
+        )
+        arrays = {}
+        for key, ds in datasets.items():
+            if r1 > r0:
+                if r1 > ds.shape[0]:
+                    raise FileFormatError(
+                        f"{self.path.name}: INDEX of {self.source} points at rows up to {r1} "
+                        f"but {key} has {ds.shape[0]}"
+                    )
+                block = ds[r0:r1]
+            else:
+                block = np.empty((0,) + ds.shape[1:], dtype=ds.dtype)
+            if not contiguous:
+                block = np.concatenate(
+                    [block[a - r0 : a - r0 + c] for a, c in zip(first.tolist(), count.tolist())]
+                    or [block[:0]]
+                )
+            arrays[key] = block
+        return FrameBlock(self.train_ids[sel], self.timestamps[sel], count, starts, arrays)
+
+
+def file_sha256(path: str | os.PathLike[str], bufsize: int = 8 << 20) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(bufsize)
+        view = memoryview(buf)
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def write_json_atomic(path: str | os.PathLike[str], value: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=1, sort_keys=True, default=_json_default))
+    os.replace(tmp, path)
+
+
+def read_json(path: str | os.PathLike[str]) -> Any | None:
+    """The JSON in ``path``, or None if it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (Path, datetime)):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,101 @@
+"""Dask back ends: SLURM job scripts (built, never submitted), option checking, CLI wiring."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from pulsetrain.errors import ConfigurationError
+from pulsetrain.offline.cluster import (
+    ClusterConfig,
+    SlurmOptions,
+    add_cluster_arguments,
+    cluster_config_from_args,
+    slurm_cluster,
+)
+
+
+def test_slurm_cluster_job_script_without_submitting():
+    options = SlurmOptions(queue="upex", cores=8, memory="32GB", walltime="02:30:00", jobs=3,
+                           job_extra=("--reservation=upex_002",), account="p900001")
+    cluster = slurm_cluster(options)
+    try:
+        script = cluster.job_script()
+        assert "#SBATCH -p upex" in script
+        assert "#SBATCH --cpus-per-task=8" in script
+        assert "#SBATCH -t 02:30:00" in script
+        assert "#SBATCH --mem=30G" in script  # 32 GB = 29.8 GiB, rounded as dask-jobqueue does
+        assert "#SBATCH --reservation=upex_002" in script
+        assert "#SBATCH -A p900001" in script
+        assert "#SBATCH -J pulsetrain" in script
+        # one single-threaded worker process per core
+        assert "--nworkers 8" in script and "--nthreads 1" in script
+        assert cluster.scheduler_address.startswith("tcp://")
+        assert len(cluster.worker_spec) == 0  # nothing submitted: scale() was never called
+    finally:
+        cluster.close()
+
+
+def test_cli_options_build_the_cluster_config():
+    parser = argparse.ArgumentParser()
+    add_cluster_arguments(parser)
+    args = parser.parse_args(["--slurm", "--queue", "exfel", "--cores", "4", "--memory", "8GB",
+                              "--walltime", "00:10:00", "--jobs", "2", "--job-extra=--x=1"])
+    config = cluster_config_from_args(args)
+    assert config.kind == "slurm"
+    assert config.slurm == SlurmOptions(queue="exfel", cores=4, memory="8GB",
+                                        walltime="00:10:00", jobs=2, job_extra=("--x=1",))
+    assert cluster_config_from_args(parser.parse_args(["--workers", "3"])).workers == 3
+    assert cluster_config_from_args(
+        parser.parse_args(["--scheduler", "tcp://h:8786"])).kind == "scheduler"
+    assert cluster_config_from_args(parser.parse_args([])).kind == "local"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--workers", "2", "--slurm"])
+
+
+def test_print_job_script_from_the_command_line(capsys):
+    from pulsetrain.cli import main
+
+    assert main(["correct", "raw/r0001", "--out", "proc/r0001", "--slurm", "--queue", "upex",
+                 "--cores", "2", "--walltime", "00:05:00", "--print-job-script"]) == 0
+    out = capsys.readouterr().out
+    assert "#SBATCH -p upex" in out and "#SBATCH -t 00:05:00" in out
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"cores": 0}, "at least 1"),
+        ({"jobs": 0}, "at least 1"),
+        ({"walltime": "1 hour"}, "HH:MM:SS"),
+    ],
+)
+def test_bad_slurm_options(kwargs, message):
+    with pytest.raises(ConfigurationError, match=message):
+        SlurmOptions(**kwargs)
+
+
+def test_bad_cluster_configs():
+    with pytest.raises(ConfigurationError, match="not both"):
+        ClusterConfig(scheduler="tcp://h:1", slurm=SlurmOptions())
+    with pytest.raises(ConfigurationError, match="at least 1"):
+        ClusterConfig(workers=0)
+
+
+def test_unreachable_scheduler_is_a_clear_error():
+    from pulsetrain.offline import open_client
+
+    with pytest.raises(ConfigurationError, match="cannot reach the Dask scheduler"):
+        with open_client(ClusterConfig(scheduler="tcp://127.0.0.1:9", connect_timeout=1)):
+            pass
+
+
+def test_help_has_examples(capsys):
+    from pulsetrain.cli import main
+
+    for command in ("correct", "reduce"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "examples:" in text and f"pulsetrain {command} " in text and "--slurm" in text
