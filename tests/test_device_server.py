@@ -9,7 +9,7 @@ import pytest
 
 from pulsetrain import control
 from pulsetrain.channels import InputChannel, OutputChannel
-from pulsetrain.device import Device, Property, State, slot
+from pulsetrain.device import Device, Property, slot
 from pulsetrain.errors import (
     AuthenticationError,
     ConfigurationError,

@@ -28,7 +28,7 @@ import numpy as np
 import zmq
 
 from pulsetrain import errors
-from pulsetrain.errors import AuthenticationError, DeviceError, ProtocolError, PulsetrainError
+from pulsetrain.errors import DeviceError, ProtocolError, PulsetrainError
 
 __all__ = ["Client", "pack", "unpack", "new_token", "token_from_env", "READ_OPS", "WRITE_OPS"]
 
