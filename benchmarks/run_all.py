@@ -22,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ["bridge", "pipeline", "calibration", "online", "storage", "analysis", "offline",
-              "gui", "sim"]
+              "gui", "sim", "soak"]
 
 
 def run_one(name: str, quick: bool, timeout: float) -> tuple[list[dict], str, float]:
@@ -55,10 +55,10 @@ def fmt(value) -> str:
 
 def verdict(row: dict) -> str:
     goal, ratio, value = row.get("goal"), row.get("ratio"), row.get("value")
-    if goal is None:
+    if not isinstance(goal, (int, float)) or isinstance(goal, bool):
         return ""
     measured = ratio if ratio is not None else value
-    if measured is None:
+    if not isinstance(measured, (int, float)):
         return ""
     lower_is_better = row.get("lower_is_better", ratio is None)
     ok = measured <= goal if lower_is_better else measured >= goal
@@ -82,6 +82,8 @@ def main() -> int:
         print(log if not rows else "\n".join(l for l in log.splitlines()
                                              if not l.startswith("@@RESULTS@@")))
         sections.append((name, rows, log, dt))
+        (HERE / ".last-run.json").write_text(json.dumps(
+            [(n, r, lg[-3000:], d) for n, r, lg, d in sections], default=str))
     lines = [
         "# Benchmark results",
         "",
