@@ -46,13 +46,27 @@ def simulate(root: Path, trains: int, frames: int, cells: int, sequence_trains: 
     """Record the raw run with ``pulsetrain simulate`` (in this process)."""
     from pulsetrain.cli import main
 
-    argv = ["simulate", "--out", str(root), "--trains", str(trains), "--frames", str(frames),
-            "--modules", *map(str, MODULES), "--memory-cells", str(cells),
-            "--sequence-trains", str(sequence_trains), "--sample-position", "2.5"]
+    argv = [
+        "simulate",
+        "--out",
+        str(root),
+        "--trains",
+        str(trains),
+        "--frames",
+        str(frames),
+        "--modules",
+        *map(str, MODULES),
+        "--memory-cells",
+        str(cells),
+        "--sequence-trains",
+        str(sequence_trains),
+        "--sample-position",
+        "2.5",
+    ]
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         if main(argv) != 0:
             raise RuntimeError("simulate failed")
-    return sorted(root.glob("r*"))[-1]
+    return max(root.glob("r*"))
 
 
 def fill_catalog(url: str, frames: int, cells: int) -> None:
@@ -110,16 +124,17 @@ def check_same(peer_dir: Path, corr_dir: Path) -> None:
 
     for m in MODULES:
         src = f"INSTRUMENT/{DETECTOR}/CORR/{m}CH0:output/image"
-        ours = {k: [] for k in ("data", "gain", "mask")}
+        ours: dict[str, list] = {k: [] for k in ("data", "gain", "mask")}
         for path in sorted(corr_dir.glob(f"CORR-*-AGIPD{m:02d}-S*.h5")):
             with h5py.File(path) as f:
-                for k in ours:
-                    ours[k].append(f[f"{src}/{k}"][:])
+                for k, parts in ours.items():
+                    parts.append(f[f"{src}/{k}"][:])
         with h5py.File(peer_dir / f"CORR-AGIPD{m:02d}.h5") as f:
             np.testing.assert_array_equal(f["image/gain"][:], np.concatenate(ours["gain"]))
             np.testing.assert_array_equal(f["image/mask"][:], np.concatenate(ours["mask"]))
-            np.testing.assert_allclose(f["image/data"][:], np.concatenate(ours["data"]),
-                                       rtol=0, atol=1e-6)
+            np.testing.assert_allclose(
+                f["image/data"][:], np.concatenate(ours["data"]), rtol=0, atol=1e-6
+            )
 
 
 def warm(client) -> None:
@@ -132,8 +147,12 @@ def warm(client) -> None:
         from pulsetrain.offline import correct  # noqa: F401
 
         shape = (3, 1, 512, 128)
-        c = AGIPDConstants(np.zeros(shape, np.float32), np.ones(shape, np.float32),
-                           np.ones((2, 1, 512, 128), np.float32), np.zeros(shape, np.uint32))
+        c = AGIPDConstants(
+            np.zeros(shape, np.float32),
+            np.ones(shape, np.float32),
+            np.ones((2, 1, 512, 128), np.float32),
+            np.zeros(shape, np.uint32),
+        )
         correct_agipd(np.zeros((1, 2, 512, 128), np.uint16), np.zeros(1, np.uint16), c)
         return os.getpid()
 
@@ -151,7 +170,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--repeat", type=int, default=None, help="repetitions (best counts)")
     ap.add_argument("--keep", default=None, help="work in this directory and keep it")
     args = ap.parse_args(argv)
-    trains = args.trains or (8 if args.quick else 48)
+    trains = args.trains or (8 if args.quick else 24)
     frames = args.frames or (16 if args.quick else 32)
     repeat = args.repeat or (1 if args.quick else 2)
     cells = frames
@@ -167,13 +186,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
         fill_catalog(url, frames, cells)
         n_files = len(list(raw.glob("RAW-*-AGIPD*.h5")))
         raw_bytes = sum(p.stat().st_size for p in raw.glob("RAW-*-AGIPD*.h5"))
-        print(f"raw run: {len(MODULES)} modules x {trains} trains x {frames} frames, "
-              f"{n_files} module files, {raw_bytes / 1e9:.2f} GB (made in "
-              f"{time.perf_counter() - t0:.1f} s); load average before "
-              f"{load_before[0]:.1f} / {load_before[1]:.1f}")
+        print(
+            f"raw run: {len(MODULES)} modules x {trains} trains x {frames} frames, "
+            f"{n_files} module files, {raw_bytes / 1e9:.2f} GB (made in "
+            f"{time.perf_counter() - t0:.1f} s); load average before "
+            f"{load_before[0]:.1f} / {load_before[1]:.1f}"
+        )
 
-        kwargs = dict(catalog=url, conditions={"memory_cells": cells}, copy_other=False,
-                      force=True, record=False, progress=False)
+        kwargs = {
+            "catalog": url,
+            "conditions": {"memory_cells": cells},
+            "copy_other": False,
+            "force": True,
+            "record": False,
+            "progress": False,
+        }
         times: dict[str, list[float]] = {"w1": [], "w2": [], "peer": []}
         starts: dict[str, float] = {}
         clusters = {}
@@ -186,7 +213,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 warm(clusters[w])
             order = ["peer", "w1", "w2"]
             for rep in range(repeat):
-                for name in order[rep % 3:] + order[: rep % 3]:
+                for name in order[rep % 3 :] + order[: rep % 3]:
                     out = root / f"out-{name}"
                     shutil.rmtree(out, ignore_errors=True)
                     os.sync()  # start each variant with no dirty pages of the previous one
@@ -207,20 +234,55 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rate = {k: trains / v for k, v in best.items()}
     e2e_w2 = best["w2"] + starts["w2"]
     rows = [
-        {"name": "correct, 1 worker", "value": rate["w1"], "unit": "trains/s", "peer": None,
-         "ratio": None, "goal": None},
-        {"name": "correct, 2 workers vs 1 worker", "value": rate["w2"], "unit": "trains/s",
-         "peer": "pulsetrain 1 worker", "ratio": best["w1"] / best["w2"], "goal": 1.6},
-        {"name": "peer: EXtra-data + numpy loop", "value": rate["peer"], "unit": "trains/s",
-         "peer": None, "ratio": None, "goal": None},
-        {"name": "correct, 2 workers vs EXtra-data + numpy loop", "value": rate["w2"],
-         "unit": "trains/s", "peer": "EXtra-data + numpy loop",
-         "ratio": best["peer"] / best["w2"], "goal": 3.0},
-        {"name": "  same, incl. local cluster start-up", "value": trains / e2e_w2,
-         "unit": "trains/s", "peer": "EXtra-data + numpy loop", "ratio": best["peer"] / e2e_w2,
-         "goal": None},
-        {"name": "local cluster start-up, 2 workers", "value": starts["w2"], "unit": "s",
-         "peer": None, "ratio": None, "goal": 5.0, "lower_is_better": True},
+        {
+            "name": "correct, 1 worker",
+            "value": rate["w1"],
+            "unit": "trains/s",
+            "peer": None,
+            "ratio": None,
+            "goal": None,
+        },
+        {
+            "name": "correct, 2 workers vs 1 worker",
+            "value": rate["w2"],
+            "unit": "trains/s",
+            "peer": "pulsetrain 1 worker",
+            "ratio": best["w1"] / best["w2"],
+            "goal": 1.6,
+        },
+        {
+            "name": "peer: EXtra-data + numpy loop",
+            "value": rate["peer"],
+            "unit": "trains/s",
+            "peer": None,
+            "ratio": None,
+            "goal": None,
+        },
+        {
+            "name": "correct, 2 workers vs EXtra-data + numpy loop",
+            "value": rate["w2"],
+            "unit": "trains/s",
+            "peer": "EXtra-data + numpy loop",
+            "ratio": best["peer"] / best["w2"],
+            "goal": 3.0,
+        },
+        {
+            "name": "  same, incl. local cluster start-up",
+            "value": trains / e2e_w2,
+            "unit": "trains/s",
+            "peer": "EXtra-data + numpy loop",
+            "ratio": best["peer"] / e2e_w2,
+            "goal": None,
+        },
+        {
+            "name": "local cluster start-up, 2 workers",
+            "value": starts["w2"],
+            "unit": "s",
+            "peer": None,
+            "ratio": None,
+            "goal": 5.0,
+            "lower_is_better": True,
+        },
     ]
     print()
     print(f"{'measurement':48s} {'value':>9s} {'unit':9s} {'ratio':>6s} {'goal':>5s}")
@@ -228,9 +290,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else ""
         goal = f"{r['goal']:g}" if r["goal"] is not None else ""
         print(f"{r['name']:48s} {r['value']:9.2f} {r['unit']:9s} {ratio:>6s} {goal:>5s}")
-    print(f"frames per run: {len(MODULES) * trains * frames}; best of {repeat}; "
-          f"load average after {load_after[0]:.1f} / {load_after[1]:.1f} "
-          f"(shared 2-core machine: other users' load slows both sides)")
+    print(
+        f"frames per run: {len(MODULES) * trains * frames}; best of {repeat}; "
+        f"load average after {load_after[0]:.1f} / {load_after[1]:.1f} "
+        f"(shared 2-core machine: other users' load slows both sides)"
+    )
     return rows
 
 

@@ -8,8 +8,8 @@ that change outputs work on their own copies.
 from __future__ import annotations
 
 import pytest
-
 from _offline_helpers import CELLS, FRAMES, MODULES, simulate
+
 from pulsetrain.bootstrap import store_truth_constants
 from pulsetrain.catalog import Catalog
 from pulsetrain.sim import DetectorSimulator
@@ -44,6 +44,10 @@ def corr_report(raw_run, catalog_url, dask_client, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("proc") / "r0001"
     return correct_run(
-        raw_run, out, catalog=catalog_url, conditions={"memory_cells": CELLS},
-        client=dask_client, progress=False,
+        raw_run,
+        out,
+        catalog=catalog_url,
+        conditions={"memory_cells": CELLS},
+        client=dask_client,
+        progress=False,
     )

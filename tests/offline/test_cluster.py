@@ -17,8 +17,15 @@ from pulsetrain.offline.cluster import (
 
 
 def test_slurm_cluster_job_script_without_submitting():
-    options = SlurmOptions(queue="upex", cores=8, memory="32GB", walltime="02:30:00", jobs=3,
-                           job_extra=("--reservation=upex_002",), account="p900001")
+    options = SlurmOptions(
+        queue="upex",
+        cores=8,
+        memory="32GB",
+        walltime="02:30:00",
+        jobs=3,
+        job_extra=("--reservation=upex_002",),
+        account="p900001",
+    )
     cluster = slurm_cluster(options)
     try:
         script = cluster.job_script()
@@ -40,15 +47,32 @@ def test_slurm_cluster_job_script_without_submitting():
 def test_cli_options_build_the_cluster_config():
     parser = argparse.ArgumentParser()
     add_cluster_arguments(parser)
-    args = parser.parse_args(["--slurm", "--queue", "exfel", "--cores", "4", "--memory", "8GB",
-                              "--walltime", "00:10:00", "--jobs", "2", "--job-extra=--x=1"])
+    args = parser.parse_args(
+        [
+            "--slurm",
+            "--queue",
+            "exfel",
+            "--cores",
+            "4",
+            "--memory",
+            "8GB",
+            "--walltime",
+            "00:10:00",
+            "--jobs",
+            "2",
+            "--job-extra=--x=1",
+        ]
+    )
     config = cluster_config_from_args(args)
     assert config.kind == "slurm"
-    assert config.slurm == SlurmOptions(queue="exfel", cores=4, memory="8GB",
-                                        walltime="00:10:00", jobs=2, job_extra=("--x=1",))
+    assert config.slurm == SlurmOptions(
+        queue="exfel", cores=4, memory="8GB", walltime="00:10:00", jobs=2, job_extra=("--x=1",)
+    )
     assert cluster_config_from_args(parser.parse_args(["--workers", "3"])).workers == 3
-    assert cluster_config_from_args(
-        parser.parse_args(["--scheduler", "tcp://h:8786"])).kind == "scheduler"
+    assert (
+        cluster_config_from_args(parser.parse_args(["--scheduler", "tcp://h:8786"])).kind
+        == "scheduler"
+    )
     assert cluster_config_from_args(parser.parse_args([])).kind == "local"
     with pytest.raises(SystemExit):
         parser.parse_args(["--workers", "2", "--slurm"])
@@ -57,8 +81,25 @@ def test_cli_options_build_the_cluster_config():
 def test_print_job_script_from_the_command_line(capsys):
     from pulsetrain.cli import main
 
-    assert main(["correct", "raw/r0001", "--out", "proc/r0001", "--slurm", "--queue", "upex",
-                 "--cores", "2", "--walltime", "00:05:00", "--print-job-script"]) == 0
+    assert (
+        main(
+            [
+                "correct",
+                "raw/r0001",
+                "--out",
+                "proc/r0001",
+                "--slurm",
+                "--queue",
+                "upex",
+                "--cores",
+                "2",
+                "--walltime",
+                "00:05:00",
+                "--print-job-script",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "#SBATCH -p upex" in out and "#SBATCH -t 00:05:00" in out
 
@@ -86,9 +127,12 @@ def test_bad_cluster_configs():
 def test_unreachable_scheduler_is_a_clear_error():
     from pulsetrain.offline import open_client
 
-    with pytest.raises(ConfigurationError, match="cannot reach the Dask scheduler"):
-        with open_client(ClusterConfig(scheduler="tcp://127.0.0.1:9", connect_timeout=1)):
-            pass
+    config = ClusterConfig(scheduler="tcp://127.0.0.1:9", connect_timeout=1)
+    with (
+        pytest.raises(ConfigurationError, match="cannot reach the Dask scheduler"),
+        open_client(config),
+    ):
+        pass
 
 
 def test_help_has_examples(capsys):

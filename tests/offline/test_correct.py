@@ -10,8 +10,8 @@ import subprocess
 import h5py
 import numpy as np
 import pytest
-
 from _offline_helpers import CELLS, MODULES, simulate
+
 from pulsetrain.catalog import Catalog
 from pulsetrain.errors import BatchJobError, ConfigurationError, ConstantNotFoundError
 from pulsetrain.files import iter_run_trains, run_info
@@ -26,8 +26,13 @@ def online_outputs(raw_run, module, catalog_url, at, **config):
 
     dev = AGIPDCorrection(
         f"CORR{module}",
-        {"catalog": catalog_url, "module": module, "memory_cells": CELLS,
-         "constants_time": at.isoformat(), **config},
+        {
+            "catalog": catalog_url,
+            "module": module,
+            "memory_cells": CELLS,
+            "constants_time": at.isoformat(),
+            **config,
+        },
     )
     written = []
     dev.write = lambda output, data, meta, timeout=None: written.append((data, meta))
@@ -81,25 +86,46 @@ def test_corr_run_equals_online_device(raw_run, catalog_url, corr_report):
 
 def test_options_reach_the_correction(raw_run, catalog_url, dask_client, tmp_path):
     """Common mode, NaN for bad pixels and forced thresholds: still identical to online."""
-    options = CorrectionOptions(bad_to_nan=True, common_mode=True, force_mg_threshold=500.0,
-                                force_hg_threshold=300.0)
-    report = correct_run(raw_run, tmp_path / "proc", catalog=catalog_url,
-                         conditions={"memory_cells": CELLS}, options=options, modules=[1],
-                         copy_other=False, client=dask_client, progress=False, record=False)
+    options = CorrectionOptions(
+        bad_to_nan=True, common_mode=True, force_mg_threshold=500.0, force_hg_threshold=300.0
+    )
+    report = correct_run(
+        raw_run,
+        tmp_path / "proc",
+        catalog=catalog_url,
+        conditions={"memory_cells": CELLS},
+        options=options,
+        modules=[1],
+        copy_other=False,
+        client=dask_client,
+        progress=False,
+        record=False,
+    )
     at = scan_run(raw_run).start_time
-    online = online_outputs(raw_run, 1, catalog_url, at, bad_to_nan=True, common_mode=True,
-                            force_mg_threshold=500.0, force_hg_threshold=300.0)
+    online = online_outputs(
+        raw_run,
+        1,
+        catalog_url,
+        at,
+        bad_to_nan=True,
+        common_mode=True,
+        force_mg_threshold=500.0,
+        force_hg_threshold=300.0,
+    )
     offline = offline_outputs(report.out_dir, 1)
     assert_same_as_online(online, offline)
     assert any(np.isnan(v["image.data"]).any() for v in offline.values())
     assert [p.name for p in report.output_files] == [
-        "CORR-R0001-AGIPD01-S00000.h5", "CORR-R0001-AGIPD01-S00001.h5"]
+        "CORR-R0001-AGIPD01-S00000.h5",
+        "CORR-R0001-AGIPD01-S00001.h5",
+    ]
 
 
 def test_corr_run_is_valid_and_keeps_the_sequence_split(raw_run, corr_report):
     out = corr_report.out_dir
-    proc = subprocess.run(["extra-data-validate", str(out)], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        ["extra-data-validate", str(out)], capture_output=True, text=True, timeout=120, check=False
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     raw_files = sorted(p.name for p in raw_run.glob("*.h5"))
     corr_files = sorted(p.name for p in out.glob("*.h5"))
@@ -128,12 +154,14 @@ def test_catalogue_records_the_corr_run_and_its_constants(raw_run, catalog_url, 
         assert run.id == corr_report.run_record.id
         assert run.run_type == "corr" and run.n_trains == 6
         assert sorted(f.name for f in run.files) == sorted(
-            p.name for p in corr_report.out_dir.glob("*.h5"))
+            p.name for p in corr_report.out_dir.glob("*.h5")
+        )
         linked = {c.id for c in cat.constants_of_run(run)}
         expected = set()
         for m in MODULES:
-            recs = cat.find_constants("SPB_DET_AGIPD1M-1", m, sim_conditions(CELLS),
-                                      types=REQUIRED_TYPES)
+            recs = cat.find_constants(
+                "SPB_DET_AGIPD1M-1", m, sim_conditions(CELLS), types=REQUIRED_TYPES
+            )
             expected |= {r.id for r in recs.values()}
             assert corr_report.constants[m] == {t: r.id for t, r in recs.items()}
         assert linked == expected
@@ -147,8 +175,13 @@ def test_rerun_skips_verified_outputs_and_remakes_damaged_ones(
     out = tmp_path / "r0001"
     shutil.copytree(corr_report.out_dir, out)
     before = {p.name: (p.stat().st_mtime_ns, file_sha256(p)) for p in out.glob("*.h5")}
-    kwargs = dict(catalog=catalog_url, conditions={"memory_cells": CELLS}, client=dask_client,
-                  progress=False, record=False)
+    kwargs = {
+        "catalog": catalog_url,
+        "conditions": {"memory_cells": CELLS},
+        "client": dask_client,
+        "progress": False,
+        "record": False,
+    }
     again = correct_run(raw_run, out, **kwargs)
     assert len(again.skipped) == len(before) and not again.corrected
     assert {p.name: (p.stat().st_mtime_ns, file_sha256(p)) for p in out.glob("*.h5")} == before
@@ -169,8 +202,10 @@ def test_rerun_skips_verified_outputs_and_remakes_damaged_ones(
         src = "SPB_DET_AGIPD1M-1/CORR/{}CH0:output".format(int(name.split("-")[2][5:]))
         with h5py.File(out / name) as new, h5py.File(corr_report.out_dir / name) as orig:
             for key in ("data", "gain", "mask", "cellId"):
-                np.testing.assert_array_equal(new[f"INSTRUMENT/{src}/image/{key}"][:],
-                                              orig[f"INSTRUMENT/{src}/image/{key}"][:])
+                np.testing.assert_array_equal(
+                    new[f"INSTRUMENT/{src}/image/{key}"][:],
+                    orig[f"INSTRUMENT/{src}/image/{key}"][:],
+                )
     for name, (_mtime, digest) in before.items():
         if name not in remade:
             assert file_sha256(out / name) == digest
@@ -178,18 +213,33 @@ def test_rerun_skips_verified_outputs_and_remakes_damaged_ones(
     # Other options mean other outputs: nothing is skipped.
     fourth = correct_run(raw_run, out, options=CorrectionOptions(common_mode=True), **kwargs)
     assert len(fourth.corrected) == 2 * len(MODULES) and not [
-        r for r in fourth.skipped if r["kind"] == "module"]
+        r for r in fourth.skipped if r["kind"] == "module"
+    ]
 
 
-def test_cli_correct_uses_an_existing_scheduler(raw_run, catalog_url, dask_client, tmp_path,
-                                               capsys):
+def test_cli_correct_uses_an_existing_scheduler(
+    raw_run, catalog_url, dask_client, tmp_path, capsys
+):
     from pulsetrain.cli import main
 
     address = dask_client.scheduler.address
     out = tmp_path / "cli"
-    argv = ["correct", str(raw_run), "--out", str(out), "--catalog", catalog_url,
-            "--memory-cells", str(CELLS), "--scheduler", address, "--no-progress",
-            "--modules", "0", "--no-record"]
+    argv = [
+        "correct",
+        str(raw_run),
+        "--out",
+        str(out),
+        "--catalog",
+        catalog_url,
+        "--memory-cells",
+        str(CELLS),
+        "--scheduler",
+        address,
+        "--no-progress",
+        "--modules",
+        "0",
+        "--no-record",
+    ]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "2 module files corrected, 0 skipped" in text
@@ -204,13 +254,13 @@ def test_missing_constants_fail_before_any_worker_starts(raw_run, tmp_path):
 
     empty = f"sqlite:///{tmp_path / 'half.sqlite'}"  # constants of module 1 only
     cat = Catalog(empty)
-    store_truth_constants(cat, DetectorSimulator("AGIPD", frames=8, memory_cells=CELLS,
-                                                 modules=(1,)), modules=[1])
+    store_truth_constants(
+        cat, DetectorSimulator("AGIPD", frames=8, memory_cells=CELLS, modules=(1,)), modules=[1]
+    )
     cat.close()
     unreachable = ClusterConfig(scheduler="tcp://127.0.0.1:9")  # would fail if contacted
     with pytest.raises(ConstantNotFoundError, match="module 0.*Offset"):
-        correct_run(raw_run, tmp_path / "out", catalog=empty, cluster=unreachable,
-                    progress=False)
+        correct_run(raw_run, tmp_path / "out", catalog=empty, cluster=unreachable, progress=False)
 
 
 def test_output_must_not_be_the_raw_run(raw_run, catalog_url):
@@ -224,9 +274,15 @@ def test_a_failing_task_names_its_file(catalog_url, dask_client, tmp_path):
     with h5py.File(bad, "r+") as f:  # INDEX points past the data
         f["INDEX/SPB_DET_AGIPD1M-1/DET/0CH0:xtdf/image/count"][0] = 999
     with pytest.raises(BatchJobError, match="RAW-R0001-AGIPD00-S00001.h5"):
-        correct_run(raw, tmp_path / "out", catalog=catalog_url,
-                    conditions={"memory_cells": CELLS}, client=dask_client, progress=False,
-                    record=False)
+        correct_run(
+            raw,
+            tmp_path / "out",
+            catalog=catalog_url,
+            conditions={"memory_cells": CELLS},
+            client=dask_client,
+            progress=False,
+            record=False,
+        )
 
 
 def test_constants_are_loaded_once_per_worker_and_module(raw_run, catalog_url, tmp_path):
@@ -234,9 +290,14 @@ def test_constants_are_loaded_once_per_worker_and_module(raw_run, catalog_url, t
     from pulsetrain.offline import correct as mod
     from pulsetrain.offline.correct import correct_module_file, plan_correction
 
-    _layout, tasks, _q = plan_correction(raw_run, tmp_path / "out", catalog=catalog_url,
-                                         conditions={"memory_cells": CELLS}, modules=[0],
-                                         copy_other=False)
+    _layout, tasks, _q = plan_correction(
+        raw_run,
+        tmp_path / "out",
+        catalog=catalog_url,
+        conditions={"memory_cells": CELLS},
+        modules=[0],
+        copy_other=False,
+    )
     mod._CACHE.clear()
     mod.LOAD_COUNTS.clear()
     results = [correct_module_file(t) for t in tasks]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-
 from _offline_helpers import CELLS, FRAMES, MODULES
+
 from pulsetrain.analysis import AzimuthalIntegrator, count_peaks, pulse_statistics
 from pulsetrain.errors import FileFormatError
 from pulsetrain.files import iter_run_trains
@@ -27,8 +27,9 @@ def direct(corr_dir, params):
     rmap = params.radial_map()
     finite = rmap[np.isfinite(rmap)]
     ai = AzimuthalIntegrator(rmap[list(MODULES)], params.npt, (finite.min(), finite.max()))
-    out = {k: [] for k in ("train_id", "intensity", "n_peaks", "count", "mean", "std", "min",
-                           "max")}
+    out = {
+        k: [] for k in ("train_id", "intensity", "n_peaks", "count", "mean", "std", "min", "max")
+    }
     for tid, data, _meta in iter_run_trains(corr_dir, sources=["*/CORR/*"]):
         srcs = [f"SPB_DET_AGIPD1M-1/CORR/{m}CH0:output" for m in MODULES]
         frames = np.stack([data[s]["image.data"] for s in srcs], axis=1)
@@ -49,8 +50,9 @@ def test_reduction_equals_direct_computation(reduced, corr_report):
     assert reduced.sizes == {"frame": n, "radial": PARAMS.npt}
     np.testing.assert_array_equal(reduced.train_id.values, ref["train_id"])
     assert (reduced.modules.values == len(MODULES)).all()
-    np.testing.assert_allclose(reduced.intensity.values, ref["intensity"], rtol=2e-6,
-                               equal_nan=True)
+    np.testing.assert_allclose(
+        reduced.intensity.values, ref["intensity"], rtol=2e-6, equal_nan=True
+    )
     np.testing.assert_array_equal(reduced.n_peaks.values, ref["n_peaks"])
     np.testing.assert_array_equal(reduced.is_hit.values, ref["n_peaks"] >= PARAMS.min_peaks)
     np.testing.assert_array_equal(reduced.pixel_count.values, ref["count"])
@@ -68,12 +70,13 @@ def test_reduction_is_physically_sane(reduced):
     from pulsetrain.sim import DetectorSimulator
 
     sim = DetectorSimulator("AGIPD", frames=FRAMES, memory_cells=CELLS, modules=MODULES)
-    truth = np.concatenate([sim.pulse_hits(int(t), 2.5)
-                            for t in np.unique(reduced.train_id.values)])
+    truth = np.concatenate(
+        [sim.pulse_hits(int(t), 2.5) for t in np.unique(reduced.train_id.values)]
+    )
     peaks = reduced.n_peaks.values
     assert truth.any() and (~truth).any()
-    assert (peaks[~truth] == 0).all()            # no Bragg peak without a crystal
-    assert (peaks[truth] > 0).mean() > 0.5       # most hits show peaks on these 2 modules
+    assert (peaks[~truth] == 0).all()  # no Bragg peak without a crystal
+    assert (peaks[truth] > 0).mean() > 0.5  # most hits show peaks on these 2 modules
     # water ring at q = 2.0 1/A (sigma 0.3): the run's mean profile peaks there
     profile = reduced.mean_profile.values
     q_peak = reduced.radial.values[np.nanargmax(profile)]
@@ -94,18 +97,39 @@ def test_cli_reduce_writes_a_nexus_file(reduced, corr_report, dask_client, tmp_p
     from pulsetrain.cli import main
 
     out = tmp_path / "r0001.h5"
-    argv = ["reduce", str(corr_report.out_dir), "--out", str(out), "--npt", "150",
-            "--min-peaks", "3", "--scheduler", dask_client.scheduler.address, "--no-progress",
-            "--chunk-frames", "16"]
+    argv = [
+        "reduce",
+        str(corr_report.out_dir),
+        "--out",
+        str(out),
+        "--npt",
+        "150",
+        "--min-peaks",
+        "3",
+        "--scheduler",
+        dask_client.scheduler.address,
+        "--no-progress",
+        "--chunk-frames",
+        "16",
+    ]
     assert main(argv) == 0
     hits = int(reduced.is_hit.sum())
     assert f"48 frames, {hits} hits" in capsys.readouterr().out
     back = read_reduced(out)
-    for name in ("intensity", "n_peaks", "is_hit", "pixel_mean", "mean_profile", "train_id",
-                 "pulse_id", "radial"):
+    for name in (
+        "intensity",
+        "n_peaks",
+        "is_hit",
+        "pixel_mean",
+        "mean_profile",
+        "train_id",
+        "pulse_id",
+        "radial",
+    ):
         np.testing.assert_array_equal(back[name].values, reduced[name].values)
     assert back.attrs["npt"] == 150 and back.attrs["radial_range"] == list(
-        reduced.attrs["radial_range"])
+        reduced.attrs["radial_range"]
+    )
     with h5py.File(out) as f:
         assert f.attrs["default"] == "entry"
         assert f["entry"].attrs["NX_class"] == "NXentry"

@@ -42,19 +42,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--gain-mode", type=int, default=0)
     c.add_argument("--integration-time", type=int, default=12)
     c.add_argument("--photon-energy", type=float, default=9.3)
-    c.add_argument("--constants-time", default=None,
-                   help="ISO time the constants must be valid at, or 'now' "
-                   "(default: the run's first train)")
+    c.add_argument(
+        "--constants-time",
+        default=None,
+        help="ISO time the constants must be valid at, or 'now' (default: the run's first train)",
+    )
     o = p.add_argument_group("correction options (as the online device)")
     o.add_argument("--bad-to-nan", action="store_true", help="masked pixels become NaN")
     o.add_argument("--common-mode", action="store_true")
     o.add_argument("--force-mg-threshold", type=float, default=None, metavar="ADU")
     o.add_argument("--force-hg-threshold", type=float, default=None, metavar="ADU")
-    p.add_argument("--no-copy-slow", action="store_true",
-                   help="do not copy the files without module data (slow data, cameras)")
+    p.add_argument(
+        "--no-copy-slow",
+        action="store_true",
+        help="do not copy the files without module data (slow data, cameras)",
+    )
     p.add_argument("--force", action="store_true", help="remake outputs even if verified")
-    p.add_argument("--verify", choices=["checksum", "size"], default="checksum",
-                   help="how existing outputs are verified before being skipped")
+    p.add_argument(
+        "--verify",
+        choices=["checksum", "size"],
+        default="checksum",
+        help="how existing outputs are verified before being skipped",
+    )
     p.add_argument("--no-record", action="store_true", help="do not record in the catalogue")
     p.add_argument("--no-progress", action="store_true")
     add_cluster_arguments(p)
@@ -73,21 +82,34 @@ def run(args: argparse.Namespace) -> int:
         if args.print_job_script:
             return print_job_script(config)
         conditions = {
-            "memory_cells": args.memory_cells, "bias_voltage": args.bias_voltage,
-            "acquisition_rate": args.acquisition_rate, "gain_setting": args.gain_setting,
-            "gain_mode": args.gain_mode, "integration_time": args.integration_time,
+            "memory_cells": args.memory_cells,
+            "bias_voltage": args.bias_voltage,
+            "acquisition_rate": args.acquisition_rate,
+            "gain_setting": args.gain_setting,
+            "gain_mode": args.gain_mode,
+            "integration_time": args.integration_time,
             "photon_energy": args.photon_energy,
         }
         options = CorrectionOptions(
-            bad_to_nan=args.bad_to_nan, common_mode=args.common_mode,
+            bad_to_nan=args.bad_to_nan,
+            common_mode=args.common_mode,
             force_mg_threshold=args.force_mg_threshold,
             force_hg_threshold=args.force_hg_threshold,
         )
         report = correct_run(
-            args.run_dir, args.out, catalog=args.catalog or None, detector=args.detector,
-            conditions=conditions, constants_time=args.constants_time, options=options,
-            modules=args.modules, copy_other=not args.no_copy_slow, cluster=config,
-            force=args.force, verify=args.verify, record=not args.no_record,
+            args.run_dir,
+            args.out,
+            catalog=args.catalog or None,
+            detector=args.detector,
+            conditions=conditions,
+            constants_time=args.constants_time,
+            options=options,
+            modules=args.modules,
+            copy_other=not args.no_copy_slow,
+            cluster=config,
+            force=args.force,
+            verify=args.verify,
+            record=not args.no_record,
             progress=not args.no_progress,
         )
     except PulsetrainError as exc:
@@ -103,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
     for module, ids in sorted(report.constants.items()):
         print(f"module {module}: " + ", ".join(f"{t}#{i}" for t, i in sorted(ids.items())))
     if report.run_record is not None:
-        print(f"catalogue: CORR run #{report.run_record.id} "
-              f"(proposal {report.run_record.proposal}, run {report.run_record.run_number})")
+        print(
+            f"catalogue: CORR run #{report.run_record.id} "
+            f"(proposal {report.run_record.proposal}, run {report.run_record.run_number})"
+        )
     print(report.out_dir)
     return 0

@@ -33,21 +33,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--modules", type=int, nargs="*", default=None)
     a = p.add_argument_group("azimuthal integration (defaults: the online device's)")
     a.add_argument("--npt", type=int, default=512, help="radial bins")
-    a.add_argument("--unit", default="q_A^-1",
-                   choices=["q_A^-1", "q_nm^-1", "2th_deg", "2th_rad", "r_mm", "r_m"])
+    a.add_argument(
+        "--unit",
+        default="q_A^-1",
+        choices=["q_A^-1", "q_nm^-1", "2th_deg", "2th_rad", "r_mm", "r_m"],
+    )
     a.add_argument("--radial-range", type=float, nargs=2, default=None, metavar=("LO", "HI"))
     a.add_argument("--distance", type=float, default=0.2, help="sample-detector distance, m")
     a.add_argument("--energy", type=float, default=9.3, help="photon energy, keV")
-    a.add_argument("--beam-centre", type=float, nargs=2, default=(0.0, 0.0),
-                   metavar=("X", "Y"), help="beam position in pixels from the geometry origin")
+    a.add_argument(
+        "--beam-centre",
+        type=float,
+        nargs=2,
+        default=(0.0, 0.0),
+        metavar=("X", "Y"),
+        help="beam position in pixels from the geometry origin",
+    )
     a.add_argument("--no-mask", action="store_true", help="ignore image.mask")
     h = p.add_argument_group("hit finding")
     h.add_argument("--threshold", type=float, default=200.0, help="peak threshold (keV)")
     h.add_argument("--min-peaks", type=int, default=10)
     h.add_argument("--min-pixels", type=int, default=1)
     h.add_argument("--method", choices=["maxima", "pixels"], default="maxima")
-    p.add_argument("--chunk-frames", type=int, default=8192,
-                   help="frames per chunk of work (memory per task)")
+    p.add_argument(
+        "--chunk-frames", type=int, default=8192, help="frames per chunk of work (memory per task)"
+    )
     p.add_argument("--no-progress", action="store_true")
     add_cluster_arguments(p)
     p.set_defaults(func=run)
@@ -65,16 +75,26 @@ def run(args: argparse.Namespace) -> int:
         if args.print_job_script:
             return print_job_script(config)
         params = ReductionParameters(
-            npt=args.npt, unit=args.unit,
+            npt=args.npt,
+            unit=args.unit,
             radial_range=tuple(args.radial_range) if args.radial_range else None,
-            distance_m=args.distance, photon_energy_kev=args.energy,
-            beam_centre_px=tuple(args.beam_centre), hit_threshold=args.threshold,
-            min_peaks=args.min_peaks, min_pixels=args.min_pixels, peak_method=args.method,
+            distance_m=args.distance,
+            photon_energy_kev=args.energy,
+            beam_centre_px=tuple(args.beam_centre),
+            hit_threshold=args.threshold,
+            min_peaks=args.min_peaks,
+            min_pixels=args.min_pixels,
+            peak_method=args.method,
             use_mask=not args.no_mask,
         )
         result = reduce_to_file(
-            args.run_dir, args.out, params, modules=args.modules, cluster=config,
-            progress=not args.no_progress, chunk_frames=args.chunk_frames,
+            args.run_dir,
+            args.out,
+            params,
+            modules=args.modules,
+            cluster=config,
+            progress=not args.no_progress,
+            chunk_frames=args.chunk_frames,
             overwrite=args.overwrite,
         )
     except PulsetrainError as exc:
@@ -82,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     frames = result["frames"]
     rate = result["hits"] / frames if frames else float("nan")
-    print(f"{frames} frames, {result['hits']} hits (hit rate {rate:.3f}) "
-          f"in {result['seconds']:.1f} s -> {result['path']}")
+    print(
+        f"{frames} frames, {result['hits']} hits (hit rate {rate:.3f}) "
+        f"in {result['seconds']:.1f} s -> {result['path']}"
+    )
     return 0

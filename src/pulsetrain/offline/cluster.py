@@ -223,9 +223,9 @@ def open_client(config: ClusterConfig | None = None, client: Any = None) -> Iter
     workers = int(config.workers or os.cpu_count() or 1)
     with _quiet_distributed():
         cluster = LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=True,
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
             # The scheduler's HTTP server starts in any case; a free port avoids clashes
             # with other clusters on the machine (":8787" is Dask's default).
             dashboard_address=config.dashboard or ":0",
@@ -318,22 +318,37 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     )
     x = g.add_mutually_exclusive_group()
     x.add_argument("--workers", type=int, default=None, help="local worker processes")
-    x.add_argument("--scheduler", default=None, metavar="ADDR",
-                   help="use an existing Dask scheduler, e.g. tcp://host:8786")
-    x.add_argument("--slurm", action="store_true",
-                   help="run workers as SLURM jobs (dask-jobqueue)")
+    x.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDR",
+        help="use an existing Dask scheduler, e.g. tcp://host:8786",
+    )
+    x.add_argument("--slurm", action="store_true", help="run workers as SLURM jobs (dask-jobqueue)")
     g.add_argument("--queue", default=None, help="SLURM partition")
     g.add_argument("--cores", type=int, default=16, help="SLURM: cores (worker processes) per job")
     g.add_argument("--memory", default="64GB", help="SLURM: memory per job")
     g.add_argument("--walltime", default="01:00:00", help="SLURM: time limit per job")
     g.add_argument("--jobs", type=int, default=1, help="SLURM: number of jobs")
     g.add_argument("--account", default=None, help="SLURM: accounting project")
-    g.add_argument("--job-extra", action="append", default=[], metavar="OPTION",
-                   help="SLURM: extra #SBATCH option (repeatable)")
-    g.add_argument("--print-job-script", action="store_true",
-                   help="SLURM: print the batch script and exit without submitting")
-    g.add_argument("--dashboard", default=None, metavar="ADDR",
-                   help="local cluster: serve the Dask dashboard here (e.g. :8787)")
+    g.add_argument(
+        "--job-extra",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="SLURM: extra #SBATCH option (repeatable)",
+    )
+    g.add_argument(
+        "--print-job-script",
+        action="store_true",
+        help="SLURM: print the batch script and exit without submitting",
+    )
+    g.add_argument(
+        "--dashboard",
+        default=None,
+        metavar="ADDR",
+        help="local cluster: serve the Dask dashboard here (e.g. :8787)",
+    )
 
 
 def cluster_config_from_args(args: argparse.Namespace) -> ClusterConfig:
@@ -341,8 +356,13 @@ def cluster_config_from_args(args: argparse.Namespace) -> ClusterConfig:
     slurm = None
     if args.slurm:
         slurm = SlurmOptions(
-            queue=args.queue, cores=args.cores, memory=args.memory, walltime=args.walltime,
-            jobs=args.jobs, job_extra=tuple(args.job_extra), account=args.account,
+            queue=args.queue,
+            cores=args.cores,
+            memory=args.memory,
+            walltime=args.walltime,
+            jobs=args.jobs,
+            job_extra=tuple(args.job_extra),
+            account=args.account,
         )
     return ClusterConfig(
         workers=args.workers, scheduler=args.scheduler, slurm=slurm, dashboard=args.dashboard

@@ -7,7 +7,7 @@ module, one task on a Dask worker
    given operating conditions) and loads them once per worker and module (an LRU cache in the
    worker process);
 2. skips the file if its output exists and is verified against the sidecar written when it was
-   made (same input file, options and constants; size, train count and SHA-256 of the output);
+   made (same input file, options and constants; size, train count and CRC-32 of the output);
 3. otherwise reads the raw frames a block of trains at a time, corrects them with
    :func:`pulsetrain.calibration.correct_module_data` — the function and options the online
    ``AGIPDCorrection`` device uses, so the results are identical — and writes
@@ -42,7 +42,7 @@ from pulsetrain.offline.cluster import ClusterConfig, numba_threads, open_client
 from pulsetrain.offline.runfiles import (
     ModuleFileReader,
     RunLayout,
-    file_sha256,
+    file_crc32,
     parse_file_name,
     read_json,
     scan_run,
@@ -222,7 +222,7 @@ _CATALOGS: dict[str, Any] = {}
 _CACHE: collections.OrderedDict[tuple, tuple[Any, dict[str, int]]] = collections.OrderedDict()
 _CACHE_LOCK = threading.Lock()
 #: Bytes of constants a worker process keeps (at least one module's set is always kept).
-CONSTANTS_CACHE_BYTES = int(os.environ.get("PULSETRAIN_CONSTANTS_CACHE_BYTES", 2 << 30))
+CONSTANTS_CACHE_BYTES = int(os.environ.get("PULSETRAIN_CONSTANTS_CACHE_BYTES", str(2 << 30)))
 #: Loads from the catalogue per (URL, detector, module) in this process (tests read it).
 LOAD_COUNTS: collections.Counter = collections.Counter()
 
@@ -280,7 +280,7 @@ def _set_numba_threads(n: int) -> None:
         import numba
 
         numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
-    except Exception:  # noqa: BLE001 - threading layer not initialisable: keep the default
+    except Exception:
         log.debug("could not set numba threads to %s", n, exc_info=True)
 
 
@@ -315,7 +315,7 @@ def _verified(out_path: Path, sidecar: dict | None, expect: dict[str, Any], veri
     except (OSError, KeyError):
         return False
     if verify == "checksum":
-        return file_sha256(out_path) == sidecar.get("sha256")
+        return file_crc32(out_path) == sidecar.get("crc32")
     return True
 
 
@@ -359,8 +359,13 @@ def correct_module_file(task: ModuleTask) -> dict[str, Any]:
     }
     if not task.force and _verified(out_path, read_json(sidecar_path), expect, task.verify):
         side = read_json(sidecar_path) or {}
-        result.update(skipped=True, trains=side.get("trains", 0), frames=side.get("frames", 0),
-                      bytes=side.get("size", 0), seconds=time.perf_counter() - t0)
+        result.update(
+            skipped=True,
+            trains=side.get("trains", 0),
+            frames=side.get("frames", 0),
+            bytes=side.get("size", 0),
+            seconds=time.perf_counter() - t0,
+        )
         return result
 
     _set_numba_threads(task.numba_threads)
@@ -388,7 +393,9 @@ def correct_module_file(task: ModuleTask) -> dict[str, Any]:
                 flush_trains=None,
                 flush_interval=None,
             ) as writer:
-                for block in reader.blocks(keys, max_block_bytes=task.max_block_bytes):
+                for block in reader.blocks(
+                    keys, max_block_bytes=task.max_block_bytes, reuse=("image.data",)
+                ):
                     n = block.frames
                     if buffers is None or len(buffers.data) < n:
                         buffers = allocate_output(max(n, 1))
@@ -411,7 +418,7 @@ def correct_module_file(task: ModuleTask) -> dict[str, Any]:
             with h5py.File(produced, "r+") as f:
                 f["METADATA/sequenceNumber"][0] = np.uint32(task.sequence)
         size = produced.stat().st_size
-        digest = file_sha256(produced)
+        digest = file_crc32(produced)
         os.replace(produced, out_path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -422,14 +429,17 @@ def correct_module_file(task: ModuleTask) -> dict[str, Any]:
             **expect,
             "output": task.output_name,
             "size": size,
-            "sha256": digest,
+            "crc32": digest,
             "trains": trains,
             "frames": frames,
             "made": datetime.now(timezone.utc).isoformat(),
         },
     )
     result.update(
-        trains=trains, frames=frames, bytes=size, constants=used,
+        trains=trains,
+        frames=frames,
+        bytes=size,
+        constants=used,
         seconds=time.perf_counter() - t0,
     )
     return result
@@ -457,15 +467,14 @@ def copy_run_file(task: CopyTask) -> dict[str, Any]:
         "worker_pid": os.getpid(),
     }
     if not task.force and _verified(out_path, read_json(sidecar_path), expect, task.verify):
-        result.update(skipped=True, bytes=out_path.stat().st_size,
-                      seconds=time.perf_counter() - t0)
+        result.update(skipped=True, bytes=out_path.stat().st_size, seconds=time.perf_counter() - t0)
         return result
     _remove(sidecar_path)
     tmp = out_dir / f".{task.output_name}.{uuid.uuid4().hex[:8]}.part"
     try:
         shutil.copyfile(in_path, tmp)
         size = tmp.stat().st_size
-        digest = file_sha256(tmp)
+        digest = file_crc32(tmp)
         os.replace(tmp, out_path)
     finally:
         _remove(tmp)
@@ -476,7 +485,7 @@ def copy_run_file(task: CopyTask) -> dict[str, Any]:
             **expect,
             "output": task.output_name,
             "size": size,
-            "sha256": digest,
+            "crc32": digest,
             "trains": task.trains,
             "made": datetime.now(timezone.utc).isoformat(),
         },
@@ -576,26 +585,39 @@ def plan_correction(
             name = f"CORR-R{layout.run_number:04d}-{_aggregator(corrected_source_name(source))}-S{seq:05d}.h5"
             tasks.append(
                 ModuleTask(
-                    input_path=str(path), source=source, module=module, sequence=seq,
-                    output_dir=str(out), output_name=name, trains=_file_trains(path),
-                    proposal=layout.proposal or 900001, run_number=layout.run_number,
-                    format_version=fmt, run_metadata=run_metadata, query=query,
-                    options=options, force=force, verify=verify,
+                    input_path=str(path),
+                    source=source,
+                    module=module,
+                    sequence=seq,
+                    output_dir=str(out),
+                    output_name=name,
+                    trains=_file_trains(path),
+                    proposal=layout.proposal or 900001,
+                    run_number=layout.run_number,
+                    format_version=fmt,
+                    run_metadata=run_metadata,
+                    query=query,
+                    options=options,
+                    force=force,
+                    verify=verify,
                     max_block_bytes=int(max_block_bytes),
                 )
             )
     if copy_other:
         for path in layout.other_files:
             try:
-                category, run, agg, seq = parse_file_name(path)
+                _category, run, agg, seq = parse_file_name(path)
             except FileFormatError:
                 log.warning("%s: not a run file name; not copied", path.name)
                 continue
             tasks.append(
                 CopyTask(
-                    input_path=str(path), output_dir=str(out),
+                    input_path=str(path),
+                    output_dir=str(out),
                     output_name=f"CORR-R{run:04d}-{agg}-S{seq:05d}.h5",
-                    trains=_file_trains(path), force=force, verify=verify,
+                    trains=_file_trains(path),
+                    force=force,
+                    verify=verify,
                 )
             )
     return layout, tasks, query
@@ -652,7 +674,7 @@ def correct_run(
         Remake every output even if it is complete and verified.
     verify : {"checksum", "size"}
         How an existing output is verified before it is skipped: size, train count and
-        SHA-256 (default), or size and train count only.
+        CRC-32 of the file (default), or size and train count only.
     record : bool
         Record the CORR run and the constants it used in the catalogue.
     progress : bool
@@ -673,9 +695,18 @@ def correct_run(
     """
     t0 = time.perf_counter()
     layout, tasks, query = plan_correction(
-        raw_run, out_dir, catalog=catalog, detector=detector, conditions=conditions,
-        constants_time=constants_time, options=options, modules=modules,
-        copy_other=copy_other, force=force, verify=verify, max_block_bytes=max_block_bytes,
+        raw_run,
+        out_dir,
+        catalog=catalog,
+        detector=detector,
+        conditions=conditions,
+        constants_time=constants_time,
+        options=options,
+        modules=modules,
+        copy_other=copy_other,
+        force=force,
+        verify=verify,
+        max_block_bytes=max_block_bytes,
     )
     out = Path(tasks[0].output_dir) if tasks else Path(out_dir).resolve()
     report = CorrectionReport(out_dir=out)
@@ -689,13 +720,21 @@ def correct_run(
             for i, task in enumerate(tasks):
                 if isinstance(task, ModuleTask):
                     task = _with_threads(task, threads)
-                    fut = c.submit(correct_module_file, task, pure=False,
-                                   key=f"correct-{task.output_name}-{uuid.uuid4().hex[:6]}",
-                                   priority=len(tasks) - i)
+                    fut = c.submit(
+                        correct_module_file,
+                        task,
+                        pure=False,
+                        key=f"correct-{task.output_name}-{uuid.uuid4().hex[:6]}",
+                        priority=len(tasks) - i,
+                    )
                 else:
-                    fut = c.submit(copy_run_file, task, pure=False,
-                                   key=f"copy-{task.output_name}-{uuid.uuid4().hex[:6]}",
-                                   priority=-1)
+                    fut = c.submit(
+                        copy_run_file,
+                        task,
+                        pure=False,
+                        key=f"copy-{task.output_name}-{uuid.uuid4().hex[:6]}",
+                        priority=-1,
+                    )
                 futures[fut] = task
 
             def describe(fut) -> str:

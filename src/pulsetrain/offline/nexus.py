@@ -44,8 +44,15 @@ _UNITS = {
     "r_mm": "mm",
     "r_m": "m",
 }
-_STATISTICS = ("pixel_count", "pixel_sum", "pixel_mean", "pixel_std", "pixel_min", "pixel_max",
-               "modules")
+_STATISTICS = (
+    "pixel_count",
+    "pixel_sum",
+    "pixel_mean",
+    "pixel_std",
+    "pixel_min",
+    "pixel_max",
+    "modules",
+)
 
 
 def _names(*names: str) -> np.ndarray:
@@ -106,9 +113,16 @@ class ReducedFileWriter:
         unit = str(attributes.get("unit", ""))
         f = self.f = h5py.File(self.part, "w")
         now = datetime.now(timezone.utc).isoformat()
-        f.attrs.update({"NX_class": "NXroot", "default": "entry", "creator": "pulsetrain",
-                        "file_name": self.path.name, "file_time": now,
-                        "HDF5_Version": h5py.version.hdf5_version})
+        f.attrs.update(
+            {
+                "NX_class": "NXroot",
+                "default": "entry",
+                "creator": "pulsetrain",
+                "file_name": self.path.name,
+                "file_time": now,
+                "HDF5_Version": h5py.version.hdf5_version,
+            }
+        )
         entry = f.create_group("entry")
         entry.attrs.update({"NX_class": "NXentry", "default": "profiles"})
         run = attributes.get("run_number", 0)
@@ -121,37 +135,57 @@ class ReducedFileWriter:
         entry["start_time"] = now
 
         prof = entry.create_group("profiles")
-        prof.attrs.update({"NX_class": "NXdata", "signal": "intensity",
-                           "axes": _names("frame", "radial"), "frame_indices": 0, "radial_indices": 1})
+        prof.attrs.update(
+            {
+                "NX_class": "NXdata",
+                "signal": "intensity",
+                "axes": _names("frame", "radial"),
+                "frame_indices": 0,
+                "radial_indices": 1,
+            }
+        )
         chunk_rows = max(1, min(max(n, 1), (1 << 20) // max(4 * self.npt, 1)))
         self.intensity = prof.create_dataset(
-            "intensity", shape=(n, self.npt), dtype=np.float32, fillvalue=np.nan,
+            "intensity",
+            shape=(n, self.npt),
+            dtype=np.float32,
+            fillvalue=np.nan,
             chunks=(chunk_rows, self.npt) if n else None,
         )
-        self.intensity.attrs.update({"long_name": "mean pixel value in the radial bin",
-                                     "units": "keV"})
+        self.intensity.attrs.update(
+            {"long_name": "mean pixel value in the radial bin", "units": "keV"}
+        )
         prof["frame"] = np.arange(n, dtype=np.int64)
         prof["frame"].attrs["long_name"] = "frame number in the run"
         prof["radial"] = np.asarray(radial, np.float64)
-        prof["radial"].attrs.update({"units": _UNITS.get(unit, unit), "pulsetrain_unit": unit,
-                                     "long_name": unit})
+        prof["radial"].attrs.update(
+            {"units": _UNITS.get(unit, unit), "pulsetrain_unit": unit, "long_name": unit}
+        )
         for name, arr in (("train_id", train_id), ("pulse_id", pulse_id), ("cell_id", cell_id)):
             prof[name] = np.asarray(arr)
             prof.attrs[f"{name}_indices"] = 0
 
         mean = entry.create_group("mean_profile")
-        mean.attrs.update({"NX_class": "NXdata", "signal": "intensity", "axes": _names("radial"),
-                           "radial_indices": 0})
+        mean.attrs.update(
+            {
+                "NX_class": "NXdata",
+                "signal": "intensity",
+                "axes": _names("radial"),
+                "radial_indices": 0,
+            }
+        )
         mean["radial"] = prof["radial"]
-        self.mean_intensity = mean.create_dataset("intensity", shape=(self.npt,), dtype=np.float64,
-                                                  fillvalue=np.nan)
+        self.mean_intensity = mean.create_dataset(
+            "intensity", shape=(self.npt,), dtype=np.float64, fillvalue=np.nan
+        )
         self.mean_intensity.attrs["long_name"] = "mean over all frames' pixels in the radial bin"
         self.bin_count = mean.create_dataset("bin_pixel_count", shape=(self.npt,), dtype=np.int64)
         mean["pixels_per_bin"] = np.asarray(pixels_per_bin, np.int64)
 
         hits = entry.create_group("hits")
-        hits.attrs.update({"NX_class": "NXdata", "signal": "n_peaks", "axes": _names("frame"),
-                           "frame_indices": 0})
+        hits.attrs.update(
+            {"NX_class": "NXdata", "signal": "n_peaks", "axes": _names("frame"), "frame_indices": 0}
+        )
         self.frame_sets: dict[str, h5py.Dataset] = {}
         self.frame_sets["n_peaks"] = hits.create_dataset("n_peaks", shape=(n,), dtype=np.int64)
         self.frame_sets["is_hit"] = hits.create_dataset("is_hit", shape=(n,), dtype=np.bool_)
@@ -159,14 +193,22 @@ class ReducedFileWriter:
         hits["n_peaks"].attrs["threshold"] = float(attributes.get("hit_threshold", 0.0))
 
         stats = entry.create_group("statistics")
-        stats.attrs.update({"NX_class": "NXdata", "signal": "pixel_mean", "axes": _names("frame"),
-                            "frame_indices": 0})
+        stats.attrs.update(
+            {
+                "NX_class": "NXdata",
+                "signal": "pixel_mean",
+                "axes": _names("frame"),
+                "frame_indices": 0,
+            }
+        )
         for name in _STATISTICS:
-            dtype = (np.int64 if name == "pixel_count" else np.int16 if name == "modules"
-                     else np.float64)
+            dtype = (
+                np.int64 if name == "pixel_count" else np.int16 if name == "modules" else np.float64
+            )
             fill = np.nan if dtype == np.float64 else 0
-            self.frame_sets[name] = stats.create_dataset(name, shape=(n,), dtype=dtype,
-                                                         fillvalue=fill)
+            self.frame_sets[name] = stats.create_dataset(
+                name, shape=(n,), dtype=dtype, fillvalue=fill
+            )
         for group in (hits, stats):
             for name in ("frame", "train_id", "pulse_id", "cell_id"):
                 group[name] = prof[name]

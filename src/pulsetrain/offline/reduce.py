@@ -181,10 +181,22 @@ def reduce_module_part(task: _PartTask) -> dict[str, np.ndarray]:
     _set_numba_threads(task.numba_threads)
     p = task.params
     integ = AzimuthalIntegrator(task.radial_map, p.npt, task.radial_range, unit=p.unit)
-    out: dict[str, list[np.ndarray]] = {k: [] for k in (
-        "train_id", "pulse_id", "cell_id", "sums", "counts", "peaks",
-        "count", "sum", "m2", "min", "max",
-    )}
+    out: dict[str, list[np.ndarray]] = {
+        k: []
+        for k in (
+            "train_id",
+            "pulse_id",
+            "cell_id",
+            "sums",
+            "counts",
+            "peaks",
+            "count",
+            "sum",
+            "m2",
+            "min",
+            "max",
+        )
+    }
     for path in task.files:
         with ModuleFileReader(path, task.source) as reader:
             keys = _part_keys(reader, p.use_mask)
@@ -205,7 +217,10 @@ def reduce_module_part(task: _PartTask) -> dict[str, np.ndarray]:
                 stack = frames[:, None]
                 mstack = None if mask is None else mask[:, None]
                 peaks = count_peaks(
-                    stack, p.hit_threshold, mask=mstack, method=p.peak_method,
+                    stack,
+                    p.hit_threshold,
+                    mask=mstack,
+                    method=p.peak_method,
                     min_pixels=p.min_pixels,
                 )
                 st = pulse_statistics(stack, mask=mstack)
@@ -252,10 +267,12 @@ def _positions(index_tid: np.ndarray, index_pid: np.ndarray, tid: np.ndarray, pi
         want = (tid.astype(np.uint64) - np.uint64(base)) * np.uint64(span) + pid
         pos = np.minimum(np.searchsorted(keys, want), keys.size - 1)
         return np.where(keys[pos] == want, pos, -1).astype(np.int64)
-    lookup = {(int(t), int(p)): i for i, (t, p) in enumerate(zip(index_tid.tolist(),
-                                                                  index_pid.tolist()))}
-    return np.array([lookup.get((int(t), int(p)), -1) for t, p in zip(tid.tolist(),
-                                                                        pid.tolist())], np.int64)
+    lookup = {
+        (int(t), int(p)): i for i, (t, p) in enumerate(zip(index_tid.tolist(), index_pid.tolist()))
+    }
+    return np.array(
+        [lookup.get((int(t), int(p)), -1) for t, p in zip(tid.tolist(), pid.tolist())], np.int64
+    )
 
 
 def combine_parts(
@@ -367,8 +384,12 @@ class ReductionPlan:
 
     def frame_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Train IDs, pulse IDs and cell IDs of every frame of the result, in order."""
-        cat = [np.concatenate([getattr(c, k) for c in self.chunks]) if self.chunks else
-               np.zeros(0, np.uint64) for k in ("train_id", "pulse_id", "cell_id")]
+        cat = [
+            np.concatenate([getattr(c, k) for c in self.chunks])
+            if self.chunks
+            else np.zeros(0, np.uint64)
+            for k in ("train_id", "pulse_id", "cell_id")
+        ]
         return cat[0], cat[1], cat[2]
 
     def attributes(self) -> dict[str, Any]:
@@ -461,8 +482,10 @@ def plan_reduction(
     starts = sorted(set(starts))
     if not starts:
         starts = [0]
-    bounds = [(None if i == 0 else s, starts[i + 1] if i + 1 < len(starts) else None)
-              for i, s in enumerate(starts)]
+    bounds = [
+        (None if i == 0 else s, starts[i + 1] if i + 1 < len(starts) else None)
+        for i, s in enumerate(starts)
+    ]
 
     chunks: list[_Chunk] = []
     offset = 0
@@ -486,9 +509,14 @@ def plan_reduction(
             if files:
                 parts.append(
                     _PartTask(
-                        source=src, module=m, files=tuple(files), train_range=(lo, hi),
-                        radial_map=np.ascontiguousarray(rmap[m]), radial_range=rrange,
-                        params=params, max_block_bytes=int(max_block_bytes),
+                        source=src,
+                        module=m,
+                        files=tuple(files),
+                        train_range=(lo, hi),
+                        radial_map=np.ascontiguousarray(rmap[m]),
+                        radial_range=rrange,
+                        params=params,
+                        max_block_bytes=int(max_block_bytes),
                         numba_threads=int(numba_threads),
                     )
                 )
@@ -499,11 +527,20 @@ def plan_reduction(
         cell = np.concatenate(cells)
         keys = np.stack([tid, pid])
         uniq, first = np.unique(keys, axis=1, return_index=True)  # sorted by (tid, pid)
-        chunks.append(_Chunk(offset, (lo, hi), uniq[0].astype(np.uint64),
-                             uniq[1].astype(np.uint64), cell[first].astype(np.uint16), parts))
+        chunks.append(
+            _Chunk(
+                offset,
+                (lo, hi),
+                uniq[0].astype(np.uint64),
+                uniq[1].astype(np.uint64),
+                cell[first].astype(np.uint16),
+                parts,
+            )
+        )
         offset += uniq.shape[1]
-    return ReductionPlan(layout, params, full.radial.copy(), rrange,
-                         full.pixels_per_bin.copy(), chunks)
+    return ReductionPlan(
+        layout, params, full.radial.copy(), rrange, full.pixels_per_bin.copy(), chunks
+    )
 
 
 def _submit(client, plan: ReductionPlan, threads: int):
@@ -514,13 +551,21 @@ def _submit(client, plan: ReductionPlan, threads: int):
     futures = {}
     for i, chunk in enumerate(plan.chunks):
         parts = [
-            client.submit(reduce_module_part, replace(t, numba_threads=threads), pure=False,
-                          key=f"reduce-part-{i}-m{t.module}-{token}")
+            client.submit(
+                reduce_module_part,
+                replace(t, numba_threads=threads),
+                pure=False,
+                key=f"reduce-part-{i}-m{t.module}-{token}",
+            )
             for t in chunk.parts
         ]
         fut = client.submit(
-            combine_parts, (chunk.train_id, chunk.pulse_id, chunk.cell_id), parts,
-            plan.params.npt, plan.params.min_peaks, pure=False,
+            combine_parts,
+            (chunk.train_id, chunk.pulse_id, chunk.cell_id),
+            parts,
+            plan.params.npt,
+            plan.params.min_peaks,
+            pure=False,
             key=f"reduce-combine-{i}-{token}",
         )
         futures[fut] = chunk
@@ -551,8 +596,10 @@ def _execute(
                     bar.update(chunk.n)
 
             run_tasks(
-                c, list(futures),
-                lambda f: f"reduction of trains {futures[f].train_range}", on_result,
+                c,
+                list(futures),
+                lambda f: f"reduction of trains {futures[f].train_range}",
+                on_result,
             )
     finally:
         if bar is not None:
@@ -564,16 +611,30 @@ def _dataset(plan: ReductionPlan, variables: dict[str, Any], mean_profile, bin_c
 
     tid, pid, cell = plan.frame_index()
     unit = plan.params.unit
-    data_vars = {"intensity": (("frame", "radial"), variables["intensity"],
-                               {"long_name": "mean pixel value in the radial bin"})}
+    data_vars = {
+        "intensity": (
+            ("frame", "radial"),
+            variables["intensity"],
+            {"long_name": "mean pixel value in the radial bin"},
+        )
+    }
     for name in FRAME_VARIABLES:
         data_vars[name] = (("frame",), variables[name])
-    data_vars["mean_profile"] = (("radial",), mean_profile,
-                                 {"long_name": "mean over all frames' pixels in the radial bin"})
-    data_vars["bin_pixel_count"] = (("radial",), bin_counts,
-                                    {"long_name": "valid pixel values in the radial bin"})
-    data_vars["pixels_per_bin"] = (("radial",), plan.pixels_per_bin,
-                                   {"long_name": "detector pixels in the radial bin"})
+    data_vars["mean_profile"] = (
+        ("radial",),
+        mean_profile,
+        {"long_name": "mean over all frames' pixels in the radial bin"},
+    )
+    data_vars["bin_pixel_count"] = (
+        ("radial",),
+        bin_counts,
+        {"long_name": "valid pixel values in the radial bin"},
+    )
+    data_vars["pixels_per_bin"] = (
+        ("radial",),
+        plan.pixels_per_bin,
+        {"long_name": "detector pixels in the radial bin"},
+    )
     coords = {
         "train_id": (("frame",), tid),
         "pulse_id": (("frame",), pid),
@@ -584,8 +645,14 @@ def _dataset(plan: ReductionPlan, variables: dict[str, Any], mean_profile, bin_c
 
 
 def _long_name(unit: str) -> str:
-    return {"q_A^-1": "q (1/Å)", "q_nm^-1": "q (1/nm)", "2th_deg": "2θ (deg)",
-            "2th_rad": "2θ (rad)", "r_mm": "radius (mm)", "r_m": "radius (m)"}.get(unit, unit)
+    return {
+        "q_A^-1": "q (1/Å)",
+        "q_nm^-1": "q (1/nm)",
+        "2th_deg": "2θ (deg)",
+        "2th_rad": "2θ (rad)",
+        "r_mm": "radius (mm)",
+        "r_m": "radius (m)",
+    }.get(unit, unit)
 
 
 def _netcdf_safe(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -659,8 +726,9 @@ def reduce_run(
         from dataclasses import replace
 
         params = replace(params or ReductionParameters(), **kwargs)
-    plan = plan_reduction(run, params, modules=modules, chunk_frames=chunk_frames,
-                          max_block_bytes=max_block_bytes)
+    plan = plan_reduction(
+        run, params, modules=modules, chunk_frames=chunk_frames, max_block_bytes=max_block_bytes
+    )
     if not compute:
         return _lazy_dataset(plan)
     n = plan.n_frames
@@ -672,8 +740,8 @@ def reduce_run(
 
     def on_chunk(chunk: _Chunk, result: dict[str, np.ndarray]) -> None:
         sl = slice(chunk.offset, chunk.offset + chunk.n)
-        for name in variables:
-            variables[name][sl] = result[name]
+        for name, array in variables.items():
+            array[sl] = result[name]
         totals[chunk.offset] = (result["bin_sums"], result["bin_counts"])
 
     _execute(plan, on_chunk, cluster=cluster, client=client, progress=progress)
@@ -708,16 +776,22 @@ def _lazy_dataset(plan: ReductionPlan):
     totals = []
     for i, chunk in enumerate(plan.chunks):
         parts = [
-            dask.delayed(reduce_module_part, pure=False)(t, dask_key_name=f"reduce-part-{i}-m{t.module}-{token}")
+            dask.delayed(reduce_module_part, pure=False)(
+                t, dask_key_name=f"reduce-part-{i}-m{t.module}-{token}"
+            )
             for t in chunk.parts
         ]
         comb = dask.delayed(combine_parts, pure=False)(
-            (chunk.train_id, chunk.pulse_id, chunk.cell_id), parts, npt, plan.params.min_peaks,
+            (chunk.train_id, chunk.pulse_id, chunk.cell_id),
+            parts,
+            npt,
+            plan.params.min_peaks,
             dask_key_name=f"reduce-combine-{i}-{token}",
         )
         get = dask.delayed(operator.getitem, pure=True)
         per_var["intensity"].append(
-            da.from_delayed(get(comb, "intensity"), (chunk.n, npt), np.float32))
+            da.from_delayed(get(comb, "intensity"), (chunk.n, npt), np.float32)
+        )
         for name, dtype in FRAME_VARIABLES.items():
             per_var[name].append(da.from_delayed(get(comb, name), (chunk.n,), dtype))
         totals.append(dask.delayed(operator.itemgetter("bin_sums", "bin_counts"))(comb))
@@ -761,12 +835,14 @@ def reduce_to_file(
     path = Path(path)
     if path.exists() and not overwrite:
         raise ConfigurationError(f"{path} exists (use overwrite=True / --overwrite)")
-    plan = plan_reduction(run, params, modules=modules, chunk_frames=chunk_frames,
-                          max_block_bytes=max_block_bytes)
+    plan = plan_reduction(
+        run, params, modules=modules, chunk_frames=chunk_frames, max_block_bytes=max_block_bytes
+    )
     tid, pid, cell = plan.frame_index()
     hits = 0
-    with ReducedFileWriter(path, plan.params.npt, tid, pid, cell, plan.radial,
-                           plan.pixels_per_bin, plan.attributes()) as writer:
+    with ReducedFileWriter(
+        path, plan.params.npt, tid, pid, cell, plan.radial, plan.pixels_per_bin, plan.attributes()
+    ) as writer:
 
         def on_chunk(chunk: _Chunk, result: dict[str, np.ndarray]) -> None:
             nonlocal hits
@@ -774,8 +850,12 @@ def reduce_to_file(
             hits += int(np.count_nonzero(result["is_hit"]))
 
         _execute(plan, on_chunk, cluster=cluster, client=client, progress=progress)
-    return {"path": path, "frames": plan.n_frames, "hits": hits,
-            "seconds": time.perf_counter() - t0}
+    return {
+        "path": path,
+        "frames": plan.n_frames,
+        "hits": hits,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def write_reduced(ds, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -789,8 +869,14 @@ def write_reduced(ds, path: str | os.PathLike[str], *, overwrite: bool = False) 
     ds = ds.load()
     attrs = dict(ds.attrs)
     with ReducedFileWriter(
-        path, ds.sizes["radial"], ds.train_id.values, ds.pulse_id.values, ds.cell_id.values,
-        ds.radial.values, ds.pixels_per_bin.values, attrs,
+        path,
+        ds.sizes["radial"],
+        ds.train_id.values,
+        ds.pulse_id.values,
+        ds.cell_id.values,
+        ds.radial.values,
+        ds.pixels_per_bin.values,
+        attrs,
     ) as writer:
         writer.write_frames(0, {k: ds[k].values for k in ["intensity", *FRAME_VARIABLES]})
         writer.set_totals(ds.mean_profile.values, ds.bin_pixel_count.values)

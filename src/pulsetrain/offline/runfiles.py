@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -32,6 +33,7 @@ __all__ = [
     "FrameBlock",
     "ModuleFileReader",
     "RunLayout",
+    "file_crc32",
     "file_sha256",
     "parse_file_name",
     "read_json",
@@ -317,13 +319,15 @@ class ModuleFileReader:
         self.count = count[order]
         self.timestamps = stamps[order]
         self._datasets: dict[str, h5py.Dataset] = {}
+        self._buffers: dict[str, np.ndarray] = {}
+        self._reuse: set[str] = set()
 
     def close(self) -> None:
         """Close the file."""
         try:
             self.file.close()
-        except Exception:  # noqa: BLE001 - closing twice or after a failed open
-            pass
+        except Exception:  # closing twice, or after a failed open
+            log.debug("closing %s", self.path, exc_info=True)
 
     def __enter__(self) -> ModuleFileReader:  # noqa: PYI034
         return self
@@ -380,6 +384,7 @@ class ModuleFileReader:
         *,
         max_block_bytes: int = 32 << 20,
         train_range: tuple[int | None, int | None] | None = None,
+        reuse: Sequence[str] = (),
     ) -> Iterator[FrameBlock]:
         """Yield the selected trains in blocks of at most ``max_block_bytes`` (at least a train).
 
@@ -391,7 +396,12 @@ class ModuleFileReader:
             Memory bound of one block (all keys).
         train_range : (lo, hi), optional
             Only trains with ``lo <= train ID < hi`` (either end may be None).
+        reuse : sequence of str
+            Keys read into one buffer that every block reuses (no new allocation and page
+            faults per block): their arrays are only valid until the next block is read.
         """
+        self._buffers: dict[str, np.ndarray] = {}
+        self._reuse = set(reuse)
         positions = self.select(train_range)
         if positions.size == 0:
             return
@@ -434,7 +444,14 @@ class ModuleFileReader:
                         f"{self.path.name}: INDEX of {self.source} points at rows up to {r1} "
                         f"but {key} has {ds.shape[0]}"
                     )
-                block = ds[r0:r1]
+                if contiguous and key in self._reuse:
+                    buf = self._buffers.get(key)
+                    if buf is None or buf.shape[0] < r1 - r0:
+                        buf = self._buffers[key] = np.empty((r1 - r0,) + ds.shape[1:], ds.dtype)
+                    ds.read_direct(buf, np.s_[r0:r1], np.s_[0 : r1 - r0])
+                    block = buf[: r1 - r0]
+                else:
+                    block = ds[r0:r1]
             else:
                 block = np.empty((0,) + ds.shape[1:], dtype=ds.dtype)
             if not contiguous:
@@ -444,6 +461,20 @@ class ModuleFileReader:
                 )
             arrays[key] = block
         return FrameBlock(self.train_ids[sel], self.timestamps[sel], count, starts, arrays)
+
+
+def file_crc32(path: str | os.PathLike[str], bufsize: int = 8 << 20) -> str:
+    """CRC-32 of a file's bytes, as 8 hex digits (about 3 GB/s here, 2x SHA-256's speed)."""
+    crc = 0
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(bufsize)
+        view = memoryview(buf)
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            crc = zlib.crc32(view[:n], crc)
+    return f"{crc:08x}"
 
 
 def file_sha256(path: str | os.PathLike[str], bufsize: int = 8 << 20) -> str:
