@@ -51,9 +51,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgpack
+import numpy as np
 import zmq
 
-from pulsetrain import protocol
+from pulsetrain import protocol, shmem
 from pulsetrain.errors import ChannelError, ConfigurationError, ProtocolError
 
 __all__ = [
@@ -115,7 +116,8 @@ def _context(context: zmq.Context | None) -> zmq.Context:
 @dataclasses.dataclass
 class _Pending:
     frames: list | None  # None = end of stream
-    entry: tuple | None = None  # (write index, frames) once dispatched
+    shm: shmem.ShmMessage | None = None  # the same train for inputs reading shared memory
+    entry: tuple | None = None  # (write index, frames, shm) once dispatched
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     waiting: set = dataclasses.field(default_factory=set)  # identities still to serve (wait)
     shared_open: bool = False  # still to be given to a shared input (wait policy)
@@ -127,7 +129,7 @@ class _Connection:
 
     __slots__ = (
         "identity", "input_id", "isess", "distribution", "slowness", "maxq", "sent", "allowed",
-        "dropped", "queue", "last_seen", "connected_at", "acked",
+        "dropped", "queue", "last_seen", "connected_at", "acked", "shm", "leases",
     )
 
     def __init__(self, identity: bytes, msg: dict, now: float):
@@ -145,6 +147,8 @@ class _Connection:
         self.queue: collections.deque = collections.deque()
         self.last_seen = now
         self.connected_at = now
+        self.shm = False  # reads large frames from shared memory (same host, other process)
+        self.leases: collections.Counter = collections.Counter()
 
     @property
     def credit(self) -> int:
@@ -160,6 +164,7 @@ class _Connection:
             "dropped": self.dropped,
             "queued": len(self.queue),
             "credit": self.credit,
+            "shared_memory": self.shm,
         }
 
 
@@ -179,6 +184,10 @@ class OutputChannel:
         Seconds after which an input that sent nothing is forgotten.
     context : zmq.Context, optional
         Defaults to the process-wide context (needed for inproc).
+    shm_slots, shm_bytes : int
+        Shared memory for inputs in other processes on this host (see :mod:`pulsetrain.shmem`):
+        at most this many trains, and bytes, in flight that way; beyond that, trains go over
+        the socket.  ``shm_slots=0`` switches it off for this output.
 
     Notes
     -----
@@ -194,6 +203,8 @@ class OutputChannel:
         no_input_shared: str | None = None,
         liveness: float = 3.0,
         context: zmq.Context | None = None,
+        shm_slots: int = 32,
+        shm_bytes: int = 2 << 30,
     ):
         if no_input_shared is not None:
             validate_policy("shared", no_input_shared, 1)
@@ -234,6 +245,11 @@ class OutputChannel:
         self.shared_dropped = 0
         self._closing = False
         self._last_tracker: zmq.MessageTracker | None = None
+        self._host = shmem.host_id() if shm_slots > 0 else None
+        self._pool = shmem.SegmentPool(shm_slots, shm_bytes) if self._host else None
+        self._shm_inputs = 0  # connected inputs that read shared memory
+        self._may_wait = False  # an input (or the shared group) has the policy 'wait'
+        self.max_pending = 2  # trains written but not yet handed out before write() blocks
         self._thread = threading.Thread(target=self._loop, name=f"out:{name}", daemon=True)
         self._thread.start()
 
@@ -246,8 +262,11 @@ class OutputChannel:
     ) -> None:
         """Send one train to the connected inputs according to their policies.
 
-        Returns once the train has been handed to every input (sent, queued or dropped); with
-        ``wait`` inputs that are not ready this blocks until they are (or they vanish).
+        With an input of policy ``wait`` connected, returns once the train has been handed to
+        every input (sent, queued or dropped), blocking until ``wait`` inputs that are not ready
+        ask for it (or vanish).  Otherwise it returns at once and the channel's thread hands
+        the train out, unless ``max_pending`` earlier trains are still being handed out.
+        Either way the arrays must not be modified afterwards (they are sent without copying).
 
         Raises
         ------
@@ -256,8 +275,24 @@ class OutputChannel:
             pending and is delivered when the input asks for it.
         """
         frames = protocol.serialize(data, meta)
-        self._submit(_Pending(frames), timeout)
+        pending = _Pending(frames)
+        if self._shm_inputs and self._pool is not None:
+            pending.shm = self._pool.pack(frames)
+        self._submit(pending, timeout, block=False)
         self.written += 1
+
+    def allocate(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """An uninitialised array to fill and then :meth:`write`: zero-copy to local inputs.
+
+        While an input in another process on this host is connected, the array lives in this
+        output's shared memory, so writing it copies nothing at all; otherwise (or when the
+        shared memory is all in use) it is an ordinary array.  Do not modify it after writing.
+        """
+        if self._shm_inputs and self._pool is not None:
+            arr = self._pool.allocate(tuple(shape), dtype)
+            if arr is not None:
+                return arr
+        return np.empty(shape, dtype)
 
     def signal_eos(self, timeout: float | None = None) -> None:
         """Send end-of-stream to every input (never dropped)."""
@@ -311,6 +346,8 @@ class OutputChannel:
         self._router.close(int(linger * 1000))
         for sock in (self._wake_r, self._wake_w):
             sock.close(0)
+        if self._pool is not None:
+            self._pool.close()
 
     def __enter__(self) -> OutputChannel:
         return self
@@ -343,11 +380,16 @@ class OutputChannel:
             except zmq.ZMQError:
                 pass
 
-    def _submit(self, pending: _Pending, timeout: float | None) -> None:
+    def _submit(self, pending: _Pending, timeout: float | None, block: bool = True) -> None:
         if self._closing:
             raise ChannelError(f"output {self.name} is closed")
+        backlog = len(self._inbox)
         self._inbox.append(pending)
         self._wake()
+        if not block and not self._may_wait and backlog < self.max_pending:
+            # No input can hold this train up: the output thread hands it out while the caller
+            # goes on (a thread hop less per train; the arrays must stay untouched, as always).
+            return
         if not pending.done.wait(timeout):
             raise TimeoutError(f"output {self.name}: an input with policy 'wait' is not ready")
         if pending.error is not None:
@@ -393,6 +435,15 @@ class OutputChannel:
                 if kind == "bye":
                     self._remove(identity)
                     return
+                if kind == "free":  # an input is done with a train it read from shared memory
+                    conn = self._conns.get(identity)
+                    key = (str(msg.get("seg")), int(msg.get("gen", -1)))
+                    if conn is not None and conn.leases[key] > 0 and self._pool is not None:
+                        conn.leases[key] -= 1
+                        if not conn.leases[key]:
+                            del conn.leases[key]
+                        self._pool.release(key)
+                    return
                 if kind != "credit":
                     raise ProtocolError(f"unknown message type {kind!r}")
                 conn = self._conns.get(identity)
@@ -401,9 +452,20 @@ class OutputChannel:
                         self._remove(identity)
                     conn = _Connection(identity, msg, now)
                     self._conns[identity] = conn
+                    self._update_may_wait()
                     log.info("%s: input %s connected (%s, %s)", self.name, conn.input_id,
                              conn.distribution, conn.slowness)
                 conn.last_seen = now
+                shm = bool(
+                    self._pool is not None and msg.get("shm") and msg.get("host") == self._host
+                    and msg.get("pid") != os.getpid()
+                )
+                if shm != conn.shm:
+                    conn.shm = shm
+                    self._shm_inputs += 1 if shm else -1
+                    for key in conn.leases:  # it gave up on shared memory: do not wait for it
+                        self._pool.retire(key)  # type: ignore[union-attr]
+                    conn.leases.clear()
                 received = int(msg.get("rcv", 0)) if msg.get("osess") == self.session else 0
                 conn.acked = max(conn.acked, received)
                 conn.allowed = max(conn.allowed, received + int(msg.get("win", 1)))
@@ -418,6 +480,12 @@ class OutputChannel:
         if conn is None:
             return
         log.info("%s: input %s disconnected", self.name, conn.input_id)
+        self._update_may_wait()
+        if conn.shm:
+            self._shm_inputs -= 1
+        for key in conn.leases:  # it may still read them: never reuse those slots
+            self._pool.retire(key)  # type: ignore[union-attr]
+        conn.leases.clear()
         try:
             self._ready_shared.remove(identity)
         except ValueError:
@@ -426,6 +494,11 @@ class OutputChannel:
         conn.dropped += sum(1 for entry in conn.queue if entry is not None)
         if self._current is not None:
             self._current.waiting.discard(identity)
+
+    def _update_may_wait(self) -> None:
+        self._may_wait = self.no_input_shared == "wait" or any(
+            c.slowness == "wait" for c in self._conns.values()
+        )
 
     def _expire(self, now: float) -> None:
         with self._lock:
@@ -439,8 +512,13 @@ class OutputChannel:
         if entry is None:
             msg = [conn.identity, _pack({"t": "eos", "s": self.session, "d": conn.dropped})]
         else:
-            widx, frames = entry
+            widx, frames, shm = entry
             head = {"t": "data", "s": self.session, "w": widx, "d": conn.dropped}
+            if shm is not None and conn.shm and self._pool.lease(shm.keys):  # type: ignore
+                for key in shm.keys:
+                    conn.leases[key] += 1
+                head["shm"] = shm.desc
+                frames = shm.frames
             msg = [conn.identity, _pack(head), *frames]
         try:
             self._last_tracker = self._router.send_multipart(msg, copy=False, track=True)
@@ -505,7 +583,7 @@ class OutputChannel:
     def _dispatch_new(self, cur: _Pending) -> None:
         frames = None
         if cur.frames is not None:
-            frames = cur.entry = (self._write_index, cur.frames)
+            frames = cur.entry = (self._write_index, cur.frames, cur.shm)
             self._write_index += 1
         eos = frames is None
         has_shared = False
@@ -590,7 +668,7 @@ class Item:
 
 class _Upstream:
     __slots__ = ("endpoint", "sock", "osess", "received", "outstanding", "last_w", "missed",
-                 "eos", "heard", "last_credit_sent")
+                 "eos", "heard", "last_credit_sent", "shm_segments")
 
     def __init__(self, endpoint: str, sock: zmq.Socket):
         self.endpoint = endpoint
@@ -603,6 +681,7 @@ class _Upstream:
         self.eos = False
         self.heard = False
         self.last_credit_sent = 0.0
+        self.shm_segments = ""  # name prefix of the output's shared-memory segments
 
 
 class InputChannel:
@@ -623,6 +702,9 @@ class InputChannel:
         Trains this input holds per output: one being processed plus ``window - 1`` buffered.
     heartbeat : float
         Seconds between repeated credit messages.
+    shared_memory : bool
+        Read large frames from shared memory when the output is another process on this host
+        (see :mod:`pulsetrain.shmem`; ``PULSETRAIN_SHM=0`` switches it off everywhere).
     """
 
     def __init__(
@@ -635,6 +717,7 @@ class InputChannel:
         window: int = 2,
         heartbeat: float = 0.5,
         context: zmq.Context | None = None,
+        shared_memory: bool = True,
     ):
         self.data_distribution, self.on_slowness, self.max_queue_length = validate_policy(
             data_distribution, on_slowness, max_queue_length
@@ -662,6 +745,9 @@ class InputChannel:
         self.errors = 0
         self.last_error = ""
         self._closing = False
+        self._host = shmem.host_id() if shared_memory else None
+        self._shm_reader = shmem.SegmentReader(self._free) if self._host else None
+        self.shm_received = 0  # trains whose large frames came through shared memory
         self._thread = threading.Thread(target=self._loop, name=f"in:{name}", daemon=True)
         self._thread.start()
 
@@ -727,6 +813,8 @@ class InputChannel:
             self._cond.notify_all()
         for sock in (self._wake_r, self._wake_w):
             sock.close(0)
+        if self._shm_reader is not None:
+            self._shm_reader.close()
 
     def __enter__(self) -> InputChannel:
         return self
@@ -743,20 +831,25 @@ class InputChannel:
             except zmq.ZMQError:
                 pass
 
+    def _free(self, segment: str, gen: int) -> None:
+        """Called (from any thread) when a train read from shared memory is garbage."""
+        self._command(("free", (segment, gen)))
+
     def _credit_msg(self, up: _Upstream) -> bytes:
-        return _pack(
-            {
-                "t": "credit",
-                "in": self.name,
-                "isess": self.session,
-                "osess": up.osess,
-                "rcv": up.received,
-                "win": max(0, self.window - up.outstanding),
-                "dist": self.data_distribution,
-                "slow": self.on_slowness,
-                "maxq": self.max_queue_length,
-            }
-        )
+        msg = {
+            "t": "credit",
+            "in": self.name,
+            "isess": self.session,
+            "osess": up.osess,
+            "rcv": up.received,
+            "win": max(0, self.window - up.outstanding),
+            "dist": self.data_distribution,
+            "slow": self.on_slowness,
+            "maxq": self.max_queue_length,
+        }
+        if self._shm_reader is not None:
+            msg.update(shm=True, host=self._host, pid=os.getpid())
+        return _pack(msg)
 
     def _send_credit(self, up: _Upstream) -> None:
         # 'win' is the number of free slots counted from what was received: the output may
@@ -829,6 +922,17 @@ class InputChannel:
                     if arg.endpoint in self._ups:
                         arg.outstanding = max(0, arg.outstanding - 1)
                         self._send_credit(arg)
+                elif op == "free":
+                    # Segment names carry the producer's pid and session: send to all outputs;
+                    # only the one that owns it has a lease to drop (others ignore it).
+                    seg, gen = arg
+                    msg = _pack({"t": "free", "seg": seg, "gen": gen})
+                    for up in self._ups.values():
+                        if up.shm_segments and seg.startswith(up.shm_segments):
+                            try:
+                                up.sock.send(msg, zmq.NOBLOCK)
+                            except zmq.ZMQError:
+                                pass
                 elif op == "close":
                     for up in list(self._ups.values()):
                         self._close_up(up, poller, goodbye=True)
@@ -874,7 +978,11 @@ class InputChannel:
             up.last_w = int(head.get("w", -1))
             up.outstanding += 1
             counted = True
-            data, meta = protocol.deserialize(frames[1:])
+            body = frames[1:]
+            desc = head.get("shm")
+            if desc is not None:
+                body = self._attach(up, body, desc)
+            data, meta = protocol.deserialize(body)
             self.received += 1
             self._deliver(up, Item(data, meta, up.endpoint, up.last_w))
         except ProtocolError as exc:
@@ -884,6 +992,20 @@ class InputChannel:
             if counted:
                 up.outstanding -= 1
             self._send_credit(up)
+
+    def _attach(self, up: _Upstream, body: list, desc: Any) -> list:
+        if self._shm_reader is None:
+            raise ProtocolError("shared-memory frames sent to an input that did not ask for them")
+        try:
+            body = self._shm_reader.attach(body, desc)
+        except OSError as exc:
+            # Not the same /dev/shm after all, or the segment is gone: ask for sockets only.
+            self._shm_reader = None
+            raise ProtocolError(f"cannot map shared memory ({exc}); reading over the socket "
+                                f"from now on") from exc
+        up.shm_segments = desc[0][1].rsplit("-", 1)[0] + "-"
+        self.shm_received += 1
+        return body
 
     def _deliver(self, up: _Upstream | None, item: Any) -> None:
         with self._cond:

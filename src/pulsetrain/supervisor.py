@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pulsetrain import shmem
 from pulsetrain.control import Client, new_token
 from pulsetrain.errors import ConfigurationError, PulsetrainError
 from pulsetrain.topology import Topology, free_port
@@ -231,6 +232,7 @@ class Supervisor:
                     sp.proc.wait()
         for c in self._clients.values():
             c.close()
+        shmem.remove_stale_segments()  # of servers that had to be killed
 
     def __enter__(self) -> Supervisor:
         return self.start()
@@ -262,6 +264,7 @@ class Supervisor:
 
     # ------------------------------------------------------------ internals
     def _spawn(self, sp: _ServerProcess) -> None:
+        shmem.remove_stale_segments()  # a server that died cannot have removed its own
         spec = self.topology.servers[sp.name]
         cmd = [
             sys.executable, "-m", "pulsetrain", "server",

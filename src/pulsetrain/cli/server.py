@@ -9,6 +9,8 @@ import signal
 import sys
 import threading
 
+from pulsetrain import shmem
+
 EPILOG = """examples:
   # a server on another host, for a topology that names it with this endpoint
   PULSETRAIN_TOKEN=secret pulsetrain server --name gpu1 --bind tcp://0.0.0.0:7000
@@ -71,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         host = args.bind.rsplit(":", 1)[0]
         events = f"{host}:0" if args.bind.startswith("tcp://") else args.bind + "-events"
     logging.getLogger().setLevel(logging.INFO)
+    shmem.remove_stale_segments()  # left by pulsetrain processes on this host that died
     server = DeviceServer(args.name, args.bind, events, token=token, read_token=args.read_token)
     stop = threading.Event()
     if args.memory_limit_mb:

@@ -141,11 +141,16 @@ class AGIPDCorrection(Device):
                 out[name] = {**props, "calibration.corrected": False}
                 self._values["uncorrectedTrains"] += 1
             else:
+                shape = (raw.shape[0], *raw.shape[2:])
+                buffers = tuple(  # in shared memory when that saves a copy downstream
+                    self.allocate("output", shape, dt) for dt in (np.float32, np.uint8, np.uint32)
+                )
                 out[name] = correct_module_data(
                     props, self.constants,
                     bad_to_nan=self.bad_to_nan, common_mode=self.common_mode,
                     force_mg_threshold=self.force_mg_threshold or None,
                     force_hg_threshold=self.force_hg_threshold or None,
+                    out=buffers,
                 )
                 out[name]["calibration.corrected"] = True
                 self._values["correctedTrains"] += 1

@@ -120,6 +120,10 @@ class SimulatedDetector(Device):
                 self.log.debug("motor poll failed: %s", exc)
             self._stopping.wait(0.05)
 
+    def _allocate(self, module: int, key: str, shape: tuple, dtype) -> np.ndarray:
+        """Module frames go straight into the module output's shared memory (when useful)."""
+        return self.allocate(f"module{module}", shape, dtype)
+
     def _slow(self, tid: int, ts: float) -> tuple[dict, dict]:
         m = self._motor_state
         motor = {
@@ -149,7 +153,8 @@ class SimulatedDetector(Device):
             ts = time.time()
             t0 = time.perf_counter()
             try:
-                data, meta = self.sim.train(tid, self._position, timestamp=ts)
+                data, meta = self.sim.train(tid, self._position, timestamp=ts,
+                                            alloc=self._allocate)
                 slow, slow_meta = self._slow(tid, ts)
                 self._values["generationTime"] = time.perf_counter() - t0
                 for m in self.sim.modules:

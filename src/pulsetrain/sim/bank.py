@@ -12,6 +12,8 @@ need the exact path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from pulsetrain.sim.buffers import BufferPool
@@ -90,6 +92,7 @@ class FrameBank:
         choice: np.ndarray,
         hits: np.ndarray,
         variant: np.ndarray,
+        alloc: Callable[[str, tuple, np.dtype], np.ndarray] | None = None,
     ) -> dict[str, np.ndarray]:
         """Raw data of one train.
 
@@ -103,6 +106,9 @@ class FrameBank:
             ``(frames,)`` bool, frames to overlay with a hit.
         variant : numpy.ndarray
             ``(frames,)`` overlay (0 .. n_variants - 1) of every frame.
+        alloc : callable, optional
+            ``alloc(key, shape, dtype)``: where to put the output arrays (for example shared
+            memory of a pipeline output); default: recycled buffers of this bank.
 
         Returns
         -------
@@ -112,7 +118,9 @@ class FrameBank:
         index = slots * self.bank_size + choice
         out = {}
         for key, base in self.base.items():
-            out[key] = np.take(base, index, axis=0, out=self._pools[key].get(), mode="clip")
+            pool = self._pools[key]
+            dest = pool.get() if alloc is None else alloc(key, pool.shape, pool.dtype)
+            out[key] = np.take(base, index, axis=0, out=dest, mode="clip")
         if self.n_variants:
             for f in np.flatnonzero(hits):
                 for key, (pixels, values) in self.overlays[slots[f]][variant[f]].items():

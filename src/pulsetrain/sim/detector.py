@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -492,13 +492,18 @@ class DetectorSimulator:
             int(module), int(train_id), self.pulse_hits(train_id, sample_position_mm)
         )
 
-    def _module_train_fast(self, module: int, train_id: int, hits: np.ndarray) -> dict:
+    def _module_train_fast(
+        self, module: int, train_id: int, hits: np.ndarray, alloc: Callable | None = None
+    ) -> dict:
         self.spec.source(module)
         bank = self._bank(module)
         rng = stream(self.seed, Stream.FAST, self.spec.key, train_id, module)
         choice = rng.integers(0, self.bank_size, self.frames)
         variant = rng.integers(0, max(bank.n_variants, 1), self.frames)
-        data = bank.assemble(self._slots, choice, hits, variant)
+        data = bank.assemble(
+            self._slots, choice, hits, variant,
+            None if alloc is None else lambda key, shape, dtype: alloc(module, key, shape, dtype),
+        )
         data.update(self._frame_info(train_id))
         return data
 
@@ -511,6 +516,7 @@ class DetectorSimulator:
         modules: Iterable[int] | None = None,
         exact: bool = False,
         timestamp: float | None = None,
+        alloc: Callable[[int, str, tuple, np.dtype], np.ndarray] | None = None,
     ) -> tuple[dict[str, dict], dict[str, dict]]:
         """All modules' data of one train, as ``(data, meta)``.
 
@@ -526,6 +532,9 @@ class DetectorSimulator:
             Use the exact path instead of the bank (slow; fresh noise every train).
         timestamp : float, optional
             Timestamp for ``meta`` (default from :attr:`clock`).
+        alloc : callable, optional
+            ``alloc(module, key, shape, dtype)`` gives the arrays the fast path fills (for
+            example a pipeline output's shared memory); default: recycled buffers.
 
         Returns
         -------
@@ -543,6 +552,6 @@ class DetectorSimulator:
             if exact:
                 data[src] = self.module_train(m, train_id, x)
             else:
-                data[src] = self._module_train_fast(m, train_id, hits)
+                data[src] = self._module_train_fast(m, train_id, hits, alloc)
             meta[src] = source_meta(src, train_id, ts_ns)
         return data, meta
