@@ -28,7 +28,7 @@ PRODUCER = textwrap.dedent("""
         import time; time.sleep(0.01)
     for i in range(n):
         shape = (8, 256, 128)
-        a = out.allocate(shape, np.float32) if allocate else np.empty(shape, np.float32)
+        a = out.allocate((shape, np.float32))[0] if allocate else np.empty(shape, np.float32)
         a[...] = i
         m = np.full((300, 128), i, np.uint32)  # copied into a slot by write()
         out.write({"S": {"image.data": a, "image.mask": m, "n": i}}, {"S": make_meta("S", i)})
@@ -89,20 +89,20 @@ def test_other_process_data_arrives_through_shared_memory_and_held_data_stays(al
 def test_pool_reuses_a_slot_only_when_nobody_holds_it():
     pool = shmem.SegmentPool(max_slots=2, max_bytes=8 << 20)
     try:
-        a = pool.allocate((1024, 256), np.float32)  # 1 MiB
-        b = pool.allocate((1024, 256), np.float32)
-        assert a is not None and b is not None
-        assert pool.allocate((1024, 256), np.float32) is None  # both slots held by arrays
+        (a,) = pool.allocate([((1024, 256), np.float32)])  # 1 MiB
+        (b,) = pool.allocate([((1024, 256), np.float32)])
+        assert pool.allocate([((1024, 256), np.float32)]) is None  # both slots held by arrays
         msg = pool.pack([b"head", a.data])  # no copy: a lives in the pool
         assert msg is not None and pool.copied == 0
         assert pool.lease(msg.keys)  # an input received it
         del a
-        assert pool.allocate((1024, 256), np.float32) is None  # the input still holds a
+        assert pool.allocate([((1024, 256), np.float32)]) is None  # the input still holds a
         for key in msg.keys:
             pool.release(key)
         del msg
-        c = pool.allocate((1024, 256), np.float32)
-        assert c is not None  # now the slot is free again
+        c = pool.allocate([((512, 256), np.float32), ((1024, 256), np.uint16)])
+        assert c is not None  # now the slot is free again: both arrays in it
+        assert c[0].shape == (512, 256) and c[1].dtype == np.uint16
         assert len(pool._slots) == 2  # reused, not a third segment
     finally:
         pool.close()
@@ -131,7 +131,7 @@ def test_unusable_shared_memory_falls_back_to_the_socket(monkeypatch, tmp_path):
     pool = shmem.SegmentPool()
     assert pool.pack([b"h", np.ones(1 << 18, np.float32).data]) is None
     assert "unavailable" in pool.failed
-    assert pool.allocate((1 << 18,), np.float32) is None
+    assert pool.allocate([((1 << 18,), np.float32)]) is None
 
 
 @pytest.mark.parametrize(

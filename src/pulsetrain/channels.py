@@ -203,7 +203,7 @@ class OutputChannel:
         no_input_shared: str | None = None,
         liveness: float = 3.0,
         context: zmq.Context | None = None,
-        shm_slots: int = 32,
+        shm_slots: int = 64,
         shm_bytes: int = 2 << 30,
     ):
         if no_input_shared is not None:
@@ -281,18 +281,19 @@ class OutputChannel:
         self._submit(pending, timeout, block=False)
         self.written += 1
 
-    def allocate(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        """An uninitialised array to fill and then :meth:`write`: zero-copy to local inputs.
+    def allocate(self, *specs: tuple[tuple[int, ...], Any]) -> list[np.ndarray]:
+        """Uninitialised arrays ``(shape, dtype), ...`` to fill and :meth:`write`, zero-copy.
 
-        While an input in another process on this host is connected, the array lives in this
-        output's shared memory, so writing it copies nothing at all; otherwise (or when the
-        shared memory is all in use) it is an ordinary array.  Do not modify it after writing.
+        While an input in another process on this host is connected, the arrays live in this
+        output's shared memory (all in one slot), so writing them copies nothing at all;
+        otherwise (or when the shared memory is all in use) they are ordinary arrays.  Do not
+        modify them after writing.
         """
         if self._shm_inputs and self._pool is not None:
-            arr = self._pool.allocate(tuple(shape), dtype)
-            if arr is not None:
-                return arr
-        return np.empty(shape, dtype)
+            arrays = self._pool.allocate(list(specs))
+            if arrays is not None:
+                return arrays
+        return [np.empty(shape, dtype) for shape, dtype in specs]
 
     def signal_eos(self, timeout: float | None = None) -> None:
         """Send end-of-stream to every input (never dropped)."""

@@ -583,13 +583,10 @@ class Device:
         self.output_channels[output].write(data, meta, timeout=timeout)
         self._values["trainsOut"] += 1
 
-    def allocate(self, output: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        """An array to fill and write to ``output``: zero-copy to other processes on this host.
-
-        See :meth:`OutputChannel.allocate`; the result is an ordinary array when nothing would
-        be gained.
-        """
-        return self.output_channels[output].allocate(shape, dtype)
+    def allocate(self, output: str, *specs: tuple[tuple[int, ...], Any]) -> list[np.ndarray]:
+        """Arrays ``(shape, dtype), ...`` to fill and write to ``output``, zero-copy to other
+        processes on this host (see :meth:`OutputChannel.allocate`)."""
+        return self.output_channels[output].allocate(*specs)
 
     def signal_eos(self, output: str) -> None:
         """Send end-of-stream on an output channel."""

@@ -190,7 +190,7 @@ class SegmentPool:
         Frames smaller than this are sent over the socket (not worth a copy).
     """
 
-    def __init__(self, max_slots: int = 32, max_bytes: int = 2 << 30, min_frame: int = 1 << 16):
+    def __init__(self, max_slots: int = 64, max_bytes: int = 2 << 30, min_frame: int = 1 << 16):
         self.max_slots = int(max_slots)
         self.max_bytes = int(max_bytes)
         self.min_frame = int(min_frame)
@@ -239,25 +239,30 @@ class SegmentPool:
             log.warning("%s; sending over the socket", self.failed)
             return None
 
-    def allocate(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray | None:
-        """An array in shared memory, sent without any copy when written (None: none free).
+    def allocate(self, specs: list[tuple[tuple[int, ...], Any]]) -> list[np.ndarray] | None:
+        """Arrays ``[(shape, dtype), ...]`` in one slot of shared memory (None: none free).
 
-        The slot is busy while the array or any view of it is alive, and while an input
-        holds a train that contains it.
+        Written to the output, they are sent without any copy.  The slot is busy while any of
+        the arrays (or a view of one) is alive, and while an input holds a train with them.
         """
-        dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if nbytes < self.min_frame:
+        layout = []
+        total = 0
+        for shape, dtype in specs:
+            dtype = np.dtype(dtype)
+            n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            layout.append((tuple(shape), dtype, total, n))
+            total = _round_up(total + n, _ALIGN)
+        if total < self.min_frame:
             return None
         with self._lock:
-            slot = self._get(nbytes)
+            slot = self._get(total)
             if slot is None:
                 return None
             slot.gen += 1
             slot.allocated = True
-            base = np.frombuffer(slot.mm, dtype=np.uint8, count=nbytes)
+            base = np.frombuffer(slot.mm, dtype=np.uint8, count=total)
             slot.holder = weakref.ref(base)
-        return base.view(dtype).reshape(shape)
+        return [base[off : off + n].view(dt).reshape(shape) for shape, dt, off, n in layout]
 
     def _slot_of(self, addr: int, n: int) -> _Slot | None:
         for slot in self._slots.values():

@@ -142,8 +142,8 @@ class AGIPDCorrection(Device):
                 self._values["uncorrectedTrains"] += 1
             else:
                 shape = (raw.shape[0], *raw.shape[2:])
-                buffers = tuple(  # in shared memory when that saves a copy downstream
-                    self.allocate("output", shape, dt) for dt in (np.float32, np.uint8, np.uint32)
+                buffers = self.allocate(  # in shared memory when that saves a copy downstream
+                    "output", (shape, np.float32), (shape, np.uint8), (shape, np.uint32)
                 )
                 out[name] = correct_module_data(
                     props, self.constants,

@@ -122,7 +122,7 @@ class SimulatedDetector(Device):
 
     def _allocate(self, module: int, key: str, shape: tuple, dtype) -> np.ndarray:
         """Module frames go straight into the module output's shared memory (when useful)."""
-        return self.allocate(f"module{module}", shape, dtype)
+        return self.allocate(f"module{module}", (shape, dtype))[0]
 
     def _slow(self, tid: int, ts: float) -> tuple[dict, dict]:
         m = self._motor_state
