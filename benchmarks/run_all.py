@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["bridge", "pipeline", "calibration", "online", "storage", "analysis", "offline",
-              "gui", "sim", "soak"]
+BENCHMARKS = ["bridge", "pipeline", "figure2", "calibration", "online", "storage", "analysis",
+              "offline", "gui", "sim", "soak"]
 
 
 def run_one(name: str, quick: bool, timeout: float) -> tuple[list[dict], str, float]:
