@@ -12,12 +12,28 @@ within 10 % of the second minute's (the first minute includes start-up).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
+
+
+def shm_mb(pids: set[int]) -> float:
+    """Megabytes of pulsetrain shared-memory segments that these processes own."""
+    from pulsetrain import shmem
+
+    total = 0
+    for name in os.listdir(shmem.SHM_DIR):
+        parts = name.split("-")
+        if name.startswith(shmem.PREFIX) and len(parts) > 1 and parts[1].isdigit():
+            if int(parts[1]) in pids:
+                with contextlib.suppress(OSError):
+                    total += os.stat(shmem.SHM_DIR / name).st_size
+    return total / 2**20
 
 
 def main(quick: bool = False, minutes: float | None = None, frames: int = 4) -> list[dict]:
@@ -57,10 +73,11 @@ def main(quick: bool = False, minutes: float | None = None, frames: int = 4) -> 
                 procs = [psutil.Process(sp.proc.pid) for sp in sup.servers.values()]
                 rss = sum(p.memory_info().rss for p in procs) / 2**20
                 fds = sum(p.num_fds() for p in procs)
+                shm = shm_mb({p.pid for p in procs})
                 n = len(tap.latencies)
-                samples.append((time.monotonic() - t0, rss, fds, n))
-                print(f"t={samples[-1][0]:5.0f} s  rss {rss:7.0f} MB  fds {fds:5d}  "
-                      f"trains {n}  restarts {len(sup.restarts)}", flush=True)
+                samples.append((time.monotonic() - t0, rss, fds, n, shm))
+                print(f"t={samples[-1][0]:5.0f} s  rss {rss:7.0f} MB  shm {shm:6.0f} MB  "
+                      f"fds {fds:5d}  trains {n}  restarts {len(sup.restarts)}", flush=True)
             lat = list(tap.latencies)
             matched = sup.get(MATCHER, "matchedTrains")
             sent = sup.get(SIM, "sentTrains")
@@ -77,14 +94,21 @@ def main(quick: bool = False, minutes: float | None = None, frames: int = 4) -> 
     last = [s for s in samples if s[0] >= samples[-1][0] - 60]
     rss_growth = np.mean([s[1] for s in last]) / np.mean([s[1] for s in second])
     fd_growth = np.mean([s[2] for s in last]) / np.mean([s[2] for s in second])
+    shm_growth = np.mean([s[4] for s in last]) / max(np.mean([s[4] for s in second]), 1e-9)
+    p99_ratio = per_min[-1] / per_min[1] if len(per_min) > 1 else float("nan")
     print(f"{minutes:.0f} min: {sent} trains simulated, {matched} matched; rss last/second "
-          f"minute {rss_growth:.3f}, fds {fd_growth:.3f}; latency p99 per minute (ms): "
+          f"minute {rss_growth:.3f}, fds {fd_growth:.3f}, shared memory {shm_growth:.3f}; "
+          f"latency p99 per minute (ms): "
           f"{[round(x * 1e3) for x in per_min]}")
     return [
         {"name": f"soak {minutes:.0f} min: memory, last / second minute", "value": rss_growth,
          "unit": "x", "peer": "", "ratio": None, "goal": 1.1},
         {"name": f"soak {minutes:.0f} min: file descriptors, last / second minute",
          "value": fd_growth, "unit": "x", "peer": "", "ratio": None, "goal": 1.1},
+        {"name": f"soak {minutes:.0f} min: shared memory (/dev/shm), last / second minute",
+         "value": shm_growth, "unit": "x", "peer": "", "ratio": None, "goal": 1.1},
+        {"name": f"soak {minutes:.0f} min: latency p99, last / second minute",
+         "value": p99_ratio, "unit": "x", "peer": "", "ratio": None, "goal": None},
         {"name": f"soak {minutes:.0f} min: latency p99, first minute", "value": per_min[0] * 1e3,
          "unit": "ms", "peer": "", "ratio": None, "goal": None},
         {"name": f"soak {minutes:.0f} min: latency p99, last minute", "value": per_min[-1] * 1e3,
