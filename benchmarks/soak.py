@@ -29,10 +29,10 @@ def shm_mb(pids: set[int]) -> float:
     total = 0
     for name in os.listdir(shmem.SHM_DIR):
         parts = name.split("-")
-        if name.startswith(shmem.PREFIX) and len(parts) > 1 and parts[1].isdigit():
-            if int(parts[1]) in pids:
-                with contextlib.suppress(OSError):
-                    total += os.stat(shmem.SHM_DIR / name).st_size
+        ours = name.startswith(shmem.PREFIX) and len(parts) > 1 and parts[1].isdigit()
+        if ours and int(parts[1]) in pids:
+            with contextlib.suppress(OSError):
+                total += os.stat(shmem.SHM_DIR / name).st_size
     return total / 2**20
 
 
