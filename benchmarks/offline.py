@@ -6,10 +6,10 @@ run:
 
 * ``pulsetrain`` on a local Dask cluster with **1** worker process and with **2** worker
   processes (one thread each, one numba thread per worker): ``correct_run(..., force=True)``,
-  i.e. the whole job - planning, constant look-up and loading (once per worker and module),
-  reading, correcting, writing CORR sequence files with their sidecars (SHA-256) - with the
-  cluster already started (its start-up is timed separately, and an end-to-end figure
-  including it is given too);
+  i.e. the whole job - planning, constant look-up and loading (once per worker and module;
+  the workers' caches are emptied before every timed run), reading, correcting, writing CORR
+  sequence files with their sidecars - with the cluster already started (its start-up is
+  timed separately, and an end-to-end figure including it is given too);
 * the **peer**: the straightforward loop a user would write with EXtra-data and numpy - open
   the run with ``extra_data.RunDirectory``, for each module load its constants from the
   catalogue, iterate over the trains of ``image.data`` / ``image.cellId``, correct with the
@@ -18,10 +18,16 @@ run:
 The peer's output is compared with pulsetrain's (gain and mask identical, data within 1e-6)
 before any figure is printed.  Rates are run trains (all 4 modules) per second.  The order of
 the variants rotates between repetitions; the best repetition of each counts; dirty pages are
-flushed (``os.sync()``) before each variant, so none pays for another's writes.  The machine is
-shared: the load average is printed before and after.
+flushed (``os.sync()``) before each variant, so none pays for another's writes, and then what
+the variant held from its previous repetition (its output, the workers' constants) is freed,
+so each starts in the same state.  The order matters on this VM (a balloon device takes back
+memory the guest has left free for a few seconds, and using it again costs the guest several
+times more): ``--stale-memory`` frees before the flush, so every variant writes its output
+and loads its constants into such memory - both sides then pay more, the ratios shrink.
+The machine is shared: the load average is printed before and after, and each variant's CPU
+time (its processes' user + system seconds) next to its wall time.
 
-Run ``python benchmarks/offline.py [--quick] [--repeat N] [--keep DIR]``.
+Run ``python benchmarks/offline.py [--quick] [--repeat N] [--keep DIR] [--stale-memory]``.
 """
 
 from __future__ import annotations
@@ -137,13 +143,17 @@ def check_same(peer_dir: Path, corr_dir: Path) -> None:
             )
 
 
-def warm(client) -> None:
-    """Import pulsetrain and load the compiled kernels in every worker (not timed)."""
+def warm(client=None) -> None:
+    """Import what the job uses and load the compiled kernels, in every worker or (without a
+    client) in this process, for the peer (not timed)."""
 
     def _warm() -> int:
+        import extra_data  # noqa: F401
         import numpy as np
 
         from pulsetrain.calibration import AGIPDConstants, correct_agipd
+        from pulsetrain.catalog import Catalog  # noqa: F401
+        from pulsetrain.files import RunWriter  # noqa: F401
         from pulsetrain.offline import correct  # noqa: F401
 
         shape = (3, 1, 512, 128)
@@ -156,7 +166,45 @@ def warm(client) -> None:
         correct_agipd(np.zeros((1, 2, 512, 128), np.uint16), np.zeros(1, np.uint16), c)
         return os.getpid()
 
-    client.run(_warm)
+    if client is None:
+        _warm()
+    else:
+        client.run(_warm)
+
+
+def forget_constants(client) -> None:
+    """Empty the workers' constants caches: every timed run loads its constants, as the peer."""
+
+    def _forget() -> None:
+        from pulsetrain.offline import correct
+
+        correct._CACHE.clear()
+
+    client.run(_forget)
+
+
+def free_previous(name: str, out: Path, clusters: dict) -> None:
+    """Free what a variant held from its previous repetition: its output, the workers'
+    constants (so that every timed run loads its constants, as the peer does)."""
+    shutil.rmtree(out, ignore_errors=True)
+    if name != "peer":
+        forget_constants(clusters[int(name[1])])
+
+
+def cpu_seconds(client=None) -> float:
+    """User + system CPU seconds used so far by this process (which runs the local cluster's
+    scheduler) and, with a client, by its worker processes: a figure that other users' load
+    inflates far less than wall time."""
+    import resource
+
+    def _own() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    total = _own()
+    if client is not None:
+        total += sum(client.run(_own).values())
+    return total
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -164,17 +212,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from pulsetrain.offline import ClusterConfig, correct_run, open_client
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small run, one repetition")
+    ap.add_argument("--quick", action="store_true", help="small run, two repetitions")
     ap.add_argument("--trains", type=int, default=None)
     ap.add_argument("--frames", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=None, help="repetitions (best counts)")
+    ap.add_argument("--files", type=int, default=4, help="sequence files per module")
     ap.add_argument("--keep", default=None, help="work in this directory and keep it")
+    ap.add_argument(
+        "--stale-memory",
+        action="store_true",
+        help="free each variant's previous output and constants before the flush instead of "
+        "just before it runs (this VM then makes that memory slow to use again)",
+    )
     args = ap.parse_args(argv)
     trains = args.trains or (8 if args.quick else 24)
     frames = args.frames or (16 if args.quick else 32)
-    repeat = args.repeat or (1 if args.quick else 2)
+    repeat = args.repeat or (2 if args.quick else 3)
     cells = frames
-    sequence_trains = max(1, trains // 4)
+    sequence_trains = max(1, -(-trains // args.files))
 
     load_before = os.getloadavg()
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="pt-bench-offline-"))
@@ -202,9 +257,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "progress": False,
         }
         times: dict[str, list[float]] = {"w1": [], "w2": [], "peer": []}
+        cpu: dict[str, list[float]] = {"w1": [], "w2": [], "peer": []}
         starts: dict[str, float] = {}
         clusters = {}
         stack = contextlib.ExitStack()
+        warm()  # the peer's imports and kernels, in this process
         with stack:
             for w in (1, 2):
                 t = time.perf_counter()
@@ -215,15 +272,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for rep in range(repeat):
                 for name in order[rep % 3 :] + order[: rep % 3]:
                     out = root / f"out-{name}"
-                    shutil.rmtree(out, ignore_errors=True)
+                    if args.stale_memory:
+                        free_previous(name, out, clusters)
                     os.sync()  # start each variant with no dirty pages of the previous one
+                    if not args.stale_memory:
+                        free_previous(name, out, clusters)
+                    client = None if name == "peer" else clusters[int(name[1])]
+                    c0 = cpu_seconds(client)
                     t = time.perf_counter()
-                    if name == "peer":
+                    if client is None:
                         peer_correct(raw, out, url, cells)
                     else:
-                        correct_run(raw, out, client=clusters[int(name[1])], **kwargs)
+                        correct_run(raw, out, client=client, **kwargs)
                     times[name].append(time.perf_counter() - t)
-                    print(f"  rep {rep + 1} {name:>4}: {times[name][-1]:.2f} s", flush=True)
+                    cpu[name].append(cpu_seconds(client) - c0)
+                    print(
+                        f"  rep {rep + 1} {name:>4}: {times[name][-1]:.2f} s "
+                        f"(CPU {cpu[name][-1]:.2f} s; load {os.getloadavg()[0]:.1f})",
+                        flush=True,
+                    )
         check_same(root / "out-peer", root / "out-w2")
         load_after = os.getloadavg()
     finally:
@@ -233,6 +300,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     best = {k: min(v) for k, v in times.items()}
     rate = {k: trains / v for k, v in best.items()}
     e2e_w2 = best["w2"] + starts["w2"]
+    n_frames = len(MODULES) * trains * frames
+    cpu_ms = {k: min(v) / n_frames * 1e3 for k, v in cpu.items()}
     rows = [
         {
             "name": "correct, 1 worker",
@@ -275,6 +344,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "goal": None,
         },
         {
+            "name": "CPU per frame, 2 workers (workers + client)",
+            "value": cpu_ms["w2"],
+            "unit": "ms",
+            "peer": f"EXtra-data + numpy loop: {cpu_ms['peer']:.2f} ms",
+            "ratio": cpu_ms["peer"] / cpu_ms["w2"],
+            "goal": None,
+        },
+        {
             "name": "local cluster start-up, 2 workers",
             "value": starts["w2"],
             "unit": "s",
@@ -291,7 +368,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         goal = f"{r['goal']:g}" if r["goal"] is not None else ""
         print(f"{r['name']:48s} {r['value']:9.2f} {r['unit']:9s} {ratio:>6s} {goal:>5s}")
     print(
-        f"frames per run: {len(MODULES) * trains * frames}; best of {repeat}; "
+        f"frames per run: {n_frames}; best of {repeat}; "
+        f"{'--stale-memory; ' if args.stale_memory else ''}"
         f"load average after {load_after[0]:.1f} / {load_after[1]:.1f} "
         f"(shared 2-core machine: other users' load slows both sides)"
     )

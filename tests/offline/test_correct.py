@@ -4,6 +4,7 @@ catalogue records the run and its constants."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -36,6 +37,8 @@ def online_outputs(raw_run, module, catalog_url, at, **config):
     )
     written = []
     dev.write = lambda output, data, meta, timeout=None: written.append((data, meta))
+    # no output channel to allocate in: plain arrays
+    dev.allocate = lambda output, *specs: [np.empty(shape, dtype) for shape, dtype in specs]
     dev.initialize()
     try:
         assert dev.constantsLoaded, dev.status
@@ -169,11 +172,32 @@ def test_catalogue_records_the_corr_run_and_its_constants(raw_run, catalog_url, 
         cat.close()
 
 
+def _flip_a_byte(path, keep_mtime=False):
+    """Change one byte in the middle of a file (same size); optionally restore its mtime."""
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(st.st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    if keep_mtime:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _same_data(a, b, name):
+    src = "SPB_DET_AGIPD1M-1/CORR/{}CH0:output".format(int(name.split("-")[2][5:]))
+    with h5py.File(a / name) as new, h5py.File(b / name) as orig:
+        for key in ("data", "gain", "mask", "cellId"):
+            np.testing.assert_array_equal(
+                new[f"INSTRUMENT/{src}/image/{key}"][:], orig[f"INSTRUMENT/{src}/image/{key}"][:]
+            )
+
+
 def test_rerun_skips_verified_outputs_and_remakes_damaged_ones(
     raw_run, catalog_url, dask_client, tmp_path, corr_report
 ):
     out = tmp_path / "r0001"
-    shutil.copytree(corr_report.out_dir, out)
+    shutil.copytree(corr_report.out_dir, out)  # copy2: sizes and mtimes kept
     before = {p.name: (p.stat().st_mtime_ns, file_sha256(p)) for p in out.glob("*.h5")}
     kwargs = {
         "catalog": catalog_url,
@@ -186,26 +210,26 @@ def test_rerun_skips_verified_outputs_and_remakes_damaged_ones(
     assert len(again.skipped) == len(before) and not again.corrected
     assert {p.name: (p.stat().st_mtime_ns, file_sha256(p)) for p in out.glob("*.h5")} == before
 
-    # Damage one byte of one output (same size): the checksum catches it, only it is remade.
-    damaged = out / "CORR-R0001-AGIPD00-S00001.h5"
-    with open(damaged, "r+b") as f:
-        f.seek(damaged.stat().st_size // 2)
-        byte = f.read(1)
-        f.seek(-1, 1)
-        f.write(bytes([byte[0] ^ 0xFF]))
-    (out / "CORR-R0001-AGIPD01-S00000.h5").unlink()  # and one output is missing
+    # A modified output (its mtime changes), a missing one and an incomplete one (its INDEX
+    # lists more frames than it holds, size and mtime restored) are remade; nothing else.
+    _flip_a_byte(out / "CORR-R0001-AGIPD00-S00001.h5")
+    (out / "CORR-R0001-AGIPD01-S00000.h5").unlink()
+    cut = out / "CORR-R0001-AGIPD01-S00001.h5"
+    st = cut.stat()
+    with h5py.File(cut, "r+") as f:
+        f["INDEX/SPB_DET_AGIPD1M-1/CORR/1CH0:output/image/count"][0] += 1
+    os.truncate(cut, st.st_size)
+    os.utime(cut, ns=(st.st_atime_ns, st.st_mtime_ns))
     third = correct_run(raw_run, out, **kwargs)
     remade = sorted(r["output"] for r in third.corrected)
-    assert remade == ["CORR-R0001-AGIPD00-S00001.h5", "CORR-R0001-AGIPD01-S00000.h5"]
-    assert len(third.skipped) == len(before) - 2
+    assert remade == [
+        "CORR-R0001-AGIPD00-S00001.h5",
+        "CORR-R0001-AGIPD01-S00000.h5",
+        "CORR-R0001-AGIPD01-S00001.h5",
+    ]
+    assert len(third.skipped) == len(before) - 3
     for name in remade:  # same data as the original (file dates differ, so not the bytes)
-        src = "SPB_DET_AGIPD1M-1/CORR/{}CH0:output".format(int(name.split("-")[2][5:]))
-        with h5py.File(out / name) as new, h5py.File(corr_report.out_dir / name) as orig:
-            for key in ("data", "gain", "mask", "cellId"):
-                np.testing.assert_array_equal(
-                    new[f"INSTRUMENT/{src}/image/{key}"][:],
-                    orig[f"INSTRUMENT/{src}/image/{key}"][:],
-                )
+        _same_data(out, corr_report.out_dir, name)
     for name, (_mtime, digest) in before.items():
         if name not in remade:
             assert file_sha256(out / name) == digest
@@ -215,6 +239,30 @@ def test_rerun_skips_verified_outputs_and_remakes_damaged_ones(
     assert len(fourth.corrected) == 2 * len(MODULES) and not [
         r for r in fourth.skipped if r["kind"] == "module"
     ]
+
+
+def test_checksum_verification_catches_silent_corruption(
+    raw_run, catalog_url, dask_client, tmp_path
+):
+    kwargs = {
+        "catalog": catalog_url,
+        "conditions": {"memory_cells": CELLS},
+        "client": dask_client,
+        "progress": False,
+        "record": False,
+        "modules": [0],
+        "copy_other": False,
+    }
+    out = tmp_path / "r0001"
+    first = correct_run(raw_run, out, verify="checksum", **kwargs)
+    assert len(first.corrected) == 2
+    name = "CORR-R0001-AGIPD00-S00000.h5"
+    _flip_a_byte(out / name, keep_mtime=True)  # same size, same mtime: only the CRC differs
+    lenient = correct_run(raw_run, out, verify="index", **kwargs)
+    assert len(lenient.skipped) == 2  # the index check cannot see it
+    strict = correct_run(raw_run, out, verify="checksum", **kwargs)
+    assert [r["output"] for r in strict.corrected] == [name]
+    assert len(strict.skipped) == 1
 
 
 def test_cli_correct_uses_an_existing_scheduler(
@@ -261,6 +309,7 @@ def test_missing_constants_fail_before_any_worker_starts(raw_run, tmp_path):
     unreachable = ClusterConfig(scheduler="tcp://127.0.0.1:9")  # would fail if contacted
     with pytest.raises(ConstantNotFoundError, match="module 0.*Offset"):
         correct_run(raw_run, tmp_path / "out", catalog=empty, cluster=unreachable, progress=False)
+    assert not (tmp_path / "out").exists()  # nothing made
 
 
 def test_output_must_not_be_the_raw_run(raw_run, catalog_url):
@@ -303,3 +352,52 @@ def test_constants_are_loaded_once_per_worker_and_module(raw_run, catalog_url, t
     results = [correct_module_file(t) for t in tasks]
     assert len(results) == 2 and all(not r["skipped"] for r in results)
     assert sum(mod.LOAD_COUNTS.values()) == 1
+
+
+@pytest.mark.parametrize("block_bytes", [1, 32 << 20], ids=["train-blocks", "file-blocks"])
+def test_rows_out_of_train_order_give_the_same_output(
+    raw_run, catalog_url, corr_report, tmp_path, block_bytes
+):
+    """A raw file whose rows are not in train order (its INDEX points back and forth), read a
+    train per block or all at once: the corrected frames land in the rows of their trains."""
+    from pulsetrain.offline.correct import correct_module_file, plan_correction
+
+    raw = tmp_path / "raw"
+    shutil.copytree(raw_run, raw)
+    src = "SPB_DET_AGIPD1M-1/DET/0CH0:xtdf"
+    with h5py.File(raw / "RAW-R0001-AGIPD00-S00000.h5", "r+") as f:
+        first = f[f"INDEX/{src}/image/first"]
+        count = f[f"INDEX/{src}/image/count"][:]
+        assert count[0] == count[1] > 0
+        n = int(count[0])
+        for ds in f[f"INSTRUMENT/{src}/image"].values():  # swap the rows of trains 0 and 1
+            rows = ds[: 2 * n]
+            ds[: 2 * n] = np.concatenate([rows[n:], rows[:n]])
+        first[0], first[1] = n, 0
+    _layout, tasks, _q = plan_correction(
+        raw,
+        tmp_path / "out",
+        catalog=catalog_url,
+        conditions={"memory_cells": CELLS},
+        modules=[0],
+        copy_other=False,
+        max_block_bytes=block_bytes,
+    )
+    results = [correct_module_file(t) for t in tasks]
+    assert [r["frames"] for r in results] == [3 * n, 3 * n]
+    for r in results:
+        _same_data(tmp_path / "out", corr_report.out_dir, r["output"])
+
+
+def test_modules_are_dealt_to_workers():
+    from pulsetrain.offline.correct import module_placement
+
+    workers = ["tcp://b:2", "tcp://a:1"]
+    assert module_placement([3, 0, 2, 1], workers) == {
+        0: "tcp://a:1",
+        1: "tcp://b:2",
+        2: "tcp://a:1",
+        3: "tcp://b:2",
+    }
+    assert module_placement([5], workers) == {}  # fewer modules than workers: no preference
+    assert module_placement([0, 1], ["tcp://a:1"]) == {}

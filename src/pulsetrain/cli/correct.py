@@ -60,9 +60,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="remake outputs even if verified")
     p.add_argument(
         "--verify",
-        choices=["checksum", "size"],
-        default="checksum",
-        help="how existing outputs are verified before being skipped",
+        choices=["index", "checksum"],
+        default="index",
+        help="how existing outputs are verified before being skipped: size, time and INDEX "
+        "(default), or also a CRC-32 of the file recorded when it was made",
     )
     p.add_argument("--no-record", action="store_true", help="do not record in the catalogue")
     p.add_argument("--no-progress", action="store_true")

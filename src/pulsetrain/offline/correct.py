@@ -1,18 +1,20 @@
 """Batch correction of a raw run into a CORR run, one Dask task per module sequence file.
 
 :func:`correct_run` is what ``pulsetrain correct`` runs.  Per raw sequence file of a detector
-module, one task on a Dask worker
+module, one task on a Dask worker - after the client has looked up each module's constants
+once (valid at the run's start, matching the given operating conditions):
 
-1. looks the module's constants up in the catalogue (valid at the run's start, matching the
-   given operating conditions) and loads them once per worker and module (an LRU cache in the
-   worker process);
-2. skips the file if its output exists and is verified against the sidecar written when it was
-   made (same input file, options and constants; size, train count and CRC-32 of the output);
-3. otherwise reads the raw frames a block of trains at a time, corrects them with
-   :func:`pulsetrain.calibration.correct_module_data` — the function and options the online
-   ``AGIPDCorrection`` device uses, so the results are identical — and writes
-   ``CORR-R{run}-AGIPD{m}-S{seq}.h5`` with :class:`pulsetrain.files.RunWriter` (the same
-   sequence split as the raw run), staged and then renamed into place.
+1. skips the file if its output exists and is verified against the sidecar written when it was
+   made (same input file, options and constants; size, modification time, INDEX trains and
+   frames of the output; with ``verify="checksum"`` its CRC-32);
+2. otherwise loads the module's constants by their catalogue IDs, once per worker and module
+   (an LRU cache in the worker process; modules are dealt out to the workers);
+3. writes ``CORR-R{run}-AGIPD{m}-S{seq}.h5`` (the same sequence split as the raw
+   run), staged and then renamed into place: :class:`pulsetrain.files.RunWriter` writes
+   METADATA, INDEX and the small per-train keys, then the raw frames are read a block of
+   trains at a time, corrected with :func:`pulsetrain.calibration.correct_module_data` — the
+   function and options the online ``AGIPDCorrection`` device uses, so the results are
+   identical — and written into preallocated ``image.data/gain/mask`` datasets.
 
 Files without module data (slow data, cameras: ``DA01``) are copied byte for byte as
 ``CORR-R{run}-DA01-S{seq}.h5``, so the CORR run is complete on its own.  The catalogue then
@@ -57,6 +59,8 @@ __all__ = [
     "CorrectionReport",
     "correct_run",
     "corrected_source_name",
+    "find_constant_ids",
+    "module_placement",
     "plan_correction",
 ]
 
@@ -149,9 +153,10 @@ class ModuleTask:
     format_version: str
     run_metadata: tuple[tuple[str, Any], ...]
     query: ConstantsQuery
+    constant_ids: tuple[tuple[str, int], ...]
     options: CorrectionOptions
     force: bool = False
-    verify: str = "checksum"
+    verify: str = "index"
     max_block_bytes: int = 32 << 20
     numba_threads: int = 1
 
@@ -165,7 +170,7 @@ class CopyTask:
     output_name: str
     trains: int
     force: bool = False
-    verify: str = "checksum"
+    verify: str = "index"
 
 
 @dataclass
@@ -219,7 +224,7 @@ class CorrectionReport:
 
 # ------------------------------------------------------------------------------ worker side
 _CATALOGS: dict[str, Any] = {}
-_CACHE: collections.OrderedDict[tuple, tuple[Any, dict[str, int]]] = collections.OrderedDict()
+_CACHE: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
 _CACHE_LOCK = threading.Lock()
 #: Bytes of constants a worker process keeps (at least one module's set is always kept).
 CONSTANTS_CACHE_BYTES = int(os.environ.get("PULSETRAIN_CONSTANTS_CACHE_BYTES", str(2 << 30)))
@@ -236,7 +241,17 @@ def _catalog(url: str):
     return cat
 
 
-def _find_ids(query: ConstantsQuery, module: int) -> dict[str, int]:
+def find_constant_ids(query: ConstantsQuery, module: int) -> dict[str, int]:
+    """Catalogue IDs ``{type: id}`` of the constants a correction of ``module`` needs.
+
+    Asked once per module and job, on the client: every file of the module is then corrected
+    with the same constants, even if new ones are added while the job runs.
+
+    Raises
+    ------
+    ConstantNotFoundError
+        Naming every missing type and why the candidates did not match.
+    """
     from pulsetrain.catalog.agipd import REQUIRED_TYPES
 
     records = _catalog(query.catalog_url).find_constants(
@@ -245,34 +260,37 @@ def _find_ids(query: ConstantsQuery, module: int) -> dict[str, int]:
     return {t: int(r.id) for t, r in records.items()}
 
 
-def _load_constants(query: ConstantsQuery, module: int, ids: dict[str, int]):
-    """The module's constants from the worker's cache, or loaded from the catalogue."""
-    from pulsetrain.catalog.agipd import REQUIRED_TYPES, load_agipd_constants
+def _load_constants(catalog_url: str, detector: str, module: int, ids: dict[str, int]):
+    """The module's constants with these IDs, from the worker's cache or the catalogue.
 
-    key = (query.catalog_url, query.detector, module, tuple(sorted(ids.items())))
+    The arrays are what :func:`pulsetrain.catalog.agipd.load_agipd_constants` (the online
+    device's loader) gives for the same records; ``Noise`` is not loaded (the correction does
+    not use it).
+    """
+    from pulsetrain.calibration import AGIPDConstants
+
+    key = (catalog_url, detector, module, tuple(sorted(ids.items())))
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
         if hit is not None:
             _CACHE.move_to_end(key)
             return hit
-        constants, records = load_agipd_constants(
-            _catalog(query.catalog_url),
-            query.detector,
-            module,
-            query.conditions_obj(),
-            query.at_datetime(),
+        cat = _catalog(catalog_url)
+        arrays = {t: cat.load_array(cat.get_constant(i)) for t, i in ids.items()}
+        constants = AGIPDConstants(
+            offset=arrays["Offset"],
+            rel_gain=arrays["RelativeGain"],
+            thresholds=arrays["ThresholdsDark"],
+            bad_pixels=arrays["BadPixelsDark"],
         )
-        constants.noise = None  # not used by the correction; frees memory
-        used = {t: int(r.id) for t, r in records.items() if t in REQUIRED_TYPES}
-        LOAD_COUNTS[(query.catalog_url, query.detector, module)] += 1
-        key = (query.catalog_url, query.detector, module, tuple(sorted(used.items())))
-        _CACHE[key] = (constants, used)
-        total = sum(c.nbytes for c, _ in _CACHE.values())
+        LOAD_COUNTS[(catalog_url, detector, module)] += 1
+        _CACHE[key] = constants
+        total = sum(c.nbytes for c in _CACHE.values())
         while len(_CACHE) > 1 and total > CONSTANTS_CACHE_BYTES:
-            _, (old, _) = _CACHE.popitem(last=False)
+            _, old = _CACHE.popitem(last=False)
             total -= old.nbytes
-        log.info("module %d: constants %s loaded (%.0f MB)", module, used, constants.nbytes / 1e6)
-        return constants, used
+        log.info("module %d: constants %s loaded (%.0f MB)", module, ids, constants.nbytes / 1e6)
+        return constants
 
 
 def _set_numba_threads(n: int) -> None:
@@ -293,8 +311,19 @@ def _sidecar_path(out_dir: Path, name: str) -> Path:
     return out_dir / SIDECAR_DIR / f"{name}.json"
 
 
-def _verified(out_path: Path, sidecar: dict | None, expect: dict[str, Any], verify: str) -> bool:
-    """Whether ``out_path`` is the complete output the sidecar describes, made from ``expect``."""
+def _verified(
+    out_path: Path,
+    sidecar: dict | None,
+    expect: dict[str, Any],
+    verify: str,
+    source: str | None = None,
+) -> bool:
+    """Whether ``out_path`` is the complete output the sidecar describes, made from ``expect``.
+
+    Always: same input, options and constants; same size and modification time as when it was
+    made; its INDEX lists the recorded trains and (module outputs) as many frames as
+    ``image.data`` holds.  With ``verify="checksum"`` also the CRC-32 of the file's bytes.
+    """
     if sidecar is None or sidecar.get("format") != _SIDECAR_FORMAT:
         return False
     for key, value in expect.items():
@@ -302,21 +331,51 @@ def _verified(out_path: Path, sidecar: dict | None, expect: dict[str, Any], veri
             log.info("%s: %s changed; made again", out_path.name, key)
             return False
     try:
-        size = out_path.stat().st_size
+        st = out_path.stat()
     except OSError:
         return False
-    if size != sidecar.get("size"):
+    if st.st_size != sidecar.get("size") or st.st_mtime_ns != sidecar.get("mtime_ns"):
+        log.info("%s: size or modification time changed; made again", out_path.name)
         return False
     try:
         with h5py.File(out_path, "r") as f:
             tids = f["INDEX/trainId"][:]
-            if int(np.count_nonzero(tids)) != sidecar.get("trains"):
+            tids = tids[tids != 0]
+            if tids.size != sidecar.get("trains") or (
+                tids.size and [int(tids[0]), int(tids[-1])] != sidecar.get("train_range")
+            ):
                 return False
-    except (OSError, KeyError):
+            if source is not None:
+                counts = f[f"INDEX/{source}/image/count"][:]
+                if int(counts.sum()) != f[f"INSTRUMENT/{source}/image/data"].shape[0]:
+                    return False
+    except (OSError, KeyError, ValueError):
         return False
     if verify == "checksum":
-        return file_crc32(out_path) == sidecar.get("crc32")
+        if sidecar.get("crc32") is None:
+            return False
+        return file_crc32(out_path) == sidecar["crc32"]
     return True
+
+
+def _sidecar(out_path: Path, expect: dict[str, Any], verify: str, **extra: Any) -> dict:
+    """The sidecar of a finished output (read after it was renamed into place)."""
+    st = out_path.stat()
+    with h5py.File(out_path, "r") as f:
+        tids = f["INDEX/trainId"][:]
+    tids = tids[tids != 0]
+    return {
+        "format": _SIDECAR_FORMAT,
+        **expect,
+        "output": out_path.name,
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "trains": int(tids.size),
+        "train_range": [int(tids[0]), int(tids[-1])] if tids.size else None,
+        "crc32": file_crc32(out_path) if verify == "checksum" else None,
+        "made": datetime.now(timezone.utc).isoformat(),
+        **extra,
+    }
 
 
 def _remove(path: Path) -> None:
@@ -328,15 +387,12 @@ def _remove(path: Path) -> None:
 
 def correct_module_file(task: ModuleTask) -> dict[str, Any]:
     """Correct one module sequence file (runs on a Dask worker); returns a result dict."""
-    from pulsetrain.calibration import allocate_output, correct_module_data
-    from pulsetrain.files import RunWriter, make_meta, run_file_name
-
     t0 = time.perf_counter()
     out_dir = Path(task.output_dir)
     out_path = out_dir / task.output_name
     sidecar_path = _sidecar_path(out_dir, task.output_name)
     in_path = Path(task.input_path)
-    ids = _find_ids(task.query, task.module)
+    ids = dict(task.constant_ids)
     expect = {
         "input": _input_identity(in_path),
         "options": asdict(task.options),
@@ -357,7 +413,10 @@ def correct_module_file(task: ModuleTask) -> dict[str, Any]:
         "seconds": 0.0,
         "worker_pid": os.getpid(),
     }
-    if not task.force and _verified(out_path, read_json(sidecar_path), expect, task.verify):
+    out_source = corrected_source_name(task.source)
+    if not task.force and _verified(
+        out_path, read_json(sidecar_path), expect, task.verify, out_source
+    ):
         side = read_json(sidecar_path) or {}
         result.update(
             skipped=True,
@@ -369,80 +428,147 @@ def correct_module_file(task: ModuleTask) -> dict[str, Any]:
         return result
 
     _set_numba_threads(task.numba_threads)
-    constants, used = _load_constants(task.query, task.module, ids)
+    constants = _load_constants(task.query.catalog_url, task.query.detector, task.module, ids)
     options = task.options.kwargs()
-    out_source = corrected_source_name(task.source)
     _remove(sidecar_path)
     _remove(out_path)
     staging = out_dir / SIDECAR_DIR / f"tmp-{Path(task.output_name).stem}-{uuid.uuid4().hex[:8]}"
-    frames = 0
-    trains = 0
     try:
         with ModuleFileReader(in_path, task.source) as reader:
-            keys = ["image.data", "image.cellId"] + [
-                k for k in ("image.pulseId", "image.trainId") if reader.has_key(k)
-            ]
-            buffers = None
-            with RunWriter(
-                staging,
-                proposal=task.proposal,
-                run_number=task.run_number,
-                data_category="CORR",
-                format_version=task.format_version,
-                run_metadata=dict(task.run_metadata),
-                flush_trains=None,
-                flush_interval=None,
-            ) as writer:
-                for block in reader.blocks(
-                    keys, max_block_bytes=task.max_block_bytes, reuse=("image.data",)
-                ):
-                    n = block.frames
-                    if buffers is None or len(buffers.data) < n:
-                        buffers = allocate_output(max(n, 1))
-                    out = (buffers.data[:n], buffers.gain[:n], buffers.mask[:n])
-                    corrected = correct_module_data(block.arrays, constants, out=out, **options)
-                    for i, tid in enumerate(block.train_ids.tolist()):
-                        a, c = int(block.starts[i]), int(block.counts[i])
-                        values = {k: v[a : a + c] for k, v in corrected.items()}
-                        values["calibration.corrected"] = True
-                        meta = make_meta(out_source, tid, int(block.timestamps[i]))
-                        writer.write_train({out_source: values}, {out_source: meta})
-                    frames += n
-                    trains += block.train_ids.size
-        produced = staging / run_file_name("CORR", task.run_number, _aggregator(out_source), 0)
-        if not produced.exists():
-            log.warning("%s: no trains of %s; nothing written", in_path.name, task.source)
-            result.update(output=None, seconds=time.perf_counter() - t0)
-            return result
-        if task.sequence != 0:
+            produced, trains, frames = _write_index_and_small_keys(
+                task, reader, staging, out_source
+            )
+            if produced is None:
+                log.warning("%s: no trains of %s; nothing written", in_path.name, task.source)
+                result.update(output=None, seconds=time.perf_counter() - t0)
+                return result
             with h5py.File(produced, "r+") as f:
                 f["METADATA/sequenceNumber"][0] = np.uint32(task.sequence)
-        size = produced.stat().st_size
-        digest = file_crc32(produced)
+                _write_corrected_frames(
+                    reader,
+                    f[f"INSTRUMENT/{out_source}/image"],
+                    frames,
+                    constants,
+                    options,
+                    task.max_block_bytes,
+                )
         os.replace(produced, out_path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    write_json_atomic(
-        sidecar_path,
-        {
-            "format": _SIDECAR_FORMAT,
-            **expect,
-            "output": task.output_name,
-            "size": size,
-            "crc32": digest,
-            "trains": trains,
-            "frames": frames,
-            "made": datetime.now(timezone.utc).isoformat(),
-        },
-    )
+    side = _sidecar(out_path, expect, task.verify, frames=frames)
+    size = side["size"]
+    write_json_atomic(sidecar_path, side)
     result.update(
         trains=trains,
         frames=frames,
         bytes=size,
-        constants=used,
         seconds=time.perf_counter() - t0,
     )
     return result
+
+
+#: Per-frame keys of the CORR source written block by block into preallocated datasets.
+FRAME_KEYS = ("image.data", "image.gain", "image.mask")
+_LOCAL = threading.local()
+
+
+def _thread_buffers() -> dict[str, Any]:
+    """Buffers this worker thread reuses from task to task (fresh memory costs page faults)."""
+    pool = getattr(_LOCAL, "buffers", None)
+    if pool is None:
+        pool = _LOCAL.buffers = {}
+    return pool
+
+
+def _write_index_and_small_keys(
+    task: ModuleTask, reader: ModuleFileReader, staging: Path, out_source: str
+) -> tuple[Path | None, int, int]:
+    """Write the output file with everything but the corrected frames; ``(path, trains, frames)``.
+
+    :class:`pulsetrain.files.RunWriter` writes METADATA, INDEX and, per train, the keys the
+    online device sends besides the frames (``image.cellId``/``pulseId``/``trainId`` carried
+    through, ``calibration.corrected``), so the file's layout is the DAQ writer's.  The frames
+    (:data:`FRAME_KEYS`) are added afterwards by :func:`_write_corrected_frames`.
+    """
+    from pulsetrain.calibration.correction import CARRIED_KEYS
+    from pulsetrain.files import RunWriter, make_meta, run_file_name
+
+    keys = [k for k in CARRIED_KEYS if reader.has_key(k)]
+    if "image.cellId" not in keys:
+        raise FileFormatError(f"{reader.path.name}: {task.source} has no key 'image.cellId'")
+    trains = frames = 0
+    with RunWriter(
+        staging,
+        proposal=task.proposal,
+        run_number=task.run_number,
+        data_category="CORR",
+        format_version=task.format_version,
+        run_metadata=dict(task.run_metadata),
+        flush_trains=None,
+        flush_interval=None,
+    ) as writer:
+        for block in reader.blocks(keys, max_block_bytes=1 << 62):
+            carried = {
+                k: v.reshape(v.shape[0]) if v.ndim == 2 else v for k, v in block.arrays.items()
+            }
+            for i, tid in enumerate(block.train_ids.tolist()):
+                a, c = int(block.starts[i]), int(block.counts[i])
+                values: dict[str, Any] = {k: v[a : a + c] for k, v in carried.items()}
+                values["calibration.corrected"] = True
+                meta = make_meta(out_source, tid, int(block.timestamps[i]))
+                writer.write_train({out_source: values}, {out_source: meta})
+            trains += int(block.train_ids.size)
+            frames += block.frames
+    produced = staging / run_file_name("CORR", task.run_number, _aggregator(out_source), 0)
+    return (produced if produced.exists() else None), trains, frames
+
+
+def _write_corrected_frames(
+    reader: ModuleFileReader,
+    group: h5py.Group,
+    frames: int,
+    constants: Any,
+    options: dict[str, Any],
+    max_block_bytes: int,
+) -> None:
+    """Correct the raw frames block by block into preallocated ``image.data/gain/mask``.
+
+    The datasets are contiguous, with their final size (the frames the INDEX lists) and no fill
+    value written, so each block is one ``write`` per key straight from the correction's
+    output buffers, which are reused from block to block and task to task.
+    """
+    from pulsetrain.calibration import MODULE_SHAPE, allocate_output, correct_module_data
+
+    pool = _thread_buffers()
+    dtypes = {"image.data": np.float32, "image.gain": np.uint8, "image.mask": np.uint32}
+    datasets = {
+        key: group.create_dataset(
+            key.split(".", 1)[1], shape=(frames, *MODULE_SHAPE), dtype=dtype, fill_time="never"
+        )
+        for key, dtype in dtypes.items()
+    }
+    row = 0
+    for block in reader.blocks(
+        ("image.data", "image.cellId"),
+        max_block_bytes=max_block_bytes,
+        reuse=("image.data",),
+        buffers=pool,
+    ):
+        n = block.frames
+        if n == 0:
+            continue
+        buffers = pool.get("corrected")
+        if buffers is None or len(buffers.data) < n:
+            buffers = pool["corrected"] = allocate_output(n)
+        out = (buffers.data[:n], buffers.gain[:n], buffers.mask[:n])
+        corrected = correct_module_data(block.arrays, constants, out=out, **options)
+        for key, ds in datasets.items():
+            ds.write_direct(corrected[key], dest_sel=np.s_[row : row + n])
+        row += n
+    if row != frames:
+        raise FileFormatError(
+            f"{reader.path.name}: read {row} frames of {reader.source}, its INDEX lists {frames}"
+        )
 
 
 def copy_run_file(task: CopyTask) -> dict[str, Any]:
@@ -473,23 +599,12 @@ def copy_run_file(task: CopyTask) -> dict[str, Any]:
     tmp = out_dir / f".{task.output_name}.{uuid.uuid4().hex[:8]}.part"
     try:
         shutil.copyfile(in_path, tmp)
-        size = tmp.stat().st_size
-        digest = file_crc32(tmp)
         os.replace(tmp, out_path)
     finally:
         _remove(tmp)
-    write_json_atomic(
-        sidecar_path,
-        {
-            "format": _SIDECAR_FORMAT,
-            **expect,
-            "output": task.output_name,
-            "size": size,
-            "crc32": digest,
-            "trains": task.trains,
-            "made": datetime.now(timezone.utc).isoformat(),
-        },
-    )
+    side = _sidecar(out_path, expect, task.verify)
+    size = side["size"]
+    write_json_atomic(sidecar_path, side)
     result.update(bytes=size, seconds=time.perf_counter() - t0)
     return result
 
@@ -518,9 +633,8 @@ def plan_correction(
     modules: Sequence[int] | None = None,
     copy_other: bool = True,
     force: bool = False,
-    verify: str = "checksum",
+    verify: str = "index",
     max_block_bytes: int = 32 << 20,
-    check_constants: bool = True,
 ) -> tuple[RunLayout, list[ModuleTask | CopyTask], ConstantsQuery]:
     """Work out the tasks of :func:`correct_run` (no Dask involved).
 
@@ -537,8 +651,8 @@ def plan_correction(
     """
     from pulsetrain.catalog import Conditions, resolve_url
 
-    if verify not in ("checksum", "size"):
-        raise ConfigurationError(f"verify must be 'checksum' or 'size', not {verify!r}")
+    if verify not in ("index", "checksum"):
+        raise ConfigurationError(f"verify must be 'index' or 'checksum', not {verify!r}")
     layout = scan_run(raw_run, kind="DET", modules=modules)
     out = Path(out_dir).expanduser().resolve()
     if out == layout.run_dir:
@@ -546,7 +660,6 @@ def plan_correction(
             f"the output directory {out} is the raw run directory; write CORR runs elsewhere "
             "(e.g. proc/r0001)"
         )
-    out.mkdir(parents=True, exist_ok=True)
     if isinstance(conditions, Conditions):
         cond = conditions
     else:
@@ -571,9 +684,9 @@ def plan_correction(
         conditions=tuple(sorted(cond.as_dict().items())),
         at=at.isoformat(),
     )
-    if check_constants:
-        for module in layout.modules:
-            _find_ids(query, module)  # ConstantNotFoundError names what is missing
+    # Before any worker starts: ConstantNotFoundError names what is missing.
+    constant_ids = {m: find_constant_ids(query, m) for m in layout.modules}
+    out.mkdir(parents=True, exist_ok=True)
     options = options or CorrectionOptions()
     run_metadata = (("run_type", layout.run_type), ("sample", layout.sample))
     fmt = layout.format_version if layout.format_version in ("1.2", "1.3") else "1.3"
@@ -597,6 +710,7 @@ def plan_correction(
                     format_version=fmt,
                     run_metadata=run_metadata,
                     query=query,
+                    constant_ids=tuple(sorted(constant_ids[module].items())),
                     options=options,
                     force=force,
                     verify=verify,
@@ -637,7 +751,7 @@ def correct_run(
     cluster: ClusterConfig | None = None,
     client: Any = None,
     force: bool = False,
-    verify: str = "checksum",
+    verify: str = "index",
     record: bool = True,
     progress: bool = True,
     max_block_bytes: int = 32 << 20,
@@ -672,9 +786,12 @@ def correct_run(
         Use this client instead (``cluster`` is then ignored).
     force : bool
         Remake every output even if it is complete and verified.
-    verify : {"checksum", "size"}
-        How an existing output is verified before it is skipped: size, train count and
-        CRC-32 of the file (default), or size and train count only.
+    verify : {"index", "checksum"}
+        How an existing output is verified before it is skipped.  ``"index"`` (default): same
+        input file, options and constants; same size and modification time as when it was
+        made; its INDEX lists the recorded trains and as many frames as ``image.data`` holds.
+        ``"checksum"`` also records the CRC-32 of every output when it is made (about 0.2 ms
+        per frame more) and compares it.
     record : bool
         Record the CORR run and the constants it used in the catalogue.
     progress : bool
@@ -716,16 +833,19 @@ def correct_run(
     try:
         with open_client(cluster, client) as c:
             threads = numba_threads(c)
+            placement = module_placement(layout.modules, list(c.scheduler_info()["workers"]))
             futures = {}
             for i, task in enumerate(tasks):
                 if isinstance(task, ModuleTask):
                     task = _with_threads(task, threads)
+                    where = placement.get(task.module)
                     fut = c.submit(
                         correct_module_file,
                         task,
                         pure=False,
                         key=f"correct-{task.output_name}-{uuid.uuid4().hex[:6]}",
                         priority=len(tasks) - i,
+                        **({"workers": [where], "allow_other_workers": True} if where else {}),
                     )
                 else:
                     fut = c.submit(
@@ -761,6 +881,21 @@ def correct_run(
         report.run_record = _record(layout, report, query)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def module_placement(modules: Sequence[int], workers: Sequence[str]) -> dict[int, str]:
+    """The worker each module's files should preferably go to.
+
+    Modules are dealt out to the workers in turn, so each module's constants (up to about
+    1 GB per AGIPD module at 352 memory cells) are loaded by one worker instead of by every
+    worker.  Only a preference: an idle worker may still take (steal) another's tasks.  With
+    fewer modules than workers, or one worker, there is nothing to gain: no preference.
+    """
+    workers = sorted(workers)
+    modules = sorted(set(modules))
+    if len(workers) < 2 or len(modules) < len(workers):
+        return {}
+    return {m: workers[i % len(workers)] for i, m in enumerate(modules)}
 
 
 def _with_threads(task: ModuleTask, threads: int) -> ModuleTask:

@@ -201,7 +201,10 @@ def reduce_module_part(task: _PartTask) -> dict[str, np.ndarray]:
         with ModuleFileReader(path, task.source) as reader:
             keys = _part_keys(reader, p.use_mask)
             for block in reader.blocks(
-                keys, max_block_bytes=task.max_block_bytes, train_range=task.train_range
+                keys,
+                max_block_bytes=task.max_block_bytes,
+                train_range=task.train_range,
+                reuse=("image.data", "image.mask"),  # consumed before the next block
             ):
                 n = block.frames
                 if n == 0:

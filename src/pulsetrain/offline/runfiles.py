@@ -280,6 +280,10 @@ class ModuleFileReader:
         Module source, e.g. ``SPB_DET_AGIPD1M-1/DET/3CH0:xtdf``.
     group : str
         Index group of the per-frame keys (``image``).
+    chunk_cache_bytes : int
+        HDF5 chunk cache per dataset.  Default 0: blocks are read straight into the caller's
+        array, chunk by chunk, instead of through the cache (HDF5's default 1 MiB cache holds
+        one 1 MiB frame chunk, so every chunk would be read into the cache and copied out).
 
     Notes
     -----
@@ -287,12 +291,19 @@ class ModuleFileReader:
     train-ID order, the first of duplicated IDs wins (as in EXtra-data).
     """
 
-    def __init__(self, path: str | os.PathLike[str], source: str, group: str = "image") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        source: str,
+        group: str = "image",
+        *,
+        chunk_cache_bytes: int = 0,
+    ) -> None:
         self.path = Path(path)
         self.source = source
         self.group = group
         try:
-            self.file = h5py.File(self.path, "r")
+            self.file = h5py.File(self.path, "r", rdcc_nbytes=int(chunk_cache_bytes))
         except OSError as exc:
             raise FileFormatError(f"cannot open {self.path}: {exc}") from exc
         f = self.file
@@ -319,7 +330,7 @@ class ModuleFileReader:
         self.count = count[order]
         self.timestamps = stamps[order]
         self._datasets: dict[str, h5py.Dataset] = {}
-        self._buffers: dict[str, np.ndarray] = {}
+        self._buffers: dict[str, Any] = {}
         self._reuse: set[str] = set()
 
     def close(self) -> None:
@@ -385,6 +396,7 @@ class ModuleFileReader:
         max_block_bytes: int = 32 << 20,
         train_range: tuple[int | None, int | None] | None = None,
         reuse: Sequence[str] = (),
+        buffers: dict[str, Any] | None = None,
     ) -> Iterator[FrameBlock]:
         """Yield the selected trains in blocks of at most ``max_block_bytes`` (at least a train).
 
@@ -399,8 +411,11 @@ class ModuleFileReader:
         reuse : sequence of str
             Keys read into one buffer that every block reuses (no new allocation and page
             faults per block): their arrays are only valid until the next block is read.
+        buffers : dict, optional
+            Where the reused buffers are kept (entries ``"read:<key>"``): pass the same dict to
+            later readers so they reuse them too (one reader at a time per dict).
         """
-        self._buffers: dict[str, np.ndarray] = {}
+        self._buffers = {} if buffers is None else buffers
         self._reuse = set(reuse)
         positions = self.select(train_range)
         if positions.size == 0:
@@ -445,9 +460,15 @@ class ModuleFileReader:
                         f"but {key} has {ds.shape[0]}"
                     )
                 if contiguous and key in self._reuse:
-                    buf = self._buffers.get(key)
-                    if buf is None or buf.shape[0] < r1 - r0:
-                        buf = self._buffers[key] = np.empty((r1 - r0,) + ds.shape[1:], ds.dtype)
+                    name = f"read:{key}"
+                    buf = self._buffers.get(name)
+                    if (
+                        buf is None
+                        or buf.shape[0] < r1 - r0
+                        or buf.shape[1:] != ds.shape[1:]
+                        or buf.dtype != ds.dtype
+                    ):
+                        buf = self._buffers[name] = np.empty((r1 - r0,) + ds.shape[1:], ds.dtype)
                     ds.read_direct(buf, np.s_[r0:r1], np.s_[0 : r1 - r0])
                     block = buf[: r1 - r0]
                 else:
