@@ -14,7 +14,12 @@ writing is timed.
 Both write into the same directory, interleaved round by round; each figure is the median of the
 rounds, from opening the first file to closing the last.  GB/s counts array bytes (uncompressed).
 
-Run ``python benchmarks/storage.py [--quick] [--compression lzf] [--dir DIR]``.
+Replay (issue #5): ``pulsetrain replay`` against EXtra-data's ``karabo-bridge-serve-files`` on
+the same simulated run, the same REP pattern and the same stock ``karabo_bridge.Client``
+(trains/s, goal >= 2 x); see :func:`replay_comparison`.
+
+Run ``python benchmarks/storage.py [--quick] [--compression lzf] [--dir DIR] [--replay-only]
+[--no-cold]``.
 """
 
 from __future__ import annotations
@@ -136,60 +141,134 @@ def run_plain(out: Path, template: dict, trains: int, layout: Layout) -> float:
     return time.perf_counter() - t0
 
 
-def _replay_rate(cmd: list[str], port: int, n: int) -> float:
-    """Trains/s a stock karabo_bridge REQ client receives from a replay command."""
+def _replay_rate(cmd: list[str], port: int, n: int) -> tuple[float, float]:
+    """Trains/s a stock karabo_bridge REQ client receives from a replay command, and the CPU
+    time the replay process spends per train (ms), both over trains 2..n."""
     import subprocess
 
+    import psutil
     from karabo_bridge import Client
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    def cpu_s(proc: psutil.Process) -> float:
+        times = proc.cpu_times()
+        return times.user + times.system
+
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+    )
     try:
+        server = psutil.Process(proc.pid)
         with Client(f"tcp://127.0.0.1:{port}", timeout=120) as c:
             c.next()  # start-up and first read excluded
             t0 = time.perf_counter()
+            c0 = cpu_s(server)
             for _ in range(n - 1):
                 c.next()
-            return (n - 1) / (time.perf_counter() - t0)
+            rate = (n - 1) / (time.perf_counter() - t0)
+            cpu_ms = (cpu_s(server) - c0) / (n - 1) * 1e3
+            return rate, cpu_ms
     finally:
         proc.kill()
         proc.wait()
 
 
-def replay_comparison(quick: bool, where: str | None) -> list[dict]:
-    """``pulsetrain replay`` against EXtra-data's ``karabo-bridge-serve-files``, same run,
-    REP pattern, a stock karabo_bridge client; goal >= 2x."""
+def _evict(run: str) -> None:
+    """Drop the run's files from the page cache (only these files: fsync, then
+    ``POSIX_FADV_DONTNEED``), so that the next replay reads them from the disk."""
+    for path in Path(run).glob("*.h5"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def replay_comparison(
+    quick: bool, where: str | None, rounds: int | None = None, cold: bool = True
+) -> list[dict]:
+    """``pulsetrain replay`` against EXtra-data's ``karabo-bridge-serve-files``: the same run
+    (16 AGIPD modules x 16 frames + slow data), the same REP socket pattern, the same stock
+    ``karabo_bridge.Client`` (REQ) taking every train; goal >= 2x trains/s.
+
+    Two cases: the run in the page cache (``warm``, as just written), and - with *cold* -
+    the run's files dropped from the page cache before each server starts (``cold``: read from
+    the disk, as when replaying an older run).  The two servers take turns (the order
+    alternates round by round); each figure is the median over the rounds.  The machine's
+    load average is printed next to the figures: both peers share the CPUs with the client,
+    so other work on the machine lowers both.
+    """
     import subprocess
     import sys
 
     from pulsetrain.topology import free_port
 
     trains = 20 if quick else 60
+    rounds = rounds or (1 if quick else 3)
+    cases = ("warm", "cold") if cold and hasattr(os, "posix_fadvise") else ("warm",)
     base = Path(tempfile.mkdtemp(prefix="pt-bench-replay-", dir=where))
+    rates: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}
+    loads = [os.getloadavg()[0]]
     try:
-        subprocess.run([sys.executable, "-m", "pulsetrain", "simulate", "--out", str(base),
-                        "--trains", str(trains), "--frames", "16"], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "pulsetrain", "simulate", "--out", str(base),
+             "--trains", str(trains), "--frames", "16"],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
         run = str(base / "r0001")
-        rates = {"pulsetrain": [], "serve-files": []}
-        for _ in range(1 if quick else 2):
-            port = free_port()
-            rates["pulsetrain"].append(_replay_rate(
-                [sys.executable, "-m", "pulsetrain", "replay", run, "--port", str(port)],
-                port, trains))
-            port = free_port()
-            rates["serve-files"].append(_replay_rate(
-                ["karabo-bridge-serve-files", run, str(port), "-z", "REP"], port, trains))
+        for case in cases:
+            for r in range(rounds):
+                order = ("pulsetrain", "serve-files")
+                for name in order if r % 2 == 0 else order[::-1]:
+                    port = free_port()
+                    if name == "pulsetrain":
+                        cmd = [sys.executable, "-m", "pulsetrain", "replay", run,
+                               "--port", str(port), "--pattern", "REP"]  # fmt: skip
+                    else:
+                        cmd = ["karabo-bridge-serve-files", run, str(port), "-z", "REP"]
+                    if case == "cold":
+                        _evict(run)
+                    rate, cpu_ms = _replay_rate(cmd, port, trains)
+                    rates.setdefault((case, name), []).append(rate)
+                    cpu.setdefault((case, name), []).append(cpu_ms)
+                    loads.append(os.getloadavg()[0])
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    ours = statistics.median(rates["pulsetrain"])
-    peer = statistics.median(rates["serve-files"])
-    print(f"replay of {trains} trains (16 AGIPD modules x 16 frames + slow data), REP: "
-          f"pulsetrain {ours:.2f} trains/s, karabo-bridge-serve-files {peer:.2f} trains/s, "
-          f"ratio {ours / peer:.2f} (goal >= 2)")
-    return [{"name": "storage.replay_trains_per_s[REP]", "value": round(ours, 2),
-             "unit": "trains/s", "peer": "karabo-bridge-serve-files (EXtra-data)",
-             "ratio": round(ours / peer, 3), "goal": 2.0}]
+    print()
+    print(
+        f"replay of {trains} trains (16 AGIPD modules x 16 frames + slow data, "
+        f"{64 * trains / 1000:.1f} GB), REP to a karabo_bridge REQ client, {rounds} round(s); "
+        f"load average {min(loads):.2f}-{max(loads):.2f} on {os.cpu_count()} cores"
+    )
+    print(f"{'server':<34}{'trains/s':>9}{'server CPU ms/train':>21}   rounds (trains/s)")
+    results = []
+    for case in cases:
+        for name, label in (
+            ("pulsetrain", "pulsetrain replay"),
+            ("serve-files", "karabo-bridge-serve-files"),
+        ):
+            rounds_txt = " ".join(f"{x:.1f}" for x in rates[case, name])
+            print(
+                f"{label + ' [' + case + ']':<34}{statistics.median(rates[case, name]):>9.2f}"
+                f"{statistics.median(cpu[case, name]):>21.1f}   {rounds_txt}"
+            )
+        ours = statistics.median(rates[case, "pulsetrain"])
+        peer = statistics.median(rates[case, "serve-files"])
+        print(f"  pulsetrain / serve-files [{case}] = {ours / peer:.2f} x trains/s (goal >= 2)")
+        suffix = "" if case == "warm" else ",cold"
+        results.append(
+            {
+                "name": f"storage.replay_trains_per_s[REP{suffix}]",
+                "value": round(ours, 2),
+                "unit": "trains/s",
+                "peer": "karabo-bridge-serve-files (EXtra-data)",
+                "ratio": round(ours / peer, 3),
+                "goal": 2.0,
+            }
+        )
+    return results
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -201,7 +280,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--rounds", type=int, help="rounds (default 5, quick 1)")
     parser.add_argument("--compression", choices=["none", "gzip", "lzf"], default="none")
     parser.add_argument("--dir", help="directory to write into (default: a temporary one)")
+    parser.add_argument(
+        "--replay-only",
+        action="store_true",
+        help="only the replay comparison (rounds: --rounds, default 3)",
+    )
+    parser.add_argument(
+        "--no-cold",
+        action="store_true",
+        help="replay comparison only with the run in the page cache (not read from disk)",
+    )
     args = parser.parse_args(argv)
+    if args.replay_only:
+        return replay_comparison(args.quick, args.dir, args.rounds, cold=not args.no_cold)
     trains = args.trains or (8 if args.quick else 24)
     frames = args.frames or (4 if args.quick else 16)
     rounds = args.rounds or (1 if args.quick else 5)
@@ -253,7 +344,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"RunWriter / plain h5py = {ratio:.2f} x wall-clock GB/s (goal >= 0.9 x); "
         f"{cpu_ratio:.2f} x by CPU time"
     )
-    replay = replay_comparison(args.quick, args.dir)
+    replay = replay_comparison(args.quick, args.dir, cold=not args.no_cold)
     return replay + [
         {
             "name": f"storage.writer_GBps[{args.compression}]",

@@ -3,20 +3,28 @@ FileReplay → correction → DAQWriter (CORR) pipeline of the design's figure 4
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import textwrap
-
+import time
 
 import numpy as np
 import pytest
+import zmq
 
 from pulsetrain.topology import free_port
 
 
 def run_cli(*args, timeout=300):
-    out = subprocess.run([sys.executable, "-m", "pulsetrain", *args], capture_output=True,
-                         text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    out = subprocess.run(
+        [sys.executable, "-m", "pulsetrain", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
 
@@ -24,8 +32,20 @@ def run_cli(*args, timeout=300):
 @pytest.fixture(scope="module")
 def sim_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("sim")
-    run_cli("simulate", "--out", str(base), "--trains", "8", "--frames", "4",
-            "--modules", "0", "5", "--memory-cells", "16")
+    run_cli(
+        "simulate",
+        "--out",
+        str(base),
+        "--trains",
+        "8",
+        "--frames",
+        "4",
+        "--modules",
+        "0",
+        "5",
+        "--memory-cells",
+        "16",
+    )
     return base / "r0001"
 
 
@@ -44,22 +64,46 @@ def assert_equal_values(a, b, where):
         assert a == b, where
 
 
-def check_replay_equals_extra_data(run_dir, tmp_path, *extra, positions=None):
+SOCKETS = {"REP": "REQ", "PUSH": "PULL"}
+
+
+def check_replay_equals_extra_data(
+    run_dir, tmp_path, *extra, positions=None, select=None, pattern="REP"
+):
+    """Replay *run_dir* with the options *extra*; a stock karabo_bridge client must receive
+    exactly the trains EXtra-data reads (``select(run)`` narrows the run), once, in order."""
     from extra_data import RunDirectory
     from karabo_bridge import Client
 
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pulsetrain", "replay", str(run_dir), "--port", str(port),
-         "--pattern", "REP", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "pulsetrain",
+            "replay",
+            str(run_dir),
+            "--port",
+            str(port),
+            "--pattern",
+            pattern,
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         run = RunDirectory(str(run_dir))
         if positions is not None:
             run = run.select_trains(positions)
+        if select is not None:
+            run = select(run)
         expected = list(run.trains())
         got = []
-        with Client(f"tcp://127.0.0.1:{port}", timeout=30) as client:
+        sock = SOCKETS[pattern]
+        with Client(f"tcp://127.0.0.1:{port}", sock=sock, timeout=30) as client:
             for _ in expected:
                 try:
                     got.append(client.next())
@@ -67,7 +111,11 @@ def check_replay_equals_extra_data(run_dir, tmp_path, *extra, positions=None):
                     raise AssertionError(f"train {len(got)} of {len(expected)} did not arrive")
             # nothing more: every train exactly once
             with pytest.raises(TimeoutError):
-                Client(f"tcp://127.0.0.1:{port}", timeout=1).next()
+                if sock == "REQ":
+                    Client(f"tcp://127.0.0.1:{port}", timeout=1).next()
+                else:
+                    client._socket.setsockopt(zmq.RCVTIMEO, 1000)
+                    client.next()
         assert [m[next(iter(m))]["timestamp.tid"] for _, m in got] == [t for t, _ in expected]
         for (tid, ref), (data, meta) in zip(expected, got):
             assert set(data) == set(ref), tid
@@ -87,7 +135,9 @@ def check_replay_equals_extra_data(run_dir, tmp_path, *extra, positions=None):
 
 @pytest.mark.slow
 def test_simulated_run_validates_and_replays_exactly(sim_run, tmp_path):
-    out = subprocess.run(["extra-data-validate", str(sim_run)], capture_output=True, text=True)
+    out = subprocess.run(
+        ["extra-data-validate", str(sim_run)], capture_output=True, text=True, check=False
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert check_replay_equals_extra_data(sim_run, tmp_path) == 8
 
@@ -99,9 +149,98 @@ def test_extra_data_mock_run_replays_exactly(tmp_path):
     run_dir = tmp_path / "spb"
     run_dir.mkdir()
     make_spb_run(str(run_dir), format_version="1.2")
-    n = check_replay_equals_extra_data(run_dir, tmp_path, "--trains", "#0:5",
-                                       positions=np.s_[0:5])
+    n = check_replay_equals_extra_data(run_dir, tmp_path, "--trains", "#0:5", positions=np.s_[0:5])
     assert n > 0
+
+
+@pytest.mark.slow
+def test_replay_push_protocol_1_with_source_and_train_id_selection(sim_run, tmp_path):
+    from extra_data import by_id
+
+    from pulsetrain.files import run_info
+
+    tids = run_info(sim_run).train_ids
+    first, stop = int(tids[2]), int(tids[6])
+    n = check_replay_equals_extra_data(
+        sim_run,
+        tmp_path,
+        "--protocol",
+        "1.0",
+        "--source",
+        "*/DET/*",
+        "--source",
+        "*XGM*",
+        "--trains",
+        f"{first}:{stop}",
+        "--read-ahead",
+        "0",
+        pattern="PUSH",
+        select=lambda run: run.select(["*/DET/*", "*XGM*"], "*").select_trains(by_id[first:stop]),
+    )
+    assert n == 4
+
+
+@pytest.mark.slow
+def test_replay_without_zero_copy_equals_extra_data(sim_run, tmp_path):
+    assert (
+        check_replay_equals_extra_data(
+            sim_run, tmp_path, "--no-zero-copy", "--trains", "#5:", positions=np.s_[5:]
+        )
+        == 3
+    )
+
+
+@pytest.mark.slow
+def test_replay_pub_repeats_the_run_at_the_rate_asked(sim_run):
+    from karabo_bridge import Client
+
+    from pulsetrain.files import run_info
+
+    tids = [int(t) for t in run_info(sim_run).train_ids]
+    rate = 20.0
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pulsetrain",
+            "replay",
+            str(sim_run),
+            "--port",
+            str(port),
+            "--pattern",
+            "PUB",
+            "--rate",
+            str(rate),
+            "--repeat",
+            "--source",
+            "*XGM/DOOCS/MAIN",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        received = []
+        with Client(f"tcp://127.0.0.1:{port}", sock="SUB", timeout=60) as client:
+            data, meta = client.next()
+            t0 = time.monotonic()
+            received.append(meta[next(iter(meta))]["timestamp.tid"])
+            while len(received) < 2 * len(tids) + 1:
+                data, meta = client.next()
+                assert set(data) == {"SPB_XTD9_XGM/DOOCS/MAIN"}
+                received.append(meta["SPB_XTD9_XGM/DOOCS/MAIN"]["timestamp.tid"])
+            elapsed = time.monotonic() - t0
+    finally:
+        proc.kill()
+        proc.wait()
+    positions = [tids.index(t) for t in received]
+    # in run order, starting again from the first train after the last (PUB may drop trains)
+    wraps = sum(b < a for a, b in itertools.pairwise(positions))
+    assert wraps >= 1, received
+    assert all(b != a for a, b in itertools.pairwise(positions)), received
+    # never faster than the rate asked (trains paced at 1/rate; a dropped one only adds time)
+    assert elapsed >= (len(received) - 1) / rate * 0.9
 
 
 @pytest.mark.slow
@@ -117,8 +256,9 @@ def test_replay_through_correction_writes_a_valid_corr_run(sim_run, tmp_path):
 
     url = f"sqlite:///{tmp_path / 'cat.sqlite'}"
     cat = Catalog(url)
-    store_truth_constants(cat, DetectorSimulator("AGIPD", frames=4, memory_cells=16,
-                                                 modules=(0, 5)), modules=[0, 5])
+    store_truth_constants(
+        cat, DetectorSimulator("AGIPD", frames=4, memory_cells=16, modules=(0, 5)), modules=[0, 5]
+    )
     cat.close()
     text = textwrap.dedent(f"""
         [servers.a]
@@ -134,7 +274,7 @@ def test_replay_through_correction_writes_a_valid_corr_run(sim_run, tmp_path):
         [devices."DAQ"]
         class = "DAQWriter"
         server = "b"
-        config = {{ directory = "{tmp_path / 'proc'}", data_category = "CORR", autostart = true, catalog = "{url}" }}
+        config = {{ directory = "{tmp_path / "proc"}", data_category = "CORR", autostart = true, catalog = "{url}" }}
         [[connections]]
         from = "MATCH:output"
         to = "DAQ:input"
@@ -163,7 +303,9 @@ def test_replay_through_correction_writes_a_valid_corr_run(sim_run, tmp_path):
         summary = sup.call("DAQ", "stop_run")
     assert summary["trains"] == 8
     corr = tmp_path / "proc" / "r0001"
-    out = subprocess.run(["extra-data-validate", str(corr)], capture_output=True, text=True)
+    out = subprocess.run(
+        ["extra-data-validate", str(corr)], capture_output=True, text=True, check=False
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert all(p.name.startswith("CORR-R0001-") for p in corr.glob("*.h5"))
     run = RunDirectory(str(corr))
@@ -172,4 +314,3 @@ def test_replay_through_correction_writes_a_valid_corr_run(sim_run, tmp_path):
     cat = Catalog(url)
     assert [r.data_category for r in cat.find_runs()] == ["CORR"]
     cat.close()
-

@@ -29,7 +29,7 @@ def parse_train_range(text: str) -> tuple[int, int] | slice | None:
 
 
 class FileReplay(Device):
-    """Replay a run directory (read through EXtra-data) train by train.
+    """Replay a run directory train by train (read by :func:`pulsetrain.files.iter_run_trains`).
 
     Detector module sources go to outputs ``module0`` … ``module15`` (by the module number in
     the source name), so a raw run can feed the per-module correction pipeline; every other
@@ -43,15 +43,36 @@ class FileReplay(Device):
     run_dir = Property(str, "", access="init")
     sources = Property(list, [], access="init", description="source globs (empty: all)")
     trains = Property(str, "", access="init", description='"A:B" train IDs, "#A:B" positions')
-    rate = Property(float, 10.0, minimum=0.0, maximum=10000.0, unit="Hz",
-                    description="0: as fast as the pipeline accepts")
+    rate = Property(
+        float,
+        10.0,
+        minimum=0.0,
+        maximum=10000.0,
+        unit="Hz",
+        description="0: as fast as the pipeline accepts",
+    )
     repeat = Property(bool, False)
     all_in_output = Property(bool, False, access="init")
     autostart = Property(bool, True, access="init")
     retimestamp = Property(bool, False, description="stamp trains with the replay time")
-    connect_timeout = Property(float, 10.0, minimum=0.0, unit="s", access="init",
-                               description="before the first train, wait this long for every "
-                               "output that carries data to have an input connected")
+    read_ahead = Property(
+        int,
+        2,
+        minimum=0,
+        maximum=64,
+        access="init",
+        description="trains read by a background thread ahead of sending "
+        "(0: read in the sending thread)",
+    )
+    connect_timeout = Property(
+        float,
+        10.0,
+        minimum=0.0,
+        unit="s",
+        access="init",
+        description="before the first train, wait this long for every "
+        "output that carries data to have an input connected",
+    )
 
     sentTrains = Property(int, 0, access="readonly")
     trainId = Property(int, 0, access="readonly")
@@ -95,8 +116,11 @@ class FileReplay(Device):
         """Data written before an input connects is lost for it: wait for the consumers."""
         import fnmatch
 
-        sources = [s for s in self.info.sources
-                   if not self.sources or any(fnmatch.fnmatchcase(s, p) for p in self.sources)]
+        sources = [
+            s
+            for s in self.info.sources
+            if not self.sources or any(fnmatch.fnmatchcase(s, p) for p in self.sources)
+        ]
         names = set(self._split({s: {} for s in sources}, {s: {} for s in sources}))
         deadline = time.monotonic() + self.connect_timeout
         for name in sorted(names):
@@ -105,7 +129,10 @@ class FileReplay(Device):
                 self.log.warning("output %s has no input: its trains are not delivered", name)
 
     def _produce(self) -> None:
+        from contextlib import closing
+
         from pulsetrain.files import iter_run_trains
+        from pulsetrain.files.prefetch import read_ahead
         from pulsetrain.protocol import make_meta
 
         while not self._run.wait(0.2):
@@ -114,27 +141,32 @@ class FileReplay(Device):
         self._await_consumers()
         while not self._stopping.is_set():
             t_next = time.monotonic()
-            for tid, data, meta in iter_run_trains(
-                self.run_dir, sources=self.sources or None,
+            reader = iter_run_trains(
+                self.run_dir,
+                sources=self.sources or None,
                 trains=parse_train_range(self.trains),
-            ):
-                while not self._run.wait(0.2):
+            )
+            with closing(
+                read_ahead(reader, depth=self.read_ahead, name=f"replay-reader:{self.device_id}")
+            ) as trains:
+                for tid, data, meta in trains:
+                    while not self._run.wait(0.2):
+                        if self._stopping.is_set():
+                            return
                     if self._stopping.is_set():
                         return
-                if self._stopping.is_set():
-                    return
-                if self.retimestamp:
-                    now = time.time()
-                    meta = {s: make_meta(s, tid, now) for s in meta}
-                for name, (d, mt) in self._split(data, meta).items():
-                    self.write(name, d, mt)
-                self._values["sentTrains"] += 1
-                self._values["trainId"] = tid
-                if self.rate > 0:
-                    t_next += 1.0 / self.rate
-                    delay = t_next - time.monotonic()
-                    if delay > 0:
-                        self._stopping.wait(delay)
+                    if self.retimestamp:
+                        now = time.time()
+                        meta = {s: make_meta(s, tid, now) for s in meta}
+                    for name, (d, mt) in self._split(data, meta).items():
+                        self.write(name, d, mt)
+                    self._values["sentTrains"] += 1
+                    self._values["trainId"] = tid
+                    if self.rate > 0:
+                        t_next += 1.0 / self.rate
+                        delay = t_next - time.monotonic()
+                        if delay > 0:
+                            self._stopping.wait(delay)
             self._values["passes"] += 1
             if not self.repeat:
                 break

@@ -1,9 +1,17 @@
-"""Read run directories back into trains, through EXtra-data.
+"""Read run directories back into trains.
 
-:func:`iter_run_trains` opens a run with ``extra_data.RunDirectory`` and yields
-``(train_id, data, meta)`` in the train convention.  For speed it reads each key once per
-*block* of trains (one HDF5 read covering the rows of many trains, split into per-train views)
-instead of once per train.
+:func:`iter_run_trains` opens a run with ``extra_data.RunDirectory`` for its metadata (files,
+train IDs, sources, keys, INDEX first/count) and yields ``(train_id, data, meta)`` in the train
+convention.  The data itself does not go through EXtra-data's per-train reading:
+
+- uncompressed numeric datasets are served as zero-copy views on a memory map of the file
+  (:mod:`pulsetrain.files.mapped`): a train's rows stored back to back are one view, no HDF5
+  read and no copy;
+- everything else (compressed data, strings, ...) is read through h5py once per *block* of
+  trains (one HDF5 read covering the rows of many trains), split into per-train views.
+
+Wrap the iterator in :func:`pulsetrain.files.prefetch.read_ahead` to read in a thread ahead of
+the consumer.
 
 Conventions of the yielded data (the same as the writer takes):
 
@@ -36,6 +44,7 @@ import h5py
 import numpy as np
 
 from pulsetrain.errors import ConfigurationError, FileFormatError
+from pulsetrain.files.mapped import Column, FileMaps
 from pulsetrain.files.naming import default_frame_group
 from pulsetrain.files.timestamps import TRAIN_PERIOD_NS, make_meta
 
@@ -44,6 +53,9 @@ __all__ = ["RunInfo", "iter_run_trains", "open_run_dir", "run_info"]
 log = logging.getLogger(__name__)
 
 TrainSelection = slice | tuple[int, int] | None
+
+#: A block may hold this many times ``max_block_bytes`` of data served from memory maps.
+_MAPPED_BLOCK_FACTOR = 4
 
 
 @dataclass(frozen=True)
@@ -142,6 +154,7 @@ def iter_run_trains(
     frame_groups: Callable[[str, str], bool] | None = None,
     max_block_bytes: int = 64 << 20,
     max_block_trains: int = 256,
+    zero_copy: bool = True,
 ) -> Iterator[tuple[int, dict[str, dict[str, Any]], dict[str, dict[str, Any]]]]:
     """Yield the trains of a run as ``(train_id, data, meta)``.
 
@@ -159,13 +172,18 @@ def iter_run_trains(
     frame_groups : callable, optional
         ``frame_groups(source, group) -> bool``: groups that keep their frame axis.
     max_block_bytes, max_block_trains : int
-        Size of the blocks read at once (memory bound of the reader).
+        Size of the blocks read at once through h5py (memory bound of the reader; data
+        served from the memory map costs no memory here).
+    zero_copy : bool
+        Serve uncompressed numeric data as views on a (private, copy-on-write) memory map of
+        the files instead of reading it through HDF5 (see :mod:`pulsetrain.files.mapped`).
 
     Yields
     ------
     tuple
         ``(train_id, data, meta)``; arrays may be views into a block shared by several trains
-        (treat them as read-only).
+        or into the memory map of a file (writeable, but writes are seen by other views of the
+        same rows and never reach the file).
     """
     is_frame_group = frame_groups or default_frame_group
     with open_run_dir(run_dir) as run:
@@ -187,17 +205,32 @@ def iter_run_trains(
         train_ids = np.asarray(run.train_ids, dtype=np.uint64)
         timestamps = _train_timestamps(run, train_ids)
         selected = _select_trains(train_ids, trains)
-        readers = [_SourceReader(run, s, True, is_frame_group) for s in control] + [
-            _SourceReader(run, s, False, is_frame_group) for s in instrument
+        maps = FileMaps(enabled=zero_copy)
+        readers = [_SourceReader(run, s, True, is_frame_group, maps) for s in control] + [
+            _SourceReader(run, s, False, is_frame_group, maps) for s in instrument
         ]
         readers = [r for r in readers if r.keys]
         if not readers or selected.size == 0:
             return
-        per_train = sum(r.bytes_per_train(train_ids.size) for r in readers)
-        block = int(max(1, min(max_block_trains, max_block_bytes // max(1, per_train))))
+        copied = mapped = 0
+        for r in readers:
+            c, m = r.bytes_per_train(train_ids.size)
+            copied += c
+            mapped += m
+        # Views on the map cost no memory, but a block is prepared (and, for files not in
+        # the page cache, read ahead) at once: bound it too, more loosely.
+        block = min(
+            max_block_trains,
+            max_block_bytes // max(1, copied),
+            _MAPPED_BLOCK_FACTOR * max_block_bytes // max(1, mapped),
+        )
+        block = int(max(1, block))
         for positions in _blocks(selected, block):
             block_tids = train_ids[positions]
             parts = [r.read_block(block_tids) for r in readers]
+            # Files whose trains are all read: drop their maps (views still in use keep theirs)
+            for r in readers:
+                maps.release(r.release_through(int(block_tids[-1])))
             for j, tid in enumerate(block_tids.tolist()):
                 data: dict[str, dict[str, Any]] = {}
                 meta: dict[str, dict[str, Any]] = {}
@@ -242,9 +275,10 @@ def _select_trains(train_ids: np.ndarray, trains: TrainSelection) -> np.ndarray:
 class _SourceReader:
     """Reads one source's keys a block of trains at a time."""
 
-    def __init__(self, run, source: str, control: bool, is_frame_group) -> None:
+    def __init__(self, run, source: str, control: bool, is_frame_group, maps: FileMaps) -> None:
         self.source = source
         self.control = control
+        self.maps = maps
         src = run[source]
         self.files = sorted(
             src.files, key=lambda fa: int(fa.train_ids[0]) if fa.train_ids.size else 0
@@ -257,10 +291,15 @@ class _SourceReader:
             group = "" if control else k.split(".", 1)[0]
             self.groups.setdefault(group, []).append(k)
         self.frame_groups = {g for g in self.groups if not control and is_frame_group(source, g)}
-        self._datasets: dict[tuple[str, str], h5py.Dataset] = {}
+        self._columns: dict[tuple[str, str], Column] = {}
         self._stamps: dict[str, np.ndarray] = {}
         self._paths: dict[str, dict[str, str]] = {}
         self._order: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._index: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        # (last train ID, file name) of the files not yet released, by last train ID
+        self._file_ends = sorted(
+            (int(fa.train_ids.max()), fa.filename) for fa in self.files if fa.train_ids.size
+        )
 
     def _raw_dataset(self, fa, key: str) -> h5py.Dataset:
         """The dataset of *key* in file *fa* (found by walking the source group, so HDF5 names
@@ -278,29 +317,56 @@ class _SourceReader:
             self._paths[fa.filename] = paths
         return fa.file[paths[key]]
 
-    def _dataset(self, fa, key: str):
+    def _column(self, fa, key: str) -> Column:
         cache_key = (fa.filename, key)
-        ds = self._datasets.get(cache_key)
-        if ds is None:
-            ds = self._raw_dataset(fa, key)
-            if h5py.check_string_dtype(ds.dtype) is not None:
-                ds = ds.asstr()
-            self._datasets[cache_key] = ds
-        return ds
+        col = self._columns.get(cache_key)
+        if col is None:
+            col = self._columns[cache_key] = Column(self._raw_dataset(fa, key), self.maps)
+        return col
 
-    def bytes_per_train(self, ntrains: int) -> int:
-        total = 0
+    def release_through(self, train_id: int) -> list[str]:
+        """Forget the columns of files holding no train after *train_id*; their names."""
+        ends = self._file_ends
+        n = 0
+        while n < len(ends) and ends[n][0] <= train_id:
+            n += 1
+        if not n:
+            return []
+        done = [name for _, name in ends[:n]]
+        del ends[:n]
+        names = set(done)
+        self._columns = {k: c for k, c in self._columns.items() if k[0] not in names}
+        return done
+
+    def _get_index(self, fa, group: str) -> tuple[np.ndarray, np.ndarray]:
+        cache_key = (fa.filename, group)
+        index = self._index.get(cache_key)
+        if index is None:
+            firsts, counts = fa.get_index(self.source, group)
+            index = self._index[cache_key] = (
+                np.asarray(firsts, dtype=np.int64),
+                np.asarray(counts, dtype=np.int64),
+            )
+        return index
+
+    def bytes_per_train(self, ntrains: int) -> tuple[int, int]:
+        """Bytes of a train of this source (estimated from its first file): read through
+        h5py, and served from the memory map."""
+        copied = mapped = 0
         fa = self.files[0] if self.files else None
         if fa is None or ntrains == 0:
-            return 0
+            return 0, 0
         for group, keys in self.groups.items():
-            _, counts = fa.get_index(self.source, group)
+            _, counts = self._get_index(fa, group)
             rows = float(counts.mean()) if counts.size else 0.0
             for key in keys:
-                ds = self._raw_dataset(fa, key)
-                entry = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
-                total += int(entry * max(rows, 1.0))
-        return total
+                col = self._column(fa, key)
+                nbytes = int(max(col.row_bytes, 1) * max(rows, 1.0))
+                if col.mapped:
+                    mapped += nbytes
+                else:
+                    copied += nbytes
+        return copied, mapped
 
     def _sorted_ids(self, fa) -> tuple[np.ndarray, np.ndarray]:
         """File positions in train-ID order and the sorted IDs (old files may be unsorted;
@@ -349,43 +415,26 @@ class _SourceReader:
             values_per_train: list[dict[str, Any]] = [{} for _ in bpos]
             any_data = np.full(bpos.size, has_frames)
             for group, keys in self.groups.items():
-                firsts, counts = fa.get_index(self.source, group)
-                firsts = firsts[fpos].astype(np.int64)
-                counts = counts[fpos].astype(np.int64)
-                nonzero = counts > 0
-                any_data |= nonzero
+                firsts, counts = self._get_index(fa, group)
+                firsts = firsts[fpos]
+                counts = counts[fpos]
+                any_data |= counts > 0
                 per_frame = group in self.frame_groups
-                if nonzero.any():
-                    r0 = int(firsts[nonzero].min())
-                    r1 = int((firsts + counts)[nonzero].max())
-                else:
-                    r0 = r1 = 0
+                count_list = counts.tolist()
                 for key in keys:
-                    ds = self._dataset(fa, key)
-                    block = ds[r0:r1] if r1 > r0 else None
-                    if block is None and per_frame:
-                        block = _empty_rows(self._raw_dataset(fa, key))
-                    for i in range(bpos.size):
-                        c = counts[i]
+                    rows = self._column(fa, key).take(firsts, counts)
+                    for i, c in enumerate(count_list):
                         if c == 0:
                             if per_frame:
-                                values_per_train[i][key] = block[0:0]
-                            continue
-                        a = firsts[i] - r0
-                        if per_frame or c > 1:
-                            values_per_train[i][key] = block[a : a + c]
+                                values_per_train[i][key] = rows[i]
+                        elif per_frame or c > 1:
+                            values_per_train[i][key] = rows[i]
                         else:
-                            values_per_train[i][key] = _scalar(block[a])
+                            values_per_train[i][key] = _scalar(rows[i][0])
             for i, b in enumerate(bpos.tolist()):
                 if any_data[i]:
                     out[b] = values_per_train[i]
         return out, block_stamps
-
-
-def _empty_rows(ds: h5py.Dataset) -> np.ndarray:
-    if h5py.check_string_dtype(ds.dtype) is not None:
-        return np.empty((0,) + ds.shape[1:], dtype=object)
-    return np.empty((0,) + ds.shape[1:], dtype=ds.dtype)
 
 
 def _scalar(value: Any) -> Any:
