@@ -106,13 +106,14 @@ class _Hold:
 
 
 class _Slot:
-    __slots__ = ("name", "size", "fd", "mm", "addr", "gen", "leases", "holder", "allocated")
+    __slots__ = ("addr", "allocated", "gen", "holder", "leases", "mm", "name", "size")
 
     def __init__(self, name: str, size: int):
         self.name = name
         self.size = size
         path = SHM_DIR / name
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        ok = False
         try:
             # Reserve the memory now: writing to a sparse tmpfs page when /dev/shm is full
             # would kill the process with SIGBUS; posix_fallocate fails cleanly instead.
@@ -120,11 +121,11 @@ class _Slot:
             self.mm = mmap.mmap(
                 fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE
             )
-        except BaseException:
-            os.close(fd)
-            _unlink(name)
-            raise
-        self.fd = fd
+            ok = True
+        finally:
+            os.close(fd)  # the mapping keeps the memory: no descriptor is held per slot
+            if not ok:
+                _unlink(name)
         self.addr = _address(np.frombuffer(self.mm, dtype=np.uint8, count=1))
         self.gen = 0
         self.leases = 0
@@ -136,10 +137,6 @@ class _Slot:
 
     def destroy(self) -> None:
         _unlink(self.name)
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
         try:
             self.mm.close()
         except BufferError:  # a view is still alive: unmapped when it is garbage
@@ -168,7 +165,7 @@ class ShmMessage:
     ``hold`` keeps a slot the frames were copied into busy while the message is referenced.
     """
 
-    __slots__ = ("frames", "desc", "hold", "keys")
+    __slots__ = ("desc", "frames", "hold", "keys")
 
     def __init__(self, frames: list, desc: list, hold: _Hold | None, keys: list):
         self.frames = frames
@@ -266,9 +263,9 @@ class SegmentPool:
 
     def _slot_of(self, addr: int, n: int) -> _Slot | None:
         for slot in self._slots.values():
-            if slot.allocated and slot.addr <= addr and addr + n <= slot.addr + slot.size:
-                if slot.holder is not None and slot.holder() is not None:
-                    return slot
+            inside = slot.allocated and slot.addr <= addr and addr + n <= slot.addr + slot.size
+            if inside and slot.holder is not None and slot.holder() is not None:
+                return slot
         return None
 
     def pack(self, frames: list) -> ShmMessage | None:
