@@ -288,9 +288,9 @@ class SegmentPool:
         hold = None
         with self._lock:
             for i, n in big:
-                slot = self._slot_of(_address(np.frombuffer(frames[i], dtype=np.uint8)), n)
+                addr = _address(np.frombuffer(frames[i], dtype=np.uint8))
+                slot = self._slot_of(addr, n)
                 if slot is not None:
-                    addr = _address(np.frombuffer(frames[i], dtype=np.uint8))
                     desc.append([i, slot.name, slot.gen, addr - slot.addr, n])
                 else:
                     copy.append((i, offset, n))
