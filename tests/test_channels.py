@@ -240,6 +240,26 @@ def test_restarted_output_is_reconnected():
     out.close()
 
 
+def test_address_still_in_use_is_retried_then_refused():
+    import socket
+
+    from pulsetrain.errors import ChannelError
+
+    endpoint = free_tcp_endpoint()
+    port = int(endpoint.rsplit(":", 1)[1])
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", port))
+    holder.listen()
+    with pytest.raises(ChannelError, match="cannot bind"):
+        OutputChannel("busy:out", endpoint, bind_retry=0.3)
+    released = threading.Timer(0.3, holder.close)  # the previous owner exits a moment later
+    released.start()
+    out = OutputChannel("busy:out", endpoint, bind_retry=10)
+    assert out.endpoints == [endpoint]
+    released.join()
+    out.close()
+
+
 def test_vanished_wait_input_does_not_block_forever():
     out = OutputChannel("v:out", liveness=1.0)
     inp = InputChannel("v:in", on_slowness="wait", window=1)

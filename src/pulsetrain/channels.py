@@ -113,6 +113,21 @@ def _context(context: zmq.Context | None) -> zmq.Context:
 # ============================================================================================
 
 
+def bind_retrying(sock: zmq.Socket, endpoint: str, retry: float) -> None:
+    """Bind, retrying up to ``retry`` seconds while the address is still in use."""
+    deadline = time.monotonic() + retry
+    delay = 0.01
+    while True:
+        try:
+            sock.bind(endpoint)
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
 @dataclasses.dataclass
 class _Pending:
     frames: list | None  # None = end of stream
@@ -188,6 +203,10 @@ class OutputChannel:
         Shared memory for inputs in other processes on this host (see :mod:`pulsetrain.shmem`):
         at most this many trains, and bytes, in flight that way; beyond that, trains go over
         the socket.  ``shm_slots=0`` switches it off for this output.
+    bind_retry : float
+        Seconds to keep retrying a fixed address that is still in use.  A restarted device
+        rebinds its old address while ZeroMQ (whose sockets close asynchronously) or the
+        exiting previous process may still hold it for a moment.
 
     Notes
     -----
@@ -205,6 +224,7 @@ class OutputChannel:
         context: zmq.Context | None = None,
         shm_slots: int = 64,
         shm_bytes: int = 2 << 30,
+        bind_retry: float = 2.0,
     ):
         if no_input_shared is not None:
             validate_policy("shared", no_input_shared, 1)
@@ -222,7 +242,7 @@ class OutputChannel:
         self.endpoints: list[str] = []
         try:
             for ep in [bind] if isinstance(bind, str) else list(bind):
-                self._router.bind(ep)
+                bind_retrying(self._router, ep, bind_retry)
                 self.endpoints.append(self._router.getsockopt_string(zmq.LAST_ENDPOINT))
         except zmq.ZMQError as exc:
             self._router.close(0)
