@@ -32,6 +32,14 @@ the convention of the project's reference measurements (``anchors-analysis-perf.
 where the 0.4x goal comes from); the copy also reads each byte, so counted like the kernel
 (read + written) its bandwidth is twice that, and the table prints that ratio too.
 
+Memory-bound ceiling: the least any implementation must move (raw, outputs, the first
+threshold and the selected stage's constants, 29 B per pixel, + 4 B for the second threshold
+of pixels not in high gain) divided by the copy's read+write rate is the shortest time any
+kernel can take; the best numpy's time over it is the largest speed-up possible on that data.
+On the ``sim`` data numpy's sparse fix-up touches little more than that, so the ceiling is
+about 2x there, and the 4x goal (set on the ``random`` mix of the reference measurements)
+cannot be reached by any kernel on this machine.
+
 Run ``python benchmarks/calibration.py [--quick]``.
 """
 
@@ -256,6 +264,18 @@ def measure(
         f"(r+w both: {traffic_bw / copy_bw / 2:.2f}) "
         f"({IO_BYTES_PER_PIXEL + CONSTANT_BYTES_PER_PIXEL} B/pixel = {traffic_bytes / 1e6:.1f} MB)"
     )
+    # The least any implementation must move: raw (4 B), outputs (9 B), the first threshold
+    # (4 B), the selected stage's offset, gain and bad pixels (12 B), plus the second threshold
+    # (4 B) for pixels not in high gain.  At the copy's read+write rate that takes at least
+    # ``floor`` seconds, which caps the speed-up any kernel can have over the best numpy here.
+    not_high = pixels - int(np.count_nonzero(outs["numba"].gain == 0))
+    floor = (pixels * 29 + not_high * 4) / (2 * copy_bw)
+    ceiling = med[best_numpy] / floor
+    print(
+        f"  memory-bound ceiling  {floor * 1e3:.2f} ms at the copy's read+write rate "
+        f"({29 + 4 * not_high / pixels:.1f} B/pixel): no kernel can beat the best numpy by more "
+        f"than {ceiling:.2f}x on this data; the kernel reaches {floor / t_kernel:.2f} of that"
+    )
     fps = FRAMES / t_kernel
     fps_one = FRAMES / med["numba 1 thread"]
     print(
@@ -281,6 +301,8 @@ def measure(
         "io_ratio": io_bw / copy_bw,
         "traffic_ratio": traffic_bw / copy_bw,
         "parallel_speedup": med["numba 1 thread"] / t_kernel,
+        "ceiling": ceiling,
+        "floor_fraction": floor / t_kernel,
     }
 
 
@@ -343,6 +365,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "peer": copy_peer,
                 "ratio": fig["traffic_ratio"],
                 "goal": 0.4,
+            },
+            {
+                "name": f"calibration.correct_agipd[{label}] memory-bound ceiling vs best numpy",
+                "value": fig["ceiling"],
+                "unit": "x",
+                "peer": "least bytes moved at the copy's read+write rate; kernel reaches "
+                f"{fig['floor_fraction']:.2f} of it",
+                "ratio": None,
+                "goal": None,
             },
             {
                 "name": f"calibration.correct_agipd[{label}] frames/s per core (1 thread)",

@@ -191,20 +191,25 @@ def free_previous(name: str, out: Path, clusters: dict) -> None:
         forget_constants(clusters[int(name[1])])
 
 
-def cpu_seconds(client=None) -> float:
-    """User + system CPU seconds used so far by this process (which runs the local cluster's
-    scheduler) and, with a client, by its worker processes: a figure that other users' load
-    inflates far less than wall time."""
+def cpu_seconds(client=None) -> tuple[float, float]:
+    """User and system CPU seconds used so far by this process (which runs the local cluster's
+    scheduler) and, with a client, by its worker processes: figures that other users' load
+    inflates far less than wall time.  System time is mostly the kernel putting written data
+    into fresh page-cache pages, which on this VM costs several times more when the guest
+    handed those pages back to the host shortly before: it is what varies from repetition to
+    repetition, while user time (reading, correcting, HDF5) stays the same."""
     import resource
 
-    def _own() -> float:
+    def _own() -> tuple[float, float]:
         r = resource.getrusage(resource.RUSAGE_SELF)
-        return r.ru_utime + r.ru_stime
+        return r.ru_utime, r.ru_stime
 
-    total = _own()
+    user, system = _own()
     if client is not None:
-        total += sum(client.run(_own).values())
-    return total
+        for u, s in client.run(_own).values():
+            user += u
+            system += s
+    return user, system
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -278,17 +283,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     if not args.stale_memory:
                         free_previous(name, out, clusters)
                     client = None if name == "peer" else clusters[int(name[1])]
-                    c0 = cpu_seconds(client)
+                    u0, s0 = cpu_seconds(client)
                     t = time.perf_counter()
                     if client is None:
                         peer_correct(raw, out, url, cells)
                     else:
                         correct_run(raw, out, client=client, **kwargs)
                     times[name].append(time.perf_counter() - t)
-                    cpu[name].append(cpu_seconds(client) - c0)
+                    u1, s1 = cpu_seconds(client)
+                    cpu[name].append(u1 - u0 + s1 - s0)
                     print(
                         f"  rep {rep + 1} {name:>4}: {times[name][-1]:.2f} s "
-                        f"(CPU {cpu[name][-1]:.2f} s; load {os.getloadavg()[0]:.1f})",
+                        f"(CPU {cpu[name][-1]:.2f} s = user {u1 - u0:.2f} + system {s1 - s0:.2f}; "
+                        f"load {os.getloadavg()[0]:.1f})",
                         flush=True,
                     )
         check_same(root / "out-peer", root / "out-w2")

@@ -16,7 +16,9 @@ rounds, from opening the first file to closing the last.  GB/s counts array byte
 
 Replay (issue #5): ``pulsetrain replay`` against EXtra-data's ``karabo-bridge-serve-files`` on
 the same simulated run, the same REP pattern and the same stock ``karabo_bridge.Client``
-(trains/s, goal >= 2 x); see :func:`replay_comparison`.
+(trains/s, goal >= 2 x); see :func:`replay_comparison`.  A third server gives the ceiling:
+the run's first train sent from memory again and again (no file reading at all), to the same
+client over the same socket - no replay server can deliver more than that.
 
 Run ``python benchmarks/storage.py [--quick] [--compression lzf] [--dir DIR] [--replay-only]
 [--no-cold]``.
@@ -172,6 +174,20 @@ def _replay_rate(cmd: list[str], port: int, n: int) -> tuple[float, float]:
         proc.wait()
 
 
+def serve_one_train_forever(run: str, port: int) -> None:
+    """The ceiling: a pulsetrain bridge server (REP, protocol 2.2) that sends the run's first
+    train from memory again and again - the same bytes and frames as a replay, but no file is
+    read after the first train.  What a stock client receives from it is the most any replay
+    server can deliver over this socket on this machine."""
+    from pulsetrain.bridge import BridgeServer
+    from pulsetrain.files import iter_run_trains
+
+    _tid, data, meta = next(iter(iter_run_trains(run, zero_copy=False)))
+    with BridgeServer(f"tcp://127.0.0.1:{port}", "REP", "2.2", maxlen=2) as server:
+        while True:
+            server.feed(data, meta, block=True)
+
+
 def _evict(run: str) -> None:
     """Drop the run's files from the page cache (only these files: fsync, then
     ``POSIX_FADV_DONTNEED``), so that the next replay reads them from the disk."""
@@ -220,12 +236,14 @@ def replay_comparison(
         run = str(base / "r0001")
         for case in cases:
             for r in range(rounds):
-                order = ("pulsetrain", "serve-files")
+                order = ("pulsetrain", "serve-files") + (("memory",) if case == "warm" else ())
                 for name in order if r % 2 == 0 else order[::-1]:
                     port = free_port()
                     if name == "pulsetrain":
                         cmd = [sys.executable, "-m", "pulsetrain", "replay", run,
                                "--port", str(port), "--pattern", "REP"]  # fmt: skip
+                    elif name == "memory":
+                        cmd = [sys.executable, __file__, "--serve-one-train", run, str(port)]
                     else:
                         cmd = ["karabo-bridge-serve-files", run, str(port), "-z", "REP"]
                     if case == "cold":
@@ -242,22 +260,42 @@ def replay_comparison(
         f"{64 * trains / 1000:.1f} GB), REP to a karabo_bridge REQ client, {rounds} round(s); "
         f"load average {min(loads):.2f}-{max(loads):.2f} on {os.cpu_count()} cores"
     )
-    print(f"{'server':<34}{'trains/s':>9}{'server CPU ms/train':>21}   rounds (trains/s)")
+    print(f"{'server':<40}{'trains/s':>9}{'server CPU ms/train':>21}   rounds (trains/s)")
     results = []
     for case in cases:
         for name, label in (
             ("pulsetrain", "pulsetrain replay"),
             ("serve-files", "karabo-bridge-serve-files"),
+            ("memory", "ceiling: one train from memory"),
         ):
+            if (case, name) not in rates:
+                continue
             rounds_txt = " ".join(f"{x:.1f}" for x in rates[case, name])
             print(
-                f"{label + ' [' + case + ']':<34}{statistics.median(rates[case, name]):>9.2f}"
+                f"{label + ' [' + case + ']':<40}{statistics.median(rates[case, name]):>9.2f}"
                 f"{statistics.median(cpu[case, name]):>21.1f}   {rounds_txt}"
             )
         ours = statistics.median(rates[case, "pulsetrain"])
         peer = statistics.median(rates[case, "serve-files"])
         print(f"  pulsetrain / serve-files [{case}] = {ours / peer:.2f} x trains/s (goal >= 2)")
         suffix = "" if case == "warm" else ",cold"
+        if (case, "memory") in rates:
+            ceiling = statistics.median(rates[case, "memory"])
+            print(
+                f"  ceiling / serve-files = {ceiling / peer:.2f} x: the most any server can gain "
+                f"with this client and socket; pulsetrain replay reaches {ours / ceiling:.2f} of it"
+            )
+            results.append(
+                {
+                    "name": "storage.replay ceiling: one train from memory",
+                    "value": round(ceiling, 2),
+                    "unit": "trains/s",
+                    "peer": "karabo-bridge-serve-files (EXtra-data); "
+                    f"pulsetrain replay reaches {ours / ceiling:.2f} of the ceiling",
+                    "ratio": round(ceiling / peer, 3),
+                    "goal": None,
+                }
+            )
         results.append(
             {
                 "name": f"storage.replay_trains_per_s[REP{suffix}]",
@@ -366,4 +404,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["--serve-one-train"]:
+        serve_one_train_forever(sys.argv[2], int(sys.argv[3]))
+    else:
+        main(sys.argv[1:])
