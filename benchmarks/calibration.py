@@ -20,11 +20,14 @@ Measured side by side in one run, interleaved round by round, medians of the rou
 
 Kernel bandwidth = bytes the kernel reads + writes, per second.  Two byte counts:
 
-* ``io``: raw read (4 B/pixel) + data, gain, mask written (9 B/pixel) = 13 B per pixel (the
-  definition in the calibration issue);
+* ``io``: raw read (4 B/pixel) + data, gain, mask written (9 B/pixel) = 13 B per pixel (a
+  stricter count of our own: it leaves out the constants, which the kernel must read too);
 * ``min traffic``: ``io`` + the constants the kernel must read once per frame because every
   frame has its own memory cell: two thresholds, plus offset, relative gain and bad pixels of
-  the selected stage = 20 B per pixel, 33 B per pixel in all.
+  the selected stage = 20 B per pixel, 33 B per pixel in all.  This is the "effective GB/s"
+  of the reference measurements (``anchors-analysis-perf.md`` section 2: raw, digital, two
+  thresholds, offset, relative gain and output), with our two extra outputs (gain, mask) and
+  the bad-pixel constant added; the calibration issue's 0.4x goal is on that convention.
 
 Copy bandwidth = bytes copied per second by a numba ``prange`` copy of a buffer as large as
 the kernel's min traffic / 2 (so the copy reads + writes as many bytes as the kernel).  This is
