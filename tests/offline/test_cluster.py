@@ -143,3 +143,18 @@ def test_help_has_examples(capsys):
             main([command, "--help"])
         text = capsys.readouterr().out
         assert "examples:" in text and f"pulsetrain {command} " in text and "--slurm" in text
+
+
+def test_local_cluster_processes_have_their_startup_objects_frozen(dask_client):
+    """Workers and nannies of our local cluster keep start-up objects out of the cyclic GC."""
+
+    def frozen() -> int:
+        import gc
+
+        return gc.get_freeze_count()
+
+    workers = dask_client.run(frozen)
+    nannies = dask_client.run(frozen, nanny=True)
+    assert len(workers) == 2 and len(nannies) == 2
+    assert min(workers.values()) > 10_000
+    assert min(nannies.values()) > 10_000

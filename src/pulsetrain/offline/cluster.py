@@ -235,7 +235,32 @@ def open_client(config: ClusterConfig | None = None, client: Any = None) -> Iter
         )
         log.info("local Dask cluster: %d worker processes x 1 thread", workers)
         with cluster, Client(cluster) as c:
+            freeze_garbage_collection(c)
             yield c
+
+
+def _freeze_gc() -> int:
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
+def freeze_garbage_collection(client: Any) -> None:
+    """Move what the local cluster's worker and nanny processes hold after start-up (Dask,
+    numpy, numba: about 150 000-200 000 objects each) out of the cyclic garbage collector's
+    sight (:func:`gc.freeze`).
+
+    Otherwise each full collection walks all of them again: during a 2-worker correction on
+    2 cores, ``perf`` put 10 % of all CPU samples into ``gc_collect_main``, mostly in the
+    idle nannies; with the freeze, 1 %.  Objects made later are collected as usual.
+    """
+    try:
+        client.run(_freeze_gc)
+        client.run(_freeze_gc, nanny=True)
+    except Exception:  # noqa: BLE001 - an optimisation only
+        log.debug("could not freeze the workers' garbage collection", exc_info=True)
 
 
 @contextlib.contextmanager
