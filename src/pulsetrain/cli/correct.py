@@ -76,12 +76,17 @@ def run(args: argparse.Namespace) -> int:
 
     from pulsetrain.errors import PulsetrainError
     from pulsetrain.offline import CorrectionOptions, correct_run
-    from pulsetrain.offline.cluster import cluster_config_from_args, print_job_script
+    from pulsetrain.offline.cluster import (
+        cluster_config_from_args,
+        freeze_gc_once,
+        print_job_script,
+    )
 
     try:
         config = cluster_config_from_args(args)
         if args.print_job_script:
             return print_job_script(config)
+        freeze_gc_once()  # this process only runs the job: spare its GC the imports
         conditions = {
             "memory_cells": args.memory_cells,
             "bias_voltage": args.bias_voltage,

@@ -67,13 +67,18 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from pulsetrain.errors import PulsetrainError
-    from pulsetrain.offline.cluster import cluster_config_from_args, print_job_script
+    from pulsetrain.offline.cluster import (
+        cluster_config_from_args,
+        freeze_gc_once,
+        print_job_script,
+    )
     from pulsetrain.offline.reduce import ReductionParameters, reduce_to_file
 
     try:
         config = cluster_config_from_args(args)
         if args.print_job_script:
             return print_job_script(config)
+        freeze_gc_once()  # this process only runs the job: spare its GC the imports
         params = ReductionParameters(
             npt=args.npt,
             unit=args.unit,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -235,32 +236,55 @@ def open_client(config: ClusterConfig | None = None, client: Any = None) -> Iter
         )
         log.info("local Dask cluster: %d worker processes x 1 thread", workers)
         with cluster, Client(cluster) as c:
-            freeze_garbage_collection(c)
             yield c
 
 
-def _freeze_gc() -> int:
+_GC_FROZEN = False
+
+
+def freeze_gc_once(*, only_in_worker: bool = False) -> bool:
+    """Move every object this process holds now out of the cyclic garbage collector's sight
+    (:func:`gc.freeze`), once per process; returns whether it froze now.
+
+    A Dask worker that has imported numpy, h5py, numba, Dask and pulsetrain holds about 200,000
+    objects, and each full collection walks all of them again.  ``perf record -a`` during a
+    2-worker correction on 2 cores put 10 % of all CPU samples into ``gc_collect_main``.  The
+    task functions call this at the end of their first task (``only_in_worker=True``: only in
+    a Dask worker process, never in a caller's own process), when everything they import is
+    loaded; the command-line tools call it for their own process.  Objects made later are
+    collected as usual.
+    """
+    global _GC_FROZEN
+    if _GC_FROZEN:
+        return False
+    if only_in_worker:
+        try:
+            from distributed import get_worker
+
+            get_worker()
+        except (ImportError, ValueError):
+            return False
     import gc
 
     gc.collect()
     gc.freeze()
-    return gc.get_freeze_count()
+    _GC_FROZEN = True
+    return True
 
 
-def freeze_garbage_collection(client: Any) -> None:
-    """Move what the local cluster's worker and nanny processes hold after start-up (Dask,
-    numpy, numba: about 150 000-200 000 objects each) out of the cyclic garbage collector's
-    sight (:func:`gc.freeze`).
+def worker_task(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a function run as a Dask task: after its first run in a worker process, that
+    worker's objects are frozen out of the garbage collector (:func:`freeze_gc_once`)."""
 
-    Otherwise each full collection walks all of them again: during a 2-worker correction on
-    2 cores, ``perf`` put 10 % of all CPU samples into ``gc_collect_main``, mostly in the
-    idle nannies; with the freeze, 1 %.  Objects made later are collected as usual.
-    """
-    try:
-        client.run(_freeze_gc)
-        client.run(_freeze_gc, nanny=True)
-    except Exception:  # noqa: BLE001 - an optimisation only
-        log.debug("could not freeze the workers' garbage collection", exc_info=True)
+    @functools.wraps(func)
+    def task(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        finally:
+            if not _GC_FROZEN:
+                freeze_gc_once(only_in_worker=True)
+
+    return task
 
 
 @contextlib.contextmanager

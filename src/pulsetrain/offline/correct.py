@@ -40,7 +40,13 @@ import h5py
 import numpy as np
 
 from pulsetrain.errors import ConfigurationError, FileFormatError
-from pulsetrain.offline.cluster import ClusterConfig, numba_threads, open_client, run_tasks
+from pulsetrain.offline.cluster import (
+    ClusterConfig,
+    numba_threads,
+    open_client,
+    run_tasks,
+    worker_task,
+)
 from pulsetrain.offline.runfiles import (
     ModuleFileReader,
     RunLayout,
@@ -385,6 +391,7 @@ def _remove(path: Path) -> None:
         pass
 
 
+@worker_task
 def correct_module_file(task: ModuleTask) -> dict[str, Any]:
     """Correct one module sequence file (runs on a Dask worker); returns a result dict."""
     t0 = time.perf_counter()
@@ -571,6 +578,7 @@ def _write_corrected_frames(
         )
 
 
+@worker_task
 def copy_run_file(task: CopyTask) -> dict[str, Any]:
     """Copy one file without module data into the CORR run (runs on a Dask worker)."""
     t0 = time.perf_counter()

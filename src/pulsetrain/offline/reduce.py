@@ -36,7 +36,13 @@ from typing import Any
 import numpy as np
 
 from pulsetrain.errors import ConfigurationError
-from pulsetrain.offline.cluster import ClusterConfig, numba_threads, open_client, run_tasks
+from pulsetrain.offline.cluster import (
+    ClusterConfig,
+    numba_threads,
+    open_client,
+    run_tasks,
+    worker_task,
+)
 from pulsetrain.offline.nexus import ReducedFileWriter, read_reduced
 from pulsetrain.offline.runfiles import ModuleFileReader, RunLayout, scan_run
 
@@ -173,6 +179,7 @@ def _pulse_ids(block, key: str = "image.pulseId") -> np.ndarray:
     )
 
 
+@worker_task
 def reduce_module_part(task: _PartTask) -> dict[str, np.ndarray]:
     """Per-frame partial results of one module over one chunk of trains (a Dask task)."""
     from pulsetrain.analysis import AzimuthalIntegrator, count_peaks, pulse_statistics
