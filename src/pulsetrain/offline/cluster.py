@@ -249,10 +249,10 @@ def freeze_gc_once(*, only_in_worker: bool = False) -> bool:
     A Dask worker that has imported numpy, h5py, numba, Dask and pulsetrain holds about 200,000
     objects, and each full collection walks all of them again: ``perf record -a`` during a
     2-worker correction on 2 cores put 8 % of all CPU samples into the workers'
-    ``gc_collect_main``, and less than 0.1 % with the freeze.  The task functions call this at the end of their first task (``only_in_worker=True``: only in
-    a Dask worker process, never in a caller's own process), when everything they import is
-    loaded; the command-line tools call it for their own process.  Objects made later are
-    collected as usual.
+    ``gc_collect_main``, and less than 0.1 % with the freeze.  The task functions call this at
+    the end of their first task (``only_in_worker=True``: only in a Dask worker process, never
+    in a caller's own process), when everything they import is loaded; the command-line tools
+    call it for their own process.  Objects made later are collected as usual.
     """
     global _GC_FROZEN
     if _GC_FROZEN:
