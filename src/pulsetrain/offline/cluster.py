@@ -222,6 +222,9 @@ def open_client(config: ClusterConfig | None = None, client: Any = None) -> Iter
             yield c
         return
     workers = int(config.workers or os.cpu_count() or 1)
+    extra = dict(config.extra)
+    # our own worker processes may freeze their objects out of the GC (see freeze_gc_once)
+    extra["env"] = {**extra.get("env", {}), GC_FREEZE_ENV: "1"}
     with _quiet_distributed():
         cluster = LocalCluster(
             n_workers=workers,
@@ -232,7 +235,7 @@ def open_client(config: ClusterConfig | None = None, client: Any = None) -> Iter
             dashboard_address=config.dashboard or ":0",
             memory_limit=config.memory_limit,
             silence_logs=logging.ERROR,
-            **config.extra,
+            **extra,
         )
         log.info("local Dask cluster: %d worker processes x 1 thread", workers)
         with cluster, Client(cluster) as c:
@@ -240,6 +243,10 @@ def open_client(config: ClusterConfig | None = None, client: Any = None) -> Iter
 
 
 _GC_FROZEN = False
+
+#: Set in the environment of the worker processes :func:`open_client` starts itself: only those
+#: freeze their objects (never the workers of someone else's scheduler or SLURM cluster).
+GC_FREEZE_ENV = "PULSETRAIN_WORKER_GC_FREEZE"
 
 
 def freeze_gc_once(*, only_in_worker: bool = False) -> bool:
@@ -250,14 +257,17 @@ def freeze_gc_once(*, only_in_worker: bool = False) -> bool:
     objects, and each full collection walks all of them again: ``perf record -a`` during a
     2-worker correction on 2 cores put 8 % of all CPU samples into the workers'
     ``gc_collect_main``, and less than 0.1 % with the freeze.  The task functions call this at
-    the end of their first task (``only_in_worker=True``: only in a Dask worker process, never
-    in a caller's own process), when everything they import is loaded; the command-line tools
-    call it for their own process.  Objects made later are collected as usual.
+    the end of their first task (``only_in_worker=True``: only in a worker process of a local
+    cluster that :func:`open_client` started, never in a caller's own process or in the workers
+    of a cluster shared with others), when everything they import is loaded; the command-line
+    tools call it for their own process.  Objects made later are collected as usual.
     """
     global _GC_FROZEN
     if _GC_FROZEN:
         return False
     if only_in_worker:
+        if os.environ.get(GC_FREEZE_ENV) != "1":
+            return False
         try:
             from distributed import get_worker
 
