@@ -67,6 +67,18 @@ def assert_equal_values(a, b, where):
 SOCKETS = {"REP": "REQ", "PUSH": "PULL"}
 
 
+def start_replay(run_dir, port: int, *args: str, output=subprocess.DEVNULL) -> subprocess.Popen:
+    """``pulsetrain replay RUN_DIR --port PORT *args`` in a new process (stdout and stderr
+    together into *output*, no standard input)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pulsetrain", "replay", str(run_dir), "--port", str(port), *args],
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def check_replay_equals_extra_data(
     run_dir, tmp_path, *extra, positions=None, select=None, pattern="REP"
 ):
@@ -76,24 +88,7 @@ def check_replay_equals_extra_data(
     from karabo_bridge import Client
 
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pulsetrain",
-            "replay",
-            str(run_dir),
-            "--port",
-            str(port),
-            "--pattern",
-            pattern,
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = start_replay(run_dir, port, "--pattern", pattern, *extra, output=subprocess.PIPE)
     try:
         run = RunDirectory(str(run_dir))
         if positions is not None:
@@ -199,27 +194,10 @@ def test_replay_pub_repeats_the_run_at_the_rate_asked(sim_run):
     tids = [int(t) for t in run_info(sim_run).train_ids]
     rate = 20.0
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pulsetrain",
-            "replay",
-            str(sim_run),
-            "--port",
-            str(port),
-            "--pattern",
-            "PUB",
-            "--rate",
-            str(rate),
-            "--repeat",
-            "--source",
-            "*XGM/DOOCS/MAIN",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = start_replay(
+        sim_run, port, "--pattern", "PUB", "--rate", str(rate), "--repeat",
+        "--source", "*XGM/DOOCS/MAIN",
+    )  # fmt: skip
     try:
         received = []
         with Client(f"tcp://127.0.0.1:{port}", sock="SUB", timeout=60) as client:

@@ -334,19 +334,28 @@ def test_a_failing_task_names_its_file(catalog_url, dask_client, tmp_path):
         )
 
 
-def test_constants_are_loaded_once_per_worker_and_module(raw_run, catalog_url, tmp_path):
-    """In one process (as in one worker) the second file of a module reuses the constants."""
-    from pulsetrain.offline import correct as mod
-    from pulsetrain.offline.correct import correct_module_file, plan_correction
+def module0_tasks(raw, out, catalog_url, **kwargs):
+    """The planned tasks that correct module 0 of *raw* into *out* (nothing else copied)."""
+    from pulsetrain.offline.correct import plan_correction
 
     _layout, tasks, _q = plan_correction(
-        raw_run,
-        tmp_path / "out",
+        raw,
+        out,
         catalog=catalog_url,
         conditions={"memory_cells": CELLS},
         modules=[0],
         copy_other=False,
+        **kwargs,
     )
+    return tasks
+
+
+def test_constants_are_loaded_once_per_worker_and_module(raw_run, catalog_url, tmp_path):
+    """In one process (as in one worker) the second file of a module reuses the constants."""
+    from pulsetrain.offline import correct as mod
+    from pulsetrain.offline.correct import correct_module_file
+
+    tasks = module0_tasks(raw_run, tmp_path / "out", catalog_url)
     mod._CACHE.clear()
     mod.LOAD_COUNTS.clear()
     results = [correct_module_file(t) for t in tasks]
@@ -360,7 +369,7 @@ def test_rows_out_of_train_order_give_the_same_output(
 ):
     """A raw file whose rows are not in train order (its INDEX points back and forth), read a
     train per block or all at once: the corrected frames land in the rows of their trains."""
-    from pulsetrain.offline.correct import correct_module_file, plan_correction
+    from pulsetrain.offline.correct import correct_module_file
 
     raw = tmp_path / "raw"
     shutil.copytree(raw_run, raw)
@@ -374,15 +383,7 @@ def test_rows_out_of_train_order_give_the_same_output(
             rows = ds[: 2 * n]
             ds[: 2 * n] = np.concatenate([rows[n:], rows[:n]])
         first[0], first[1] = n, 0
-    _layout, tasks, _q = plan_correction(
-        raw,
-        tmp_path / "out",
-        catalog=catalog_url,
-        conditions={"memory_cells": CELLS},
-        modules=[0],
-        copy_other=False,
-        max_block_bytes=block_bytes,
-    )
+    tasks = module0_tasks(raw, tmp_path / "out", catalog_url, max_block_bytes=block_bytes)
     results = [correct_module_file(t) for t in tasks]
     assert [r["frames"] for r in results] == [3 * n, 3 * n]
     for r in results:
