@@ -424,12 +424,9 @@ class _SourceReader:
                 for key in keys:
                     rows = self._column(fa, key).take(firsts, counts)
                     for i, c in enumerate(count_list):
-                        if c == 0:
-                            if per_frame:
-                                values_per_train[i][key] = rows[i]
-                        elif per_frame or c > 1:
+                        if per_frame or c > 1:
                             values_per_train[i][key] = rows[i]
-                        else:
+                        elif c == 1:
                             values_per_train[i][key] = _scalar(rows[i][0])
             for i, b in enumerate(bpos.tolist()):
                 if any_data[i]:
