@@ -243,13 +243,12 @@ class Column:
             return self.empty()
         if self._bytes is None or r1 > self.nrows:
             return self.ds[r0:r1]
+        start = self._contiguous_start(r0, r1)
+        if start is not None:
+            return self._view(start, r1 - r0)
         c = self._chunk_rows
         k0, k1 = r0 // c, (r1 - 1) // c
         offsets = self._offsets
-        if self._run[k0] == self._run[k1]:
-            start = int(offsets[k0]) + (r0 - k0 * c) * self.row_bytes
-            if start % self._align == 0:
-                return self._view(start, r1 - r0)
         out = np.empty((r1 - r0,) + self.entry_shape, dtype=self.dtype)
         flat = out.reshape(-1).view(np.uint8)
         pos = 0
@@ -286,8 +285,10 @@ class Column:
         block = None
         if self._bytes is None or r1 > self.nrows:
             block = self.ds[r0:r1]
-        elif self._contiguous(r0, r1):
-            block = self.rows(r0, r1)
+        else:
+            start = self._contiguous_start(r0, r1)
+            if start is not None:
+                block = self._view(start, r1 - r0)
         out: list[Any] = []
         empty = None
         for f, n in zip(firsts_list, counts_list):
@@ -301,10 +302,12 @@ class Column:
                 out.append(self.rows(f, f + n))
         return out
 
-    def _contiguous(self, r0: int, r1: int) -> bool:
+    def _contiguous_start(self, r0: int, r1: int) -> int | None:
+        """Byte offset of rows ``r0:r1`` in the map if they are stored back to back (and
+        aligned for a view), else None."""
         c = self._chunk_rows
         k0, k1 = r0 // c, (r1 - 1) // c
         if self._run[k0] != self._run[k1]:
-            return False
+            return None
         start = int(self._offsets[k0]) + (r0 - k0 * c) * self.row_bytes
-        return start % self._align == 0
+        return start if start % self._align == 0 else None
