@@ -194,6 +194,31 @@ def test_numba_equals_numpy_reference(make_constants, make_raw, options, nan_fra
         assert np.isnan(fast.data).any()
 
 
+@pytest.mark.parametrize("options", OPTION_SETS[:5], ids=lambda o: ",".join(o) or "default")
+def test_numba_equals_numpy_where_high_gain_regions_alternate(make_constants, make_raw, options):
+    """The kernel treats a chunk of 16 rows as a whole when every row is in high gain, row by
+    row when some are, and redoes low-gain pixels in a second pass: all must give the
+    reference's result, as must a single low-gain pixel in an otherwise high row."""
+    consts = make_constants(cells=4, seed=5, nan_fraction=0.002)
+    raw = make_raw(frames=4, seed=6)
+    cells = np.array([0, 1, 2, 3], np.uint16)
+    high = np.uint16(1000)  # far below every threshold
+    raw[:, 1, :16] = high  # one whole chunk in high gain
+    raw[:, 1, 16:32:2] = high  # every second row of the next chunk
+    raw[:, 1, 32:48] = high
+    raw[:, 1, 40, 77] = 60000  # one low-gain pixel in an otherwise high chunk
+    raw[1, 1, 64:] = 60000  # frame 1: the rest in low gain
+    fast = correct_agipd(raw, cells, consts, **options)
+    ref = correct_agipd_numpy(raw, cells, consts, **options)
+    np.testing.assert_array_equal(fast.gain, ref.gain)
+    np.testing.assert_array_equal(fast.mask, ref.mask)
+    np.testing.assert_allclose(fast.data, ref.data, rtol=1e-6, atol=0, equal_nan=True)
+    # the layout is as meant (NaN thresholds put a few pixels of the high rows elsewhere)
+    assert (fast.gain[:, :16] == 0).mean() > 0.99
+    if not options:
+        assert fast.gain[0, 40, 77] == 2
+
+
 def test_in_order_cells_match_shuffled(constants, raw):
     """The numpy reference takes a slice for consecutive cells; both paths must agree."""
     cells = np.arange(raw.shape[0], dtype=np.uint16)

@@ -19,6 +19,107 @@ __all__ = ["accumulate_kernel", "common_mode_kernel", "correct_kernel", "paralle
 ASIC_SIZE = 64
 
 
+#: Pixels of one parallel work item of :func:`correct_kernel` (16 rows of a module); the
+#: pixels of a frame must be a multiple of it.
+CHUNK = 2048
+#: Pixels per all-high-gain test inside a chunk (one row of a module).
+BLOCK = 128
+_LOW_BYTES = np.uint64(0x0202020202020202)  # gain stage 2 in any byte of a uint64 word
+
+
+@njit(inline="always")
+def _correct_high(ra, o0, k0, b0, bad_to_nan, out_data, out_gain, out_mask):  # pragma: no cover
+    """Pixels all in high gain: only stage 0's constants are read."""
+    nan = np.float32(np.nan)
+    for x in range(ra.shape[0]):
+        v = (np.float32(ra[x]) - o0[x]) * k0[x]
+        m = b0[x]
+        if bad_to_nan:
+            v = nan if m != 0 else v
+        out_data[x] = v
+        out_gain[x] = 0
+        out_mask[x] = m
+
+
+@njit(inline="always")
+def _correct_mixed(
+    ra,
+    rd,
+    t0,
+    t1,
+    o0,
+    o1,
+    k0,
+    k1,
+    b0,
+    b1,
+    force_mg,
+    mg_threshold,
+    force_hg,
+    hg_threshold,
+    bad_to_nan,
+    out_data,
+    out_gain,
+    out_mask,
+):  # pragma: no cover - compiled
+    """Pixels in any stage: the gain stage of each, and data and mask as far as stage 1.
+
+    Pixels that end in stage 2 get their gain here but data and mask from stage 1's
+    constants; :func:`_fix_low` redoes them.  Only the constants of stages 0 and 1 are read,
+    all of them unconditionally, and the stage is kept as two booleans combined with ``&`` and
+    ``|`` (no short-circuit), so the loop has no branch and no masked load: LLVM turns the
+    selects into vector blends.  Returns the number of pixels in stage 2.
+    """
+    nan = np.float32(np.nan)
+    n_low = 0
+    for x in range(ra.shape[0]):
+        a = np.float32(ra[x])
+        d = np.float32(rd[x])
+        off0, off1 = o0[x], o1[x]
+        rg0, rg1 = k0[x], k1[x]
+        bp0, bp1 = b0[x], b1[x]
+        # "not <" rather than ">=": a NaN threshold sends the pixel on, as in the reference
+        medium = not d < t0[x]
+        low = medium & (not d < t1[x])
+        if force_mg:  # stage 2 -> 1
+            low = low & (not a - off1 < mg_threshold)
+        if force_hg:  # stage 1 (also if forced there) -> 0
+            medium = low | (medium & (not a - off0 < hg_threshold))
+        o = off1 if medium else off0
+        k = rg1 if medium else rg0
+        m = bp1 if medium else bp0
+        v = (a - o) * k
+        if bad_to_nan:
+            v = nan if m != 0 else v
+        out_data[x] = v
+        out_gain[x] = np.uint8(medium) + np.uint8(low)
+        out_mask[x] = m
+        n_low += low
+    return n_low
+
+
+@njit(inline="always")
+def _fix_low(ra, o2, k2, b2, bad_to_nan, out_data, out_gain, out_mask):  # pragma: no cover
+    """Redo data and mask of the stage-2 pixels with stage 2's constants.
+
+    Tests the gain bytes eight at a time (the length is a multiple of 8), so stage 2's
+    constants are read only near pixels in low gain, a few per cent at most in real data.
+    """
+    nan = np.float32(np.nan)
+    words = out_gain.view(np.uint64)
+    for w in range(words.shape[0]):
+        if not words[w] & _LOW_BYTES:
+            continue
+        for x in range(8 * w, 8 * w + 8):
+            if out_gain[x] == 2:
+                v = (np.float32(ra[x]) - o2[x]) * k2[x]
+                m = b2[x]
+                if bad_to_nan:
+                    v = nan if m != 0 else v
+                out_data[x] = v
+                out_mask[x] = m
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def correct_kernel(
     raw,
@@ -38,72 +139,75 @@ def correct_kernel(
 ):  # pragma: no cover - compiled (coverage cannot see inside)
     """Gain stage, force thresholds, offset, relative gain and mask of every pixel.
 
-    One parallel item is one row of 128 pixels of one frame.  A first vectorised loop checks
-    whether the whole row is in high gain (``digital < thresholds[0]``), the usual case away
-    from Bragg peaks: then only the high-gain planes of the constants are read.  Otherwise one
-    loop does all steps per pixel; it loads the constants of all three stages and *selects*
-    (no data-dependent loads or branches), so LLVM vectorises it even though the gain stage
-    changes from pixel to pixel.  The force thresholds can only move pixels that are not in
-    high gain, so an all-high row needs neither.
+    All arrays C-contiguous; each frame and constant plane is viewed as one flat vector of
+    pixels.  One parallel item is a chunk of :data:`CHUNK` pixels of one frame, so that the
+    vector loops are long: each has a fixed cost on entry (alias checks, set-up, remainder)
+    that loops over single rows of 128 pixels paid again and again.  A first pass tests each
+    row-long block of the chunk for "all pixels in high gain" (``digital < thresholds[0]``),
+    the usual case away from Bragg peaks and the water ring:
+
+    * all blocks high: :func:`_correct_high` over the chunk, reading stage 0's constants only;
+    * no block high: :func:`_correct_mixed` over the chunk, then :func:`_fix_low` if needed;
+    * some: each block by the one or the other.
     """
     n_frames = raw.shape[0]
-    n_rows = raw.shape[2]
-    n_cols = raw.shape[3]
-    nan = np.float32(np.nan)
-    for item in prange(n_frames * n_rows):
-        f = item // n_rows
-        r = item - f * n_rows
+    n_pixels = raw.shape[2] * raw.shape[3]
+    n_cells = thresholds.shape[1]
+    n_chunks = n_pixels // CHUNK
+    n_blocks = CHUNK // BLOCK
+    all_high = (1 << n_blocks) - 1
+    raw_flat = raw.reshape(n_frames, 2, n_pixels)
+    thr = thresholds.reshape(2, n_cells, n_pixels)
+    off = offset.reshape(3, n_cells, n_pixels)
+    rel = rel_gain.reshape(3, n_cells, n_pixels)
+    bad = bad_pixels.reshape(3, n_cells, n_pixels)
+    data_flat = data.reshape(n_frames, n_pixels)
+    gain_flat = gain.reshape(n_frames, n_pixels)
+    mask_flat = mask.reshape(n_frames, n_pixels)
+    for item in prange(n_frames * n_chunks):
+        f = item // n_chunks
+        s = (item - f * n_chunks) * CHUNK
+        e = s + CHUNK
         c = cells[f]
-        ra = raw[f, 0, r]
-        rd = raw[f, 1, r]
-        t0 = thresholds[0, c, r]
-        o0 = offset[0, c, r]
-        k0 = rel_gain[0, c, r]
-        b0 = bad_pixels[0, c, r]
-        out_data = data[f, r]
-        out_gain = gain[f, r]
-        out_mask = mask[f, r]
-        all_high = True
-        for x in range(n_cols):
-            all_high &= np.float32(rd[x]) < t0[x]
-        if all_high:
-            for x in range(n_cols):
-                v = (np.float32(ra[x]) - o0[x]) * k0[x]
-                m = b0[x]
-                if bad_to_nan:
-                    v = nan if m != 0 else v
-                out_data[x] = v
-                out_gain[x] = 0
-                out_mask[x] = m
+        ra = raw_flat[f, 0, s:e]
+        rd = raw_flat[f, 1, s:e]
+        t0 = thr[0, c, s:e]
+        o0 = off[0, c, s:e]
+        k0 = rel[0, c, s:e]
+        b0 = bad[0, c, s:e]
+        out_data = data_flat[f, s:e]
+        out_gain = gain_flat[f, s:e]
+        out_mask = mask_flat[f, s:e]
+        high_blocks = 0  # bit j set: block j all in high gain
+        for j in range(n_blocks):
+            high = True
+            for x in range(j * BLOCK, j * BLOCK + BLOCK):
+                high &= np.float32(rd[x]) < t0[x]
+            if high:
+                high_blocks |= 1 << j
+        if high_blocks == all_high:
+            _correct_high(ra, o0, k0, b0, bad_to_nan, out_data, out_gain, out_mask)
             continue
-        t1 = thresholds[1, c, r]
-        o1 = offset[1, c, r]
-        o2 = offset[2, c, r]
-        k1 = rel_gain[1, c, r]
-        k2 = rel_gain[2, c, r]
-        b1 = bad_pixels[1, c, r]
-        b2 = bad_pixels[2, c, r]
-        for x in range(n_cols):
-            a = np.float32(ra[x])
-            d = np.float32(rd[x])
-            # unconditional loads: lets LLVM turn the selects below into vector blends
-            off0, off1, off2 = o0[x], o1[x], o2[x]
-            rg0, rg1, rg2 = k0[x], k1[x], k2[x]
-            bp0, bp1, bp2 = b0[x], b1[x], b2[x]
-            g = np.uint8(0) if d < t0[x] else (np.uint8(1) if d < t1[x] else np.uint8(2))
-            if force_mg:
-                g = np.uint8(1) if (g == 2 and a - off1 < mg_threshold) else g
-            if force_hg:
-                g = np.uint8(0) if (g == 1 and a - off0 < hg_threshold) else g
-            o = off0 if g == 0 else (off1 if g == 1 else off2)
-            k = rg0 if g == 0 else (rg1 if g == 1 else rg2)
-            m = bp0 if g == 0 else (bp1 if g == 1 else bp2)
-            v = (a - o) * k
-            if bad_to_nan:
-                v = nan if m != 0 else v
-            out_data[x] = v
-            out_gain[x] = g
-            out_mask[x] = m
+        t1 = thr[1, c, s:e]
+        o1 = off[1, c, s:e]
+        o2 = off[2, c, s:e]
+        k1 = rel[1, c, s:e]
+        k2 = rel[2, c, s:e]
+        b1 = bad[1, c, s:e]
+        b2 = bad[2, c, s:e]
+        # a chunk with no high block is done in one go, others block by block
+        step = CHUNK if high_blocks == 0 else BLOCK
+        for u in range(0, CHUNK, step):
+            v = u + step
+            if high_blocks & (1 << (u // BLOCK)):
+                _correct_high(ra[u:v], o0[u:v], k0[u:v], b0[u:v], bad_to_nan,
+                              out_data[u:v], out_gain[u:v], out_mask[u:v])  # fmt: skip
+            elif _correct_mixed(ra[u:v], rd[u:v], t0[u:v], t1[u:v], o0[u:v], o1[u:v], k0[u:v],
+                                k1[u:v], b0[u:v], b1[u:v], force_mg, mg_threshold, force_hg,
+                                hg_threshold, bad_to_nan, out_data[u:v], out_gain[u:v],
+                                out_mask[u:v]):  # fmt: skip
+                _fix_low(ra[u:v], o2[u:v], k2[u:v], b2[u:v], bad_to_nan,
+                         out_data[u:v], out_gain[u:v], out_mask[u:v])  # fmt: skip
 
 
 @njit(cache=True, nogil=True)
