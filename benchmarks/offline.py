@@ -20,14 +20,21 @@ before any figure is printed.  Rates are run trains (all 4 modules) per second. 
 the variants rotates between repetitions; the best repetition of each counts; dirty pages are
 flushed (``os.sync()``) before each variant, so none pays for another's writes, and then what
 the variant held from its previous repetition (its output, the workers' constants) is freed,
-so each starts in the same state.  The order matters on this VM (a balloon device takes back
-memory the guest has left free for a few seconds, and using it again costs the guest several
-times more): ``--stale-memory`` frees before the flush, so every variant writes its output
-and loads its constants into such memory - both sides then pay more, the ratios shrink.
+so each starts in the same state.  The order matters on this VM: its balloon device takes
+back memory the guest has left free for a few seconds, and the guest pays for every page it
+then touches again - measured here at 0.2-0.7 GB/s, against several GB/s for an ordinary
+page fault.  A run writes about 1.8 GB into fresh page-cache pages, so this cost (1-5 s) would
+otherwise dominate runs of 1.5-4 s and decide the ratios by when the host last took memory
+back.  Just before each timed variant the benchmark therefore touches and frees 1.5 x the
+output's size of memory ("prewarm", its time printed), so every variant, the peer too, writes
+into memory the host has backed; ``--no-prewarm`` measures without it, and ``--stale-memory``
+frees each variant's previous output before the flush, so it writes into memory the host
+has most likely taken back: both then pay more, and by chance.
 The machine is shared: the load average is printed before and after, and each variant's CPU
 time (its processes' user + system seconds) next to its wall time.
 
-Run ``python benchmarks/offline.py [--quick] [--repeat N] [--keep DIR] [--stale-memory]``.
+Run ``python benchmarks/offline.py [--quick] [--repeat N] [--keep DIR] [--no-prewarm]
+[--stale-memory]``.
 """
 
 from __future__ import annotations
@@ -191,6 +198,17 @@ def free_previous(name: str, out: Path, clusters: dict) -> None:
         forget_constants(clusters[int(name[1])])
 
 
+def prewarm(nbytes: int) -> float:
+    """Touch ``nbytes`` of new memory, one write per page, and free it again; returns the
+    seconds taken.  Afterwards the guest's free memory is backed by the host, so the next run
+    does not pay for that (see the module docstring)."""
+    t = time.perf_counter()
+    buf = np.empty(nbytes // 8, np.uint64)
+    buf[::512] = 1  # one 8-byte write per 4 KiB page
+    del buf
+    return time.perf_counter() - t
+
+
 def cpu_seconds(client=None) -> tuple[float, float]:
     """User and system CPU seconds used so far by this process (which runs the local cluster's
     scheduler) and, with a client, by its worker processes: figures that other users' load
@@ -224,6 +242,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--files", type=int, default=4, help="sequence files per module")
     ap.add_argument("--keep", default=None, help="work in this directory and keep it")
     ap.add_argument(
+        "--no-prewarm",
+        action="store_true",
+        help="do not touch and free memory before each timed variant (see the docstring)",
+    )
+    ap.add_argument(
         "--stale-memory",
         action="store_true",
         help="free each variant's previous output and constants before the flush instead of "
@@ -246,6 +269,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         fill_catalog(url, frames, cells)
         n_files = len(list(raw.glob("RAW-*-AGIPD*.h5")))
         raw_bytes = sum(p.stat().st_size for p in raw.glob("RAW-*-AGIPD*.h5"))
+        # corrected output: 9 B per pixel (data, gain, mask) for the raw's 4 (analog, digital)
+        prewarm_bytes = 0 if args.no_prewarm else int(1.5 * raw_bytes * 9 / 4)
+        prewarm_rates: list[float] = []
         print(
             f"raw run: {len(MODULES)} modules x {trains} trains x {frames} frames, "
             f"{n_files} module files, {raw_bytes / 1e9:.2f} GB (made in "
@@ -282,6 +308,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     os.sync()  # start each variant with no dirty pages of the previous one
                     if not args.stale_memory:
                         free_previous(name, out, clusters)
+                    if prewarm_bytes:
+                        prewarm_rates.append(prewarm_bytes / prewarm(prewarm_bytes))
                     client = None if name == "peer" else clusters[int(name[1])]
                     u0, s0 = cpu_seconds(client)
                     t = time.perf_counter()
@@ -292,10 +320,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     times[name].append(time.perf_counter() - t)
                     u1, s1 = cpu_seconds(client)
                     cpu[name].append(u1 - u0 + s1 - s0)
+                    warmed = (
+                        f"; after a {prewarm_bytes / 1e9:.1f} GB prewarm at "
+                        f"{prewarm_rates[-1] / 1e9:.2f} GB/s"
+                        if prewarm_bytes
+                        else ""
+                    )
                     print(
                         f"  rep {rep + 1} {name:>4}: {times[name][-1]:.2f} s "
                         f"(CPU {cpu[name][-1]:.2f} s = user {u1 - u0:.2f} + system {s1 - s0:.2f}; "
-                        f"load {os.getloadavg()[0]:.1f})",
+                        f"load {os.getloadavg()[0]:.1f}{warmed})",
                         flush=True,
                     )
         check_same(root / "out-peer", root / "out-w2")
@@ -374,9 +408,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else ""
         goal = f"{r['goal']:g}" if r["goal"] is not None else ""
         print(f"{r['name']:48s} {r['value']:9.2f} {r['unit']:9s} {ratio:>6s} {goal:>5s}")
+    warmed = (
+        f"prewarm {prewarm_bytes / 1e9:.1f} GB before each variant, first touch at "
+        f"{min(prewarm_rates) / 1e9:.2f}-{max(prewarm_rates) / 1e9:.2f} GB/s; "
+        if prewarm_rates
+        else "no prewarm; "
+    )
     print(
         f"frames per run: {n_frames}; best of {repeat}; "
-        f"{'--stale-memory; ' if args.stale_memory else ''}"
+        f"{'--stale-memory; ' if args.stale_memory else ''}{warmed}"
         f"load average after {load_after[0]:.1f} / {load_after[1]:.1f} "
         f"(shared 2-core machine: other users' load slows both sides)"
     )

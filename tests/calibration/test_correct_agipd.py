@@ -229,6 +229,22 @@ def test_in_order_cells_match_shuffled(constants, raw):
     np.testing.assert_array_equal(correct_agipd(raw, cells, constants).data, ordered.data)
 
 
+def test_block_of_trains_equals_train_by_train(constants, raw):
+    """A block of several trains (each cell several times, which the kernel corrects cell by
+    cell) gives each train exactly what correcting it alone gives."""
+    trains = [raw[:5], raw[5:], raw[2:7]]
+    cells = [np.array([4, 0, 3, 1, 2], np.uint16)] * 3
+    block = correct_agipd(np.concatenate(trains), np.concatenate(cells), constants, bad_to_nan=True)
+    row = 0
+    for frames, c in zip(trains, cells):
+        alone = correct_agipd(frames, c, constants, bad_to_nan=True)
+        n = frames.shape[0]
+        np.testing.assert_array_equal(block.data[row : row + n], alone.data)
+        np.testing.assert_array_equal(block.gain[row : row + n], alone.gain)
+        np.testing.assert_array_equal(block.mask[row : row + n], alone.mask)
+        row += n
+
+
 @pytest.mark.parametrize("correct", IMPLEMENTATIONS)
 def test_out_buffers_are_filled_and_returned(correct, constants, raw):
     cells = np.arange(raw.shape[0], dtype=np.uint16)

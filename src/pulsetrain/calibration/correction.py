@@ -219,9 +219,12 @@ def correct_agipd(
     hg_thr = _check_force("force_hg_threshold", force_hg_threshold)
     if common_mode:
         cm_thr, cm_min = _check_common_mode(common_mode_threshold, common_mode_min_pixels)
+    order, group_starts = _cell_groups(cells)
     correct_kernel(
         raw,
         cells,
+        order,
+        group_starts,
         constants.thresholds,
         constants.offset,
         constants.rel_gain,
@@ -238,6 +241,14 @@ def correct_agipd(
     if common_mode:
         common_mode_kernel(result.data, result.gain, result.mask, cm_thr, cm_min)
     return result
+
+
+def _cell_groups(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Frames sorted by memory cell, and where each cell's group starts in that order (plus
+    the end): the kernel corrects the frames of one cell together, reusing its constants."""
+    order = np.argsort(cells, kind="stable")
+    starts = np.flatnonzero(np.diff(cells[order])) + 1
+    return order, np.concatenate(([0], starts, [cells.size])).astype(np.int64)
 
 
 def _cell_selector(cells: np.ndarray) -> slice | np.ndarray:

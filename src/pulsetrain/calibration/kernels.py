@@ -124,6 +124,8 @@ def _fix_low(ra, o2, k2, b2, bad_to_nan, out_data, out_gain, out_mask):  # pragm
 def correct_kernel(
     raw,
     cells,
+    order,
+    group_starts,
     thresholds,
     offset,
     rel_gain,
@@ -142,9 +144,17 @@ def correct_kernel(
     All arrays C-contiguous; each frame and constant plane is viewed as one flat vector of
     pixels.  One parallel item is a chunk of :data:`CHUNK` pixels of one frame, so that the
     vector loops are long: each has a fixed cost on entry (alias checks, set-up, remainder)
-    that loops over single rows of 128 pixels paid again and again.  A first pass tests each
-    row-long block of the chunk for "all pixels in high gain" (``digital < thresholds[0]``),
-    the usual case away from Bragg peaks and the water ring:
+    that loops over single rows of 128 pixels paid again and again.
+
+    The frames come in groups of the same memory cell: ``order`` lists the frames sorted by
+    cell, and group ``g`` is ``order[group_starts[g]:group_starts[g + 1]]``.  One parallel
+    item is one chunk of one group, its frames corrected one after the other, so in a block
+    of several trains each chunk's constants are read from memory once and then found in the
+    cache, instead of once per frame (the constants are most of a frame's memory traffic).
+    With every cell once, as in one train, an item is one chunk of one frame.
+
+    A first pass tests each row-long block of a frame's chunk for "all pixels in high gain"
+    (``digital < thresholds[0]``), the usual case away from Bragg peaks and the water ring:
 
     * all blocks high: :func:`_correct_high` over the chunk, reading stage 0's constants only;
     * no block high: :func:`_correct_mixed` over the chunk, then :func:`_fix_low` if needed;
@@ -154,6 +164,7 @@ def correct_kernel(
     n_pixels = raw.shape[2] * raw.shape[3]
     n_cells = thresholds.shape[1]
     n_chunks = n_pixels // CHUNK
+    n_groups = group_starts.shape[0] - 1
     n_blocks = CHUNK // BLOCK
     all_high = (1 << n_blocks) - 1
     raw_flat = raw.reshape(n_frames, 2, n_pixels)
@@ -164,50 +175,52 @@ def correct_kernel(
     data_flat = data.reshape(n_frames, n_pixels)
     gain_flat = gain.reshape(n_frames, n_pixels)
     mask_flat = mask.reshape(n_frames, n_pixels)
-    for item in prange(n_frames * n_chunks):
-        f = item // n_chunks
-        s = (item - f * n_chunks) * CHUNK
+    for item in prange(n_groups * n_chunks):
+        g = item // n_chunks
+        s = (item - g * n_chunks) * CHUNK
         e = s + CHUNK
-        c = cells[f]
-        ra = raw_flat[f, 0, s:e]
-        rd = raw_flat[f, 1, s:e]
-        t0 = thr[0, c, s:e]
-        o0 = off[0, c, s:e]
-        k0 = rel[0, c, s:e]
-        b0 = bad[0, c, s:e]
-        out_data = data_flat[f, s:e]
-        out_gain = gain_flat[f, s:e]
-        out_mask = mask_flat[f, s:e]
-        high_blocks = 0  # bit j set: block j all in high gain
-        for j in range(n_blocks):
-            high = True
-            for x in range(j * BLOCK, j * BLOCK + BLOCK):
-                high &= np.float32(rd[x]) < t0[x]
-            if high:
-                high_blocks |= 1 << j
-        if high_blocks == all_high:
-            _correct_high(ra, o0, k0, b0, bad_to_nan, out_data, out_gain, out_mask)
-            continue
-        t1 = thr[1, c, s:e]
-        o1 = off[1, c, s:e]
-        o2 = off[2, c, s:e]
-        k1 = rel[1, c, s:e]
-        k2 = rel[2, c, s:e]
-        b1 = bad[1, c, s:e]
-        b2 = bad[2, c, s:e]
-        # a chunk with no high block is done in one go, others block by block
-        step = CHUNK if high_blocks == 0 else BLOCK
-        for u in range(0, CHUNK, step):
-            v = u + step
-            if high_blocks & (1 << (u // BLOCK)):
-                _correct_high(ra[u:v], o0[u:v], k0[u:v], b0[u:v], bad_to_nan,
-                              out_data[u:v], out_gain[u:v], out_mask[u:v])  # fmt: skip
-            elif _correct_mixed(ra[u:v], rd[u:v], t0[u:v], t1[u:v], o0[u:v], o1[u:v], k0[u:v],
-                                k1[u:v], b0[u:v], b1[u:v], force_mg, mg_threshold, force_hg,
-                                hg_threshold, bad_to_nan, out_data[u:v], out_gain[u:v],
-                                out_mask[u:v]):  # fmt: skip
-                _fix_low(ra[u:v], o2[u:v], k2[u:v], b2[u:v], bad_to_nan,
-                         out_data[u:v], out_gain[u:v], out_mask[u:v])  # fmt: skip
+        for p in range(group_starts[g], group_starts[g + 1]):
+            f = order[p]
+            c = cells[f]
+            ra = raw_flat[f, 0, s:e]
+            rd = raw_flat[f, 1, s:e]
+            t0 = thr[0, c, s:e]
+            o0 = off[0, c, s:e]
+            k0 = rel[0, c, s:e]
+            b0 = bad[0, c, s:e]
+            out_data = data_flat[f, s:e]
+            out_gain = gain_flat[f, s:e]
+            out_mask = mask_flat[f, s:e]
+            high_blocks = 0  # bit j set: block j all in high gain
+            for j in range(n_blocks):
+                high = True
+                for x in range(j * BLOCK, j * BLOCK + BLOCK):
+                    high &= np.float32(rd[x]) < t0[x]
+                if high:
+                    high_blocks |= 1 << j
+            if high_blocks == all_high:
+                _correct_high(ra, o0, k0, b0, bad_to_nan, out_data, out_gain, out_mask)
+                continue
+            t1 = thr[1, c, s:e]
+            o1 = off[1, c, s:e]
+            o2 = off[2, c, s:e]
+            k1 = rel[1, c, s:e]
+            k2 = rel[2, c, s:e]
+            b1 = bad[1, c, s:e]
+            b2 = bad[2, c, s:e]
+            # a chunk with no high block is done in one go, others block by block
+            step = CHUNK if high_blocks == 0 else BLOCK
+            for u in range(0, CHUNK, step):
+                v = u + step
+                if high_blocks & (1 << (u // BLOCK)):
+                    _correct_high(ra[u:v], o0[u:v], k0[u:v], b0[u:v], bad_to_nan,
+                                  out_data[u:v], out_gain[u:v], out_mask[u:v])  # fmt: skip
+                elif _correct_mixed(ra[u:v], rd[u:v], t0[u:v], t1[u:v], o0[u:v], o1[u:v],
+                                    k0[u:v], k1[u:v], b0[u:v], b1[u:v], force_mg, mg_threshold,
+                                    force_hg, hg_threshold, bad_to_nan, out_data[u:v],
+                                    out_gain[u:v], out_mask[u:v]):  # fmt: skip
+                    _fix_low(ra[u:v], o2[u:v], k2[u:v], b2[u:v], bad_to_nan,
+                             out_data[u:v], out_gain[u:v], out_mask[u:v])  # fmt: skip
 
 
 @njit(cache=True, nogil=True)
