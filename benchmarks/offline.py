@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = ap.parse_args(argv)
     trains = args.trains or (8 if args.quick else 24)
     frames = args.frames or (16 if args.quick else 32)
-    repeat = args.repeat or (2 if args.quick else 3)
+    repeat = args.repeat or (2 if args.quick else 5)
     cells = frames
     sequence_trains = max(1, -(-trains // args.files))
 

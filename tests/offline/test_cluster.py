@@ -164,3 +164,31 @@ def test_workers_freeze_their_objects_out_of_the_gc_after_a_task(dask_client, co
     before = gc.get_freeze_count()
     assert freeze_gc_once(only_in_worker=True) is False
     assert gc.get_freeze_count() == before
+
+
+def test_caller_objects_are_frozen_for_the_job_only():
+    """During a job the caller's objects are out of the GC's sight, afterwards they are back;
+    a process that froze its own objects keeps exactly those frozen."""
+    import gc
+
+    from pulsetrain.offline.cluster import caller_objects_frozen
+
+    if gc.get_freeze_count():  # another test froze this process: start from none
+        gc.unfreeze()
+    kept = [object() for _ in range(100)]
+    with caller_objects_frozen():
+        during = gc.get_freeze_count()
+        made = [object()]
+    assert during >= len(kept)
+    assert gc.get_freeze_count() == 0 and made
+    gc.freeze()
+    try:
+        own = gc.get_freeze_count()  # (other threads may free a few of them meanwhile)
+        with caller_objects_frozen():  # neither freezes more nor unfreezes
+            assert 0 < gc.get_freeze_count() <= own
+        assert 0 < gc.get_freeze_count() <= own
+    finally:
+        gc.unfreeze()
+    with pytest.raises(RuntimeError), caller_objects_frozen():  # the job fails: still undone
+        raise RuntimeError("task failed")
+    assert gc.get_freeze_count() == 0

@@ -20,8 +20,14 @@ from pulsetrain.catalog.conditions import Conditions
 from pulsetrain.catalog.records import ConstantRecord
 from pulsetrain.errors import ConstantNotFoundError
 
-__all__ = ["DARK_TYPES", "GAIN_TYPES", "REQUIRED_TYPES", "store_dark", "store_rel_gain",
-           "load_agipd_constants"]
+__all__ = [
+    "DARK_TYPES",
+    "GAIN_TYPES",
+    "REQUIRED_TYPES",
+    "load_agipd_constants",
+    "store_dark",
+    "store_rel_gain",
+]
 
 #: Constant type → attribute of :class:`DarkResult`.
 DARK_TYPES = {"Offset": "offset", "Noise": "noise", "ThresholdsDark": "thresholds",

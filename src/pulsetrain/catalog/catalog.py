@@ -743,24 +743,36 @@ class Catalog:
         when = to_utc(at) if at is not None else utc_now()
         with self._session() as session:
             module_row = self._module_row(session, detector, module, ConstantNotFoundError)
-            query = (
-                self._constant_query()
-                .where(
-                    ConstantRow.module_id == module_row.id,
-                    ConstantRow.constant_type == ctype,
-                    ConstantRow.valid_from <= when,
-                    or_(ConstantRow.valid_to.is_(None), ConstantRow.valid_to > when),
-                    *self._condition_filter(conditions, tol),
-                )
-                .order_by(
-                    ConstantRow.valid_from.desc(), ConstantRow.created.desc(), ConstantRow.id.desc()
-                )
-                .limit(1)
+            return self._find_in_module(session, module_row, ctype, conditions, when, tol)
+
+    def _find_in_module(
+        self,
+        session: Session,
+        module_row: ModuleRow,
+        ctype: str,
+        conditions: Conditions,
+        when: datetime,
+        tol: Tolerances,
+    ) -> ConstantRecord:
+        """:meth:`find_constant` once the module's row is known."""
+        query = (
+            self._constant_query()
+            .where(
+                ConstantRow.module_id == module_row.id,
+                ConstantRow.constant_type == ctype,
+                ConstantRow.valid_from <= when,
+                or_(ConstantRow.valid_to.is_(None), ConstantRow.valid_to > when),
+                *self._condition_filter(conditions, tol),
             )
-            row = session.scalars(query).first()
-            if row is not None:
-                return self._constant_record(row)
-            raise self._explain_missing(session, module_row, ctype, conditions, when, tol)
+            .order_by(
+                ConstantRow.valid_from.desc(), ConstantRow.created.desc(), ConstantRow.id.desc()
+            )
+            .limit(1)
+        )
+        row = session.scalars(query).first()
+        if row is not None:
+            return self._constant_record(row)
+        raise self._explain_missing(session, module_row, ctype, conditions, when, tol)
 
     def _explain_missing(
         self,
@@ -868,16 +880,21 @@ class Catalog:
         With ``missing_ok=False`` (default) one ``ConstantNotFoundError`` names every missing
         type; with ``True`` missing types are left out of the result.
         """
+        if not isinstance(conditions, Conditions):
+            conditions = Conditions.from_dict(conditions)
+        tol = Tolerances.coerce(tolerances)
         when = to_utc(at) if at is not None else utc_now()
         found: dict[str, ConstantRecord] = {}
         errors: list[ConstantNotFoundError] = []
-        for ctype in types:
-            try:
-                found[ctype] = self.find_constant(
-                    detector, module, ctype, conditions, when, tolerances
-                )
-            except ConstantNotFoundError as exc:
-                errors.append(exc)
+        with self._session() as session:  # one session and module look-up for all types
+            module_row = self._module_row(session, detector, module, ConstantNotFoundError)
+            for ctype in types:
+                try:
+                    found[ctype] = self._find_in_module(
+                        session, module_row, ctype, conditions, when, tol
+                    )
+                except ConstantNotFoundError as exc:
+                    errors.append(exc)
         if errors and not missing_ok:
             if len(errors) == 1:
                 raise errors[0]

@@ -42,6 +42,7 @@ import numpy as np
 from pulsetrain.errors import ConfigurationError, FileFormatError
 from pulsetrain.offline.cluster import (
     ClusterConfig,
+    caller_objects_frozen,
     numba_threads,
     open_client,
     run_tasks,
@@ -163,7 +164,7 @@ class ModuleTask:
     options: CorrectionOptions
     force: bool = False
     verify: str = "index"
-    max_block_bytes: int = 32 << 20
+    max_block_bytes: int = 64 << 20
     numba_threads: int = 1
 
 
@@ -642,7 +643,7 @@ def plan_correction(
     copy_other: bool = True,
     force: bool = False,
     verify: str = "index",
-    max_block_bytes: int = 32 << 20,
+    max_block_bytes: int = 64 << 20,
 ) -> tuple[RunLayout, list[ModuleTask | CopyTask], ConstantsQuery]:
     """Work out the tasks of :func:`correct_run` (no Dask involved).
 
@@ -762,7 +763,7 @@ def correct_run(
     verify: str = "index",
     record: bool = True,
     progress: bool = True,
-    max_block_bytes: int = 32 << 20,
+    max_block_bytes: int = 64 << 20,
 ) -> CorrectionReport:
     """Correct a raw run into a CORR run directory, in parallel on Dask.
 
@@ -839,7 +840,7 @@ def correct_run(
     total = sum(t.trains for t in tasks if isinstance(t, ModuleTask))
     bar = _progress_bar(total, n_modules, progress)
     try:
-        with open_client(cluster, client) as c:
+        with caller_objects_frozen(), open_client(cluster, client) as c:
             threads = numba_threads(c)
             placement = module_placement(layout.modules, list(c.scheduler_info()["workers"]))
             futures = {}

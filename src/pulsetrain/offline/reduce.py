@@ -38,6 +38,7 @@ import numpy as np
 from pulsetrain.errors import ConfigurationError
 from pulsetrain.offline.cluster import (
     ClusterConfig,
+    caller_objects_frozen,
     numba_threads,
     open_client,
     run_tasks,
@@ -596,7 +597,7 @@ def _execute(
 
         bar = tqdm(total=plan.n_frames, unit="frame", desc="reduce", smoothing=0.1)
     try:
-        with open_client(cluster, client) as c:
+        with caller_objects_frozen(), open_client(cluster, client) as c:
             futures = _submit(c, plan, numba_threads(c))
 
             def on_result(fut, result) -> None:
