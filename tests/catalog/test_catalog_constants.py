@@ -256,6 +256,12 @@ def test_find_constants(agipd, dark_conditions):
         DETECTOR, 2, dark_conditions, T0 + DAY, types=types, missing_ok=True
     )
     assert list(partial) == ["Offset"]
+    # an unknown module: one clear error, or nothing found with missing_ok
+    with pytest.raises(ConstantNotFoundError, match="module"):
+        agipd.find_constants(DETECTOR, 99, dark_conditions, T0 + DAY, types=types)
+    assert (
+        agipd.find_constants(DETECTOR, 99, dark_conditions, T0, types=types, missing_ok=True) == {}
+    )
 
 
 def _tamper_file(catalog, rec, new_value):

@@ -887,7 +887,12 @@ class Catalog:
         found: dict[str, ConstantRecord] = {}
         errors: list[ConstantNotFoundError] = []
         with self._session() as session:  # one session and module look-up for all types
-            module_row = self._module_row(session, detector, module, ConstantNotFoundError)
+            try:
+                module_row = self._module_row(session, detector, module, ConstantNotFoundError)
+            except ConstantNotFoundError:
+                if missing_ok:  # an unknown detector or module: every type is missing
+                    return {}
+                raise
             for ctype in types:
                 try:
                     found[ctype] = self._find_in_module(
