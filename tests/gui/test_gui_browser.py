@@ -311,6 +311,7 @@ def test_setting_properties_from_the_page(gui, page, pipeline, collector, artifa
     vmax.press("Enter")
     try:
         wait_until(lambda: sup.get(PREVIEW, "vmax") == 7000.0, what="vmax = 7000")
+        page.wait_for_function(model_js("message", "text") + ".includes('vmax = 7000.0: done')")
         tid = sup.get(PREVIEW, "lastTrainId")
         values = wait_until(
             lambda: next((v for t, v in list(collector.trains.items()) if t > tid), None),

@@ -150,3 +150,21 @@ def test_editors_parse_the_property_types(session):
     editors["vmin"].widget.value = "abc"
     assert "is not a float" in session.msg.text
     assert editors["vmin"].widget.value == repr(float(session.backend.value(PREVIEW, "vmin")))
+
+
+def test_poll_keeps_typed_text_that_already_is_the_device_value(session):
+    """A poll that brings the value just typed does not rewrite the field (the user may be
+    typing the next value in it); a different value from the device is shown."""
+    vmax = {e.key: e for e in session.panels[0].editors}["vmax"]
+    token = session.backend.topology.token
+    original = session.backend.value(PREVIEW, "vmax")
+    with session.programmatic():
+        vmax.widget.value = "7000"  # as typed in the page
+    try:
+        session.backend.set_property(PREVIEW, "vmax", 7000.0, token)
+        drive(session, lambda: vmax.last_device_value == 7000.0)
+        assert vmax.widget.value == "7000"
+        session.backend.set_property(PREVIEW, "vmax", 8000.0, token)
+        drive(session, lambda: vmax.widget.value == "8000.0")
+    finally:
+        session.backend.set_property(PREVIEW, "vmax", original, token)

@@ -244,7 +244,19 @@ class PropertyEditor:
         value = self.session.backend.value(self.device, self.key)
         if value != self.last_device_value:
             self.last_device_value = value
-            self.show(value)
+            if not self._shows(value):
+                self.show(value)
+
+    def _shows(self, value: Any) -> bool:
+        """Whether the widget's text already is ``value`` (e.g. "7000" typed for 7000.0).
+
+        The text is then left alone: rewriting it from the server while someone is typing
+        the next value in the same field would replace what they typed.
+        """
+        try:
+            return bool(self.parse(self.widget.value) == value)
+        except Exception:  # not parseable, or an array: compare by showing
+            return False
 
 
 # ============================================================================================
