@@ -255,7 +255,7 @@ class PropertyEditor:
         """
         try:
             return bool(self.parse(self.widget.value) == value)
-        except Exception:  # not parseable, or an array: compare by showing
+        except (ConfigurationError, ValueError, TypeError):  # not parseable, or an array
             return False
 
 
