@@ -264,6 +264,48 @@ def test_find_constants(agipd, dark_conditions):
     )
 
 
+def test_find_constants_of_modules_picks_as_find_constant(agipd, dark_conditions):
+    """One query for several modules picks, per module and type, what find_constant picks:
+    the newest valid version with matching conditions, never another module's."""
+    other = dark_conditions.replace(bias_voltage=200)
+    add = agipd.add_constant
+    add(DETECTOR, 2, "Offset", random_array(1), dark_conditions, T0)
+    newest2 = add(DETECTOR, 2, "Offset", random_array(2), dark_conditions, T0 + DAY)
+    add(DETECTOR, 2, "Offset", random_array(3), dark_conditions, T0 + 5 * DAY)  # not yet valid
+    add(DETECTOR, 2, "Offset", random_array(4), other, T0 + 2 * DAY)  # other conditions
+    gain2 = add(DETECTOR, 2, "ThresholdsDark", random_array(5), dark_conditions, T0)
+    add(DETECTOR, 3, "Offset", random_array(6), dark_conditions, T0, T0 + DAY)  # expired
+    newest3 = add(DETECTOR, "AGIPD_SIV1_AGIPDV11_M305", "Offset", random_array(7),
+                  dark_conditions, T0 + DAY)
+    gain3 = add(DETECTOR, 3, "ThresholdsDark", random_array(8), dark_conditions, T0 + DAY)
+    at = T0 + 2 * DAY
+    types = ["Offset", "ThresholdsDark"]
+    found = agipd.find_constants_of_modules(
+        DETECTOR, [2, "AGIPD_SIV1_AGIPDV11_M305"], dark_conditions, at, types=types
+    )
+    ids = {m: {t: r.id for t, r in recs.items()} for m, recs in found.items()}
+    assert ids == {
+        2: {"Offset": newest2.id, "ThresholdsDark": gain2.id},
+        "AGIPD_SIV1_AGIPDV11_M305": {"Offset": newest3.id, "ThresholdsDark": gain3.id},
+    }
+    for module in (2, 3):
+        for t in types:
+            single = agipd.find_constant(DETECTOR, module, t, dark_conditions, at=at)
+            assert single.id == found[2 if module == 2 else "AGIPD_SIV1_AGIPDV11_M305"][t].id
+    # missing: every missing module and type in one error, or left out with missing_ok
+    with pytest.raises(ConstantNotFoundError) as info:
+        agipd.find_constants_of_modules(
+            DETECTOR, [2, 3, 4], dark_conditions, at, types=[*types, "BadPixelsDark"]
+        )
+    message = str(info.value)
+    assert message.startswith("5 constants missing")
+    assert "module 2" in message and "module 4" in message and "module 3" in message
+    partial = agipd.find_constants_of_modules(
+        DETECTOR, [2, 4, 99], dark_conditions, at, types=types, missing_ok=True
+    )
+    assert {m: sorted(r) for m, r in partial.items()} == {2: types, 4: [], 99: []}
+
+
 def _tamper_file(catalog, rec, new_value):
     with h5py.File(catalog.constant_path(rec), "r+") as f:
         del f[rec.dataset]

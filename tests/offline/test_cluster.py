@@ -192,3 +192,42 @@ def test_caller_objects_are_frozen_for_the_job_only():
     with pytest.raises(RuntimeError), caller_objects_frozen():  # the job fails: still undone
         raise RuntimeError("task failed")
     assert gc.get_freeze_count() == 0
+
+
+def test_local_cluster_runs_with_less_background_work(dask_client):
+    """The cluster open_client starts has no stack profiler in its workers and slower health
+    checks; the caller's Dask configuration is unchanged, and a user's own setting wins."""
+    import dask
+
+    from pulsetrain.offline.cluster import LOCAL_CLUSTER_SETTINGS, local_cluster_settings
+
+    def worker_state(dask_worker) -> tuple:
+        import dask
+
+        return (
+            "profile" in dask_worker.periodic_callbacks,
+            dask.config.get("distributed.worker.memory.monitor-interval"),
+        )
+
+    def scheduler_tick(dask_scheduler) -> float:
+        return dask_scheduler._tick_interval
+
+    assert set(dask_client.run(worker_state).values()) == {(False, "500ms")}
+    assert dask_client.run_on_scheduler(scheduler_tick) == 1.0
+    # the caller keeps Dask's defaults
+    assert dask.config.get("distributed.admin.tick.interval") == "20ms"
+    assert dask.config.get("distributed.worker.profile.enabled") is True
+    assert local_cluster_settings() == LOCAL_CLUSTER_SETTINGS
+    with dask.config.set({"distributed.admin.tick.interval": "50ms"}):
+        kept = local_cluster_settings()
+    assert "distributed.admin.tick.interval" not in kept
+    assert kept["distributed.worker.memory.monitor-interval"] == "500ms"
+    assert kept["distributed.worker.profile.enabled"] is False
+
+
+def test_lean_false_keeps_dasks_settings():
+    from pulsetrain.offline import ClusterConfig, open_client
+
+    with open_client(ClusterConfig(workers=1, lean=False)) as client:
+        profiled = client.run(lambda dask_worker: "profile" in dask_worker.periodic_callbacks)
+    assert list(profiled.values()) == [True]

@@ -350,6 +350,23 @@ def module0_tasks(raw, out, catalog_url, **kwargs):
     return tasks
 
 
+def test_planned_train_counts_are_the_files_trains(raw_run, catalog_url, tmp_path):
+    """The train count of each task (progress bar, skipped outputs) is the non-zero train IDs
+    of its file, taken from the run's map without opening the file again."""
+    import h5py
+    import numpy as np
+
+    from pulsetrain.offline.correct import plan_correction
+
+    layout, tasks, _q = plan_correction(
+        raw_run, tmp_path / "out", catalog=catalog_url, conditions={"memory_cells": CELLS}
+    )
+    assert len(tasks) == len(layout.file_trains) > 2
+    for task in tasks:
+        with h5py.File(task.input_path, "r") as f:
+            assert task.trains == np.count_nonzero(f["INDEX/trainId"][:]) > 0
+
+
 def test_constants_are_loaded_once_per_worker_and_module(raw_run, catalog_url, tmp_path):
     """In one process (as in one worker) the second file of a module reuses the constants."""
     from pulsetrain.offline import correct as mod

@@ -755,24 +755,53 @@ class Catalog:
         tol: Tolerances,
     ) -> ConstantRecord:
         """:meth:`find_constant` once the module's row is known."""
-        query = (
-            self._constant_query()
+        newest = self._newest(session, [module_row.id], [ctype], conditions, when, tol)
+        record = newest.get((module_row.id, ctype))
+        if record is not None:
+            return record
+        raise self._explain_missing(session, module_row, ctype, conditions, when, tol)
+
+    def _newest(
+        self,
+        session: Session,
+        module_ids: Sequence[int],
+        types: Sequence[str],
+        conditions: Conditions,
+        when: datetime,
+        tol: Tolerances,
+    ) -> dict[tuple[int, str], ConstantRecord]:
+        """``{(module row id, type): record}`` of the constants :meth:`find_constant` picks,
+        for all these modules and types in one query (absent where none matches)."""
+        rank = (
+            func.row_number()
+            .over(
+                partition_by=(ConstantRow.module_id, ConstantRow.constant_type),
+                order_by=(
+                    ConstantRow.valid_from.desc(),
+                    ConstantRow.created.desc(),
+                    ConstantRow.id.desc(),
+                ),
+            )
+            .label("rank")
+        )
+        ranked = (
+            select(ConstantRow.id, rank)
             .where(
-                ConstantRow.module_id == module_row.id,
-                ConstantRow.constant_type == ctype,
+                ConstantRow.module_id.in_(list(module_ids)),
+                ConstantRow.constant_type.in_(list(types)),
                 ConstantRow.valid_from <= when,
                 or_(ConstantRow.valid_to.is_(None), ConstantRow.valid_to > when),
                 *self._condition_filter(conditions, tol),
             )
-            .order_by(
-                ConstantRow.valid_from.desc(), ConstantRow.created.desc(), ConstantRow.id.desc()
-            )
-            .limit(1)
+            .subquery()
         )
-        row = session.scalars(query).first()
-        if row is not None:
-            return self._constant_record(row)
-        raise self._explain_missing(session, module_row, ctype, conditions, when, tol)
+        query = self._constant_query().where(
+            ConstantRow.id.in_(select(ranked.c.id).where(ranked.c.rank == 1))
+        )
+        return {
+            (row.module_id, row.constant_type): self._constant_record(row)
+            for row in session.scalars(query).unique()
+        }
 
     def _explain_missing(
         self,
@@ -880,32 +909,70 @@ class Catalog:
         With ``missing_ok=False`` (default) one ``ConstantNotFoundError`` names every missing
         type; with ``True`` missing types are left out of the result.
         """
+        return self.find_constants_of_modules(
+            detector,
+            [module],
+            conditions,
+            at,
+            types=types,
+            tolerances=tolerances,
+            missing_ok=missing_ok,
+        )[module]
+
+    def find_constants_of_modules(
+        self,
+        detector: str | DetectorRecord,
+        modules: Iterable[int | str],
+        conditions: Conditions | Mapping[str, Any],
+        at: datetime | None = None,
+        *,
+        types: Iterable[str],
+        tolerances: Tolerances | Mapping[str, float] | None = None,
+        missing_ok: bool = False,
+    ) -> dict[int | str, dict[str, ConstantRecord]]:
+        """:meth:`find_constants` for several modules: ``{module: {type: record}}``.
+
+        One database query for all modules and types (a 16-module detector's correction asks
+        for 64 constants before it starts).  With ``missing_ok=False`` (default) one
+        ``ConstantNotFoundError`` names every missing module and type; with ``True`` they are
+        left out (an unknown module gives ``{}``).
+        """
         if not isinstance(conditions, Conditions):
             conditions = Conditions.from_dict(conditions)
         tol = Tolerances.coerce(tolerances)
         when = to_utc(at) if at is not None else utc_now()
-        found: dict[str, ConstantRecord] = {}
+        modules = list(modules)
+        types = list(types)
+        found: dict[int | str, dict[str, ConstantRecord]] = {m: {} for m in modules}
         errors: list[ConstantNotFoundError] = []
-        with self._session() as session:  # one session and module look-up for all types
-            try:
-                module_row = self._module_row(session, detector, module, ConstantNotFoundError)
-            except ConstantNotFoundError:
-                if missing_ok:  # an unknown detector or module: every type is missing
-                    return {}
-                raise
-            for ctype in types:
+        with self._session() as session:  # one session and query for everything
+            module_rows: dict[int | str, ModuleRow] = {}
+            for module in modules:
                 try:
-                    found[ctype] = self._find_in_module(
-                        session, module_row, ctype, conditions, when, tol
+                    module_rows[module] = self._module_row(
+                        session, detector, module, ConstantNotFoundError
                     )
-                except ConstantNotFoundError as exc:
-                    errors.append(exc)
-        if errors and not missing_ok:
+                except ConstantNotFoundError:
+                    if not missing_ok:  # an unknown detector or module
+                        raise
+            newest = self._newest(
+                session, [r.id for r in module_rows.values()], types, conditions, when, tol
+            )
+            for module, row in module_rows.items():
+                for ctype in types:
+                    record = newest.get((row.id, ctype))
+                    if record is not None:
+                        found[module][ctype] = record
+                    elif not missing_ok:
+                        errors.append(
+                            self._explain_missing(session, row, ctype, conditions, when, tol)
+                        )
+        if errors:
             if len(errors) == 1:
                 raise errors[0]
             first = errors[0]
             raise ConstantNotFoundError(
-                f"{len(errors)} constant types missing: " + " | ".join(str(e) for e in errors),
+                f"{len(errors)} constants missing: " + " | ".join(str(e) for e in errors),
                 detector=first.detector,
                 module=first.module,
                 constant_type=[e.constant_type for e in errors],

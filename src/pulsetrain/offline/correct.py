@@ -248,23 +248,27 @@ def _catalog(url: str):
     return cat
 
 
-def find_constant_ids(query: ConstantsQuery, module: int) -> dict[str, int]:
-    """Catalogue IDs ``{type: id}`` of the constants a correction of ``module`` needs.
+def find_constant_ids(query: ConstantsQuery, modules: Sequence[int]) -> dict[int, dict[str, int]]:
+    """Catalogue IDs ``{module: {type: id}}`` of the constants a correction of ``modules`` needs.
 
-    Asked once per module and job, on the client: every file of the module is then corrected
-    with the same constants, even if new ones are added while the job runs.
+    Asked once per job, on the client, in one catalogue query: every file of a module is then
+    corrected with the same constants, even if new ones are added while the job runs.
 
     Raises
     ------
     ConstantNotFoundError
-        Naming every missing type and why the candidates did not match.
+        Naming every missing module and type and why the candidates did not match.
     """
     from pulsetrain.catalog.agipd import REQUIRED_TYPES
 
-    records = _catalog(query.catalog_url).find_constants(
-        query.detector, module, query.conditions_obj(), query.at_datetime(), types=REQUIRED_TYPES
+    records = _catalog(query.catalog_url).find_constants_of_modules(
+        query.detector,
+        list(modules),
+        query.conditions_obj(),
+        query.at_datetime(),
+        types=REQUIRED_TYPES,
     )
-    return {t: int(r.id) for t, r in records.items()}
+    return {m: {t: int(r.id) for t, r in found.items()} for m, found in records.items()}
 
 
 def _load_constants(catalog_url: str, detector: str, module: int, ids: dict[str, int]):
@@ -694,7 +698,7 @@ def plan_correction(
         at=at.isoformat(),
     )
     # Before any worker starts: ConstantNotFoundError names what is missing.
-    constant_ids = {m: find_constant_ids(query, m) for m in layout.modules}
+    constant_ids = find_constant_ids(query, layout.modules)
     out.mkdir(parents=True, exist_ok=True)
     options = options or CorrectionOptions()
     run_metadata = (("run_type", layout.run_type), ("sample", layout.sample))
@@ -713,7 +717,7 @@ def plan_correction(
                     sequence=seq,
                     output_dir=str(out),
                     output_name=name,
-                    trains=_file_trains(path),
+                    trains=layout.file_trains.get(path) or _file_trains(path),
                     proposal=layout.proposal or 900001,
                     run_number=layout.run_number,
                     format_version=fmt,
@@ -738,7 +742,7 @@ def plan_correction(
                     input_path=str(path),
                     output_dir=str(out),
                     output_name=f"CORR-R{run:04d}-{agg}-S{seq:05d}.h5",
-                    trains=_file_trains(path),
+                    trains=layout.file_trains.get(path) or _file_trains(path),
                     force=force,
                     verify=verify,
                 )

@@ -101,6 +101,8 @@ class RunLayout:
     module_sources: dict[str, int]
     module_files: dict[str, list[Path]]
     other_files: list[Path] = field(default_factory=list)
+    #: Trains (non-zero train IDs) in each file, from EXtra-data's map of the run.
+    file_trains: dict[Path, int] = field(default_factory=dict)
 
     @property
     def modules(self) -> list[int]:
@@ -195,6 +197,7 @@ def scan_run(
             (Path(fa.filename) for fa in run.files if Path(fa.filename) not in all_module_files),
             key=lambda p: (p.name.split("-S")[0], _sequence_key(p)),
         )
+        file_trains = {Path(fa.filename): int(fa.train_ids.size) for fa in run.files}
         try:
             md = {k: _plain(v) for k, v in run.run_metadata().items()}
         except Exception:  # noqa: BLE001 - old files: METADATA may be incomplete
@@ -226,6 +229,7 @@ def scan_run(
         module_sources=found,
         module_files=module_files,
         other_files=other_files,
+        file_trains=file_trains,
     )
 
 
