@@ -311,18 +311,19 @@ class ModuleFileReader:
         except OSError as exc:
             raise FileFormatError(f"cannot open {self.path}: {exc}") from exc
         f = self.file
-        base = f"INDEX/{source}/{group}"
-        if f"{base}/first" not in f or f"{base}/count" not in f:
+        index = f.get(f"INDEX/{source}/{group}")  # one look-up each (``in`` then ``[]`` is two)
+        first_ds = index.get("first") if isinstance(index, h5py.Group) else None
+        count_ds = index.get("count") if isinstance(index, h5py.Group) else None
+        if first_ds is None or count_ds is None:
             self.close()
             raise FileFormatError(f"{self.path.name}: no INDEX of {source}/{group}")
         tids = f["INDEX/trainId"][:].astype(np.uint64)
         n = tids.size
-        first = f[f"{base}/first"][:n].astype(np.int64)
-        count = f[f"{base}/count"][:n].astype(np.int64)
+        first = first_ds[:n].astype(np.int64)
+        count = count_ds[:n].astype(np.int64)
+        stamps_ds = f.get("INDEX/timestamp")
         stamps = (
-            f["INDEX/timestamp"][:n].astype(np.uint64)
-            if "INDEX/timestamp" in f
-            else np.zeros(n, np.uint64)
+            stamps_ds[:n].astype(np.uint64) if stamps_ds is not None else np.zeros(n, np.uint64)
         )
         order = np.argsort(tids, kind="stable")
         stids = tids[order]
@@ -360,16 +361,20 @@ class ModuleFileReader:
 
     def has_key(self, key: str) -> bool:
         """Whether the source has ``key`` (``image.cellId``) in this file."""
-        return f"INSTRUMENT/{self.source}/{key.replace('.', '/')}" in self.file
+        try:
+            self.dataset(key)
+        except FileFormatError:
+            return False
+        return True
 
     def dataset(self, key: str) -> h5py.Dataset:
         """The HDF5 dataset of ``key``."""
         ds = self._datasets.get(key)
         if ds is None:
-            path = f"INSTRUMENT/{self.source}/{key.replace('.', '/')}"
-            if path not in self.file:
+            ds = self.file.get(f"INSTRUMENT/{self.source}/{key.replace('.', '/')}")
+            if not isinstance(ds, h5py.Dataset):
                 raise FileFormatError(f"{self.path.name}: {self.source} has no key {key!r}")
-            ds = self._datasets[key] = self.file[path]
+            self._datasets[key] = ds
         return ds
 
     def frame_nbytes(self, keys: Sequence[str]) -> int:
