@@ -737,29 +737,9 @@ class Catalog:
             Nothing matches; the message names the detector, module, type and conditions and
             says how the nearest candidates differ.
         """
-        if not isinstance(conditions, Conditions):
-            conditions = Conditions.from_dict(conditions)
-        tol = Tolerances.coerce(tolerances)
-        when = to_utc(at) if at is not None else utc_now()
-        with self._session() as session:
-            module_row = self._module_row(session, detector, module, ConstantNotFoundError)
-            return self._find_in_module(session, module_row, ctype, conditions, when, tol)
-
-    def _find_in_module(
-        self,
-        session: Session,
-        module_row: ModuleRow,
-        ctype: str,
-        conditions: Conditions,
-        when: datetime,
-        tol: Tolerances,
-    ) -> ConstantRecord:
-        """:meth:`find_constant` once the module's row is known."""
-        newest = self._newest(session, [module_row.id], [ctype], conditions, when, tol)
-        record = newest.get((module_row.id, ctype))
-        if record is not None:
-            return record
-        raise self._explain_missing(session, module_row, ctype, conditions, when, tol)
+        return self.find_constants(
+            detector, module, conditions, at, types=[ctype], tolerances=tolerances
+        )[ctype]
 
     def _newest(
         self,

@@ -147,6 +147,9 @@ class ConstantsQuery:
         return datetime.fromisoformat(self.at)
 
 
+#: Raw bytes read and corrected at once per task, by default.
+BLOCK_BYTES = 64 << 20
+
 @dataclass(frozen=True)
 class ModuleTask:
     """One module sequence file to correct (sent to a worker)."""
@@ -167,7 +170,7 @@ class ModuleTask:
     options: CorrectionOptions
     force: bool = False
     verify: str = "index"
-    max_block_bytes: int = 64 << 20
+    max_block_bytes: int = BLOCK_BYTES
     numba_threads: int = 1
 
 
@@ -429,10 +432,8 @@ def correct_module_file(task: ModuleTask) -> dict[str, Any]:
         "worker_pid": os.getpid(),
     }
     out_source = corrected_source_name(task.source)
-    if not task.force and _verified(
-        out_path, read_json(sidecar_path), expect, task.verify, out_source
-    ):
-        side = read_json(sidecar_path) or {}
+    side = None if task.force else read_json(sidecar_path)
+    if side is not None and _verified(out_path, side, expect, task.verify, out_source):
         result.update(
             skipped=True,
             trains=side.get("trains", 0),
@@ -705,7 +706,7 @@ def plan_correction(
     copy_other: bool = True,
     force: bool = False,
     verify: str = "index",
-    max_block_bytes: int = 64 << 20,
+    max_block_bytes: int = BLOCK_BYTES,
 ) -> tuple[RunLayout, list[ModuleTask | CopyTask], ConstantsQuery]:
     """Work out the tasks of :func:`correct_run` (no Dask involved).
 
@@ -825,7 +826,7 @@ def correct_run(
     verify: str = "index",
     record: bool = True,
     progress: bool = True,
-    max_block_bytes: int = 64 << 20,
+    max_block_bytes: int = BLOCK_BYTES,
 ) -> CorrectionReport:
     """Correct a raw run into a CORR run directory, in parallel on Dask.
 
