@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 
 from pulsetrain.protocol import make_meta
+from waiting import wait_until
 
 SOURCE = "TEST_DET/DET/0CH0:output"
-
-
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.005) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` seconds passed; returns its value."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return bool(predicate())
-        time.sleep(interval)
-    return True
 
 
 def small_train(i: int, nbytes: int = 4096) -> tuple[dict, dict]:
@@ -81,7 +72,8 @@ class Process:
                     return True
             return self.proc.poll() is not None and not self._reader.is_alive()
 
-        wait_until(seen, timeout, interval=0.02)
+        with contextlib.suppress(AssertionError):  # the output is the better report
+            wait_until(seen, timeout, what=f"a line matching {pattern!r}")
         if not found:
             raise AssertionError(f"no line matching {pattern!r}; output so far:\n{self.output}")
         return found[0]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import numpy as np
 
@@ -11,6 +10,7 @@ from pulsetrain import control
 from pulsetrain.channels import EndOfStream, InputChannel, OutputChannel
 from pulsetrain.protocol import make_meta
 from pulsetrain.server import DeviceServer
+from waiting import wait_until  # noqa: F401  (re-exported for the device tests)
 
 TOKEN = "device-test-token"
 CORR = "SPB_DET_AGIPD1M-1/CORR/{m}CH0:output"
@@ -56,18 +56,6 @@ class LiveServer:
             ch.close()
         self.client.close()
         self.server.close()
-
-
-def wait_until(test: Callable[[], object], timeout: float = 20.0, what: str = "condition"):
-    """Poll ``test()`` until it returns something true; return it, or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = test()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def collect(tap: InputChannel, n: int, timeout: float = 20.0) -> list:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from gui_pipeline import MOTOR, PREVIEW, PREVIEW_OUTPUT, PREVIEW_SOURCE, PULSES
@@ -11,6 +9,7 @@ from gui_pipeline import MOTOR, PREVIEW, PREVIEW_OUTPUT, PREVIEW_SOURCE, PULSES
 from pulsetrain.control import TopologyClient
 from pulsetrain.errors import AuthenticationError, DeviceError
 from pulsetrain.gui.backend import GuiBackend, flatten_numeric, lookup
+from waiting import wait_until
 
 
 @pytest.fixture
@@ -19,16 +18,6 @@ def backend(pipeline):
     b = GuiBackend(TopologyClient.for_topology(str(path)), poll_interval=0.2).start()
     yield b
     b.stop()
-
-
-def wait_until(test, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = test()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"{what} not reached within {timeout} s")
 
 
 def test_tap_keeps_the_latest_preview_with_the_drop_policy(backend, pipeline):

@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 from gui_pipeline import MOTOR, PREVIEW, PREVIEW_OUTPUT, PULSES
 
+from waiting import wait_until
+
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
@@ -200,16 +202,6 @@ def page(browser):
     yield page
     context.close()
     assert not errors, f"JavaScript errors in the page: {errors}"
-
-
-def wait_until(test, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = test()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {timeout} s")
 
 
 def test_image_updates_at_the_train_rate(gui, page, artifacts, capsys):
