@@ -30,8 +30,12 @@ __all__ = [
 ]
 
 #: Constant type → attribute of :class:`DarkResult`.
-DARK_TYPES = {"Offset": "offset", "Noise": "noise", "ThresholdsDark": "thresholds",
-              "BadPixelsDark": "bad_pixels"}
+DARK_TYPES = {
+    "Offset": "offset",
+    "Noise": "noise",
+    "ThresholdsDark": "thresholds",
+    "BadPixelsDark": "bad_pixels",
+}
 #: Relative gain: keV per offset-subtracted ADU, per gain stage and cell.
 GAIN_TYPES = {"RelativeGain": "rel_gain"}
 #: What a correction needs.
@@ -51,8 +55,16 @@ def store_dark(
 ) -> dict[str, ConstantRecord]:
     """Store the four dark constants of one module; returns ``{type: record}``."""
     return {
-        ctype: catalog.add_constant(detector, module, ctype, np.asarray(getattr(dark, attr)),
-                                    conditions, valid_from, store=store, source_runs=source_runs)
+        ctype: catalog.add_constant(
+            detector,
+            module,
+            ctype,
+            np.asarray(getattr(dark, attr)),
+            conditions,
+            valid_from,
+            store=store,
+            source_runs=source_runs,
+        )
         for ctype, attr in DARK_TYPES.items()
     }
 
@@ -69,9 +81,16 @@ def store_rel_gain(
     comment: str | None = None,
 ) -> ConstantRecord:
     """Store the relative gain ``(3, cells, 512, 128)`` of one module."""
-    return catalog.add_constant(detector, module, "RelativeGain",
-                                np.asarray(rel_gain, dtype=np.float32), conditions, valid_from,
-                                store=store, comment=comment)
+    return catalog.add_constant(
+        detector,
+        module,
+        "RelativeGain",
+        np.asarray(rel_gain, dtype=np.float32),
+        conditions,
+        valid_from,
+        store=store,
+        comment=comment,
+    )
 
 
 def load_agipd_constants(
@@ -95,8 +114,9 @@ def load_agipd_constants(
         records["Noise"] = noise_rec
     except ConstantNotFoundError:
         noise = None
-    arrays = {ctype: catalog.load_array(rec) for ctype, rec in records.items()
-              if ctype in REQUIRED_TYPES}
+    arrays = {
+        ctype: catalog.load_array(rec) for ctype, rec in records.items() if ctype in REQUIRED_TYPES
+    }
     constants = AGIPDConstants(
         offset=arrays["Offset"],
         rel_gain=arrays["RelativeGain"],
