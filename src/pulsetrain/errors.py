@@ -38,6 +38,18 @@ class CalibrationError(PulsetrainError):
     """Calibration constants are missing, mismatched or invalid."""
 
 
+class DarkRunError(CalibrationError):
+    """Runs given as dark runs are not dark runs of the stated gain stages.
+
+    ``problems`` lists every reason, one line each, naming the run; the message joins them
+    with newlines.
+    """
+
+    def __init__(self, problems):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
 class CatalogError(PulsetrainError):
     """The constants/run catalogue could not answer or store something."""
 

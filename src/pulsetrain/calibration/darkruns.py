@@ -1,0 +1,585 @@
+"""The dark-characterisation workflow: read three dark runs, check them, store the constants.
+
+This is the one module of :mod:`pulsetrain.calibration` that does I/O: it reads run
+directories (:mod:`pulsetrain.files`) and writes the catalogue (:mod:`pulsetrain.catalog`).
+The statistics themselves are the pure :func:`~pulsetrain.calibration.dark.characterize_dark`;
+this module only feeds it and stores its result.  It is not imported by
+``pulsetrain.calibration``'s ``__init__`` (the catalogue imports the pure calibration modules,
+so the package must not import the catalogue back); import it as
+``pulsetrain.calibration.darkruns``.
+
+:func:`characterize_dark_runs` first checks all three runs and refuses them, before anything
+is stored, when they are not dark runs of the stated gain stages: a run that cannot be read or
+has no detector modules, the same run given twice, a run recorded as a dark run of another
+stage, digital gain levels that do not rise from HG to MG to LG, pixels in another gain stage
+than the stated one, or illuminated frames.  The rules are those of ``docs/calibration.md``
+("Which runs are dark runs"); :class:`DarkRunRules` holds their parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pulsetrain.calibration.dark import GAIN_NAMES, characterize_dark
+from pulsetrain.catalog import Catalog, Conditions, ConstantRecord, RunRecord
+from pulsetrain.catalog.agipd import store_dark, store_rel_gain
+from pulsetrain.errors import DarkRunError, PulsetrainError
+from pulsetrain.files import iter_run_trains, run_info
+from pulsetrain.files.naming import XTDF_SOURCE_PATTERN
+
+__all__ = [
+    "DarkRunRules",
+    "DarkRunSample",
+    "DarkRunsResult",
+    "ModuleDarkResult",
+    "RelativeGainSource",
+    "characterize_dark_runs",
+    "check_dark_runs",
+    "sample_dark_run",
+]
+
+log = logging.getLogger(__name__)
+
+#: Number of distinct uint16 values (histogram length).
+_VALUES = 1 << 16
+#: Scale from the median absolute deviation to the standard deviation of a normal distribution.
+_MAD_TO_SIGMA = 1.4826
+#: ``run_type`` of a dark run as the DAQ writer records it (``dark-HG``, ...).
+_DARK_RUN_TYPE = re.compile(r"^dark-(HG|MG|LG)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class DarkRunRules:
+    """Parameters of the checks that decide whether three runs are dark runs of HG, MG, LG.
+
+    Attributes
+    ----------
+    sample_trains
+        Trains read from the start of each run (every module) for the checks.
+    min_level_gap
+        The median digital gain value must rise from HG to MG and MG to LG by more than this
+        many digital spreads (1.4826 MAD of the digital values) of either run.
+    max_other_stage_fraction
+        Largest fraction of pixel values of a run whose digital value lies in another gain
+        stage's band (beyond the midpoints between the runs' digital levels).
+    bright_sigma
+        A pixel value is "far from its dark level" when it differs by more than this many
+        times the dark noise from the previous frame of the same pixel and memory cell.  The
+        dark noise of a run and module is 1.4826 times the median of these differences, but
+        at most ``max_noise_ratio`` times the smallest of the three runs' (the differences of
+        an evenly illuminated run are all large).
+    max_noise_ratio
+        See ``bright_sigma``.
+    max_bright_fraction
+        Largest fraction of such pixel values in a run (noisy pixels stay far below it;
+        illuminated frames far above).
+    """
+
+    sample_trains: int = 4
+    min_level_gap: float = 6.0
+    max_other_stage_fraction: float = 0.01
+    bright_sigma: float = 10.0
+    max_noise_ratio: float = 4.0
+    max_bright_fraction: float = 0.01
+
+
+def _median_of_histogram(hist: np.ndarray) -> float:
+    total = int(hist.sum())
+    if total == 0:
+        return float("nan")
+    cumulative = np.cumsum(hist)
+    low = int(np.searchsorted(cumulative, (total - 1) // 2 + 1))
+    high = int(np.searchsorted(cumulative, total // 2 + 1))
+    return 0.5 * (low + high)
+
+
+def _spread_of_histogram(hist: np.ndarray) -> float:
+    """1.4826 times the median absolute deviation of the values a histogram counts."""
+    centre = _median_of_histogram(hist)
+    if not np.isfinite(centre):
+        return float("nan")
+    deviations = np.abs(np.arange(hist.size) - centre)
+    order = np.argsort(deviations, kind="stable")
+    cumulative = np.cumsum(hist[order])
+    position = int(np.searchsorted(cumulative, (int(hist.sum()) + 1) // 2))
+    return _MAD_TO_SIGMA * float(deviations[order[min(position, order.size - 1)]])
+
+
+@dataclass
+class DarkRunSample:
+    """What the first trains of one run say about it (see :func:`sample_dark_run`).
+
+    Attributes
+    ----------
+    path
+        The run directory, resolved.
+    stage
+        The gain stage it is given as: ``"HG"``, ``"MG"`` or ``"LG"``.
+    proposal, run_number, run_type
+        From the run's metadata (``None`` where absent).
+    modules
+        Module numbers of its raw detector sources.
+    n_trains
+        Trains in the run.
+    digital
+        Histogram (65536 bins) of the digital gain values of every sampled pixel and frame.
+    changes
+        Per module, histogram of ``|a1 - a0|``: the change of the analog value of a pixel
+        between two frames of the same memory cell.
+    first_train_cells
+        Highest cellId in the first train, plus one (0 if no frame was read).
+    problems
+        Reasons the run cannot be a dark run found while reading it.
+    """
+
+    path: Path
+    stage: str
+    proposal: int | None = None
+    run_number: int | None = None
+    run_type: str | None = None
+    modules: tuple[int, ...] = ()
+    n_trains: int = 0
+    digital: np.ndarray = field(default_factory=lambda: np.zeros(_VALUES, np.int64))
+    changes: dict[int, np.ndarray] = field(default_factory=dict)
+    first_train_cells: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """``run <path> (given as <stage>)``, the prefix of every message about the run."""
+        return f"run {self.path} (given as {self.stage})"
+
+    @property
+    def digital_level(self) -> float:
+        """Median digital gain value, ADU."""
+        return _median_of_histogram(self.digital)
+
+    @property
+    def digital_spread(self) -> float:
+        """1.4826 MAD of the digital gain values, ADU."""
+        return _spread_of_histogram(self.digital)
+
+
+def _module_source(module: int) -> str:
+    return f"*/DET/{module}CH0:*"
+
+
+def _raw_modules(sources: Sequence[str]) -> tuple[int, ...]:
+    found = set()
+    for source in sources:
+        match = XTDF_SOURCE_PATTERN.match(source)
+        if match and match["kind"] == "DET":
+            found.add(int(match["module"]))
+    return tuple(sorted(found))
+
+
+def _module_frames(
+    run_dir: Path, module: int, trains: slice | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(raw (n, 2, 512, 128), cellIds (n,))`` of one module, train by train."""
+    for _tid, data, _meta in iter_run_trains(
+        run_dir, sources=[_module_source(module)], trains=trains
+    ):
+        for props in data.values():
+            yield props["image.data"], np.asarray(props["image.cellId"]).reshape(-1)
+
+
+def _sample_module(sample: DarkRunSample, module: int, trains: int) -> None:
+    """Add the first ``trains`` trains of one module to the sample's histograms."""
+    previous: dict[int, np.ndarray] = {}
+    changes = np.zeros(_VALUES, np.int64)
+    for index, (raw, cells) in enumerate(_module_frames(sample.path, module, slice(0, trains))):
+        if raw.ndim != 4 or raw.shape[1] != 2 or raw.dtype != np.uint16:
+            sample.problems.append(
+                f"{sample.label}: module {module} is not AGIPD raw data (image.data "
+                f"{raw.dtype} {raw.shape}, expected uint16 (frames, 2, 512, 128))"
+            )
+            return
+        if index == 0 and cells.size:
+            sample.first_train_cells = max(sample.first_train_cells, int(cells.max()) + 1)
+        sample.digital += np.bincount(raw[:, 1].ravel(), minlength=_VALUES)
+        for frame, cell in zip(raw[:, 0], cells.tolist()):
+            analog = frame.astype(np.int32)
+            if cell in previous:
+                changes += np.bincount(np.abs(analog - previous[cell]).ravel(), minlength=_VALUES)
+            previous[cell] = analog
+    sample.changes[module] = changes
+
+
+def sample_dark_run(
+    path: str | os.PathLike,
+    stage: str,
+    *,
+    modules: Sequence[int] | None = None,
+    rules: DarkRunRules = DarkRunRules(),
+) -> DarkRunSample:
+    """Read the first trains of a run given as a dark run of ``stage``.
+
+    Problems that make it unusable (unreadable, no raw detector module sources, a requested
+    module missing, not AGIPD raw data, no frames) are listed in ``problems``; the checks
+    between runs are :func:`check_dark_runs`'.
+    """
+    sample = DarkRunSample(path=Path(path).expanduser().resolve(), stage=stage)
+    try:
+        info = run_info(path)
+    except (PulsetrainError, OSError) as exc:
+        sample.problems.append(f"{sample.label}: not a readable run directory ({exc})")
+        return sample
+    metadata: dict[str, Any] = info.metadata or {}
+    sample.proposal = _int_or_none(metadata.get("proposalNumber"))
+    sample.run_number = _int_or_none(metadata.get("runNumber"))
+    sample.run_type = metadata.get("runType") or None
+    sample.n_trains = len(info.train_ids)
+    sample.modules = _raw_modules(info.instrument_sources)
+    if not sample.modules:
+        sample.problems.append(
+            f"{sample.label}: no raw detector module sources (…/DET/<m>CH0:xtdf)"
+        )
+        return sample
+    wanted = sample.modules if modules is None else tuple(modules)
+    absent = sorted(set(wanted) - set(sample.modules))
+    if absent:
+        sample.problems.append(
+            f"{sample.label}: no data of module(s) {', '.join(map(str, absent))} "
+            f"(it has {', '.join(map(str, sample.modules))})"
+        )
+        return sample
+    for module in wanted:
+        _sample_module(sample, module, rules.sample_trains)
+        if sample.problems:
+            return sample
+    if not sample.digital.any():
+        sample.problems.append(f"{sample.label}: no detector frames")
+    elif not any(h.any() for h in sample.changes.values()):
+        sample.problems.append(
+            f"{sample.label}: no memory cell has two frames in its first {rules.sample_trains} "
+            "trains (a dark run needs at least two frames per cell)"
+        )
+    return sample
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _same_run(a: DarkRunSample, b: DarkRunSample) -> str | None:
+    """How ``a`` is the same run as ``b`` (``None`` if it is not)."""
+    if a.path == b.path:
+        return "the same run directory as"
+    known = a.proposal is not None and a.run_number is not None
+    if known and (a.proposal, a.run_number) == (b.proposal, b.run_number):
+        return f"the same run (proposal {a.proposal}, run {a.run_number}) as"
+    return None
+
+
+def _duplicates(samples: Sequence[DarkRunSample]) -> list[str]:
+    """One line for each run that repeats an earlier one (named once, for the first)."""
+    problems = []
+    for i, later in enumerate(samples):
+        for earlier in samples[:i]:
+            how = _same_run(later, earlier)
+            if how is not None:
+                problems.append(f"{later.label}: {how} the {earlier.stage} run {earlier.path}")
+                break
+    return problems
+
+
+def _recorded_type(sample: DarkRunSample) -> list[str]:
+    match = _DARK_RUN_TYPE.match(sample.run_type or "")
+    if match and match.group(1).upper() != sample.stage:
+        return [
+            f"{sample.label}: recorded as a dark run of gain stage "
+            + f"{match.group(1).upper()} (run type {sample.run_type!r})"
+        ]
+    return []
+
+
+def _levels(samples: Sequence[DarkRunSample], rules: DarkRunRules) -> list[str]:
+    problems = []
+    for low, high in pairwise(samples):
+        gap = high.digital_level - low.digital_level
+        needed = rules.min_level_gap * max(low.digital_spread, high.digital_spread)
+        if not gap > needed:
+            problems.append(
+                f"{high.label}: its digital gain level ({high.digital_level:.0f} ADU) is not "
+                f"clearly above that of the {low.stage} run ({low.digital_level:.0f} ADU; needs "
+                f"a step of more than {needed:.0f} ADU): not a dark run with the gain forced to "
+                f"{high.stage} (the same data twice, or runs in the wrong order?)"
+            )
+    return problems
+
+
+def _other_stages(samples: Sequence[DarkRunSample], rules: DarkRunRules) -> list[str]:
+    levels = [s.digital_level for s in samples]
+    bounds = [0.0, *(0.5 * (a + b) for a, b in pairwise(levels)), float(_VALUES)]
+    values = np.arange(_VALUES)
+    problems = []
+    for index, sample in enumerate(samples):
+        inside = (values >= bounds[index]) & (values < bounds[index + 1])
+        fraction = 1.0 - sample.digital[inside].sum() / sample.digital.sum()
+        if fraction > rules.max_other_stage_fraction:
+            problems.append(
+                f"{sample.label}: {100 * fraction:.1f} % of its pixel values have a digital gain "
+                f"value outside {bounds[index]:.0f}..{bounds[index + 1]:.0f} ADU, the band of "
+                f"{sample.stage} between the runs' levels: not a dark run with the gain forced "
+                f"to {sample.stage}"
+            )
+    return problems
+
+
+def _noise(changes: np.ndarray) -> float:
+    """Spread of the changes between two frames of a cell: 1.4826 times their median."""
+    return _MAD_TO_SIGMA * _median_of_histogram(changes)
+
+
+def _illuminated(samples: Sequence[DarkRunSample], rules: DarkRunRules) -> list[str]:
+    modules = sorted(set.intersection(*(set(s.changes) for s in samples)))
+    quietest = {}
+    for m in modules:
+        spreads = [_noise(s.changes[m]) for s in samples if s.changes[m].any()]
+        if spreads:
+            quietest[m] = min(spreads)
+    problems = []
+    for sample in samples:
+        bright = total = 0
+        worst = (0.0, -1, 0.0)
+        for m, reference in quietest.items():
+            hist = sample.changes[m]
+            if not hist.any():
+                continue
+            noise = min(_noise(hist), rules.max_noise_ratio * reference)
+            limit = int(np.floor(rules.bright_sigma * max(noise, 1.0)))
+            count, n = int(hist[limit + 1 :].sum()), int(hist.sum())
+            bright, total = bright + count, total + n
+            if count / n > worst[0]:
+                worst = (count / n, m, noise)
+        fraction = bright / total if total else 0.0
+        if fraction > rules.max_bright_fraction:
+            share, m, noise = worst
+            problems.append(
+                f"{sample.label}: {100 * fraction:.1f} % of its pixel values change by more "
+                f"than {rules.bright_sigma:g} times the dark noise between frames of the same "
+                f"memory cell (module {m}: {100 * share:.1f} % beyond {rules.bright_sigma * noise:.0f}"
+                " ADU): illuminated frames, not a dark run"
+            )
+    return problems
+
+
+def check_dark_runs(
+    samples: Sequence[DarkRunSample], rules: DarkRunRules = DarkRunRules()
+) -> list[str]:
+    """Every reason, one line each, why the sampled runs are not dark runs of HG, MG and LG.
+
+    ``samples`` are those of the HG, MG and LG runs, in that order.  An empty list means they
+    are.  The checks between runs run only when each run could be read.
+    """
+    problems = [p for s in samples for p in s.problems]
+    problems += _duplicates(samples)
+    problems += [p for s in samples for p in _recorded_type(s)]
+    if problems:
+        return problems
+    problems = _levels(samples, rules)
+    if not problems:
+        problems = _other_stages(samples, rules)
+    return problems + _illuminated(samples, rules)
+
+
+@dataclass(frozen=True)
+class RelativeGainSource:
+    """Where relative gains come from when the dark workflow stores them too.
+
+    Attributes
+    ----------
+    rel_gain
+        ``rel_gain(module, memory_cells)`` -> float32 ``(3, cells, 512, 128)`` or
+        ``(3, 512, 128)``, keV per ADU.
+    comment
+        Stored with each ``RelativeGain`` constant (how it was made).
+    """
+
+    rel_gain: Callable[[int, int], np.ndarray]
+    comment: str
+
+
+@dataclass(frozen=True)
+class ModuleDarkResult:
+    """What :func:`characterize_dark_runs` stored for one module."""
+
+    module: int
+    constants: dict[str, ConstantRecord]
+    bad_pixels: int
+
+
+@dataclass(frozen=True)
+class DarkRunsResult:
+    """What :func:`characterize_dark_runs` did.
+
+    Attributes
+    ----------
+    modules
+        Per module, the stored constants and the number of pixels flagged bad in some cell.
+    conditions
+        The conditions the constants were stored under.
+    n_trains
+        Trains in the three runs together.
+    source_runs
+        The catalogue records of the runs (those that are catalogued), linked to the constants.
+    """
+
+    modules: tuple[ModuleDarkResult, ...]
+    conditions: Conditions
+    n_trains: int
+    source_runs: tuple[RunRecord, ...]
+
+
+def characterize_dark_runs(
+    runs: Sequence[str | os.PathLike],
+    catalog: Catalog,
+    conditions: Conditions,
+    *,
+    detector: str = "SPB_DET_AGIPD1M-1",
+    modules: Sequence[int] | None = None,
+    valid_from: datetime | None = None,
+    rel_gain: RelativeGainSource | None = None,
+    rules: DarkRunRules = DarkRunRules(),
+    progress: Callable[[int, str, int], None] | None = None,
+    on_module: Callable[[ModuleDarkResult], None] | None = None,
+) -> DarkRunsResult:
+    """Characterise three dark runs and store Offset, Noise, ThresholdsDark and BadPixelsDark.
+
+    Parameters
+    ----------
+    runs
+        The run directories taken with the gain forced to HG, MG and LG, in that order.
+    catalog
+        Where the constants go (the detector is added as a 16-module AGIPD if absent).
+    conditions
+        Operating conditions of the constants; ``memory_cells=None`` takes the highest cellId
+        of the HG run's first train, plus one.
+    detector
+        Detector name in the catalogue.
+    modules
+        Modules to characterise (default: every raw module source of the HG run).
+    valid_from
+        Start of the constants' validity (default: now).
+    rel_gain
+        Also store ``RelativeGain`` per module from this source.
+    rules
+        Parameters of the dark-run checks.
+    progress
+        Called after each chunk with ``(module, stage name, frames)``.
+    on_module
+        Called after each module's constants are stored.
+
+    Returns
+    -------
+    DarkRunsResult
+
+    Raises
+    ------
+    DarkRunError
+        The runs are not three dark runs of HG, MG and LG; its ``problems`` list every reason,
+        one line each, naming the run.  Nothing has been stored.
+    CalibrationError, CatalogError
+        On malformed data found during the characterisation, or a catalogue error.
+    """
+    if len(runs) != len(GAIN_NAMES):
+        raise DarkRunError([f"need {len(GAIN_NAMES)} dark runs (HG, MG, LG), got {len(runs)}"])
+    samples = [
+        sample_dark_run(path, stage, modules=modules, rules=rules)
+        for path, stage in zip(runs, GAIN_NAMES)
+    ]
+    problems = check_dark_runs(samples, rules)
+    if problems:
+        raise DarkRunError(problems)
+    chosen = list(samples[0].modules if modules is None else modules)
+    if conditions.memory_cells is None:
+        conditions = dataclasses.replace(conditions, memory_cells=samples[0].first_train_cells)
+    cells = int(conditions.memory_cells)
+    catalog.add_detector(detector, "AGIPD", 16)
+    start = valid_from if valid_from is not None else datetime.now(timezone.utc)
+    source_runs = tuple(rec for s in samples for rec in catalog.find_runs(path=s.path))
+    results = []
+    for module in chosen:
+        result = _characterize_module(
+            samples,
+            module,
+            cells,
+            catalog,
+            detector,
+            conditions,
+            start,
+            source_runs,
+            rel_gain,
+            progress,
+        )
+        results.append(result)
+        if on_module is not None:
+            on_module(result)
+    return DarkRunsResult(
+        modules=tuple(results),
+        conditions=conditions,
+        n_trains=sum(s.n_trains for s in samples),
+        source_runs=source_runs,
+    )
+
+
+def _counted(
+    frames: Iterator[tuple[np.ndarray, np.ndarray]],
+    module: int,
+    stage: str,
+    progress: Callable[[int, str, int], None] | None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for raw, cells in frames:
+        if progress is not None:
+            progress(module, stage, int(raw.shape[0]))
+        yield raw, cells
+
+
+def _characterize_module(
+    samples: Sequence[DarkRunSample],
+    module: int,
+    cells: int,
+    catalog: Catalog,
+    detector: str,
+    conditions: Conditions,
+    valid_from: datetime,
+    source_runs: Sequence[RunRecord],
+    rel_gain: RelativeGainSource | None,
+    progress: Callable[[int, str, int], None] | None,
+) -> ModuleDarkResult:
+    """Characterise one module from the three runs and store its constants."""
+    hg, mg, lg = (
+        _counted(_module_frames(s.path, module), module, s.stage, progress) for s in samples
+    )
+    dark = characterize_dark(hg, mg, lg, memory_cells=cells)
+    records = store_dark(
+        catalog, detector, module, dark, conditions, valid_from, source_runs=source_runs
+    )
+    if rel_gain is not None:
+        records["RelativeGain"] = store_rel_gain(
+            catalog,
+            detector,
+            module,
+            rel_gain.rel_gain(module, cells),
+            conditions,
+            valid_from,
+            comment=rel_gain.comment,
+        )
+    bad = int(np.count_nonzero(dark.bad_pixels.any(axis=(0, 1))))
+    log.info("module %d: stored %s; %d bad pixels", module, ", ".join(records), bad)
+    return ModuleDarkResult(module=module, constants=records, bad_pixels=bad)
