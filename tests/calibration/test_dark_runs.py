@@ -294,3 +294,15 @@ def test_library_raises_dark_run_error_before_storing(runs, tmp_path):
             characterize_dark_runs([runs["HG"], runs["HG"]], cat, Conditions())
         assert info.value.problems == ["need 3 dark runs (HG, MG, LG), got 2"]
         assert cat.detectors() == []
+
+
+def test_refuses_too_few_memory_cells_and_no_modules(runs, tmp_path, capsys):
+    catalog = tmp_path / "cat.sqlite"
+    three = [str(runs[s]) for s in ("HG", "MG", "LG")]
+    code = main(["dark", *three, "--catalog", str(catalog), "--memory-cells", "8"])
+    err = capsys.readouterr().err
+    pattern = rf"has cellId {CELLS - 1}, but the constants are for memory_cells=8 \(cellIds 0..7\)"
+    assert_refused(code, err, catalog, *[pattern] * 3)
+    code = main(["dark", *three, "--catalog", str(catalog), "--modules"])
+    err = capsys.readouterr().err
+    assert_refused(code, err, catalog, r"no modules given to characterise")

@@ -139,6 +139,8 @@ class DarkRunSample:
         between two frames of the same memory cell.
     first_train_cells
         Highest cellId in the first train, plus one (0 if no frame was read).
+    sampled_cells
+        Highest cellId in the sampled trains, plus one.
     problems
         Reasons the run cannot be a dark run found while reading it.
     """
@@ -153,6 +155,7 @@ class DarkRunSample:
     digital: np.ndarray = field(default_factory=lambda: np.zeros(_VALUES, np.int64))
     changes: dict[int, np.ndarray] = field(default_factory=dict)
     first_train_cells: int = 0
+    sampled_cells: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -208,6 +211,8 @@ def _sample_module(sample: DarkRunSample, module: int, trains: int) -> None:
             return
         if index == 0 and cells.size:
             sample.first_train_cells = max(sample.first_train_cells, int(cells.max()) + 1)
+        if cells.size:
+            sample.sampled_cells = max(sample.sampled_cells, int(cells.max()) + 1)
         sample.digital += np.bincount(raw[:, 1].ravel(), minlength=_VALUES)
         for frame, cell in zip(raw[:, 0], cells.tolist()):
             analog = frame.astype(np.int32)
@@ -503,7 +508,17 @@ def characterize_dark_runs(
         sample_dark_run(path, stage, modules=modules, rules=rules)
         for path, stage in zip(runs, GAIN_NAMES)
     ]
+    if modules is not None and not len(modules):
+        raise DarkRunError(["no modules given to characterise"])
     problems = check_dark_runs(samples, rules)
+    cells = conditions.memory_cells
+    if cells is not None:
+        problems += [
+            f"{s.label}: has cellId {s.sampled_cells - 1}, but the constants are for "
+            f"memory_cells={cells} (cellIds 0..{cells - 1})"
+            for s in samples
+            if s.sampled_cells > cells
+        ]
     if problems:
         raise DarkRunError(problems)
     chosen = list(samples[0].modules if modules is None else modules)
