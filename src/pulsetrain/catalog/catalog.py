@@ -21,9 +21,9 @@ import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from pulsetrain.catalog import constants as _constants
-from pulsetrain.catalog import detectors as _detectors
-from pulsetrain.catalog import runs as _runs
+import pulsetrain.catalog.constants as _constants
+import pulsetrain.catalog.detectors as _detectors
+import pulsetrain.catalog.runs as _runs
 from pulsetrain.catalog.conditions import Conditions, Tolerances
 from pulsetrain.catalog.constants import KNOWN_CONSTANT_TYPES, Storage
 from pulsetrain.catalog.detectors import KNOWN_DETECTOR_TYPES

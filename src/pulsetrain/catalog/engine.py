@@ -19,7 +19,8 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
-from pulsetrain.catalog import migrate
+from pulsetrain.catalog.migrate import current_revision
+from pulsetrain.catalog.migrate import upgrade as upgrade_schema
 from pulsetrain.errors import CatalogError, ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ class Database:
     def upgrade(self) -> None:
         """Bring the schema to the newest revision; on failure the connections are closed."""
         try:
-            migrate.upgrade(self._engine)
+            upgrade_schema(self._engine)
         except OperationalError as exc:
             self._engine.dispose()
             raise CatalogError(f"cannot open the catalogue at {self.url}: {exc.orig}") from exc
@@ -222,7 +223,7 @@ class Database:
     @property
     def revision(self) -> str | None:
         """Schema revision of the database (Alembic)."""
-        return migrate.current_revision(self.engine)
+        return current_revision(self.engine)
 
     def close(self) -> None:
         """Close all database connections."""

@@ -27,7 +27,7 @@ def _configure_and_run(connection) -> None:
 
 
 def _url() -> str:
-    from pulsetrain.catalog.catalog import resolve_url
+    from pulsetrain.catalog.engine import resolve_url
 
     return resolve_url(context.get_x_argument(as_dictionary=True).get("url"))
 
