@@ -110,6 +110,13 @@ class Catalog:
     # ------------------------------------------------------------------ the database
 
     @property
+    def database(self) -> Database:
+        """The :class:`~pulsetrain.catalog.engine.Database` the catalogue's modules work on
+        (to call :mod:`~pulsetrain.catalog.constants`, :mod:`~pulsetrain.catalog.runs`, ...
+        directly)."""
+        return self._db
+
+    @property
     def url(self) -> str:
         """The database URL, with any password hidden."""
         return self._db.url
