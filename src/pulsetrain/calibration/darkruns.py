@@ -502,46 +502,22 @@ def characterize_dark_runs(
     CalibrationError, CatalogError
         On malformed data found during the characterisation, or a catalogue error.
     """
-    if len(runs) != len(GAIN_NAMES):
-        raise DarkRunError([f"need {len(GAIN_NAMES)} dark runs (HG, MG, LG), got {len(runs)}"])
-    samples = [
-        sample_dark_run(path, stage, modules=modules, rules=rules)
-        for path, stage in zip(runs, GAIN_NAMES)
-    ]
-    if modules is not None and not len(modules):
-        raise DarkRunError(["no modules given to characterise"])
-    problems = check_dark_runs(samples, rules)
-    cells = conditions.memory_cells
-    if cells is not None:
-        problems += [
-            f"{s.label}: has cellId {s.sampled_cells - 1}, but the constants are for "
-            f"memory_cells={cells} (cellIds 0..{cells - 1})"
-            for s in samples
-            if s.sampled_cells > cells
-        ]
-    if problems:
-        raise DarkRunError(problems)
+    samples = _checked_samples(runs, conditions.memory_cells, modules, rules)
     chosen = list(samples[0].modules if modules is None else modules)
     if conditions.memory_cells is None:
         conditions = dataclasses.replace(conditions, memory_cells=samples[0].first_train_cells)
-    cells = int(conditions.memory_cells)
     catalog.add_detector(detector, "AGIPD", 16)
-    start = valid_from if valid_from is not None else datetime.now(timezone.utc)
-    source_runs = tuple(rec for s in samples for rec in catalog.find_runs(path=s.path))
+    target = _Target(
+        catalog=catalog,
+        detector=detector,
+        conditions=conditions,
+        valid_from=valid_from if valid_from is not None else datetime.now(timezone.utc),
+        source_runs=tuple(rec for s in samples for rec in catalog.find_runs(path=s.path)),
+        rel_gain=rel_gain,
+    )
     results = []
     for module in chosen:
-        result = _characterize_module(
-            samples,
-            module,
-            cells,
-            catalog,
-            detector,
-            conditions,
-            start,
-            source_runs,
-            rel_gain,
-            progress,
-        )
+        result = _characterize_module(samples, module, target, progress)
         results.append(result)
         if on_module is not None:
             on_module(result)
@@ -549,8 +525,48 @@ def characterize_dark_runs(
         modules=tuple(results),
         conditions=conditions,
         n_trains=sum(s.n_trains for s in samples),
-        source_runs=source_runs,
+        source_runs=target.source_runs,
     )
+
+
+def _checked_samples(
+    runs: Sequence[str | os.PathLike],
+    memory_cells: int | None,
+    modules: Sequence[int] | None,
+    rules: DarkRunRules,
+) -> list[DarkRunSample]:
+    """The samples of the HG, MG and LG runs; ``DarkRunError`` listing every problem."""
+    if len(runs) != len(GAIN_NAMES):
+        raise DarkRunError([f"need {len(GAIN_NAMES)} dark runs (HG, MG, LG), got {len(runs)}"])
+    if modules is not None and not len(modules):
+        raise DarkRunError(["no modules given to characterise"])
+    samples = [
+        sample_dark_run(path, stage, modules=modules, rules=rules)
+        for path, stage in zip(runs, GAIN_NAMES)
+    ]
+    problems = check_dark_runs(samples, rules)
+    if memory_cells is not None:
+        problems += [
+            f"{s.label}: has cellId {s.sampled_cells - 1}, but the constants are for "
+            f"memory_cells={memory_cells} (cellIds 0..{memory_cells - 1})"
+            for s in samples
+            if s.sampled_cells > memory_cells
+        ]
+    if problems:
+        raise DarkRunError(problems)
+    return samples
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where and how the constants of every module are stored."""
+
+    catalog: Catalog
+    detector: str
+    conditions: Conditions
+    valid_from: datetime
+    source_runs: tuple[RunRecord, ...]
+    rel_gain: RelativeGainSource | None
 
 
 def _counted(
@@ -568,32 +584,26 @@ def _counted(
 def _characterize_module(
     samples: Sequence[DarkRunSample],
     module: int,
-    cells: int,
-    catalog: Catalog,
-    detector: str,
-    conditions: Conditions,
-    valid_from: datetime,
-    source_runs: Sequence[RunRecord],
-    rel_gain: RelativeGainSource | None,
+    target: _Target,
     progress: Callable[[int, str, int], None] | None,
 ) -> ModuleDarkResult:
     """Characterise one module from the three runs and store its constants."""
+    cells = int(target.conditions.memory_cells)
     hg, mg, lg = (
         _counted(_module_frames(s.path, module), module, s.stage, progress) for s in samples
     )
     dark = characterize_dark(hg, mg, lg, memory_cells=cells)
+    where = (target.catalog, target.detector, module)
     records = store_dark(
-        catalog, detector, module, dark, conditions, valid_from, source_runs=source_runs
+        *where, dark, target.conditions, target.valid_from, source_runs=target.source_runs
     )
-    if rel_gain is not None:
+    if target.rel_gain is not None:
         records["RelativeGain"] = store_rel_gain(
-            catalog,
-            detector,
-            module,
-            rel_gain.rel_gain(module, cells),
-            conditions,
-            valid_from,
-            comment=rel_gain.comment,
+            *where,
+            target.rel_gain.rel_gain(module, cells),
+            target.conditions,
+            target.valid_from,
+            comment=target.rel_gain.comment,
         )
     bad = int(np.count_nonzero(dark.bad_pixels.any(axis=(0, 1))))
     log.info("module %d: stored %s; %d bad pixels", module, ", ".join(records), bad)
