@@ -66,7 +66,10 @@ class DarkRunRules:
     Attributes
     ----------
     sample_trains
-        Trains read from the start of each run (every module) for the checks.
+        At most this many trains are read from the start of each run (every module) for the
+        checks; reading stops earlier when each sampled memory cell has two frames.
+    sample_cells
+        Only frames of the first this many memory cells (in order of appearance) are sampled.
     min_level_gap
         The median digital gain value must rise from HG to MG and MG to LG by more than this
         many digital spreads (1.4826 MAD of the digital values) of either run.
@@ -87,6 +90,7 @@ class DarkRunRules:
     """
 
     sample_trains: int = 4
+    sample_cells: int = 16
     min_level_gap: float = 6.0
     max_other_stage_fraction: float = 0.01
     bright_sigma: float = 10.0
@@ -198,27 +202,48 @@ def _module_frames(
             yield props["image.data"], np.asarray(props["image.cellId"]).reshape(-1)
 
 
-def _sample_module(sample: DarkRunSample, module: int, trains: int) -> None:
-    """Add the first ``trains`` trains of one module to the sample's histograms."""
+def _first_cells(cells: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n`` distinct cellIds in order of appearance."""
+    _values, first = np.unique(cells, return_index=True)
+    return cells[np.sort(first)][:n]
+
+
+def _sample_module(sample: DarkRunSample, module: int, rules: DarkRunRules) -> None:
+    """Add the first trains of one module to the sample's histograms.
+
+    Only frames of the first ``rules.sample_cells`` memory cells count, and reading stops when
+    each of them has two frames (or after ``rules.sample_trains`` trains): the checks cost a
+    few dozen frames per module, whatever the number of memory cells.
+    """
     previous: dict[int, np.ndarray] = {}
+    seen: dict[int, int] = {}
+    chosen: np.ndarray | None = None
     changes = np.zeros(_VALUES, np.int64)
-    for index, (raw, cells) in enumerate(_module_frames(sample.path, module, slice(0, trains))):
+    trains = slice(0, rules.sample_trains)
+    for index, (raw, cells) in enumerate(_module_frames(sample.path, module, trains)):
         if raw.ndim != 4 or raw.shape[1] != 2 or raw.dtype != np.uint16:
             sample.problems.append(
                 f"{sample.label}: module {module} is not AGIPD raw data (image.data "
                 f"{raw.dtype} {raw.shape}, expected uint16 (frames, 2, 512, 128))"
             )
             return
-        if index == 0 and cells.size:
+        if not cells.size:
+            continue
+        if index == 0:
             sample.first_train_cells = max(sample.first_train_cells, int(cells.max()) + 1)
-        if cells.size:
-            sample.sampled_cells = max(sample.sampled_cells, int(cells.max()) + 1)
-        sample.digital += np.bincount(raw[:, 1].ravel(), minlength=_VALUES)
-        for frame, cell in zip(raw[:, 0], cells.tolist()):
+        sample.sampled_cells = max(sample.sampled_cells, int(cells.max()) + 1)
+        if chosen is None:
+            chosen = _first_cells(cells, rules.sample_cells)
+        keep = np.isin(cells, chosen)
+        sample.digital += np.bincount(raw[keep, 1].ravel(), minlength=_VALUES)
+        for frame, cell in zip(raw[keep, 0], cells[keep].tolist()):
             analog = frame.astype(np.int32)
             if cell in previous:
                 changes += np.bincount(np.abs(analog - previous[cell]).ravel(), minlength=_VALUES)
             previous[cell] = analog
+            seen[cell] = seen.get(cell, 0) + 1
+        if all(seen.get(int(c), 0) >= 2 for c in chosen):
+            break
     sample.changes[module] = changes
 
 
@@ -261,7 +286,7 @@ def sample_dark_run(
         )
         return sample
     for module in wanted:
-        _sample_module(sample, module, rules.sample_trains)
+        _sample_module(sample, module, rules)
         if sample.problems:
             return sample
     if not sample.digital.any():
