@@ -6,6 +6,8 @@ import fnmatch
 import queue
 from typing import Any, ClassVar
 
+import zmq
+
 from pulsetrain.device import Device, Property, State, slot
 from pulsetrain.errors import ChannelError
 
@@ -82,7 +84,8 @@ class Bridge(Device):
                 dummy_timestamps=self.dummy_timestamps,
             )
         except ChannelError as exc:
-            reason = exc.__cause__ if exc.__cause__ is not None else exc
+            cause = exc.__cause__
+            reason = zmq.strerror(cause.errno) if isinstance(cause, zmq.ZMQError) else exc
             self.set_error(f"cannot bind {self.endpoint}: {reason}")
             return False
         self._server = server.start()

@@ -378,7 +378,9 @@ class BridgeInput(Device):
         except zmq.ZMQError as exc:
             self._monitor.close(0)
             sock.close(0)
-            raise ConfigurationError(f"cannot {self.mode} {self.endpoint}: {exc}") from exc
+            raise ConfigurationError(
+                f"cannot {self.mode} {self.endpoint}: {zmq.strerror(exc.errno)}"
+            ) from exc
         return sock
 
     # ------------------------------------------------------------ receiving (own thread)
