@@ -191,6 +191,9 @@ def test_bridge_input_counts_and_explains_an_oversized_message(live, tmp_path, c
     assert size > 1600
     warnings = log_lines(caplog, dev, logging.WARNING)
     assert warnings == [conf["lastError"]]
+    # the tool closed its connection when it exited: seen, counted (not an error)
+    wait_until(lambda: live.client.get(dev, "disconnects") >= 1, 20, "the disconnect")
+    assert live.client.get(dev, "lastError") == conf["lastError"]
 
 
 # ---------------------------------------------------------------- DAQWriter

@@ -365,7 +365,7 @@ class BridgeInput(Device):
             sock.curve_secretkey = self._secret
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, 2)
-        sock.setsockopt(zmq.MAXMSGSIZE, HARD_LIMIT_FACTOR * self.max_message_bytes)
+        sock.setsockopt(zmq.MAXMSGSIZE, min(HARD_LIMIT_FACTOR * self.max_message_bytes, 2**63 - 1))
         self._monitor = sock.get_monitor_socket(
             _HANDSHAKE_FAILURES | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
         )
