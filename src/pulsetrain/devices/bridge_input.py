@@ -301,7 +301,7 @@ class BridgeInput(Device):
     def reset(self) -> None:
         """Leave state ERROR; if the device never started listening (e.g. its address could not
         be bound), try again."""
-        if self.state != "ERROR":
+        if self.state != State.ERROR.value:
             return
         if getattr(self, "_sock", None) is None:
             self.initialize()
