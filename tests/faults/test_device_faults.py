@@ -6,7 +6,8 @@ operator sees is read with ``python -m pulsetrain ctl ENDPOINT get|list`` in a s
 * a Bridge or BridgeInput whose port is taken: ERROR with the bind error, logged once, quiet
   afterwards, no endpoint announced; ``reset`` binds once the port is free;
 * BridgeInput: an oversized message is dropped, counted (``oversized``) and explained;
-* DAQWriter: ``recording`` is false in ERROR, and the run is closed with every accepted train;
+* DAQWriter: ``recording`` is false in ERROR (also when another thread, the stall watchdog,
+  sets it), and the run is closed with every accepted train;
 * AGIPDCorrection without constants: WARNING once, said in ``status``, ``uncorrectedTrains``.
 """
 
@@ -277,3 +278,22 @@ def test_correction_without_constants_warns_once_and_counts(live, tmp_path, capl
     warnings = log_lines(caplog, dev, logging.WARNING)
     assert len(warnings) == 1, warnings  # once, not per train
     assert warnings[0].startswith("module 3: no constants, raw data will pass through uncorrected")
+
+
+def test_daq_writer_error_from_another_thread_stops_recording_at_once(live, tmp_path):
+    """The stall watchdog sets ERROR from its own thread: ``recording`` is false at once, and
+    the run is closed on the device's thread (its timer) with every accepted train."""
+    dev = live.add(
+        "DAQWriter",
+        "DAQ",
+        {"directory": str(tmp_path / "raw"), "autostart": True, "gather_trains": 2},
+    )
+    src = live.source()
+    live.connect(src.endpoints[0], dev)
+    feed(live, src, dev, [slow_train(100 + i) for i in range(5)], "5 trains")
+    device = live.server.devices[dev]
+    device.set_error("device code stalled (as the watchdog says it)")
+    assert device.recording is False and device.state == "ERROR"
+    summary = wait_until(lambda: live.client.get(dev, "lastRun") or None, 10, "the run closed")
+    assert summary["trains"] == 5 and summary["error"] is None
+    assert list(extra_data.RunDirectory(summary["directory"]).train_ids) == list(range(100, 105))
