@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 EPILOG = """examples:
@@ -41,38 +42,55 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from pulsetrain.devices.daq import DAQWriter
+    from pulsetrain.errors import PulsetrainError
+    from pulsetrain.files.recorder import RunRecorder
     from pulsetrain.sim import SampleMotor, SimulatedExperiment
 
     motor = SampleMotor(position_mm=args.sample_position or 0.0)
     exp = SimulatedExperiment(
-        args.detector, frames=args.frames, seed=args.seed, modules=args.modules,
-        memory_cells=args.memory_cells, dark=args.dark, motor=motor,
+        args.detector,
+        frames=args.frames,
+        seed=args.seed,
+        modules=args.modules,
+        memory_cells=args.memory_cells,
+        dark=args.dark,
+        motor=motor,
         exact=args.dark is not None,
     )
-    writer = DAQWriter("SIM/DAQ/WRITER", {
-        "directory": args.out, "proposal": args.proposal, "catalog": args.catalog,
-        "sequence_trains": args.sequence_trains, "gather_trains": 0,
-        "run_type": f"dark-{args.dark}" if args.dark else "raw",
-        "sample": "dark" if args.dark else "water jet + crystals",
-    })
-    writer.initialize()
-    number = writer.start_run()
+    try:
+        recorder = RunRecorder(
+            args.out,
+            proposal=args.proposal,
+            catalog=args.catalog,
+            sequence_trains=args.sequence_trains,
+            gather_trains=0,
+            run_type=f"dark-{args.dark}" if args.dark else "raw",
+            sample="dark" if args.dark else "water jet + crystals",
+        )
+    except PulsetrainError as exc:
+        print(f"error: cannot open a run in {args.out}: {exc}", file=sys.stderr)
+        return 1
+    number = recorder.run_number
     include = ["detector"] if args.no_slow or args.dark else None
     t0 = time.perf_counter()
-    nbytes = 0
-    with tqdm(total=args.trains, unit="train", desc=f"run {number}") as bar:
-        for _tid, data, meta in exp.trains(args.trains, include=include):
-            writer.on_data(data, meta, "input")
-            if writer.state == "ERROR":
-                print(f"error: {writer.status}")
-                return 1
-            nbytes = writer._writer.bytes_written if writer._writer is not None else nbytes
-            bar.update(1)
-            bar.set_postfix(GB=f"{nbytes / 1e9:.2f}")
-    summary = writer.stop_run()
+    try:
+        with tqdm(total=args.trains, unit="train", desc=f"run {number}") as bar:
+            for _tid, data, meta in exp.trains(args.trains, include=include):
+                recorder.add(data, meta)
+                bar.update(1)
+                bar.set_postfix(GB=f"{recorder.bytes_written / 1e9:.2f}")
+        summary = recorder.close()
+    except PulsetrainError as exc:
+        try:
+            recorder.close()  # what was written stays valid and readable
+        except PulsetrainError:
+            pass
+        print(f"error: run {number}: {exc}", file=sys.stderr)
+        return 1
     dt = time.perf_counter() - t0
-    print(f"run {number}: {summary['trains']} trains, {len(summary['files'])} files, "
-          f"{summary['bytes'] / 1e9:.2f} GB in {dt:.1f} s ({summary['bytes'] / 1e9 / dt:.2f} GB/s)")
+    print(
+        f"run {number}: {summary['trains']} trains, {len(summary['files'])} files, "
+        f"{summary['bytes'] / 1e9:.2f} GB in {dt:.1f} s ({summary['bytes'] / 1e9 / dt:.2f} GB/s)"
+    )
     print(summary["directory"])
-    return 0 if writer.state != "ERROR" else 1
+    return 0

@@ -20,10 +20,13 @@ Modes
 
 Robustness: a message that is not the bridge protocol (or has no train ID, or a source outside
 ``allowed_sources``) is counted, described in ``lastError`` and dropped; the next good train
-passes.  Flooding is bounded: messages larger than ``max_message_bytes`` are refused by ZeroMQ
-(the connection is dropped), at most ``max_rate`` trains per second are accepted (the excess is
-dropped and counted before it is even decoded), and at most ``max_queue`` trains wait for the
-output; more are dropped and counted.  See ``docs/devices/bridge-input.md`` for the threat model.
+passes.  Flooding is bounded: a message larger than ``max_message_bytes`` is dropped before it
+is decoded and counted in ``oversized`` (``lastError`` gives its size and sender); ZeroMQ itself
+refuses any single frame over twice that size before storing it, by cutting the connection
+(libzmq reports no more than a disconnect, counted in ``disconnects``); at most ``max_rate``
+trains per second are accepted (the excess is dropped and counted before it is even decoded),
+and at most ``max_queue`` trains wait for the output; more are dropped and counted.  See
+``docs/devices/bridge-input.md`` for the threat model.
 """
 
 from __future__ import annotations
@@ -51,11 +54,18 @@ __all__ = ["ZAP_DOMAIN", "BridgeInput", "parse_authorized_key"]
 #: ZAP domain of the device's CURVE socket (the authenticator answers only for it).
 ZAP_DOMAIN = "pulsetrain-bridge-input"
 _Z85_KEY = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
+#: ZeroMQ cuts a connection whose frame is larger than this many times ``max_message_bytes``:
+#: the hard memory bound; messages between the two limits reach the device and are counted.
+HARD_LIMIT_FACTOR = 2
 _HANDSHAKE_FAILURES = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
+
+
+#: The counters of the device (``reset_counters`` zeroes them; ``_stats`` publishes them).
+_COUNTERS = ("received", "refused", "malformed", "rejected", "dropped", "oversized", "disconnects")
 
 
 def parse_authorized_key(entry: str, default_name: str = "") -> tuple[str, str]:
@@ -146,7 +156,12 @@ class BridgeInput(Device):
     allowed_sources = Property(list, [], description="source-name globs accepted (empty: all)")
     require_train_id = Property(bool, True, description="refuse trains without timestamp.tid")
     max_message_bytes = Property(
-        int, 2**30, minimum=1024, access="init", description="larger messages are refused by ZeroMQ"
+        int,
+        2**30,
+        minimum=1024,
+        access="init",
+        description="larger messages are dropped and counted in oversized "
+        "(a frame over twice this: ZeroMQ cuts the connection)",
     )
     max_rate = Property(
         float, 50.0, minimum=0.0, unit="Hz", description="trains accepted per second (0: no limit)"
@@ -188,6 +203,15 @@ class BridgeInput(Device):
     dropped = Property(
         int, 0, access="readonly", description="trains dropped by the rate limit or a full queue"
     )
+    oversized = Property(
+        int, 0, access="readonly", description="messages over max_message_bytes, dropped"
+    )
+    disconnects = Property(
+        int,
+        0,
+        access="readonly",
+        description="connections closed (by the tool, or cut by ZeroMQ for an oversized frame)",
+    )
     lastError = Property(str, "", access="readonly")
     lastTrainId = Property(int, 0, access="readonly")
     clients = Property(dict, {}, access="readonly", description="trains accepted per client")
@@ -207,12 +231,16 @@ class BridgeInput(Device):
         self._published: dict[str, Any] = {}
         self._halt = threading.Event()
         self._auth = None
-        if self.mode == "bind":
-            self._auth = _Authenticator(self._ctx, self)
-            self._auth.start()
-            self._auth.configure_curve_callback(ZAP_DOMAIN, _KeyCheck(self))
-        sock = self._make_socket()
-        self._sock = sock
+        self._sock = None
+        try:
+            if self.mode == "bind":
+                self._auth = _Authenticator(self._ctx, self)
+                self._auth.start()
+                self._auth.configure_curve_callback(ZAP_DOMAIN, _KeyCheck(self))
+            self._sock = self._make_socket()
+        except Exception:  # nothing half-made stays behind (threads, context, ports)
+            self._release()
+            raise
         self.update(serverPublicKey=public.decode("ascii"))
         self._receiver = threading.Thread(
             target=self._receive_loop, daemon=True, name=f"bridge-in:{self.device_id}"
@@ -269,6 +297,17 @@ class BridgeInput(Device):
         self._load_keys()
         self.log.info("allow-list reloaded: %d keys", len(self._allowed))
 
+    @slot(description="Leave state ERROR: start again if the start had failed, then back to work")
+    def reset(self) -> None:
+        """Leave state ERROR; if the device never started listening (e.g. its address could not
+        be bound), try again."""
+        if self.state != State.ERROR.value:
+            return
+        if getattr(self, "_sock", None) is None:
+            self.initialize()
+        else:
+            self.set_state(State.MONITORING, "reset")
+
     _count_lock = threading.Lock()
 
     def _count(self, key: str) -> None:
@@ -279,20 +318,29 @@ class BridgeInput(Device):
     @slot(description="Zero the counters")
     def reset_counters(self) -> None:
         """Zero the counters and forget the last error."""
-        for key in ("received", "refused", "malformed", "rejected", "dropped"):
+        for key in _COUNTERS:
             self._values[key] = 0
         self._client_counts.clear()
         self._values["clients"] = {}
         self.update(lastError="", clients={})
 
     def shutdown(self) -> None:
-        self._halt.set()
+        halt = getattr(self, "_halt", None)
+        if halt is not None:
+            halt.set()
         for t in (getattr(self, "_receiver", None), getattr(self, "_publisher", None)):
             if t is not None and t is not threading.current_thread():
                 t.join(timeout=3)
-        if self._auth is not None:
-            self._auth.stop()
-        self._ctx.destroy(linger=0)
+        self._release()
+
+    def _release(self) -> None:
+        """Stop the authenticator and close every socket (what a failed start leaves too)."""
+        auth, self._auth = getattr(self, "_auth", None), None
+        if auth is not None:
+            auth.stop()
+        ctx = getattr(self, "_ctx", None)
+        if ctx is not None:
+            ctx.destroy(linger=0)
 
     # ------------------------------------------------------------ sockets
     def _make_socket(self) -> zmq.Socket:
@@ -317,8 +365,10 @@ class BridgeInput(Device):
             sock.curve_secretkey = self._secret
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, 2)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
-        self._monitor = sock.get_monitor_socket(_HANDSHAKE_FAILURES | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        sock.setsockopt(zmq.MAXMSGSIZE, min(HARD_LIMIT_FACTOR * self.max_message_bytes, 2**63 - 1))
+        self._monitor = sock.get_monitor_socket(
+            _HANDSHAKE_FAILURES | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+        )
         try:
             if self.mode == "bind":
                 sock.bind(self.endpoint)
@@ -326,8 +376,11 @@ class BridgeInput(Device):
             else:
                 sock.connect(self.endpoint)
         except zmq.ZMQError as exc:
+            self._monitor.close(0)
             sock.close(0)
-            raise ConfigurationError(f"cannot {self.mode} {self.endpoint}: {exc}") from exc
+            raise ConfigurationError(
+                f"cannot {self.mode} {self.endpoint}: {zmq.strerror(exc.errno)}"
+            ) from exc
         return sock
 
     # ------------------------------------------------------------ receiving (own thread)
@@ -385,7 +438,12 @@ class BridgeInput(Device):
         while monitor.poll(0):
             event = recv_monitor_message(monitor)
             ev = event["event"]
-            if ev & _HANDSHAKE_FAILURES:
+            if ev == zmq.EVENT_DISCONNECTED:
+                self._count("disconnects")
+                self.log.info(
+                    "a connection to %s closed", event["endpoint"].decode(errors="replace")
+                )
+            elif ev & _HANDSHAKE_FAILURES:
                 if ev == zmq.EVENT_HANDSHAKE_FAILED_AUTH and self.mode == "bind":
                     continue  # already counted by the key check (with the key)
                 kind = {
@@ -407,14 +465,18 @@ class BridgeInput(Device):
         return True
 
     def _accept(self, frames: list) -> None:
+        size = sum(len(f) for f in frames)
+        if size > self.max_message_bytes:  # before anything else: never decoded or queued
+            self._count("oversized")
+            self._error(
+                f"oversized message from {self._sender(frames) or '?'} dropped: {size} bytes > "
+                f"max_message_bytes {self.max_message_bytes}"
+            )
+            return
         if not self._rate_ok():
             self._count("dropped")
             return
-        client = ""
-        try:
-            client = frames[0].get("User-Id") if self.mode == "bind" else "tool"
-        except zmq.ZMQError:
-            client = ""
+        client = self._sender(frames)
         if self.mode == "bind" and client not in self._allowed.values():
             # The key was removed from the allow-list after this connection was made.
             self._count("rejected")
@@ -435,6 +497,15 @@ class BridgeInput(Device):
             self._trains.put_nowait((data, meta, client))
         except queue.Full:
             self._count("dropped")
+
+    def _sender(self, frames: list) -> str:
+        """The allow-list name of the client that sent ``frames`` ('' if unknown)."""
+        if self.mode != "bind":
+            return "tool"
+        try:
+            return frames[0].get("User-Id") or ""
+        except zmq.ZMQError:
+            return ""
 
     def _check(self, data: dict, meta: dict) -> None:
         if not data:
@@ -493,18 +564,7 @@ class BridgeInput(Device):
     def _stats(self) -> None:
         """Publish the counters (the receiving threads bump them without events)."""
         v = self._values
-        fresh = {
-            k: v[k]
-            for k in (
-                "received",
-                "refused",
-                "malformed",
-                "rejected",
-                "dropped",
-                "lastError",
-                "lastTrainId",
-            )
-        }
+        fresh = {k: v[k] for k in (*_COUNTERS, "lastError", "lastTrainId")}
         fresh["clients"] = dict(v["clients"])
         fresh["sources"] = list(v["sources"])
         fresh = {k: x for k, x in fresh.items() if self._published.get(k) != x}

@@ -6,6 +6,7 @@ import collections
 import re
 import time
 from datetime import datetime, timezone
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -32,10 +33,13 @@ class AGIPDCorrection(Device):
     (``image.data`` float32 (frames, 512, 128), ``image.gain`` uint8, ``image.mask`` uint32)
     under the CORR source name.  Missing or mismatched constants put the device in ERROR with a
     message naming what is missing — or, with ``on_missing_constants = 'passthrough'``, raw data
-    are forwarded flagged ``calibration.corrected = False``.
+    are forwarded flagged ``calibration.corrected = False``.  Running without constants is a
+    fault the operator must see: it is logged once at WARNING (when the look-up fails), the
+    status says so and how many trains went out uncorrected, and ``uncorrectedTrains`` counts
+    them (one per train, whatever the number of module sources in it).
     """
 
-    inputs = {"input": {}}
+    inputs: ClassVar[dict[str, dict[str, Any]]] = {"input": {}}
     outputs = ("output",)
 
     catalog = Property(str, "", access="init", description="catalogue URL (empty: default)")
@@ -52,24 +56,38 @@ class AGIPDCorrection(Device):
     on_missing_constants = Property(str, "error", options=("error", "passthrough"))
     bad_to_nan = Property(bool, False, description="set masked pixels to NaN")
     common_mode = Property(bool, False)
-    force_mg_threshold = Property(float, 0.0, minimum=0.0, unit="ADU",
-                                  description="0: off (see docs/calibration.md)")
+    force_mg_threshold = Property(
+        float, 0.0, minimum=0.0, unit="ADU", description="0: off (see docs/calibration.md)"
+    )
     force_hg_threshold = Property(float, 0.0, minimum=0.0, unit="ADU")
 
     constantsLoaded = Property(bool, False, access="readonly")
     constantIds = Property(dict, {}, access="readonly", description="catalogue IDs in use")
     framesPerSecond = Property(float, 0.0, access="readonly", unit="Hz")
-    processingTime = Property(float, 0.0, access="readonly", unit="s",
-                              description="correction time of the last module-train")
-    latencyP50 = Property(float, 0.0, access="readonly", unit="s",
-                          description="arrival after the train timestamp, median of last 100")
+    processingTime = Property(
+        float,
+        0.0,
+        access="readonly",
+        unit="s",
+        description="correction time of the last module-train",
+    )
+    latencyP50 = Property(
+        float,
+        0.0,
+        access="readonly",
+        unit="s",
+        description="arrival after the train timestamp, median of last 100",
+    )
     latencyP99 = Property(float, 0.0, access="readonly", unit="s")
     correctedTrains = Property(int, 0, access="readonly")
-    uncorrectedTrains = Property(int, 0, access="readonly",
-                                 description="trains passed through without constants")
+    uncorrectedTrains = Property(
+        int, 0, access="readonly", description="trains passed through without constants"
+    )
 
     def initialize(self) -> None:
         self.constants = None
+        self._missing = ""
+        self._shown_uncorrected = 0
         self._lat: collections.deque = collections.deque(maxlen=100)
         self._frames: collections.deque = collections.deque(maxlen=50)
         self.reload_constants()
@@ -77,9 +95,12 @@ class AGIPDCorrection(Device):
 
     def _conditions(self) -> dict:
         return {
-            "memory_cells": self.memory_cells, "bias_voltage": self.bias_voltage,
-            "acquisition_rate": self.acquisition_rate, "gain_setting": self.gain_setting,
-            "gain_mode": self.gain_mode, "integration_time": self.integration_time,
+            "memory_cells": self.memory_cells,
+            "bias_voltage": self.bias_voltage,
+            "acquisition_rate": self.acquisition_rate,
+            "gain_setting": self.gain_setting,
+            "gain_mode": self.gain_mode,
+            "integration_time": self.integration_time,
             "photon_energy": self.photon_energy,
         }
 
@@ -98,23 +119,31 @@ class AGIPDCorrection(Device):
             cat = Catalog(self.catalog or None)
             try:
                 constants, records = load_agipd_constants(
-                    cat, self.detector, self.module, self._conditions(), at)
+                    cat, self.detector, self.module, self._conditions(), at
+                )
             finally:
                 cat.close()
         except (CatalogError, CalibrationError) as exc:
             self.constants = None
             self.update(constantsLoaded=False, constantIds={})
             if self.on_missing_constants == "passthrough":
-                self.set_state(State.PROCESSING,
-                               f"no constants, passing raw data through: {exc}")
+                self._missing = str(exc)
+                self.log.warning(
+                    "module %d: no constants, raw data will pass through uncorrected: %s",
+                    self.module,
+                    exc,
+                )
+                self.set_state(State.PROCESSING, self._passthrough_status())
             else:
                 self.set_error(f"cannot correct module {self.module}: {exc}")
             return
         self.constants = constants
-        self.update(constantsLoaded=True,
-                    constantIds={k: int(r.id) for k, r in records.items()})
-        self.set_state(State.PROCESSING,
-                       f"constants loaded: {', '.join(f'{k}#{r.id}' for k, r in records.items())}")
+        self._missing = ""
+        self.update(constantsLoaded=True, constantIds={k: int(r.id) for k, r in records.items()})
+        self.set_state(
+            State.PROCESSING,
+            f"constants loaded: {', '.join(f'{k}#{r.id}' for k, r in records.items())}",
+        )
 
     def on_set(self, key: str, value: object) -> None:
         if key in self._conditions() or key == "constants_time":
@@ -137,17 +166,19 @@ class AGIPDCorrection(Device):
             if self.constants is None:
                 if self.on_missing_constants != "passthrough":
                     raise CalibrationError(
-                        f"module {self.module}: no constants loaded ({self.status})")
+                        f"module {self.module}: no constants loaded ({self.status})"
+                    )
                 out[name] = {**props, "calibration.corrected": False}
-                self._values["uncorrectedTrains"] += 1
             else:
                 shape = (raw.shape[0], *raw.shape[2:])
                 buffers = self.allocate(  # in shared memory when that saves a copy downstream
                     "output", (shape, np.float32), (shape, np.uint8), (shape, np.uint32)
                 )
                 out[name] = correct_module_data(
-                    props, self.constants,
-                    bad_to_nan=self.bad_to_nan, common_mode=self.common_mode,
+                    props,
+                    self.constants,
+                    bad_to_nan=self.bad_to_nan,
+                    common_mode=self.common_mode,
                     force_mg_threshold=self.force_mg_threshold or None,
                     force_hg_threshold=self.force_hg_threshold or None,
                     out=buffers,
@@ -158,6 +189,8 @@ class AGIPDCorrection(Device):
             frames += raw.shape[0]
         if not out:
             return
+        if self.constants is None:
+            self._values["uncorrectedTrains"] += 1
         now = time.time()
         self._values["processingTime"] = time.perf_counter() - t0
         self._frames.append((now, frames))
@@ -169,8 +202,20 @@ class AGIPDCorrection(Device):
     def on_eos(self, channel: str) -> None:
         self.signal_eos("output")
 
+    def _passthrough_status(self) -> str:
+        return (
+            f"no constants, passing raw data through ({self.uncorrectedTrains} trains "
+            f"uncorrected so far): {self._missing}"
+        )
+
     def _stats(self) -> None:
         values = {}
+        uncorrected = self.uncorrectedTrains
+        if uncorrected != self._shown_uncorrected:
+            self._shown_uncorrected = uncorrected
+            values["uncorrectedTrains"] = uncorrected
+            if self.constants is None and self._missing and self.state != State.ERROR.value:
+                values["status"] = self._passthrough_status()
         if len(self._frames) > 1:
             span = self._frames[-1][0] - self._frames[0][0]
             if span > 0:

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import collections
-
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pulsetrain.device import Device, Property, State, slot
-from pulsetrain.errors import PulsetrainError, TrainOrderError
-from pulsetrain.protocol import train_id_of
+from pulsetrain.errors import CatalogError, FileFormatError, StorageError
+from pulsetrain.files.recorder import RunRecorder
 
 __all__ = ["DAQWriter"]
 
@@ -28,21 +24,32 @@ class DAQWriter(Device):
     with the message, the files already closed stay valid, and later trains are counted as
     ``notRecorded`` until a new run starts.  Data for a train already written is counted in
     ``lateData`` (refused, not silently lost).
+
+    ``recording`` is false whenever the device is in ERROR, whatever put it there: the open run
+    is then closed at once (what was accepted and can still be written is written first) and
+    catalogued; ``start_run`` opens a new one.  The recording itself is a
+    :class:`~pulsetrain.files.recorder.RunRecorder`; this device only feeds it.
     """
 
-    inputs = {"input": {"on_slowness": "wait"}}
+    inputs: ClassVar[dict[str, dict[str, Any]]] = {"input": {"on_slowness": "wait"}}
 
     directory = Property(str, "data/raw", access="init", description="where run directories go")
     proposal = Property(int, 900001, minimum=0)
     data_category = Property(str, "RAW", options=("RAW", "CORR"), access="init")
     sample = Property(str, "")
     run_type = Property(str, "raw")
-    catalog = Property(str, "", access="init",
-                       description="catalogue URL to record runs in (empty: none)")
+    catalog = Property(
+        str, "", access="init", description="catalogue URL to record runs in (empty: none)"
+    )
     sequence_trains = Property(int, 500, minimum=1, description="trains per sequence file")
     compression = Property(str, "", options=("", "gzip", "lzf"))
-    gather_trains = Property(int, 3, minimum=0, maximum=1000,
-                             description="trains to wait for late sources before writing")
+    gather_trains = Property(
+        int,
+        3,
+        minimum=0,
+        maximum=1000,
+        description="trains to wait for late sources before writing",
+    )
     autostart = Property(bool, False, access="init", description="start a run at once")
     max_trains = Property(int, 0, minimum=0, description="stop the run after this many trains")
 
@@ -53,166 +60,146 @@ class DAQWriter(Device):
     bytesWritten = Property(int, 0, access="readonly")
     filesClosed = Property(list, [], access="readonly")
     lateData = Property(int, 0, access="readonly", description="data for trains already written")
-    notRecorded = Property(int, 0, access="readonly", description="trains received while not "
-                           "recording or after a write failure")
+    notRecorded = Property(
+        int,
+        0,
+        access="readonly",
+        description="trains received while not recording or after a write failure",
+    )
     lastRun = Property(dict, {}, access="readonly", description="summary of the last run")
 
     def initialize(self) -> None:
-        self._writer = None
-        self._pending: collections.OrderedDict[int, tuple[dict, dict]] = collections.OrderedDict()
-        self._written_below = -1
-        self._started: datetime | None = None
-        self._failed = False
+        self._run: RunRecorder | None = None
+        self._close_after_error = False
         self.set_state(State.ON)
         if self.autostart:
             self.start_run()
         self.every(1.0, self._stats)
 
+    # ------------------------------------------------------------ state
+    def set_state(self, state: State | str, status: str | None = None) -> None:
+        """Change the state; entering ERROR stops the recording first (``recording`` false)."""
+        if State(state) is State.ERROR and self._values["recording"]:
+            self.update(recording=False)  # before the state: whoever sees ERROR sees this
+            self._close_after_error = True
+        super().set_state(state, status)
+
+    def _close_run_after_error(self) -> None:
+        """Close the run that an error interrupted (on the device's thread)."""
+        self._close_after_error = False
+        if self._run is not None:
+            self._close_run()
+
     # ------------------------------------------------------------ runs
-    def _next_run_number(self) -> int:
-        base = Path(self.directory)
-        existing = [int(p.name[1:]) for p in base.glob("r[0-9][0-9][0-9][0-9]") if p.is_dir()]
-        number = max(existing, default=0) + 1
-        if self.catalog:
-            from pulsetrain.catalog import Catalog
-
-            cat = Catalog(self.catalog)
-            try:
-                number = max(number, cat.next_run_number(self.proposal))
-            finally:
-                cat.close()
-        return number
-
     @slot(allowed_states=("ON", "ERROR"), description="Open a new run and start recording")
     def start_run(self) -> int:
         """Open a new run directory and start recording; returns the run number."""
-        from pulsetrain.files import RunWriter
-
-        number = self._next_run_number()
-        run_dir = Path(self.directory) / f"r{number:04d}"
-        self._writer = RunWriter(
-            run_dir, proposal=self.proposal, run_number=number,
-            data_category=self.data_category, sequence_trains=self.sequence_trains,
+        if self._run is not None:
+            self._close_run()
+        run = RunRecorder(
+            self.directory,
+            proposal=self.proposal,
+            data_category=self.data_category,
+            sequence_trains=self.sequence_trains,
             compression=self.compression or None,
-            run_metadata={"sample": self.sample or "unknown", "run_type": self.run_type},
+            sample=self.sample,
+            run_type=self.run_type,
+            gather_trains=self.gather_trains,
+            catalog=self.catalog,
         )
-        self._pending.clear()
-        self._written_below = -1
-        self._failed = False
-        self._started = datetime.now(timezone.utc)
-        self.update(recording=True, runNumber=number, runDirectory=str(run_dir),
-                    trainsWritten=0, bytesWritten=0, filesClosed=[])
-        self.set_state(State.ACQUIRING, f"recording run {number} in {run_dir}")
-        return number
+        self._run = run
+        self._close_after_error = False
+        self.update(
+            recording=True,
+            runNumber=run.run_number,
+            runDirectory=str(run.run_dir),
+            trainsWritten=0,
+            bytesWritten=0,
+            filesClosed=[],
+        )
+        self.set_state(State.ACQUIRING, f"recording run {run.run_number} in {run.run_dir}")
+        return run.run_number
 
     @slot(allowed_states=("ACQUIRING", "ERROR"), description="Close the run and catalogue it")
     def stop_run(self) -> dict:
         """Write what is pending, close the files, record the run; returns its summary."""
-        if self._writer is None:
-            return {}
-        if not self._failed:
-            self._flush(everything=True)
-        writer, self._writer = self._writer, None
-        try:
-            writer.close()
-        except PulsetrainError as exc:
-            self.set_error(f"closing run {self.runNumber} failed: {exc}")
-        manifest = writer.manifest()
-        summary = {
-            "run": self.runNumber, "directory": str(writer.run_dir),
-            "trains": manifest["trains"], "files": [f["name"] for f in manifest["files"]],
-            "bytes": manifest["bytes"], "error": manifest.get("error"),
-        }
-        if self.catalog:
-            try:
-                self._catalogue(writer, manifest)
-            except Exception as exc:
-                self.set_error(f"run {self.runNumber} written but not catalogued: {exc}")
-        self.update(recording=False, lastRun=summary,
-                    filesClosed=[str(p) for p in writer.files], trainsWritten=manifest["trains"])
+        if self._run is None:  # never started, or already closed by an error
+            return dict(self.lastRun)
+        summary = self._close_run()
         if self.state != State.ERROR.value:
-            self.set_state(State.ON, f"run {self.runNumber}: {manifest['trains']} trains, "
-                                     f"{len(manifest['files'])} files")
+            self.set_state(
+                State.ON,
+                f"run {summary['run']}: {summary['trains']} trains, {len(summary['files'])} files",
+            )
         return summary
 
-    def _catalogue(self, writer: Any, manifest: dict) -> None:
-        from pulsetrain.catalog import Catalog
-
-        cat = Catalog(self.catalog)
+    def _close_run(self) -> dict:
+        """Close the open run (writing what it holds back) and publish its summary."""
+        run, self._run = self._run, None
+        self.update(recording=False)
         try:
-            cat.add_run(
-                self.proposal, self.runNumber, writer.run_dir,
-                data_category=self.data_category, run_type=self.run_type,
-                sample=self.sample or None, files=[f["name"] for f in manifest["files"]],
-                n_trains=manifest["trains"], start_time=self._started,
-                end_time=datetime.now(timezone.utc),
-            )
-        finally:
-            cat.close()
+            summary = run.close()
+        except StorageError as exc:
+            summary = run.summary
+            self.set_error(f"closing run {run.run_number} failed: {exc}")
+        except CatalogError as exc:
+            summary = run.summary
+            self.set_error(str(exc))
+        summary = {k: v for k, v in summary.items() if k != "paths"}
+        self._publish(run)
+        self.update(lastRun=summary, trainsWritten=summary["trains"])
+        return summary
 
     # ------------------------------------------------------------ data
     def on_data(self, data: dict, meta: dict, channel: str) -> None:
-        if self._writer is None or self._failed:
+        if self._close_after_error:
+            self._close_run_after_error()
+        run = self._run
+        if run is None or run.failure is not None:
             self._values["notRecorded"] += 1
             return
-        tid = train_id_of(meta)
-        if tid is None:
-            raise ValueError(f"data from {sorted(data)} carries no train ID")
-        if tid <= self._written_below:
-            self._values["lateData"] += 1
+        try:
+            run.add(data, meta)
+        except FileFormatError as exc:  # not this train's to break the run: refused, said
+            raise FileFormatError(f"train not recorded: {exc}") from exc
+        except StorageError as exc:
+            self._fail(run, exc)
             return
-        entry = self._pending.get(tid)
-        if entry is None:
-            entry = self._pending[tid] = ({}, {})
-            if len(self._pending) > 1 and tid < next(reversed(self._pending)):
-                self._pending = collections.OrderedDict(sorted(self._pending.items()))
-        entry[0].update(data)
-        entry[1].update(meta)
-        self._flush()
-
-    def on_eos(self, channel: str) -> None:
-        self._flush(everything=True)
-
-    def _flush(self, everything: bool = False) -> None:
-        if not self._pending:
-            return
-        newest = next(reversed(self._pending))
-        while self._pending:
-            tid = next(iter(self._pending))
-            if not everything and tid > newest - self.gather_trains:
-                return
-            data, meta = self._pending.pop(tid)
-            self._written_below = tid
-            try:
-                self._writer.write_train(data, meta)
-            except TrainOrderError as exc:  # a source older than what its file holds: refused
-                self._values["lateData"] += 1
-                self.log.warning("late data not written: %s", exc)
-                continue
-            except PulsetrainError as exc:
-                self._fail(exc)
-                return
-            self._values["trainsWritten"] += 1
-            if self.max_trains and self._values["trainsWritten"] >= self.max_trains:
-                self.stop_run()
-                return
-
-    def _fail(self, exc: Exception) -> None:
-        self._failed = True
-        lost = len(self._pending) + 1
-        self._pending.clear()
-        self._values["notRecorded"] += lost
-        closed = [str(p) for p in self._writer.files] if self._writer is not None else []
-        self.update(filesClosed=closed)
-        self.set_error(f"run {self.runNumber}: {exc}; {len(closed)} closed files are valid")
-
-    def _stats(self) -> None:
-        if self._writer is not None:
-            self.update(bytesWritten=int(self._writer.bytes_written),
-                        filesClosed=[str(p) for p in self._writer.files])
-
-    def shutdown(self) -> None:
-        if self._writer is not None:
+        finally:
+            self._values["lateData"] = run.late
+            self._values["trainsWritten"] = run.trains_written
+        if self.max_trains and run.trains_written >= self.max_trains:
             self.stop_run()
 
+    def on_eos(self, channel: str) -> None:
+        run = self._run
+        if run is None:
+            return
+        try:
+            run.flush()
+        except StorageError as exc:
+            self._fail(run, exc)
+        self._values["trainsWritten"] = run.trains_written
 
+    def _fail(self, run: RunRecorder, exc: StorageError) -> None:
+        self._values["notRecorded"] += run.not_recorded
+        closed = [str(p) for p in run.files]
+        self.update(filesClosed=closed)
+        self.set_error(f"run {run.run_number}: {exc}; {len(closed)} closed files are valid")
+
+    def _publish(self, run: RunRecorder) -> None:
+        self.update(
+            bytesWritten=run.bytes_written,
+            filesClosed=[str(p) for p in run.files],
+            lateData=run.late,
+        )
+
+    def _stats(self) -> None:
+        if self._close_after_error:
+            self._close_run_after_error()
+        if self._run is not None:
+            self._publish(self._run)
+
+    def shutdown(self) -> None:
+        if self._run is not None:
+            self.stop_run()
