@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from pulsetrain.cli._args import (
+    finite_float,
+    non_negative_float,
+    non_negative_int,
+    output_directory,
+    positive_float,
+    positive_int,
+    run_directory,
+)
+
 EPILOG = """examples:
   pulsetrain correct data/raw/r0001 --out data/proc/r0001 --catalog cat.sqlite
   pulsetrain correct raw/r0001 --out proc/r0001 --workers 2 --memory-cells 64 --common-mode
@@ -15,6 +25,21 @@ EPILOG = """examples:
 Re-running the same command skips output files that are complete and verified (sidecars in
 OUT/.pulsetrain-correct/); --force remakes them.  See docs/offline.md.
 """
+
+
+def _constants_time(text: str) -> str:
+    """'now' or an ISO 8601 time."""
+    from datetime import datetime
+
+    if text.strip().lower() == "now":
+        return "now"
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not 'now' or an ISO time such as 2026-01-31T12:00:00"
+        ) from None
+    return text
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,29 +54,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run_dir", help="raw run directory")
-    p.add_argument("--out", required=True, help="CORR run directory to write")
+    p.add_argument("run_dir", type=run_directory, help="raw run directory")
+    p.add_argument(
+        "--out", required=True, type=output_directory, help="CORR run directory to write"
+    )
     p.add_argument("--catalog", default="", help="catalogue URL (default: the user's SQLite)")
     p.add_argument("--detector", default="SPB_DET_AGIPD1M-1")
-    p.add_argument("--modules", type=int, nargs="*", default=None, help="only these modules")
+    p.add_argument(
+        "--modules", type=non_negative_int, nargs="*", default=None, help="only these modules"
+    )
     c = p.add_argument_group("constants look-up (defaults: the online correction device's)")
-    c.add_argument("--memory-cells", type=int, default=None, help="default: any")
-    c.add_argument("--bias-voltage", type=float, default=300.0)
-    c.add_argument("--acquisition-rate", type=float, default=1.1)
-    c.add_argument("--gain-setting", type=int, default=0)
-    c.add_argument("--gain-mode", type=int, default=0)
-    c.add_argument("--integration-time", type=int, default=12)
-    c.add_argument("--photon-energy", type=float, default=9.3)
+    c.add_argument("--memory-cells", type=positive_int, default=None, help="default: any")
+    c.add_argument("--bias-voltage", type=non_negative_float, default=300.0)
+    c.add_argument("--acquisition-rate", type=positive_float, default=1.1)
+    c.add_argument("--gain-setting", type=non_negative_int, default=0)
+    c.add_argument("--gain-mode", type=non_negative_int, default=0)
+    c.add_argument("--integration-time", type=positive_int, default=12)
+    c.add_argument("--photon-energy", type=positive_float, default=9.3)
     c.add_argument(
         "--constants-time",
+        type=_constants_time,
         default=None,
         help="ISO time the constants must be valid at, or 'now' (default: the run's first train)",
     )
     o = p.add_argument_group("correction options (as the online device)")
     o.add_argument("--bad-to-nan", action="store_true", help="masked pixels become NaN")
     o.add_argument("--common-mode", action="store_true")
-    o.add_argument("--force-mg-threshold", type=float, default=None, metavar="ADU")
-    o.add_argument("--force-hg-threshold", type=float, default=None, metavar="ADU")
+    o.add_argument("--force-mg-threshold", type=finite_float, default=None, metavar="ADU")
+    o.add_argument("--force-hg-threshold", type=finite_float, default=None, metavar="ADU")
     p.add_argument(
         "--no-copy-slow",
         action="store_true",
