@@ -460,17 +460,17 @@ class Topology:
 
         Checks that servers are known, device classes importable, every configured property
         known, writable, of the right type and within its limits, every connection's channels
-        exist on the classes and its policy is valid, the connections form no cycle and (with
-        ``ports``) every fixed port is valid and free on this machine.  Nothing is started.
+        exist on the classes and its policy is valid, the connections form no cycle, every fixed
+        port is valid and used once and (with ``ports``) free on this machine.  Nothing is
+        started.
         """
         report = _Report(self.source, self._text)
         report.problems.extend(self._read_problems)
         classes = self._check_devices(report)
-        self._check_connections(report, classes)
-        self._check_cycles(report)
+        valid = self._check_connections(report, classes)
+        self._check_cycles(report, valid)
         self._check_servers(report, classes)
-        if ports:
-            self._check_ports(report, classes)
+        self._check_endpoints(report, classes, free=ports)
         return report.sorted()
 
     def validate(self, *, ports: bool = True) -> None:
@@ -556,13 +556,17 @@ class Topology:
                     report.add(where, f"config.{key}", message)
         return classes
 
-    def _check_connections(self, report: _Report, classes: Mapping[str, type]) -> None:
+    def _check_connections(self, report: _Report, classes: Mapping[str, type]) -> set[int]:
+        """Channels and policies of the connections; returns the numbers of the valid ones."""
+        valid: set[int] = set()
         policies: dict[str, tuple] = {}
         seen: dict[tuple[str, str], int] = {}
         for i, conn in enumerate(self.connections, 1):
             where = f"[[connections]] #{i}"
+            ends_ok = True
             for ref, key, kind in ((conn.output, "from", "outputs"), (conn.input, "to", "inputs")):
                 dev, ch = _split_channel(ref, key)
+                ends_ok = ends_ok and dev in classes
                 if dev not in self.devices:
                     report.add(
                         where, key, f"{ref!r}: no device {dev!r}" + _did_you_mean(dev, self.devices)
@@ -573,6 +577,7 @@ class Topology:
                     continue  # its class is reported already
                 known = list(getattr(cls, kind))
                 if ch not in known:
+                    ends_ok = False
                     report.add(
                         where,
                         key,
@@ -615,11 +620,17 @@ class Topology:
                     f"(also [[connections]] #{seen[pair]})",
                 )
             seen.setdefault(pair, i)
+            if ends_ok:
+                valid.add(i)
+        return valid
 
-    def _check_cycles(self, report: _Report) -> None:
-        """One line per cycle of the device graph: trains would go round for ever."""
+    def _check_cycles(self, report: _Report, valid: set[int]) -> None:
+        """One line per cycle of the device graph (valid connections): trains would go round
+        for ever."""
         edges: dict[str, list[tuple[str, int]]] = {}
         for i, conn in enumerate(self.connections, 1):
+            if i not in valid:
+                continue
             src = conn.output.rpartition(":")[0]
             dst = conn.input.rpartition(":")[0]
             if src in self.devices and dst in self.devices:
@@ -674,8 +685,8 @@ class Topology:
                     f"{server.port_base} + {outputs} outputs runs past port 65535",
                 )
 
-    def _check_ports(self, report: _Report, classes: Mapping[str, type]) -> None:
-        """Fixed bind endpoints of local devices: well-formed, distinct and free now."""
+    def _check_endpoints(self, report: _Report, classes: Mapping[str, type], *, free: bool) -> None:
+        """Fixed bind endpoints of local devices: well-formed, distinct and (``free``) free."""
         taken: dict[tuple[str, int], str] = {}
         for device_id, cls in classes.items():
             device = self.devices[device_id]
@@ -703,7 +714,7 @@ class Topology:
                 if other != f"{device_id} {key}":
                     report.add(where, shown, f"port {port} on {host} is also bound by {other}")
                     continue
-                problem = port_problem(host, port)
+                problem = port_problem(host, port) if free else None
                 if problem:
                     report.add(where, shown, f"{endpoint}: {problem}")
 

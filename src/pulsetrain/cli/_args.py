@@ -26,6 +26,7 @@ __all__ = [
     "output_directory",
     "positive_float",
     "positive_int",
+    "require_run_directory",
     "run_directory",
 ]
 
@@ -118,15 +119,24 @@ def bind_endpoint(text: str) -> str:
     return _endpoint(text, allow_zero=True)
 
 
+def require_run_directory(path: str | Path) -> None:
+    """Raise :class:`ConfigurationError` unless ``path`` is a directory holding run files."""
+    text = str(path)
+    path = Path(path)
+    if not path.exists():
+        raise ConfigurationError(f"run directory {text!r} does not exist")
+    if not path.is_dir():
+        raise ConfigurationError(f"{text!r} is not a directory (expected a run directory)")
+    if not any(path.glob("*.h5")):
+        raise ConfigurationError(f"{text!r} holds no run files (*.h5)")
+
+
 def run_directory(text: str) -> str:
     """A run directory: it exists and holds run files (``*.h5``)."""
-    path = Path(text)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"run directory {text!r} does not exist")
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a directory (expected a run directory)")
-    if not any(path.glob("*.h5")):
-        raise argparse.ArgumentTypeError(f"{text!r} holds no run files (*.h5)")
+    try:
+        require_run_directory(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 

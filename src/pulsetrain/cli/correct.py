@@ -11,7 +11,7 @@ from pulsetrain.cli._args import (
     output_directory,
     positive_float,
     positive_int,
-    run_directory,
+    require_run_directory,
 )
 
 EPILOG = """examples:
@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run_dir", type=run_directory, help="raw run directory")
+    p.add_argument("run_dir", help="raw run directory")
     p.add_argument(
         "--out", required=True, type=output_directory, help="CORR run directory to write"
     )
@@ -112,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         print_job_script,
     )
 
+    if not args.print_job_script:  # a job script may be for a run on the cluster's disks
+        require_run_directory(args.run_dir)
     try:
         config = cluster_config_from_args(args)
         if args.print_job_script:
@@ -149,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     except PulsetrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"pulsetrain correct: error: {exc}", file=sys.stderr)
         return 1
     done = report.corrected
     secs = sum(r["seconds"] for r in done)

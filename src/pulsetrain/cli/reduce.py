@@ -10,7 +10,7 @@ from pulsetrain.cli._args import (
     non_negative_int,
     positive_float,
     positive_int,
-    run_directory,
+    require_run_directory,
 )
 from pulsetrain.errors import ConfigurationError
 
@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run_dir", type=run_directory, help="corrected run directory")
+    p.add_argument("run_dir", help="corrected run directory")
     p.add_argument("--out", required=True, type=_output_file, help="HDF5 file to write")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--modules", type=non_negative_int, nargs="*", default=None)
@@ -79,12 +79,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _output_file(text: str) -> str:
-    """A file to write: not a directory, in a directory that exists."""
+    """A file to write, not a directory."""
     path = Path(text).expanduser()
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a file")
-    if not path.parent.is_dir():
-        raise argparse.ArgumentTypeError(f"the directory of {text!r} does not exist")
     return str(path)
 
 
@@ -100,6 +98,12 @@ def run(args: argparse.Namespace) -> int:
         lo, hi = args.radial_range
         raise ConfigurationError(f"--radial-range: LO {lo:g} must be below HI {hi:g}")
     config = cluster_config_from_args(args)
+    if not args.print_job_script:  # a job script may be for a run on the cluster's disks
+        require_run_directory(args.run_dir)
+        if not Path(args.out).parent.is_dir():
+            raise ConfigurationError(f"--out {args.out!r}: its directory does not exist")
+        if Path(args.out).exists() and not args.overwrite:
+            raise ConfigurationError(f"--out {args.out!r} exists (use --overwrite)")
     if args.print_job_script:
         return print_job_script(config)
     freeze_gc_once()  # this process only runs the job: spare its GC the imports
