@@ -147,12 +147,15 @@ CASES = [
     ),
     Case("correct-module-negative", "correct {bogus} --out {tmp}/c --modules -1", ("-1",)),
     Case("correct-out-is-file", "correct {bogus} --out {file}", ("{file}", "not a directory")),
+    Case("correct-workers-0", "correct {bogus} --out {tmp}/c --workers 0", ("workers", "0")),
+    Case("correct-walltime", "correct {bogus} --out {tmp}/c --slurm --walltime 1h", ("'1h'",)),
     # --- reduce
     Case("reduce-empty-dir", "reduce {empty} --out {tmp}/r.h5", ("{empty}",), absent="{tmp}/r.h5"),
     Case("reduce-npt-0", "reduce {bogus} --out {tmp}/r.h5 --npt 0", ("--npt", "not 0")),
     Case("reduce-radial-range", "reduce {bogus} --out {tmp}/r.h5 --radial-range 5 1", ("5", "1")),
     Case("reduce-out-is-dir", "reduce {bogus} --out {empty}", ("{empty}", "directory")),
     Case("reduce-distance-0", "reduce {bogus} --out {tmp}/r.h5 --distance 0", ("--distance",)),
+    Case("reduce-workers-negative", "reduce {bogus} --out {tmp}/r.h5 --workers -1", ("-1",)),
     # --- simulate
     Case(
         "simulate-trains-negative",

@@ -104,7 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from pulsetrain.errors import PulsetrainError
+    from pulsetrain.errors import ConfigurationError, PulsetrainError
     from pulsetrain.offline import CorrectionOptions, correct_run
     from pulsetrain.offline.cluster import (
         cluster_config_from_args,
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except PulsetrainError as exc:
         print(f"pulsetrain correct: error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, ConfigurationError) else 1  # exit codes: docs/cli.md
     done = report.corrected
     secs = sum(r["seconds"] for r in done)
     print(
