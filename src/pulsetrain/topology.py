@@ -185,8 +185,8 @@ def _toml_problem(path: Path, exc: tomllib.TOMLDecodeError) -> str:
     return f"{where}: not valid TOML: {text}{column}"
 
 
-def _endpoint_properties(cls: type, values: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """``(key, endpoint)`` of the addresses a device of ``cls`` binds.
+def _bind_endpoints(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(key, endpoint)`` of the addresses a device with these property values binds.
 
     A string property named ``endpoint`` (or ``..._endpoint``) is an address the device binds,
     unless its ``mode`` property is ``'connect'``.
@@ -696,7 +696,7 @@ class Topology:
             values = {k: p.default for k, p in cls.properties().items()}
             values.update(device.config)
             where = _table("devices", device_id)
-            for key, endpoint in _endpoint_properties(cls, values):
+            for key, endpoint in _bind_endpoints(values):
                 shown = f"config.{key}" if key in device.config else f"{key} (default)"
                 if "://" not in endpoint:
                     report.add(where, shown, f"{endpoint!r} must look like 'tcp://HOST:PORT'")

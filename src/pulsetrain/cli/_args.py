@@ -100,7 +100,7 @@ def finite_float(text: str) -> float:
 
 
 def _endpoint(text: str, allow_zero: bool) -> str:
-    if text.startswith(("ipc://", "inproc://")) and len(text.partition("://")[2]) > 0:
+    if text.startswith("ipc://") and len(text) > len("ipc://"):
         return text
     try:
         split_tcp_endpoint(text, allow_zero=allow_zero)
