@@ -42,8 +42,6 @@ import dataclasses
 import itertools
 import logging
 import os
-import random
-import socket
 import threading
 import time
 import uuid
@@ -56,6 +54,7 @@ import zmq
 
 from pulsetrain import protocol, shmem
 from pulsetrain.errors import ChannelError, ConfigurationError, ProtocolError
+from pulsetrain.ports import PORT_RANGE, free_port  # noqa: F401  (their home is ports)
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -1035,32 +1034,6 @@ class InputChannel:
 
 
 _ids = itertools.count()
-
-
-#: Ports for outputs and servers are taken below Linux's ephemeral range (32768-60999), so an
-#: outgoing connection of any process cannot take a port between allocation and bind.
-PORT_RANGE = tuple(int(p) for p in os.environ.get("PULSETRAIN_PORT_RANGE", "20000-32000")
-                   .split("-"))
-_given: set[int] = set()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` now, from :data:`PORT_RANGE`, never given twice
-    by this process."""
-    lo, hi = PORT_RANGE
-    rng = random.Random()
-    for _ in range(1000):
-        port = rng.randrange(lo, hi)
-        if port in _given:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-        _given.add(port)
-        return port
-    raise ChannelError(f"no free TCP port in {lo}-{hi} on {host}")
 
 
 def free_tcp_endpoint(host: str = "127.0.0.1") -> str:

@@ -115,3 +115,16 @@ class BatchJobError(PulsetrainError):
     The message names the task (module, sequence file) and the original error, which is also
     chained as ``__cause__`` when it could be transported back from the worker.
     """
+
+
+class TopologyError(ConfigurationError):
+    """A topology file has problems; nothing was started.
+
+    ``problems`` lists them, one line each, naming the file, the table and the key (e.g.
+    ``calib.toml:12: [devices."X"] config.gain_mode: 7 is above the maximum 3``); the message
+    is these lines joined by newlines.
+    """
+
+    def __init__(self, problems):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))

@@ -69,7 +69,7 @@ class Supervisor:
         env: dict[str, str] | None = None,
     ):
         self.topology = topology if isinstance(topology, Topology) else Topology.load(topology)
-        self.topology.check_classes()
+        self.topology.validate()
         self.token = token or new_token()
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="pulsetrain-run-"))
         self.workdir.mkdir(parents=True, exist_ok=True)

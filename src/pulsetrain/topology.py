@@ -23,7 +23,8 @@ A topology is a TOML file::
     on_slowness = "drop"         # or queueDrop, wait
     max_queue_length = 2
 
-:meth:`Topology.resolve` gives every output a fixed endpoint (a free port on the loopback
+:meth:`Topology.validate` checks the whole topology before anything starts and reports every
+problem, one line each, naming the file, the table and the key.  :meth:`Topology.resolve` gives every output a fixed endpoint (a free port on the loopback
 interface for local servers, ``port_base + n`` on ``data_host`` for remote ones) and turns the
 connections into each device's input configuration.  Fixed endpoints are what lets a restarted
 server come back on the same addresses, so its peers reconnect by themselves.
@@ -33,20 +34,27 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
+import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pulsetrain.channels import PORT_RANGE, free_port, validate_policy  # noqa: F401
-from pulsetrain.errors import ConfigurationError
+from pulsetrain.channels import DISTRIBUTIONS, SLOWNESS_POLICIES, validate_policy
+from pulsetrain.errors import ConfigurationError, PulsetrainError, TopologyError
+from pulsetrain.ports import PORT_RANGE, check_port, free_port, port_problem, split_tcp_endpoint
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["ServerSpec", "DeviceSpec", "Connection", "Topology"]
+__all__ = ["PORT_RANGE", "Connection", "DeviceSpec", "ServerSpec", "Topology", "free_port"]
+
+_SERVER_KEYS = ("endpoint", "data_host", "port_base", "memory_limit_mb", "env")
+_DEVICE_KEYS = ("class", "server", "config")
+_CONNECTION_KEYS = ("from", "to", "data_distribution", "on_slowness", "max_queue_length")
 
 
 @dataclasses.dataclass
@@ -94,8 +102,106 @@ def _split_channel(ref: str, what: str) -> tuple[str, str]:
     return device, channel
 
 
+def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` with the nearest of ``candidates``, or ``""``."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+def _table(kind: str, name: str) -> str:
+    """How a message names a table: ``[servers.det]``, ``[devices."A/B/C"]``."""
+    bare = kind != "devices" and re.fullmatch(r"[A-Za-z0-9_-]+", name) is not None
+    return f"[{kind}.{name}]" if bare else f'[{kind}."{name}"]'
+
+
+def _type_name(value: Any) -> str:
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "float",
+        str: "string",
+        list: "array",
+        dict: "table",
+    }.get(type(value), type(value).__name__)
+
+
+class _Report:
+    """Problems of one topology, each a line ``FILE:LINE: [table] key: message``."""
+
+    def __init__(self, source: str, text: str | None) -> None:
+        self.source = source
+        self._lines = text.splitlines() if text else []
+        self.problems: list[str] = []
+
+    def _locate(self, table: str) -> int | None:
+        m = re.fullmatch(r"\[\[connections\]\] #(\d+)", table)
+        if m:
+            n = int(m.group(1))
+            pattern = re.compile(r"^\s*\[\[\s*connections\s*\]\]")
+            hits = [i for i, line in enumerate(self._lines, 1) if pattern.match(line)]
+            return hits[n - 1] if n <= len(hits) else None
+        m = re.fullmatch(r"\[(\w+)\.\"?(.*?)\"?\]", table)
+        if m:
+            kind, name = m.group(1), re.escape(m.group(2))
+            pattern = re.compile(rf"""^\s*\[\s*{kind}\s*\.\s*(?:"{name}"|'{name}'|{name})\s*\]""")
+        else:
+            pattern = re.compile(rf"^\s*{re.escape(table)}")
+        for i, line in enumerate(self._lines, 1):
+            if pattern.match(line):
+                return i
+        return None
+
+    def add(self, table: str, key: str | None, message: str) -> None:
+        line = self._locate(table)
+        where = f"{self.source}:{line}" if line else self.source
+        self.problems.append(f"{where}: {table}{' ' + key if key else ''}: {message}")
+
+    def sorted(self) -> list[str]:
+        """The problems in the order of the file (stable for lines without a number)."""
+        prefix = re.compile(rf"{re.escape(self.source)}:(\d+):")
+
+        def line_of(problem: str) -> int:
+            m = prefix.match(problem)
+            return int(m.group(1)) if m else 0
+
+        return sorted(self.problems, key=line_of)
+
+
+def _toml_problem(path: Path, exc: tomllib.TOMLDecodeError) -> str:
+    """One line for a TOML syntax error: ``FILE:LINE: ...``."""
+    text = str(exc)
+    m = re.search(r"\s*\(at line (\d+), column (\d+)\)", text)
+    where = f"{path}:{m.group(1)}" if m else str(path)
+    text = text[: m.start()] + text[m.end() :] if m else text
+    dup = re.fullmatch(r"Cannot declare \('devices', '(.*)'\) twice", text)
+    if dup:
+        return (
+            f"{where}: {_table('devices', dup.group(1))} is declared twice: "
+            "a device ID must be unique"
+        )
+    column = f" (column {m.group(2)})" if m else ""
+    return f"{where}: not valid TOML: {text}{column}"
+
+
+def _bind_endpoints(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(key, endpoint)`` of the addresses a device with these property values binds.
+
+    A string property named ``endpoint`` (or ``..._endpoint``) is an address the device binds,
+    unless its ``mode`` property is ``'connect'``.
+    """
+    if values.get("mode") == "connect":
+        return []
+    return [
+        (key, value)
+        for key, value in values.items()
+        if (key == "endpoint" or key.endswith("_endpoint")) and isinstance(value, str) and value
+    ]
+
+
 class Topology:
-    """A parsed and validated topology.
+    """A parsed topology; :meth:`validate` checks it whole before anything starts.
 
     Parameters
     ----------
@@ -104,6 +210,14 @@ class Topology:
     servers, devices : dict
         By name / device ID.
     connections : list of Connection
+    extra : dict, optional
+        Other top-level tables of the file.
+    source : str
+        How problem lines name the topology (its file).
+    text : str, optional
+        The file's text, to give problem lines their line numbers.
+    problems : list of str, optional
+        Problems found while reading the file (reported by :meth:`check`).
     """
 
     def __init__(
@@ -113,108 +227,496 @@ class Topology:
         devices: dict[str, DeviceSpec],
         connections: list[Connection],
         extra: dict[str, Any] | None = None,
+        *,
+        source: str = "topology",
+        text: str | None = None,
+        problems: Iterable[str] = (),
     ):
         self.name = name
         self.servers = servers
         self.devices = devices
         self.connections = connections
         self.extra = extra or {}
-        self._validate()
+        self.source = source
+        self._text = text
+        self._read_problems = list(problems)
 
     # ------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: str | Path) -> Topology:
-        """Read a topology TOML file."""
+        """Read a topology TOML file.
+
+        Only a file that cannot be read or parsed as TOML raises here (a :class:`TopologyError`
+        of one line); every other problem is reported by :meth:`check` and :meth:`validate`.
+        """
         path = Path(path)
         try:
-            with path.open("rb") as f:
-                doc = tomllib.load(f)
+            text = path.read_bytes().decode("utf-8")
         except FileNotFoundError:
-            raise ConfigurationError(f"topology file {path} does not exist") from None
+            raise TopologyError([f"{path}: no such topology file"]) from None
+        except IsADirectoryError:
+            raise TopologyError([f"{path}: is a directory, not a topology file"]) from None
+        except OSError as exc:
+            raise TopologyError(
+                [f"{path}: cannot read the topology file: {exc.strerror}"]
+            ) from None
+        except UnicodeDecodeError as exc:
+            raise TopologyError(
+                [f"{path}: not a text (UTF-8) file: byte {exc.start} cannot be decoded"]
+            ) from None
+        try:
+            doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigurationError(f"topology file {path} is not valid TOML: {exc}") from exc
-        return cls.from_dict(doc, default_name=path.stem)
+            raise TopologyError([_toml_problem(path, exc)]) from None
+        return cls.from_dict(doc, default_name=path.stem, source=str(path), text=text)
 
     @classmethod
-    def from_dict(cls, doc: Mapping[str, Any], default_name: str = "topology") -> Topology:
-        """Build a topology from the parsed TOML document."""
-        doc = copy.deepcopy(dict(doc))
-        head = doc.pop("topology", {}) or {}
-        servers = {}
-        for name, spec in (doc.pop("servers", {}) or {}).items():
-            spec = dict(spec or {})
-            unknown = set(spec) - {"endpoint", "data_host", "port_base", "memory_limit_mb", "env"}
-            if unknown:
-                raise ConfigurationError(f"server {name!r}: unknown keys {sorted(unknown)}")
-            servers[name] = ServerSpec(name=name, **spec)
-        devices = {}
-        for device_id, spec in (doc.pop("devices", {}) or {}).items():
-            spec = dict(spec or {})
-            try:
-                class_name = spec.pop("class")
-                server = spec.pop("server")
-            except KeyError as exc:
-                raise ConfigurationError(f"device {device_id!r}: missing {exc.args[0]!r}") from None
-            config = spec.pop("config", {}) or {}
-            if spec:
-                raise ConfigurationError(f"device {device_id!r}: unknown keys {sorted(spec)}")
-            devices[device_id] = DeviceSpec(device_id, class_name, server, dict(config))
-        connections = []
-        for i, spec in enumerate(doc.pop("connections", []) or []):
-            spec = dict(spec)
-            try:
-                conn = Connection(
-                    output=spec.pop("from"),
-                    input=spec.pop("to"),
-                    data_distribution=spec.pop("data_distribution", "copy"),
-                    on_slowness=spec.pop("on_slowness", "drop"),
-                    max_queue_length=int(spec.pop("max_queue_length", 2)),
-                )
-            except KeyError as exc:
-                raise ConfigurationError(f"connection {i}: missing {exc.args[0]!r}") from None
-            if spec:
-                raise ConfigurationError(f"connection {i}: unknown keys {sorted(spec)}")
-            connections.append(conn)
-        return cls(head.get("name", default_name), servers, devices, connections, extra=doc)
+    def from_dict(
+        cls,
+        doc: Mapping[str, Any],
+        default_name: str = "topology",
+        *,
+        source: str = "topology",
+        text: str | None = None,
+    ) -> Topology:
+        """Build a topology from the parsed TOML document.
 
-    def _validate(self) -> None:
-        for device in self.devices.values():
-            if device.server not in self.servers:
-                raise ConfigurationError(
-                    f"device {device.device_id!r} names server {device.server!r}, which is not "
-                    f"in [servers] ({', '.join(self.servers) or 'none'})"
+        What cannot be understood is left out and recorded as a problem for :meth:`check`.
+        """
+        report = _Report(source, text)
+        doc = copy.deepcopy(dict(doc))
+        head = doc.pop("topology", {})
+        name = default_name
+        if not isinstance(head, dict):
+            report.add("[topology]", None, f"must be a table, not a {_type_name(head)}")
+        else:
+            name = head.get("name", default_name)
+            if not isinstance(name, str) or not name or "/" in name or "\0" in name:
+                report.add(
+                    "[topology]",
+                    "name",
+                    f"{name!r} must be a non-empty string "
+                    "without '/' (it names the run's state file)",
                 )
-        policies: dict[str, tuple] = {}
-        for conn in self.connections:
-            out_dev, _ = _split_channel(conn.output, "output")
-            in_dev, _ = _split_channel(conn.input, "input")
-            for dev, ref in ((out_dev, conn.output), (in_dev, conn.input)):
-                if dev not in self.devices:
-                    raise ConfigurationError(f"connection {ref!r}: no device {dev!r}")
-            policy = validate_policy(conn.data_distribution, conn.on_slowness,
-                                     conn.max_queue_length)
-            if policies.setdefault(conn.input, policy) != policy:
-                raise ConfigurationError(
-                    f"input {conn.input!r} is connected with two different policies "
-                    f"{policies[conn.input]} and {policy}: a policy belongs to the input"
+                name = default_name
+        servers = cls._read_servers(doc.pop("servers", {}), report)
+        devices = cls._read_devices(doc.pop("devices", {}), report)
+        connections = cls._read_connections(doc.pop("connections", []), report)
+        return cls(
+            name,
+            servers,
+            devices,
+            connections,
+            extra=doc,
+            source=source,
+            text=text,
+            problems=report.problems,
+        )
+
+    @staticmethod
+    def _read_servers(table: Any, report: _Report) -> dict[str, ServerSpec]:
+        servers: dict[str, ServerSpec] = {}
+        if not isinstance(table, dict):
+            report.add("[servers]", None, f"must be a table of servers, not a {_type_name(table)}")
+            return servers
+        for name, spec in table.items():
+            where = _table("servers", name)
+            if not isinstance(spec, dict):
+                report.add(where, None, f"must be a table, not a {_type_name(spec)}")
+                continue
+            for key in spec:
+                if key not in _SERVER_KEYS:
+                    report.add(
+                        where,
+                        key,
+                        "unknown key"
+                        + _did_you_mean(key, _SERVER_KEYS)
+                        + f" (known: {', '.join(_SERVER_KEYS)})",
+                    )
+            server = ServerSpec(name=name)
+            endpoint = spec.get("endpoint")
+            if endpoint is not None:
+                try:
+                    split_tcp_endpoint(endpoint, allow_zero=False)
+                    server.endpoint = endpoint
+                except ConfigurationError as exc:
+                    report.add(where, "endpoint", str(exc))
+                    server.endpoint = str(endpoint)
+            data_host = spec.get("data_host", server.data_host)
+            if isinstance(data_host, str) and data_host:
+                server.data_host = data_host
+            else:
+                report.add(where, "data_host", f"{data_host!r} must be a host name or address")
+            if "port_base" in spec:
+                try:
+                    server.port_base = check_port(spec["port_base"], what="port_base")
+                except ConfigurationError as exc:
+                    report.add(where, "port_base", str(exc).removeprefix("port_base: "))
+            if "memory_limit_mb" in spec:
+                limit = spec["memory_limit_mb"]
+                if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0:
+                    report.add(where, "memory_limit_mb", f"{limit!r} must be a number of MB > 0")
+                else:
+                    server.memory_limit_mb = float(limit)
+            env = spec.get("env", {})
+            if isinstance(env, dict) and all(isinstance(v, str) for v in env.values()):
+                server.env = dict(env)
+            else:
+                report.add(
+                    where, "env", 'must be a table of strings, e.g. env = { OMP_NUM_THREADS = "1" }'
                 )
+            servers[name] = server
+        return servers
+
+    @staticmethod
+    def _read_devices(table: Any, report: _Report) -> dict[str, DeviceSpec]:
+        devices: dict[str, DeviceSpec] = {}
+        if not isinstance(table, dict):
+            report.add("[devices]", None, f"must be a table of devices, not a {_type_name(table)}")
+            return devices
+        for device_id, spec in table.items():
+            where = _table("devices", device_id)
+            if not isinstance(spec, dict):
+                report.add(where, None, f"must be a table, not a {_type_name(spec)}")
+                continue
+            for key in spec:
+                if key not in _DEVICE_KEYS:
+                    report.add(
+                        where,
+                        key,
+                        "unknown key"
+                        + _did_you_mean(key, _DEVICE_KEYS)
+                        + f" (known: {', '.join(_DEVICE_KEYS)})",
+                    )
+            values = []
+            for key in ("class", "server"):
+                value = spec.get(key)
+                if value is None:
+                    report.add(where, key, "missing")
+                elif not isinstance(value, str) or not value:
+                    report.add(where, key, f"must be a non-empty string, not {value!r}")
+                    value = None
+                values.append(value or "")
+            config = spec.get("config", {})
+            if not isinstance(config, dict):
+                report.add(where, "config", f"must be a table, not a {_type_name(config)}")
+                config = {}
+            devices[device_id] = DeviceSpec(device_id, values[0], values[1], dict(config))
+        return devices
+
+    @staticmethod
+    def _read_connections(items: Any, report: _Report) -> list[Connection]:
+        connections: list[Connection] = []
+        if not isinstance(items, list):
+            report.add("[[connections]]", None, "must be an array of tables ([[connections]])")
+            return connections
+        for i, spec in enumerate(items, 1):
+            where = f"[[connections]] #{i}"
+            if not isinstance(spec, dict):
+                report.add(where, None, f"must be a table, not a {_type_name(spec)}")
+                continue
+            for key in spec:
+                if key not in _CONNECTION_KEYS:
+                    report.add(
+                        where,
+                        key,
+                        "unknown key"
+                        + _did_you_mean(key, _CONNECTION_KEYS)
+                        + f" (known: {', '.join(_CONNECTION_KEYS)})",
+                    )
+            ends = []
+            for key in ("from", "to"):
+                value = spec.get(key)
+                if value is None:
+                    report.add(where, key, "missing")
+                elif not isinstance(value, str):
+                    report.add(where, key, f"must be a string 'DEVICE_ID:channel', not {value!r}")
+                else:
+                    try:
+                        _split_channel(value, key)
+                        ends.append(value)
+                    except ConfigurationError as exc:
+                        report.add(where, key, str(exc))
+            conn = Connection("", "")
+            for key in ("data_distribution", "on_slowness"):
+                value = spec.get(key, getattr(conn, key))
+                if isinstance(value, str):
+                    setattr(conn, key, value)
+                else:
+                    report.add(where, key, f"must be a string, not {value!r}")
+            mql = spec.get("max_queue_length", conn.max_queue_length)
+            if isinstance(mql, int) and not isinstance(mql, bool):
+                conn.max_queue_length = mql
+            else:
+                report.add(where, "max_queue_length", f"must be an integer >= 1, not {mql!r}")
+            if len(ends) == 2:
+                conn.output, conn.input = ends
+                connections.append(conn)
+        return connections
+
+    # ------------------------------------------------------------ validation
+    def check(self, *, ports: bool = True) -> list[str]:
+        """Every problem of the topology, one line each (empty: none).
+
+        Checks that servers are known, device classes importable, every configured property
+        known, writable, of the right type and within its limits, every connection's channels
+        exist on the classes and its policy is valid, the connections form no cycle, every fixed
+        port is valid and used once and (with ``ports``) free on this machine.  Nothing is
+        started.
+        """
+        report = _Report(self.source, self._text)
+        report.problems.extend(self._read_problems)
+        classes = self._check_devices(report)
+        valid = self._check_connections(report, classes)
+        self._check_cycles(report, valid)
+        self._check_servers(report, classes)
+        self._check_endpoints(report, classes, free=ports)
+        return report.sorted()
+
+    def validate(self, *, ports: bool = True) -> None:
+        """Check the whole topology (see :meth:`check`).
+
+        Raises
+        ------
+        TopologyError
+            Listing every problem, one line each.
+        """
+        problems = self.check(ports=ports)
+        if problems:
+            raise TopologyError(problems)
 
     def check_classes(self) -> None:
-        """Check that every device class exists and has the channels the connections use."""
-        from pulsetrain.device import find_device_class
+        """Check classes, properties, channels and policies (:meth:`validate` without ports)."""
+        self.validate(ports=False)
 
+    def _check_devices(self, report: _Report) -> dict[str, type]:
+        """Servers known, classes importable, properties valid; returns id → class."""
+        from pulsetrain.device import Access, device_classes, find_device_class
+
+        classes: dict[str, type] = {}
         for device in self.devices.values():
-            cls = find_device_class(device.class_name)
-            device.channels = (set(cls.outputs), set(cls.inputs))  # type: ignore[attr-defined]
-        for conn in self.connections:
-            for ref, kind in ((conn.output, 0), (conn.input, 1)):
-                dev, ch = _split_channel(ref, "channel")
-                known = self.devices[dev].channels[kind]  # type: ignore[attr-defined]
-                if ch not in known:
-                    raise ConfigurationError(
-                        f"{ref!r}: class {self.devices[dev].class_name} has no "
-                        f"{'output' if kind == 0 else 'input'} {ch!r} (has: {sorted(known)})"
+            where = _table("devices", device.device_id)
+            if device.server and device.server not in self.servers:
+                report.add(
+                    where,
+                    "server",
+                    f"{device.server!r} is not in [servers] (has: "
+                    f"{', '.join(self.servers) or 'none'})"
+                    + _did_you_mean(device.server, self.servers),
+                )
+            if not device.class_name:
+                continue
+            try:
+                cls = find_device_class(device.class_name)
+            except PulsetrainError as exc:
+                hint = ""
+                if ":" not in device.class_name:
+                    hint = _did_you_mean(device.class_name, device_classes())
+                report.add(where, "class", f"{exc}{hint}")
+                continue
+            except Exception as exc:  # noqa: BLE001 - importing a plugin may raise anything
+                report.add(
+                    where,
+                    "class",
+                    f"cannot import {device.class_name!r}: {type(exc).__name__}: {exc}",
+                )
+                continue
+            classes[device.device_id] = cls
+            props = cls.properties()
+            for key, value in device.config.items():
+                if key in ("inputs", "outputs"):
+                    known = set(cls.inputs if key == "inputs" else cls.outputs)
+                    if not isinstance(value, dict):
+                        report.add(where, f"config.{key}", "must be a table of channels")
+                        continue
+                    for ch in value:
+                        if ch not in known:
+                            report.add(
+                                where,
+                                f"config.{key}.{ch}",
+                                f"class {cls.__name__} "
+                                f"has no {key[:-1]} {ch!r}" + _did_you_mean(ch, known),
+                            )
+                    continue
+                prop = props.get(key)
+                if prop is None:
+                    report.add(
+                        where,
+                        f"config.{key}",
+                        f"class {cls.__name__} has no property {key!r}" + _did_you_mean(key, props),
                     )
+                    continue
+                if prop.access is Access.READONLY:
+                    report.add(where, f"config.{key}", "is read-only: the device sets it itself")
+                    continue
+                try:
+                    prop.validate(value)
+                except (PulsetrainError, TypeError, ValueError) as exc:
+                    message = str(exc).strip().removeprefix(f"{key}: ")
+                    report.add(where, f"config.{key}", message)
+        return classes
+
+    def _check_connections(self, report: _Report, classes: Mapping[str, type]) -> set[int]:
+        """Channels and policies of the connections; returns the numbers of the valid ones."""
+        valid: set[int] = set()
+        policies: dict[str, tuple] = {}
+        seen: dict[tuple[str, str], int] = {}
+        for i, conn in enumerate(self.connections, 1):
+            where = f"[[connections]] #{i}"
+            ends_ok = True
+            for ref, key, kind in ((conn.output, "from", "outputs"), (conn.input, "to", "inputs")):
+                dev, ch = _split_channel(ref, key)
+                ends_ok = ends_ok and dev in classes
+                if dev not in self.devices:
+                    report.add(
+                        where, key, f"{ref!r}: no device {dev!r}" + _did_you_mean(dev, self.devices)
+                    )
+                    continue
+                cls = classes.get(dev)
+                if cls is None:
+                    continue  # its class is reported already
+                known = list(getattr(cls, kind))
+                if ch not in known:
+                    ends_ok = False
+                    report.add(
+                        where,
+                        key,
+                        f"{ref!r}: class {cls.__name__} has no "
+                        f"{kind[:-1]} {ch!r} (has: {', '.join(known) or 'none'})"
+                        + _did_you_mean(ch, known),
+                    )
+            policy = (conn.data_distribution, conn.on_slowness, conn.max_queue_length)
+            ok = True
+            for key, args in (
+                ("data_distribution", (conn.data_distribution, "drop", 1)),
+                ("on_slowness", (DISTRIBUTIONS[0], conn.on_slowness, 1)),
+                (
+                    "max_queue_length",
+                    (DISTRIBUTIONS[0], SLOWNESS_POLICIES[0], conn.max_queue_length),
+                ),
+            ):
+                try:
+                    validate_policy(*args)
+                except ConfigurationError as exc:
+                    report.add(where, key, str(exc).removeprefix(f"{key} "))
+                    ok = False
+            if ok:
+                policy = validate_policy(*policy)
+                first = policies.setdefault(conn.input, policy)
+                if first != policy:
+                    report.add(
+                        where,
+                        "to",
+                        f"input {conn.input!r} is connected with two "
+                        f"different policies {first} and {policy}: a policy belongs to "
+                        "the input",
+                    )
+            pair = (conn.output, conn.input)
+            if pair in seen:
+                report.add(
+                    where,
+                    None,
+                    f"{conn.output} -> {conn.input} is connected twice "
+                    f"(also [[connections]] #{seen[pair]})",
+                )
+            seen.setdefault(pair, i)
+            if ends_ok:
+                valid.add(i)
+        return valid
+
+    def _check_cycles(self, report: _Report, valid: set[int]) -> None:
+        """One line per cycle of the device graph (valid connections): trains would go round
+        for ever."""
+        edges: dict[str, list[tuple[str, int]]] = {}
+        for i, conn in enumerate(self.connections, 1):
+            if i not in valid:
+                continue
+            src = conn.output.rpartition(":")[0]
+            dst = conn.input.rpartition(":")[0]
+            if src in self.devices and dst in self.devices:
+                edges.setdefault(src, []).append((dst, i))
+        state: dict[str, int] = {}  # 1: on the path, 2: done
+        path: list[str] = []
+        reported: set[frozenset[str]] = set()
+
+        def visit(node: str) -> None:
+            state[node] = 1
+            path.append(node)
+            for nxt, i in edges.get(node, []):
+                if state.get(nxt) == 1:
+                    cycle = path[path.index(nxt) :] + [nxt]
+                    if frozenset(cycle) not in reported:
+                        reported.add(frozenset(cycle))
+                        report.add(
+                            f"[[connections]] #{i}",
+                            None,
+                            f"closes a cycle {' -> '.join(cycle)}: trains would go round for ever",
+                        )
+                elif nxt not in state:
+                    visit(nxt)
+            path.pop()
+            state[node] = 2
+
+        for node in self.devices:
+            if node not in state:
+                visit(node)
+
+    def _check_servers(self, report: _Report, classes: Mapping[str, type]) -> None:
+        for server in self.servers.values():
+            if server.local:
+                continue
+            outputs = sum(
+                len(classes[d.device_id].outputs)
+                for d in self.devices_on(server.name)
+                if d.device_id in classes
+            )
+            where = _table("servers", server.name)
+            if outputs and server.port_base is None:
+                report.add(
+                    where,
+                    "port_base",
+                    f"missing: the remote server's devices have "
+                    f"{outputs} outputs, bound from port_base on",
+                )
+            elif server.port_base is not None and server.port_base + outputs - 1 > 65535:
+                report.add(
+                    where,
+                    "port_base",
+                    f"{server.port_base} + {outputs} outputs runs past port 65535",
+                )
+
+    def _check_endpoints(self, report: _Report, classes: Mapping[str, type], *, free: bool) -> None:
+        """Fixed bind endpoints of local devices: well-formed, distinct and (``free``) free."""
+        taken: dict[tuple[str, int], str] = {}
+        for device_id, cls in classes.items():
+            device = self.devices[device_id]
+            server = self.servers.get(device.server)
+            if server is None or not server.local:
+                continue
+            values = {k: p.default for k, p in cls.properties().items()}
+            values.update(device.config)
+            where = _table("devices", device_id)
+            for key, endpoint in _bind_endpoints(values):
+                shown = f"config.{key}" if key in device.config else f"{key} (default)"
+                if "://" not in endpoint:
+                    report.add(where, shown, f"{endpoint!r} must look like 'tcp://HOST:PORT'")
+                    continue
+                if not endpoint.startswith("tcp://"):
+                    continue  # ipc://, inproc://: no port
+                try:
+                    host, port = split_tcp_endpoint(endpoint)
+                except ConfigurationError as exc:
+                    report.add(where, shown, str(exc))
+                    continue
+                if port == 0:
+                    continue
+                other = taken.setdefault((host, port), f"{device_id} {key}")
+                if other != f"{device_id} {key}":
+                    report.add(where, shown, f"port {port} on {host} is also bound by {other}")
+                    continue
+                problem = port_problem(host, port) if free else None
+                if problem:
+                    report.add(where, shown, f"{endpoint}: {problem}")
 
     # ------------------------------------------------------------ resolution
     def resolve(self) -> dict[str, dict[str, Any]]:
@@ -225,8 +727,15 @@ class Topology:
         dict
             Device ID → configuration including ``outputs`` (bind endpoints) and ``inputs``
             (endpoints to connect to, and policy).
+
+        Raises
+        ------
+        TopologyError
+            If the topology has problems (see :meth:`check`; fixed ports are not checked).
         """
         from pulsetrain.device import find_device_class
+
+        self.validate(ports=False)
 
         endpoints: dict[str, str] = {}
         local: dict[str, tuple[str, str]] = {}

@@ -37,7 +37,7 @@ def test_topology_not_running_is_an_error(tmp_path):
         timeout=60,
     )
     assert proc.returncode == 1
-    assert "not running" in proc.stdout
+    assert "not running" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_bad_scene_file_is_an_error(pipeline, tmp_path):
@@ -62,5 +62,5 @@ def test_bad_scene_file_is_an_error(pipeline, tmp_path):
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 1
-    assert "unknown panel type 'histogram'" in proc.stdout
+    assert proc.returncode == 2
+    assert "unknown panel type 'histogram'" in proc.stderr and "Traceback" not in proc.stderr

@@ -140,7 +140,7 @@ def test_cli_reduce_writes_a_nexus_file(reduced, corr_report, dask_client, tmp_p
         assert f["entry/hits"].attrs["signal"] == "n_peaks"
         assert f["entry/statistics/train_id"].id == prof["train_id"].id  # hard link
         assert f["entry/reduction"].attrs["NX_class"] == "NXprocess"
-    assert main(argv) == 1  # exists: refused without --overwrite
+    assert main(argv) == 2  # exists: refused without --overwrite
     assert "exists" in capsys.readouterr().err
 
 

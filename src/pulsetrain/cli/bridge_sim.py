@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from pulsetrain.cli._args import frame_count, non_negative_float, non_negative_int, positive_int
 from pulsetrain.errors import ConfigurationError
+from pulsetrain.ports import port_or_zero_arg, port_problem, split_tcp_endpoint
 from pulsetrain.protocol import make_meta
 
 log = logging.getLogger(__name__)
@@ -226,13 +228,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "port_arg",
         nargs="?",
-        type=int,
+        type=port_or_zero_arg,
         metavar="PORT",
         help="TCP port, as karabo-bridge-server-sim takes it (same as --port)",
     )
     p.add_argument(
         "--port",
-        type=int,
+        type=port_or_zero_arg,
         default=None,
         help="TCP port to bind (default 4545; 0 picks a free port)",
     )
@@ -267,7 +269,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=DETECTORS,
         help="detector to simulate (default AGIPD)",
     )
-    p.add_argument("--frames", "-f", type=int, default=16, help="frames per train (default 16)")
+    p.add_argument(
+        "--frames", "-f", type=frame_count, default=16, help="frames per train (default 16)"
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--raw", "-r", dest="corrected", action="store_false", help="send raw data")
     mode.add_argument(
@@ -279,21 +283,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--rate",
-        type=float,
+        type=non_negative_float,
         default=10.0,
         metavar="HZ",
         help="trains per second (default 10; 0 = as fast as possible)",
     )
     p.add_argument(
         "--trains",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="stop after N trains were sent (default: run until interrupted)",
     )
-    p.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="simulation seed (default 0)")
     p.add_argument(
         "--modules",
+        type=_modules_arg,
         default=None,
         metavar="LIST",
         help="modules to simulate, e.g. '0-3' or '0,5' (default all)",
@@ -305,11 +310,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--maxlen",
-        type=int,
+        type=positive_int,
         default=10,
         help="trains waiting to be sent before feeding blocks (default 10)",
     )
     p.set_defaults(func=run)
+
+
+def _modules_arg(text: str) -> list[int]:
+    try:
+        modules = parse_modules(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not modules or min(modules) < 0:
+        raise argparse.ArgumentTypeError(f"invalid module list {text!r}; e.g. '0,1,4-7'")
+    return modules
 
 
 def _endpoint(args: argparse.Namespace) -> str:
@@ -321,15 +336,17 @@ def run(args: argparse.Namespace) -> int:
     """Run the simulator until ``--trains`` were sent or it is interrupted; exit code."""
     from pulsetrain.bridge import BridgeServer
 
-    if args.frames < 1:
-        raise ConfigurationError(f"--frames must be >= 1, not {args.frames}")
-    if args.rate < 0:
-        raise ConfigurationError(f"--rate must be >= 0, not {args.rate}")
+    if args.port is not None and args.port_arg is not None and args.port != args.port_arg:
+        raise ConfigurationError(f"two ports given: PORT {args.port_arg} and --port {args.port}")
+    host, port = split_tcp_endpoint(_endpoint(args))
+    problem = port_problem(host, port)
+    if problem:
+        raise ConfigurationError(f"cannot serve on {_endpoint(args)}: {problem}")
     source = SimulatedSource(
         args.detector,
         args.frames,
         args.seed,
-        modules=parse_modules(args.modules),
+        modules=args.modules,
         corrected=args.corrected,
         all_sources=args.all_sources,
     )

@@ -14,6 +14,7 @@ from pulsetrain.catalog import (
     ConstantRecord,
     RunRecord,
 )
+from pulsetrain.cli._args import positive_int
 from pulsetrain.errors import ConfigurationError
 
 EPILOG = """\
@@ -91,7 +92,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     init.add_argument("--detector", metavar="NAME", help="also register this detector")
     init.add_argument("--type", dest="detector_type", default="AGIPD", help="detector type")
-    init.add_argument("--modules", type=int, default=16, help="number of modules (default 16)")
+    init.add_argument(
+        "--modules", type=positive_int, default=16, help="number of modules (default 16)"
+    )
 
     detectors = actions.add_parser(
         "detectors", parents=[common], help="list detectors", description="List detectors."
@@ -109,13 +112,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     constants.add_argument("--detector", metavar="NAME")
     constants.add_argument("--module", metavar="M", help="module index or physical name")
     constants.add_argument("--type", dest="constant_type", metavar="TYPE", help="e.g. Offset")
-    constants.add_argument("--limit", type=int, metavar="N", help="show at most N")
+    constants.add_argument("--limit", type=positive_int, metavar="N", help="show at most N")
 
     runs = actions.add_parser(
         "runs", parents=[common], help="list runs", description="List recorded runs."
     )
-    runs.add_argument("--proposal", type=int)
-    runs.add_argument("--run", dest="run_number", type=int)
+    runs.add_argument("--proposal", type=positive_int)
+    runs.add_argument("--run", dest="run_number", type=positive_int)
     runs.add_argument("--category", dest="data_category", help="RAW, CORR, ...")
     runs.add_argument("--type", dest="run_type", help="raw, dark, corr, ...")
 
@@ -125,7 +128,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="details of a constant (or a run with --run)",
         description="Show everything about one constant, or one run with --run.",
     )
-    show.add_argument("id", type=int, metavar="ID", help="catalogue ID")
+    show.add_argument("id", type=positive_int, metavar="ID", help="catalogue ID")
     show.add_argument("--run", action="store_true", help="ID is a run, not a constant")
     show.add_argument(
         "--verify", action="store_true", help="read the constant's array and check its checksum"

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from pulsetrain.cli._args import (
+    finite_float,
+    non_negative_float,
+    non_negative_int,
+    output_directory,
+    positive_float,
+    positive_int,
+    require_run_directory,
+)
+
 EPILOG = """examples:
   pulsetrain correct data/raw/r0001 --out data/proc/r0001 --catalog cat.sqlite
   pulsetrain correct raw/r0001 --out proc/r0001 --workers 2 --memory-cells 64 --common-mode
@@ -15,6 +25,21 @@ EPILOG = """examples:
 Re-running the same command skips output files that are complete and verified (sidecars in
 OUT/.pulsetrain-correct/); --force remakes them.  See docs/offline.md.
 """
+
+
+def _constants_time(text: str) -> str:
+    """'now' or an ISO 8601 time."""
+    from datetime import datetime
+
+    if text.strip().lower() == "now":
+        return "now"
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not 'now' or an ISO time such as 2026-01-31T12:00:00"
+        ) from None
+    return text
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,28 +55,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", help="raw run directory")
-    p.add_argument("--out", required=True, help="CORR run directory to write")
+    p.add_argument(
+        "--out", required=True, type=output_directory, help="CORR run directory to write"
+    )
     p.add_argument("--catalog", default="", help="catalogue URL (default: the user's SQLite)")
     p.add_argument("--detector", default="SPB_DET_AGIPD1M-1")
-    p.add_argument("--modules", type=int, nargs="*", default=None, help="only these modules")
+    p.add_argument(
+        "--modules", type=non_negative_int, nargs="*", default=None, help="only these modules"
+    )
     c = p.add_argument_group("constants look-up (defaults: the online correction device's)")
-    c.add_argument("--memory-cells", type=int, default=None, help="default: any")
-    c.add_argument("--bias-voltage", type=float, default=300.0)
-    c.add_argument("--acquisition-rate", type=float, default=1.1)
-    c.add_argument("--gain-setting", type=int, default=0)
-    c.add_argument("--gain-mode", type=int, default=0)
-    c.add_argument("--integration-time", type=int, default=12)
-    c.add_argument("--photon-energy", type=float, default=9.3)
+    c.add_argument("--memory-cells", type=positive_int, default=None, help="default: any")
+    c.add_argument("--bias-voltage", type=non_negative_float, default=300.0)
+    c.add_argument("--acquisition-rate", type=positive_float, default=1.1)
+    c.add_argument("--gain-setting", type=non_negative_int, default=0)
+    c.add_argument("--gain-mode", type=non_negative_int, default=0)
+    c.add_argument("--integration-time", type=positive_int, default=12)
+    c.add_argument("--photon-energy", type=positive_float, default=9.3)
     c.add_argument(
         "--constants-time",
+        type=_constants_time,
         default=None,
         help="ISO time the constants must be valid at, or 'now' (default: the run's first train)",
     )
     o = p.add_argument_group("correction options (as the online device)")
     o.add_argument("--bad-to-nan", action="store_true", help="masked pixels become NaN")
     o.add_argument("--common-mode", action="store_true")
-    o.add_argument("--force-mg-threshold", type=float, default=None, metavar="ADU")
-    o.add_argument("--force-hg-threshold", type=float, default=None, metavar="ADU")
+    o.add_argument("--force-mg-threshold", type=finite_float, default=None, metavar="ADU")
+    o.add_argument("--force-hg-threshold", type=finite_float, default=None, metavar="ADU")
     p.add_argument(
         "--no-copy-slow",
         action="store_true",
@@ -74,7 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from pulsetrain.errors import PulsetrainError
+    from pulsetrain.errors import ConfigurationError, PulsetrainError
     from pulsetrain.offline import CorrectionOptions, correct_run
     from pulsetrain.offline.cluster import (
         cluster_config_from_args,
@@ -82,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         print_job_script,
     )
 
+    if not args.print_job_script:  # a job script may be for a run on the cluster's disks
+        require_run_directory(args.run_dir)
     try:
         config = cluster_config_from_args(args)
         if args.print_job_script:
@@ -119,8 +151,8 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     except PulsetrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        print(f"pulsetrain correct: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigurationError) else 1  # exit codes: docs/cli.md
     done = report.corrected
     secs = sum(r["seconds"] for r in done)
     print(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from pulsetrain.cli._args import connect_endpoint, positive_float
 
 EPILOG = """examples:
   export PULSETRAIN_TOKEN_FILE=/tmp/pulsetrain-run-x/token
@@ -24,13 +25,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("endpoint", help="control endpoint of the server")
+    p.add_argument(
+        "endpoint",
+        type=connect_endpoint,
+        help="control endpoint of the server, e.g. tcp://127.0.0.1:7000",
+    )
     p.add_argument("op", choices=["list", "get", "set", "call", "schema", "ping"])
     p.add_argument("device", nargs="?")
     p.add_argument("key", nargs="?", help="property (get/set) or slot (call)")
     p.add_argument("value", nargs="?", help="value to set, parsed as JSON when possible")
     p.add_argument("--token", help="control token")
-    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=10.0,
+        help="seconds to wait for a reply (default 10)",
+    )
     p.set_defaults(func=run)
 
 
@@ -43,13 +53,16 @@ def _parse(value: str) -> object:
 
 def run(args: argparse.Namespace) -> int:
     from pulsetrain.control import Client
-    from pulsetrain.errors import PulsetrainError
+    from pulsetrain.errors import ConfigurationError
 
+    if args.op in ("get", "set", "call", "schema") and not args.device:
+        raise ConfigurationError(f"{args.op} needs a device ID")
+    if args.op == "set" and (args.key is None or args.value is None):
+        raise ConfigurationError("set needs a property and a value")
+    if args.op == "call" and args.key is None:
+        raise ConfigurationError("call needs a slot name")
     client = Client(args.endpoint, token=args.token, timeout=args.timeout)
     try:
-        if args.op in ("get", "set", "call", "schema") and not args.device:
-            print(f"error: {args.op} needs a device", file=sys.stderr)
-            return 2
         if args.op == "list":
             result = client.list()
         elif args.op == "ping":
@@ -59,18 +72,9 @@ def run(args: argparse.Namespace) -> int:
         elif args.op == "get":
             result = client.get(args.device, args.key)
         elif args.op == "set":
-            if args.key is None or args.value is None:
-                print("error: set needs a key and a value", file=sys.stderr)
-                return 2
             result = client.set(args.device, args.key, _parse(args.value))
         else:
-            if args.key is None:
-                print("error: call needs a slot name", file=sys.stderr)
-                return 2
             result = client.call(args.device, args.key)
-    except (PulsetrainError, TimeoutError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     finally:
         client.close()
     print(json.dumps(result, indent=2, default=lambda o: getattr(o, "tolist", lambda: str(o))()))

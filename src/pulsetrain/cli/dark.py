@@ -9,6 +9,13 @@ from __future__ import annotations
 
 import argparse
 
+from pulsetrain.cli._args import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+
 EPILOG = """examples:
   pulsetrain simulate --out dark --trains 20 --frames 64 --dark HG   # r0001
   pulsetrain simulate --out dark --trains 20 --frames 64 --dark MG   # r0002
@@ -26,28 +33,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run_hg")
-    p.add_argument("run_mg")
-    p.add_argument("run_lg")
+    p.add_argument("run_hg", help="dark run with the gain forced to high")
+    p.add_argument("run_mg", help="dark run with the gain forced to medium")
+    p.add_argument("run_lg", help="dark run with the gain forced to low")
     p.add_argument("--catalog", default="", help="catalogue URL (default: the user's SQLite)")
     p.add_argument("--detector", default="SPB_DET_AGIPD1M-1")
     p.add_argument(
         "--memory-cells",
-        type=int,
+        type=positive_int,
         default=None,
         help="memory cells of the constants (default: highest cellId + 1)",
     )
-    p.add_argument("--modules", type=int, nargs="*", default=None)
-    p.add_argument("--bias-voltage", type=float, default=300.0)
-    p.add_argument("--acquisition-rate", type=float, default=1.1)
-    p.add_argument("--gain-setting", type=int, default=0)
-    p.add_argument("--integration-time", type=int, default=12)
+    p.add_argument("--modules", type=non_negative_int, nargs="*", default=None)
+    p.add_argument("--bias-voltage", type=non_negative_float, default=300.0)
+    p.add_argument("--acquisition-rate", type=positive_float, default=1.1)
+    p.add_argument("--gain-setting", type=non_negative_int, default=0)
+    p.add_argument("--integration-time", type=positive_int, default=12)
     p.add_argument(
         "--rel-gain-from-sim",
         action="store_true",
         help="also store RelativeGain from the simulator's truth (seed --seed)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.set_defaults(func=run)
 
 

@@ -6,6 +6,10 @@ import argparse
 import logging
 from pathlib import Path
 
+from pulsetrain.cli._args import frame_count, non_negative_int, output_directory
+from pulsetrain.errors import ConfigurationError
+from pulsetrain.ports import port_arg, port_problem
+
 EPILOG = """examples:
   pulsetrain demo                              # 100 trains, GUI on http://127.0.0.1:5006
   pulsetrain demo --trains 0                   # run until Ctrl-C
@@ -24,20 +28,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the end, a summary.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--trains", type=int, default=100,
+    p.add_argument("--trains", type=non_negative_int, default=100,
                    help="trains to simulate (0: until Ctrl-C)")
-    p.add_argument("--frames", type=int, default=8, help="frames (pulses) per train")
+    p.add_argument("--frames", type=frame_count, default=8, help="frames (pulses) per train")
     p.add_argument("--no-gui", action="store_true", help="do not start the web GUI")
-    p.add_argument("--gui-port", type=int, default=5006)
-    p.add_argument("--data-dir", default="pulsetrain-demo", help="runs, catalogue and logs")
-    p.add_argument("--bridge-port", type=int, default=4545)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gui-port", type=port_arg, default=5006)
+    p.add_argument("--data-dir", type=output_directory, default="pulsetrain-demo",
+                   help="runs, catalogue and logs")
+    p.add_argument("--bridge-port", type=port_arg, default=4545)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.set_defaults(func=run)
+
+
+def check_ports(args: argparse.Namespace) -> None:
+    """The bridge (and GUI) ports are free, before anything starts; else ConfigurationError."""
+    wanted = [("--bridge-port", args.bridge_port)]
+    if not args.no_gui:
+        wanted.append(("--gui-port", args.gui_port))
+        if args.gui_port == args.bridge_port:
+            raise ConfigurationError(f"--gui-port and --bridge-port are both {args.gui_port}")
+    for option, port in wanted:
+        problem = port_problem("127.0.0.1", port)
+        if problem:
+            raise ConfigurationError(f"{option} {port}: {problem}")
 
 
 def run(args: argparse.Namespace) -> int:
     from pulsetrain.demo import DemoOptions, run_demo
 
+    check_ports(args)
     logging.getLogger("pulsetrain").setLevel(logging.WARNING)
     opts = DemoOptions(trains=args.trains or None, frames=args.frames,
                        data_dir=Path(args.data_dir), bridge_port=args.bridge_port,

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
+
+from pulsetrain.cli._args import existing_file
+from pulsetrain.errors import ConfigurationError
+from pulsetrain.ports import port_or_zero_arg, port_problem
 
 EPILOG = """examples:
   pulsetrain run examples/scenes/gui-topology.toml &        # start a topology first
@@ -41,12 +46,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--scene",
         action="append",
+        type=existing_file,
         default=[],
         metavar="FILE",
         help="a scene file (.toml/.yaml); repeat for several pages "
         "(default: an automatic overview)",
     )
-    p.add_argument("--port", type=int, default=5006, help="TCP port (default 5006; 0: any)")
+    p.add_argument(
+        "--port", type=port_or_zero_arg, default=5006, help="TCP port (default 5006; 0: any)"
+    )
     p.add_argument(
         "--bind",
         default="127.0.0.1",
@@ -71,6 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--token-file",
+        type=existing_file,
         default=None,
         help="read the control token from this file (default: the topology's)",
     )
@@ -79,32 +88,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C or SIGTERM; returns the exit code."""
-    from pulsetrain.errors import PulsetrainError
     from pulsetrain.gui import GuiServer
 
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # a browser tab closing while an image is on its way is normal, not a warning
         logging.getLogger("bokeh.server.views.ws").setLevel(logging.ERROR)
 
+    if args.topology.endswith((".toml", ".TOML")) and not os.path.exists(args.topology):
+        raise ConfigurationError(f"topology file {args.topology!r} does not exist")
+    problem = port_problem(args.bind, args.port)
+    if problem:
+        raise ConfigurationError(f"cannot serve the GUI on {args.bind}:{args.port}: {problem}")
     token = None
     if args.token_file:
         with open(args.token_file) as f:
             token = f.read().strip()
-    try:
-        gui = GuiServer(
-            args.topology,
-            args.scene,
-            port=args.port,
-            address=args.bind,
-            read_only=args.read_only,
-            preview_output=args.preview_output,
-            allow_origin=args.allow_origin,
-            token=token,
-        )
-        gui.start()
-    except PulsetrainError as exc:
-        print(f"pulsetrain gui: {exc}")
-        return 1
+    gui = GuiServer(
+        args.topology,
+        args.scene,
+        port=args.port,
+        address=args.bind,
+        read_only=args.read_only,
+        preview_output=args.preview_output,
+        allow_origin=args.allow_origin,
+        token=token,
+    )
+    gui.start()
     mode = "read-only" if args.read_only else "changes need the control token"
     print(f"GUI of topology {gui.backend.topology.state.get('topology')!r} ({mode}):", flush=True)
     for scene in gui.scenes:

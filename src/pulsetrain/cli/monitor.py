@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from pulsetrain.cli._args import connect_endpoint, positive_float, positive_int
 from pulsetrain.errors import ProtocolError
 
 EPILOG = """\
@@ -36,7 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("endpoint", metavar="ENDPOINT", help="server address, e.g. tcp://host:4545")
+    p.add_argument(
+        "endpoint",
+        metavar="ENDPOINT",
+        type=connect_endpoint,
+        help="server address, e.g. tcp://host:4545",
+    )
     p.add_argument(
         "--sock",
         default="REQ",
@@ -46,14 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--trains",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="stop after N trains (default: until interrupted)",
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=positive_float,
         default=None,
         metavar="S",
         help="give up when no train arrives for S seconds (default: wait forever)",

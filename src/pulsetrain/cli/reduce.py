@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from pulsetrain.cli._args import (
+    finite_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    require_run_directory,
+)
+from pulsetrain.errors import ConfigurationError
 
 EPILOG = """examples:
   pulsetrain reduce proc/r0001 --out r0001-reduced.h5
@@ -28,22 +38,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", help="corrected run directory")
-    p.add_argument("--out", required=True, help="HDF5 file to write")
+    p.add_argument("--out", required=True, type=_output_file, help="HDF5 file to write")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--modules", type=int, nargs="*", default=None)
+    p.add_argument("--modules", type=non_negative_int, nargs="*", default=None)
     a = p.add_argument_group("azimuthal integration (defaults: the online device's)")
-    a.add_argument("--npt", type=int, default=512, help="radial bins")
+    a.add_argument("--npt", type=positive_int, default=512, help="radial bins")
     a.add_argument(
         "--unit",
         default="q_A^-1",
         choices=["q_A^-1", "q_nm^-1", "2th_deg", "2th_rad", "r_mm", "r_m"],
     )
-    a.add_argument("--radial-range", type=float, nargs=2, default=None, metavar=("LO", "HI"))
-    a.add_argument("--distance", type=float, default=0.2, help="sample-detector distance, m")
-    a.add_argument("--energy", type=float, default=9.3, help="photon energy, keV")
+    a.add_argument("--radial-range", type=finite_float, nargs=2, default=None, metavar=("LO", "HI"))
+    a.add_argument(
+        "--distance", type=positive_float, default=0.2, help="sample-detector distance, m"
+    )
+    a.add_argument("--energy", type=positive_float, default=9.3, help="photon energy, keV")
     a.add_argument(
         "--beam-centre",
-        type=float,
+        type=finite_float,
         nargs=2,
         default=(0.0, 0.0),
         metavar=("X", "Y"),
@@ -51,22 +63,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     a.add_argument("--no-mask", action="store_true", help="ignore image.mask")
     h = p.add_argument_group("hit finding")
-    h.add_argument("--threshold", type=float, default=200.0, help="peak threshold (keV)")
-    h.add_argument("--min-peaks", type=int, default=10)
-    h.add_argument("--min-pixels", type=int, default=1)
+    h.add_argument("--threshold", type=finite_float, default=200.0, help="peak threshold (keV)")
+    h.add_argument("--min-peaks", type=non_negative_int, default=10)
+    h.add_argument("--min-pixels", type=positive_int, default=1)
     h.add_argument("--method", choices=["maxima", "pixels"], default="maxima")
     p.add_argument(
-        "--chunk-frames", type=int, default=8192, help="frames per chunk of work (memory per task)"
+        "--chunk-frames",
+        type=positive_int,
+        default=8192,
+        help="frames per chunk of work (memory per task)",
     )
     p.add_argument("--no-progress", action="store_true")
     add_cluster_arguments(p)
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    import sys
+def _output_file(text: str) -> str:
+    """A file to write, not a directory."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a file")
+    return str(path)
 
-    from pulsetrain.errors import PulsetrainError
+
+def run(args: argparse.Namespace) -> int:
     from pulsetrain.offline.cluster import (
         cluster_config_from_args,
         freeze_gc_once,
@@ -74,37 +94,42 @@ def run(args: argparse.Namespace) -> int:
     )
     from pulsetrain.offline.reduce import ReductionParameters, reduce_to_file
 
-    try:
-        config = cluster_config_from_args(args)
-        if args.print_job_script:
-            return print_job_script(config)
-        freeze_gc_once()  # this process only runs the job: spare its GC the imports
-        params = ReductionParameters(
-            npt=args.npt,
-            unit=args.unit,
-            radial_range=tuple(args.radial_range) if args.radial_range else None,
-            distance_m=args.distance,
-            photon_energy_kev=args.energy,
-            beam_centre_px=tuple(args.beam_centre),
-            hit_threshold=args.threshold,
-            min_peaks=args.min_peaks,
-            min_pixels=args.min_pixels,
-            peak_method=args.method,
-            use_mask=not args.no_mask,
-        )
-        result = reduce_to_file(
-            args.run_dir,
-            args.out,
-            params,
-            modules=args.modules,
-            cluster=config,
-            progress=not args.no_progress,
-            chunk_frames=args.chunk_frames,
-            overwrite=args.overwrite,
-        )
-    except PulsetrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if args.radial_range and args.radial_range[0] >= args.radial_range[1]:
+        lo, hi = args.radial_range
+        raise ConfigurationError(f"--radial-range: LO {lo:g} must be below HI {hi:g}")
+    config = cluster_config_from_args(args)
+    if not args.print_job_script:  # a job script may be for a run on the cluster's disks
+        require_run_directory(args.run_dir)
+        if not Path(args.out).parent.is_dir():
+            raise ConfigurationError(f"--out {args.out!r}: its directory does not exist")
+        if Path(args.out).exists() and not args.overwrite:
+            raise ConfigurationError(f"--out {args.out!r} exists (use --overwrite)")
+    if args.print_job_script:
+        return print_job_script(config)
+    freeze_gc_once()  # this process only runs the job: spare its GC the imports
+    params = ReductionParameters(
+        npt=args.npt,
+        unit=args.unit,
+        radial_range=tuple(args.radial_range) if args.radial_range else None,
+        distance_m=args.distance,
+        photon_energy_kev=args.energy,
+        beam_centre_px=tuple(args.beam_centre),
+        hit_threshold=args.threshold,
+        min_peaks=args.min_peaks,
+        min_pixels=args.min_pixels,
+        peak_method=args.method,
+        use_mask=not args.no_mask,
+    )
+    result = reduce_to_file(
+        args.run_dir,
+        args.out,
+        params,
+        modules=args.modules,
+        cluster=config,
+        progress=not args.no_progress,
+        chunk_frames=args.chunk_frames,
+        overwrite=args.overwrite,
+    )
     frames = result["frames"]
     rate = result["hits"] / frames if frames else float("nan")
     print(

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import time
 
+from pulsetrain.cli._args import non_negative_int, positive_float, run_directory
+from pulsetrain.errors import ConfigurationError
+from pulsetrain.ports import port_or_zero_arg, port_problem
+
 EPILOG = """examples:
   pulsetrain replay data/raw/r0001 --port 4545                  # REP: every train once, in order
   pulsetrain replay data/raw/r0001 --pattern PUB --rate 10 --repeat
@@ -21,19 +25,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run_dir")
-    p.add_argument("--port", type=int, default=4545)
+    p.add_argument("run_dir", type=run_directory, help="run directory (holding *.h5 files)")
+    p.add_argument(
+        "--port",
+        type=port_or_zero_arg,
+        default=4545,
+        help="TCP port (default 4545; 0: any free port)",
+    )
     p.add_argument("--bind", default="127.0.0.1", help="interface to bind (default loopback)")
     p.add_argument("--pattern", default="REP", choices=["REP", "PUB", "PUSH"])
     p.add_argument("--protocol", default="2.2", choices=["1.0", "2.2"])
     p.add_argument("--source", action="append", default=None, help="source glob (repeatable)")
-    p.add_argument("--trains", default="", help='"A:B" train IDs or "#A:B" positions')
-    p.add_argument("--rate", default="max", help="trains per second, or 'max'")
+    p.add_argument(
+        "--trains", type=_train_range, default=None, help='"A:B" train IDs or "#A:B" positions'
+    )
+    p.add_argument("--rate", type=_rate, default=0.0, help="trains per second, or 'max'")
     p.add_argument("--repeat", action="store_true")
     p.add_argument("--dummy-timestamps", action="store_true")
     p.add_argument(
         "--read-ahead",
-        type=int,
+        type=non_negative_int,
         default=2,
         metavar="N",
         help="trains read by a background thread ahead of sending (0: no thread)",
@@ -47,19 +58,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _train_range(text: str) -> tuple[int, int] | slice | None:
+    from pulsetrain.devices.replay import parse_train_range
+
+    try:
+        return parse_train_range(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a train range: 'A:B' train IDs or '#A:B' positions"
+        ) from None
+
+
+def _rate(text: str) -> float:
+    """Trains per second (> 0), or 'max' (0: as fast as the clients take them)."""
+    return 0.0 if text.strip().lower() == "max" else positive_float(text)
+
+
 def run(args: argparse.Namespace) -> int:
     import gc
 
     from tqdm import tqdm
 
     from pulsetrain.bridge import BridgeServer
-    from pulsetrain.devices.replay import parse_train_range
     from pulsetrain.files import iter_run_trains, run_info
     from pulsetrain.files.prefetch import read_ahead
 
+    problem = port_problem(args.bind, args.port)
+    if problem:
+        raise ConfigurationError(f"cannot serve on tcp://{args.bind}:{args.port}: {problem}")
     info = run_info(args.run_dir)
-    rate = 0.0 if args.rate == "max" else float(args.rate)
-    trains = parse_train_range(args.trains)
+    rate = args.rate
+    trains = args.trains
     server = BridgeServer(
         f"tcp://{args.bind}:{args.port}",
         args.pattern,

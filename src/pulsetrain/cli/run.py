@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
+
+from pulsetrain.cli._args import positive_float
+from pulsetrain.errors import ConfigurationError
 
 EPILOG = """examples:
   pulsetrain run examples/calibration-pipeline.toml
   pulsetrain run my-beamline.toml --workdir /tmp/run1 --duration 60
+  pulsetrain run --check my-beamline.toml    # only check it: "ok", or every problem (exit 2)
 """
 
 
@@ -22,13 +27,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("topology", help="topology TOML file")
     p.add_argument("--workdir", help="directory for logs and the token file")
-    p.add_argument("--duration", type=float, default=None,
+    p.add_argument("--duration", type=positive_float, default=None,
                    help="stop after this many seconds (default: run until Ctrl-C)")
+    p.add_argument("--check", action="store_true",
+                   help="check the whole topology (classes, properties, channels, policies, "
+                   "cycles, fixed ports) and exit: 0 and 'ok', or 2 and one line per problem; "
+                   "starts nothing")
     p.set_defaults(func=run)
+
+
+def check(path: str) -> int:
+    """``run --check``: validate the topology file, start nothing; returns the exit code."""
+    from pulsetrain.topology import Topology
+
+    topology = Topology.load(path)
+    topology.validate()  # TopologyError: one line per problem, exit code 2
+    print(f"{path}: ok ({len(topology.servers)} servers, {len(topology.devices)} devices, "
+          f"{len(topology.connections)} connections)")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from pulsetrain.supervisor import Supervisor
+
+    if args.check:
+        return check(args.topology)
+    if args.workdir and os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+        raise ConfigurationError(f"--workdir {args.workdir!r} is a file, not a directory")
 
     sup = Supervisor(args.topology, workdir=args.workdir)
     sup.start()

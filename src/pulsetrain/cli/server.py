@@ -10,6 +10,7 @@ import sys
 import threading
 
 from pulsetrain import shmem
+from pulsetrain.cli._args import bind_endpoint, existing_file, positive_float
 
 EPILOG = """examples:
   # a server on another host, for a topology that names it with this endpoint
@@ -32,14 +33,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--name", required=True, help="server ID")
-    p.add_argument("--bind", default="tcp://127.0.0.1:0", help="control endpoint to bind")
-    p.add_argument("--events-bind", default=None,
+    p.add_argument("--bind", default="tcp://127.0.0.1:0", type=bind_endpoint,
+                   help="control endpoint to bind")
+    p.add_argument("--events-bind", default=None, type=bind_endpoint,
                    help="events (PUB) endpoint; default: the control host, any port")
-    p.add_argument("--token-file", help="file holding the control token "
+    p.add_argument("--token-file", type=existing_file, help="file holding the control token "
                    "(default: $PULSETRAIN_TOKEN)")
     p.add_argument("--read-token", default=os.environ.get("PULSETRAIN_READ_TOKEN"),
                    help="optional read-only token (get/list only)")
-    p.add_argument("--memory-limit-mb", type=float, default=None,
+    p.add_argument("--memory-limit-mb", type=positive_float, default=None,
                    help="exit (and be restarted by the supervisor) above this resident memory")
     p.set_defaults(func=run)
 

@@ -6,6 +6,14 @@ import argparse
 import sys
 import time
 
+from pulsetrain.cli._args import (
+    finite_float,
+    frame_count,
+    non_negative_int,
+    output_directory,
+    positive_int,
+)
+
 EPILOG = """examples:
   pulsetrain simulate --out data/raw --trains 100                 # AGIPD-1M, 16 frames
   pulsetrain simulate --out data/raw --trains 20 --frames 64 --dark HG
@@ -21,19 +29,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "writer, as fast as the machine allows: detector modules, motor, XGM and camera.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", required=True, help="directory for run directories (rNNNN)")
-    p.add_argument("--trains", type=int, required=True)
+    p.add_argument("--out", required=True, type=output_directory,
+                   help="directory for run directories (rNNNN)")
+    p.add_argument("--trains", type=positive_int, required=True)
     p.add_argument("--detector", default="AGIPD", choices=["AGIPD", "LPD", "JUNGFRAU"])
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--memory-cells", type=int, default=None)
-    p.add_argument("--modules", type=int, nargs="*", default=None)
+    p.add_argument("--frames", type=frame_count, default=16)
+    p.add_argument("--memory-cells", type=positive_int, default=None)
+    p.add_argument("--modules", type=non_negative_int, nargs="*", default=None)
     p.add_argument("--dark", choices=["HG", "MG", "LG"], default=None,
                    help="dark run with the gain forced (exact noise: slower)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sample-position", type=float, default=None,
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--sample-position", type=finite_float, default=None,
                    help="fixed sample position in mm (default: the motor stays at 0 mm)")
-    p.add_argument("--sequence-trains", type=int, default=500)
-    p.add_argument("--proposal", type=int, default=900001)
+    p.add_argument("--sequence-trains", type=positive_int, default=500)
+    p.add_argument("--proposal", type=positive_int, default=900001)
     p.add_argument("--catalog", default="", help="record the run in this catalogue")
     p.add_argument("--no-slow", action="store_true", help="detector data only")
     p.set_defaults(func=run)

@@ -20,7 +20,6 @@ import functools
 import html
 import json
 import logging
-import socket
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -39,6 +38,7 @@ from pulsetrain.errors import ConfigurationError, PulsetrainError
 from pulsetrain.gui.backend import GuiBackend
 from pulsetrain.gui.panels import PanelBase, build_panel
 from pulsetrain.gui.scene import Scene, auto_scene, load_scene
+from pulsetrain.ports import free_port
 
 __all__ = ["STATIC_DIR", "GuiServer", "SceneSession"]
 
@@ -249,12 +249,6 @@ class _StatusHandler(RequestHandler):
         self.write(json.dumps(self.gui.status(), default=str))
 
 
-def _free_port(address: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
-
-
 class GuiServer:
     """Serve the scenes of a running topology in the browser.
 
@@ -319,7 +313,7 @@ class GuiServer:
         poll = min(s.poll_interval for s in loaded)
         self.backend = GuiBackend(client, read_only=read_only, poll_interval=poll)
         self.address = address
-        self.port = port or _free_port(address)
+        self.port = port or free_port(address)
         origins = {f"127.0.0.1:{self.port}", f"localhost:{self.port}", *allow_origin}
         if address not in ("127.0.0.1", "localhost", "0.0.0.0", "::"):
             origins.add(f"{address}:{self.port}")
