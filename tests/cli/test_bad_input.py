@@ -123,7 +123,6 @@ CASES = [
         "dark-not-a-run",
         "dark {bogus} {bogus} {bogus} --catalog {tmp}/dark.sqlite",
         ("{bogus}",),
-        code=1,
     ),
     Case("dark-memory-cells-0", "dark {bogus} {bogus} {bogus} --memory-cells 0", ("not 0",)),
     # --- correct
