@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from pulsetrain.errors import ConfigurationError
+from pulsetrain.files.naming import corrected_source_name
 from pulsetrain.protocol import make_meta
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,6 @@ _CARRIED = {
 # ----------------------------------------------------------------------------------------------
 # Train source
 # ----------------------------------------------------------------------------------------------
-
-
-def corrected_source_name(raw_source: str) -> str:
-    """Name of the corrected source of a raw detector source (``/DET/`` -> ``/CORR/``)."""
-    device, _, _ = raw_source.partition(":")
-    return device.replace("/DET/", "/CORR/") + ":output"
 
 
 class SimulatedSource:

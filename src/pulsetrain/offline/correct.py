@@ -43,6 +43,8 @@ import h5py
 import numpy as np
 
 from pulsetrain.errors import ConfigurationError, FileFormatError
+from pulsetrain.files.naming import corrected_source_name, default_aggregator, run_file_name
+from pulsetrain.files.reader import BLOCK_BYTES
 from pulsetrain.offline.cluster import (
     ClusterConfig,
     caller_objects_frozen,
@@ -68,7 +70,6 @@ __all__ = [
     "CorrectionOptions",
     "CorrectionReport",
     "correct_run",
-    "corrected_source_name",
     "find_constant_ids",
     "module_placement",
     "plan_correction",
@@ -91,13 +92,6 @@ DEFAULT_CONDITIONS: dict[str, Any] = {
 }
 #: Version of the sidecar format; a different version means "not verified".
 _SIDECAR_FORMAT = 1
-
-
-def corrected_source_name(raw_source: str) -> str:
-    """``SPB_DET_AGIPD1M-1/DET/7CH0:xtdf`` → ``SPB_DET_AGIPD1M-1/CORR/7CH0:output``."""
-    from pulsetrain.devices.correction import corrected_source_name as online_name
-
-    return online_name(raw_source)
 
 
 @dataclass(frozen=True)
@@ -146,9 +140,6 @@ class ConstantsQuery:
     def at_datetime(self) -> datetime:
         return datetime.fromisoformat(self.at)
 
-
-#: Raw bytes read and corrected at once per task, by default.
-BLOCK_BYTES = 64 << 20
 
 @dataclass(frozen=True)
 class ModuleTask:
@@ -507,7 +498,7 @@ def _write_index_and_small_keys(
     (:data:`FRAME_KEYS`) are added afterwards by :func:`_write_corrected_frames`.
     """
     from pulsetrain.calibration.correction import CARRIED_KEYS
-    from pulsetrain.files import RunWriter, make_meta, run_file_name
+    from pulsetrain.files import RunWriter, make_meta
 
     keys = [k for k in CARRIED_KEYS if reader.has_key(k)]
     if "image.cellId" not in keys:
@@ -535,7 +526,7 @@ def _write_index_and_small_keys(
                 writer.write_train({out_source: values}, {out_source: meta})
             trains += int(block.train_ids.size)
             frames += block.frames
-    produced = staging / run_file_name("CORR", task.run_number, _aggregator(out_source), 0)
+    produced = staging / run_file_name("CORR", task.run_number, default_aggregator(out_source), 0)
     return (produced if produced.exists() else None), trains, frames
 
 
@@ -681,12 +672,6 @@ def copy_run_file(task: CopyTask) -> dict[str, Any]:
     return result
 
 
-def _aggregator(source: str) -> str:
-    from pulsetrain.files import default_aggregator
-
-    return default_aggregator(source)
-
-
 # ------------------------------------------------------------------------------ client side
 def _file_trains(path: Path) -> int:
     with h5py.File(path, "r") as f:
@@ -767,7 +752,9 @@ def plan_correction(
         module = layout.module_sources[source]
         for path in layout.module_files[source]:
             seq = parse_file_name(path)[3]
-            name = f"CORR-R{layout.run_number:04d}-{_aggregator(corrected_source_name(source))}-S{seq:05d}.h5"
+            name = run_file_name(
+                "CORR", layout.run_number, default_aggregator(corrected_source_name(source)), seq
+            )
             tasks.append(
                 ModuleTask(
                     input_path=str(path),

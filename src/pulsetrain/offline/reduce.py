@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from pulsetrain.errors import ConfigurationError
+from pulsetrain.files.reader import BLOCK_BYTES
 from pulsetrain.offline.cluster import (
     ClusterConfig,
     caller_objects_frozen,
@@ -436,7 +437,7 @@ def _module_frames(path: Path, source: str) -> tuple[np.ndarray, np.ndarray, np.
                 pids.append(np.arange(c, dtype=np.uint64))
                 cells.append(np.zeros(c, np.uint16))
         else:
-            for block in reader.blocks(keys, max_block_bytes=64 << 20):
+            for block in reader.blocks(keys, max_block_bytes=BLOCK_BYTES):
                 tids.append(np.repeat(block.train_ids, block.counts))
                 pids.append(_pulse_ids(block))
                 cells.append(
@@ -455,7 +456,7 @@ def plan_reduction(
     *,
     modules: Sequence[int] | None = None,
     chunk_frames: int = 8192,
-    max_block_bytes: int = 32 << 20,
+    max_block_bytes: int = BLOCK_BYTES,
     numba_threads: int = 1,
 ) -> ReductionPlan:
     """Cut a corrected run into chunks and module tasks (reads only indices and pulse IDs)."""
@@ -689,7 +690,7 @@ def reduce_run(
     client: Any = None,
     progress: bool = False,
     chunk_frames: int = 8192,
-    max_block_bytes: int = 32 << 20,
+    max_block_bytes: int = BLOCK_BYTES,
     **kwargs: Any,
 ):
     """Per-frame azimuthal profiles, hit flags and statistics of a corrected run.
@@ -827,7 +828,7 @@ def reduce_to_file(
     client: Any = None,
     progress: bool = True,
     chunk_frames: int = 8192,
-    max_block_bytes: int = 32 << 20,
+    max_block_bytes: int = BLOCK_BYTES,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Reduce a corrected run straight into a NeXus-style HDF5 file, chunk by chunk.

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,8 @@ import h5py
 import numpy as np
 
 from pulsetrain.errors import ConfigurationError, FileFormatError
-from pulsetrain.files.naming import XTDF_SOURCE_PATTERN
+from pulsetrain.files.naming import FILE_NAME_PATTERN, XTDF_SOURCE_PATTERN, parse_file_name
+from pulsetrain.files.reader import BLOCK_BYTES
 
 __all__ = [
     "FILE_NAME_PATTERN",
@@ -42,28 +42,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: ``RAW-R0001-AGIPD07-S00002.h5`` → category, run, aggregator, sequence.
-FILE_NAME_PATTERN = re.compile(
-    r"^(?P<category>[A-Za-z]+)-R(?P<run>\d+)-(?P<aggregator>[A-Za-z0-9]+)-S(?P<sequence>\d+)\.h5$"
-)
-
-
-def parse_file_name(path: str | os.PathLike[str]) -> tuple[str, int, str, int]:
-    """``(category, run, aggregator, sequence)`` of a sequence file name.
-
-    Raises
-    ------
-    FileFormatError
-        The name does not follow ``CAT-R0001-AGG-S00000.h5``.
-    """
-    name = Path(path).name
-    m = FILE_NAME_PATTERN.match(name)
-    if m is None:
-        raise FileFormatError(
-            f"{name}: not a run file name of the form RAW-R0001-AGIPD00-S00000.h5"
-        )
-    return m["category"].upper(), int(m["run"]), m["aggregator"], int(m["sequence"])
 
 
 @dataclass(frozen=True)
@@ -402,7 +380,7 @@ class ModuleFileReader:
         self,
         keys: Sequence[str],
         *,
-        max_block_bytes: int = 32 << 20,
+        max_block_bytes: int = BLOCK_BYTES,
         train_range: tuple[int | None, int | None] | None = None,
         reuse: Sequence[str] = (),
         buffers: dict[str, Any] | None = None,
