@@ -51,6 +51,7 @@ from pulsetrain.offline.cluster import (
     numba_threads,
     open_client,
     run_tasks,
+    set_numba_threads,
     worker_task,
 )
 from pulsetrain.offline.runfiles import (
@@ -301,15 +302,6 @@ def _load_constants(catalog_url: str, detector: str, module: int, ids: dict[str,
         return constants
 
 
-def _set_numba_threads(n: int) -> None:
-    try:
-        import numba
-
-        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
-    except Exception:
-        log.debug("could not set numba threads to %s", n, exc_info=True)
-
-
 def _input_identity(path: Path) -> dict[str, Any]:
     st = path.stat()
     return {"name": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -434,7 +426,7 @@ def correct_module_file(task: ModuleTask) -> dict[str, Any]:
         )
         return result
 
-    _set_numba_threads(task.numba_threads)
+    set_numba_threads(task.numba_threads)
     constants = _load_constants(task.query.catalog_url, task.query.detector, task.module, ids)
     options = task.options.kwargs()
     _remove(sidecar_path)

@@ -33,6 +33,7 @@ import h5py
 import numpy as np
 
 from pulsetrain.errors import FileFormatError
+from pulsetrain.offline.combine import mean_profile
 
 __all__ = ["ReducedFileWriter", "read_reduced"]
 
@@ -249,8 +250,6 @@ class ReducedFileWriter:
             return
         if ok:
             if self._totals is None:
-                from pulsetrain.offline.reduce import mean_profile
-
                 mean, counts = mean_profile(
                     [self._chunk_totals[k] for k in sorted(self._chunk_totals)], self.npt
                 )
