@@ -111,7 +111,7 @@ class DAQWriter(Device):
         if self._writer is None:
             return {}
         if not self._failed:
-            self._flush(everything=True)
+            self._write_pending()
         writer, self._writer = self._writer, None
         try:
             writer.close()
@@ -168,18 +168,25 @@ class DAQWriter(Device):
                 self._pending = collections.OrderedDict(sorted(self._pending.items()))
         entry[0].update(data)
         entry[1].update(meta)
-        self._flush()
+        self._write_gathered()
 
     def on_eos(self, channel: str) -> None:
-        self._flush(everything=True)
+        self._write_pending()
 
-    def _flush(self, everything: bool = False) -> None:
-        if not self._pending:
-            return
-        newest = next(reversed(self._pending))
+    def _write_gathered(self) -> None:
+        """Write the pending trains that left the gather window (``gather_trains``)."""
+        if self._pending:
+            self._write_up_to(next(reversed(self._pending)) - self.gather_trains)
+
+    def _write_pending(self) -> None:
+        """Write every pending train (end of stream, end of run)."""
+        self._write_up_to(None)
+
+    def _write_up_to(self, last: int | None) -> None:
+        """Write pending trains in train order up to train ID ``last`` (None: all)."""
         while self._pending:
             tid = next(iter(self._pending))
-            if not everything and tid > newest - self.gather_trains:
+            if last is not None and tid > last:
                 return
             data, meta = self._pending.pop(tid)
             self._written_below = tid

@@ -16,8 +16,8 @@ within a module, as on the online devices), the moments combine with Chan's form
 results equal a computation on whole-detector frames.  Frames are matched across modules by
 (train ID, pulse ID).
 
-:func:`reduce_run` returns an :class:`xarray.Dataset` (numpy-backed, or dask-backed with
-``compute=False``); :func:`reduce_to_file` streams the chunks into a NeXus-style HDF5 file as
+:func:`reduce_run` returns an :class:`xarray.Dataset` (numpy-backed; :func:`reduce_run_lazy`
+gives it dask-backed); :func:`reduce_to_file` streams the chunks into a NeXus-style HDF5 file as
 they complete (``pulsetrain reduce``).
 """
 
@@ -57,6 +57,7 @@ __all__ = [
     "plan_reduction",
     "read_reduced",
     "reduce_run",
+    "reduce_run_lazy",
     "reduce_to_file",
     "write_reduced",
 ]
@@ -602,7 +603,6 @@ def reduce_run(
     params: ReductionParameters | None = None,
     *,
     modules: Sequence[int] | None = None,
-    compute: bool = True,
     cluster: ClusterConfig | None = None,
     client: Any = None,
     progress: bool = False,
@@ -620,14 +620,10 @@ def reduce_run(
         What to compute; keyword arguments (``npt=``, ``hit_threshold=``, ...) override fields.
     modules : sequence of int, optional
         Use only these modules (default all in the run).
-    compute : bool
-        True: compute now on Dask and return numpy-backed data.  False: return a dataset
-        backed by dask arrays (one chunk per chunk of trains), computed later by whatever
-        scheduler is active (``ds.compute()``, or with a ``distributed.Client`` open).
     cluster, client
-        Dask back end for ``compute=True`` (see :func:`~pulsetrain.offline.open_client`).
+        Dask back end (see :func:`~pulsetrain.offline.open_client`).
     progress : bool
-        Progress bar (``compute=True``).
+        Progress bar.
     chunk_frames : int
         Frames of the first module per chunk (memory per task: about ``chunk_frames * npt``
         × 12 bytes).
@@ -651,15 +647,13 @@ def reduce_run(
     >>> ds.intensity.isel(frame=slice(0, 150)).mean("frame").plot()  # doctest: +SKIP
     >>> ds.is_hit.mean().item()   # hit rate  # doctest: +SKIP
     """
-    if kwargs:
-        from dataclasses import replace
-
-        params = replace(params or ReductionParameters(), **kwargs)
     plan = plan_reduction(
-        run, params, modules=modules, chunk_frames=chunk_frames, max_block_bytes=max_block_bytes
+        run,
+        _with_overrides(params, kwargs),
+        modules=modules,
+        chunk_frames=chunk_frames,
+        max_block_bytes=max_block_bytes,
     )
-    if not compute:
-        return _lazy_dataset(plan)
     n = plan.n_frames
     npt = plan.params.npt
     variables: dict[str, np.ndarray] = {"intensity": np.full((n, npt), np.nan, np.float32)}
@@ -676,6 +670,48 @@ def reduce_run(
     _execute(plan, on_chunk, cluster=cluster, client=client, progress=progress)
     mean, counts = mean_profile([totals[k] for k in sorted(totals)], npt)
     return _dataset(plan, variables, mean, counts)
+
+
+def reduce_run_lazy(
+    run: str | os.PathLike[str],
+    params: ReductionParameters | None = None,
+    *,
+    modules: Sequence[int] | None = None,
+    chunk_frames: int = 8192,
+    max_block_bytes: int = BLOCK_BYTES,
+    **kwargs: Any,
+):
+    """:func:`reduce_run` as a dataset backed by dask arrays, computed when asked.
+
+    Only the frame index (train and pulse IDs) is read now.  The variables are dask arrays, one
+    chunk per chunk of trains, computed later by whatever scheduler is active
+    (``ds.compute()``, or with a ``distributed.Client`` open); the result then equals
+    :func:`reduce_run`'s.  Parameters as for :func:`reduce_run`.
+
+    Examples
+    --------
+    >>> ds = reduce_run_lazy("proc/r0001", npt=300)  # doctest: +SKIP
+    >>> ds.is_hit.mean().compute().item()  # doctest: +SKIP
+    """
+    plan = plan_reduction(
+        run,
+        _with_overrides(params, kwargs),
+        modules=modules,
+        chunk_frames=chunk_frames,
+        max_block_bytes=max_block_bytes,
+    )
+    return _lazy_dataset(plan)
+
+
+def _with_overrides(
+    params: ReductionParameters | None, overrides: dict[str, Any]
+) -> ReductionParameters | None:
+    """``params`` (default: the defaults) with keyword overrides of its fields."""
+    if not overrides:
+        return params
+    from dataclasses import replace
+
+    return replace(params or ReductionParameters(), **overrides)
 
 
 def _lazy_dataset(plan: ReductionPlan):
