@@ -103,3 +103,15 @@ class BatchJobError(PulsetrainError):
     The message names the task (module, sequence file) and the original error, which is also
     chained as ``__cause__`` when it could be transported back from the worker.
     """
+
+
+class MissingConstantsError(ConstantNotFoundError):
+    """Constants a job needs are missing for one or more modules: all of them, said once.
+
+    Besides the attributes of :class:`ConstantNotFoundError` (``module`` and ``constant_type``
+    are then lists), ``missing`` maps each missing constant type to the modules lacking it.
+    """
+
+    def __init__(self, message: str, *, missing=None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.missing = dict(missing or {})

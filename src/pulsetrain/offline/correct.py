@@ -254,18 +254,25 @@ def find_constant_ids(query: ConstantsQuery, modules: Sequence[int]) -> dict[int
 
     Raises
     ------
-    ConstantNotFoundError
-        Naming every missing module and type and why the candidates did not match.
+    MissingConstantsError
+        One summary of every missing module and type, the conditions asked and how the
+        nearest constants in the catalogue differ (see
+        :func:`~pulsetrain.offline.missing_constants.missing_constants_error`).
     """
     from pulsetrain.catalog.agipd import REQUIRED_TYPES
+    from pulsetrain.offline.missing_constants import missing_constants_error
 
-    records = _catalog(query.catalog_url).find_constants_of_modules(
-        query.detector,
-        list(modules),
-        query.conditions_obj(),
-        query.at_datetime(),
-        types=REQUIRED_TYPES,
+    catalog = _catalog(query.catalog_url)
+    modules = list(modules)
+    conditions, at = query.conditions_obj(), query.at_datetime()
+    records = catalog.find_constants_of_modules(
+        query.detector, modules, conditions, at, types=REQUIRED_TYPES, missing_ok=True
     )
+    error = missing_constants_error(
+        catalog, query.detector, records, modules, REQUIRED_TYPES, conditions, at
+    )
+    if error is not None:
+        raise error
     return {m: {t: int(r.id) for t, r in found.items()} for m, found in records.items()}
 
 
@@ -695,8 +702,8 @@ def plan_correction(
 
     Raises
     ------
-    ConstantNotFoundError
-        A module has no constants matching the query (checked here, before any worker starts).
+    MissingConstantsError
+        Modules lack constants matching the query (checked here, before any worker starts).
     """
     from pulsetrain.catalog import Conditions, resolve_url
 
@@ -733,7 +740,7 @@ def plan_correction(
         conditions=tuple(sorted(cond.as_dict().items())),
         at=at.isoformat(),
     )
-    # Before any worker starts: ConstantNotFoundError names what is missing.
+    # Before any worker starts: MissingConstantsError names what is missing.
     constant_ids = find_constant_ids(query, layout.modules)
     out.mkdir(parents=True, exist_ok=True)
     options = options or CorrectionOptions()
@@ -856,8 +863,8 @@ def correct_run(
 
     Raises
     ------
-    ConstantNotFoundError
-        Constants are missing for a module (before any work starts).
+    MissingConstantsError
+        Constants are missing (one summary of all modules; before any work starts).
     BatchJobError
         A task failed (the message names the file and the cause).
     """
