@@ -903,21 +903,14 @@ class DevicePanel(PanelBase):
             name=f"device-head:{device}",
         )
         schema = self.backend.schema(device)
-        if device not in self.backend.devices():
+        if device not in self.backend.devices() or schema is None:
             head.text = (
                 f"<span style='color:#c01c28'>{html.escape(device)}: not in the "
                 "running topology</span>"
+                if device not in self.backend.devices()
+                else f"{html.escape(device)}: unreachable"
             )
-            return {
-                "device": device,
-                "head": head,
-                "editors": [],
-                "table": None,
-                "readonly": [],
-                "layout": column(head),
-            }
-        if schema is None:
-            head.text = f"{html.escape(device)}: unreachable"
+            # a card without a table: on_poll leaves it alone
             return {
                 "device": device,
                 "head": head,

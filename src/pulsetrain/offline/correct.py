@@ -43,7 +43,13 @@ import h5py
 import numpy as np
 
 from pulsetrain.errors import ConfigurationError, FileFormatError
-from pulsetrain.files.naming import corrected_source_name, default_aggregator, run_file_name
+from pulsetrain.files.naming import (
+    FORMAT_VERSIONS,
+    corrected_source_name,
+    default_aggregator,
+    parse_file_name,
+    run_file_name,
+)
 from pulsetrain.files.reader import BLOCK_BYTES
 from pulsetrain.offline.cluster import (
     ClusterConfig,
@@ -58,7 +64,6 @@ from pulsetrain.offline.runfiles import (
     ModuleFileReader,
     RunLayout,
     file_crc32,
-    parse_file_name,
     read_json,
     scan_run,
     write_json_atomic,
@@ -705,17 +710,51 @@ def plan_correction(
     MissingConstantsError
         Modules lack constants matching the query (checked here, before any worker starts).
     """
-    from pulsetrain.catalog import Conditions, resolve_url
-
     if verify not in ("index", "checksum"):
         raise ConfigurationError(f"verify must be 'index' or 'checksum', not {verify!r}")
     layout = scan_run(raw_run, kind="DET", modules=modules)
+    out = _output_dir(out_dir, layout)
+    query = _constants_query(layout, catalog, detector, conditions, constants_time)
+    # Before any worker starts: MissingConstantsError names what is missing.
+    constant_ids = find_constant_ids(query, layout.modules)
+    out.mkdir(parents=True, exist_ok=True)
+    common = {"output_dir": str(out), "force": force, "verify": verify}
+    tasks: list[ModuleTask | CopyTask] = list(
+        _module_tasks(
+            layout,
+            query,
+            constant_ids,
+            options or CorrectionOptions(),
+            max_block_bytes=int(max_block_bytes),
+            **common,
+        )
+    )
+    if copy_other:
+        tasks += _copy_tasks(layout, **common)
+    return layout, tasks, query
+
+
+def _output_dir(out_dir: str | os.PathLike[str], layout: RunLayout) -> Path:
+    """The CORR run directory (resolved); never the raw run's own directory."""
     out = Path(out_dir).expanduser().resolve()
     if out == layout.run_dir:
         raise ConfigurationError(
             f"the output directory {out} is the raw run directory; write CORR runs elsewhere "
             "(e.g. proc/r0001)"
         )
+    return out
+
+
+def _constants_query(
+    layout: RunLayout,
+    catalog: str | None,
+    detector: str,
+    conditions: Mapping[str, Any] | Any | None,
+    constants_time: datetime | str | None,
+) -> ConstantsQuery:
+    """The look-up every module's constants are found with: conditions and time resolved."""
+    from pulsetrain.catalog import Conditions, resolve_url
+
     if isinstance(conditions, Conditions):
         cond = conditions
     else:
@@ -734,65 +773,66 @@ def plan_correction(
         at = constants_time
     if at.tzinfo is None:
         at = at.replace(tzinfo=timezone.utc)
-    query = ConstantsQuery(
+    return ConstantsQuery(
         catalog_url=resolve_url(catalog),
         detector=detector,
         conditions=tuple(sorted(cond.as_dict().items())),
         at=at.isoformat(),
     )
-    # Before any worker starts: MissingConstantsError names what is missing.
-    constant_ids = find_constant_ids(query, layout.modules)
-    out.mkdir(parents=True, exist_ok=True)
-    options = options or CorrectionOptions()
+
+
+def _module_tasks(
+    layout: RunLayout,
+    query: ConstantsQuery,
+    constant_ids: Mapping[int, Mapping[str, int]],
+    options: CorrectionOptions,
+    **common: Any,
+) -> Iterable[ModuleTask]:
+    """One task per module sequence file, module by module (a worker tends to meet the same
+    module again)."""
     run_metadata = (("run_type", layout.run_type), ("sample", layout.sample))
-    fmt = layout.format_version if layout.format_version in ("1.2", "1.3") else "1.3"
-    tasks: list[ModuleTask | CopyTask] = []
+    fmt = layout.format_version if layout.format_version in FORMAT_VERSIONS else "1.3"
     for source in sorted(layout.module_sources, key=layout.module_sources.get):
         module = layout.module_sources[source]
+        aggregator = default_aggregator(corrected_source_name(source))
         for path in layout.module_files[source]:
             seq = parse_file_name(path)[3]
-            name = run_file_name(
-                "CORR", layout.run_number, default_aggregator(corrected_source_name(source)), seq
+            yield ModuleTask(
+                input_path=str(path),
+                source=source,
+                module=module,
+                sequence=seq,
+                output_name=run_file_name("CORR", layout.run_number, aggregator, seq),
+                trains=layout.file_trains.get(path) or _file_trains(path),
+                proposal=layout.proposal or 900001,
+                run_number=layout.run_number,
+                format_version=fmt,
+                run_metadata=run_metadata,
+                query=query,
+                constant_ids=tuple(sorted(constant_ids[module].items())),
+                options=options,
+                **common,
             )
-            tasks.append(
-                ModuleTask(
-                    input_path=str(path),
-                    source=source,
-                    module=module,
-                    sequence=seq,
-                    output_dir=str(out),
-                    output_name=name,
-                    trains=layout.file_trains.get(path) or _file_trains(path),
-                    proposal=layout.proposal or 900001,
-                    run_number=layout.run_number,
-                    format_version=fmt,
-                    run_metadata=run_metadata,
-                    query=query,
-                    constant_ids=tuple(sorted(constant_ids[module].items())),
-                    options=options,
-                    force=force,
-                    verify=verify,
-                    max_block_bytes=int(max_block_bytes),
-                )
+
+
+def _copy_tasks(layout: RunLayout, **common: Any) -> list[CopyTask]:
+    """One task per file without module data (slow data, cameras): copied as it is."""
+    tasks = []
+    for path in layout.other_files:
+        try:
+            _category, run, agg, seq = parse_file_name(path)
+        except FileFormatError:
+            log.warning("%s: not a run file name; not copied", path.name)
+            continue
+        tasks.append(
+            CopyTask(
+                input_path=str(path),
+                output_name=run_file_name("CORR", run, agg, seq),
+                trains=layout.file_trains.get(path) or _file_trains(path),
+                **common,
             )
-    if copy_other:
-        for path in layout.other_files:
-            try:
-                _category, run, agg, seq = parse_file_name(path)
-            except FileFormatError:
-                log.warning("%s: not a run file name; not copied", path.name)
-                continue
-            tasks.append(
-                CopyTask(
-                    input_path=str(path),
-                    output_dir=str(out),
-                    output_name=f"CORR-R{run:04d}-{agg}-S{seq:05d}.h5",
-                    trains=layout.file_trains.get(path) or _file_trains(path),
-                    force=force,
-                    verify=verify,
-                )
-            )
-    return layout, tasks, query
+        )
+    return tasks
 
 
 def correct_run(
@@ -885,39 +925,29 @@ def correct_run(
     )
     out = Path(tasks[0].output_dir) if tasks else Path(out_dir).resolve()
     report = CorrectionReport(out_dir=out)
-    n_modules = max(1, len(layout.modules))
+    _execute(tasks, layout, report, cluster=cluster, client=client, progress=progress)
+    _sum_up(report, layout)
+    if record:
+        report.run_record = _record(layout, report, query)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _execute(
+    tasks: Sequence[ModuleTask | CopyTask],
+    layout: RunLayout,
+    report: CorrectionReport,
+    *,
+    cluster: ClusterConfig | None,
+    client: Any,
+    progress: bool,
+) -> None:
+    """Run the tasks on Dask, adding each result to the report as it comes."""
     total = sum(t.trains for t in tasks if isinstance(t, ModuleTask))
-    bar = _progress_bar(total, n_modules, progress)
+    bar = _progress_bar(total, max(1, len(layout.modules)), progress)
     try:
         with caller_objects_frozen(), open_client(cluster, client) as c:
-            threads = numba_threads(c)
-            placement = module_placement(layout.modules, list(c.scheduler_info()["workers"]))
-            futures = {}
-            for i, task in enumerate(tasks):
-                if isinstance(task, ModuleTask):
-                    task = _with_threads(task, threads)
-                    where = placement.get(task.module)
-                    fut = c.submit(
-                        correct_module_file,
-                        task,
-                        pure=False,
-                        key=f"correct-{task.output_name}-{uuid.uuid4().hex[:6]}",
-                        priority=len(tasks) - i,
-                        **({"workers": [where], "allow_other_workers": True} if where else {}),
-                    )
-                else:
-                    fut = c.submit(
-                        copy_run_file,
-                        task,
-                        pure=False,
-                        key=f"copy-{task.output_name}-{uuid.uuid4().hex[:6]}",
-                        priority=-1,
-                    )
-                futures[fut] = task
-
-            def describe(fut) -> str:
-                task = futures[fut]
-                return f"{Path(task.input_path).name} -> {task.output_name}"
+            futures = _submit(c, tasks, layout.modules)
 
             def on_result(fut, result) -> None:
                 report.files.append(result)
@@ -927,18 +957,52 @@ def correct_run(
                         f"{len(report.skipped)} skipped" if report.skipped else "", refresh=False
                     )
 
-            run_tasks(c, list(futures), describe, on_result)
+            run_tasks(c, list(futures), lambda fut: _describe(futures[fut]), on_result)
     finally:
         bar.close()
+
+
+def _submit(client: Any, tasks: Sequence[ModuleTask | CopyTask], modules: Sequence[int]):
+    """Submit the tasks in order (module tasks placed by :func:`module_placement`, copies
+    last); returns ``{future: task}``."""
+    threads = numba_threads(client)
+    placement = module_placement(modules, list(client.scheduler_info()["workers"]))
+    futures = {}
+    for i, task in enumerate(tasks):
+        if isinstance(task, ModuleTask):
+            task = _with_threads(task, threads)
+            where = placement.get(task.module)
+            fut = client.submit(
+                correct_module_file,
+                task,
+                pure=False,
+                key=f"correct-{task.output_name}-{uuid.uuid4().hex[:6]}",
+                priority=len(tasks) - i,
+                **({"workers": [where], "allow_other_workers": True} if where else {}),
+            )
+        else:
+            fut = client.submit(
+                copy_run_file,
+                task,
+                pure=False,
+                key=f"copy-{task.output_name}-{uuid.uuid4().hex[:6]}",
+                priority=-1,
+            )
+        futures[fut] = task
+    return futures
+
+
+def _describe(task: ModuleTask | CopyTask) -> str:
+    return f"{Path(task.input_path).name} -> {task.output_name}"
+
+
+def _sum_up(report: CorrectionReport, layout: RunLayout) -> None:
+    """Sort the results (module files first) and collect the constants used per module."""
     report.files.sort(key=lambda r: (r["kind"] != "module", r["output"] or ""))
     for r in report.files:
         if r["kind"] == "module":
             report.constants.setdefault(r["module"], {}).update(r["constants"])
     report.trains = int(layout.train_ids.size)
-    if record:
-        report.run_record = _record(layout, report, query)
-    report.seconds = time.perf_counter() - t0
-    return report
 
 
 def module_placement(modules: Sequence[int], workers: Sequence[str]) -> dict[int, str]:

@@ -389,16 +389,49 @@ def plan_reduction(
     else:
         rrange = (float(params.radial_range[0]), float(params.radial_range[1]))
     full = AzimuthalIntegrator(rmap, params.npt, rrange, unit=params.unit)
-
-    # Frames of every module, and the train-ID span of every file.
-    frames: dict[str, list[tuple[Path, np.ndarray, np.ndarray, np.ndarray]]] = {}
-    for src, files in layout.module_files.items():
-        frames[src] = [(p, *_module_frames(p, src)) for p in files]
-
+    frames = {
+        src: [(p, *_module_frames(p, src)) for p in files]
+        for src, files in layout.module_files.items()
+    }
     # Chunk boundaries from the first module: at most chunk_frames frames, never across files.
-    ref = next(iter(layout.module_files))
+    bounds = _chunk_bounds(frames[next(iter(layout.module_files))], chunk_frames)
+
+    def part(src: str, files: list[str], lo: int | None, hi: int | None) -> _PartTask:
+        m = layout.module_sources[src]
+        return _PartTask(
+            source=src,
+            module=m,
+            files=tuple(files),
+            train_range=(lo, hi),
+            radial_map=np.ascontiguousarray(rmap[m]),
+            radial_range=rrange,
+            params=params,
+            max_block_bytes=int(max_block_bytes),
+            numba_threads=int(numba_threads),
+        )
+
+    chunks: list[_Chunk] = []
+    offset = 0
+    for lo, hi in bounds:
+        chunk = _chunk(frames, lo, hi, offset, part)
+        if chunk is not None:
+            chunks.append(chunk)
+            offset += chunk.n
+    return ReductionPlan(
+        layout, params, full.radial.copy(), rrange, full.pixels_per_bin.copy(), chunks
+    )
+
+
+_FileFrames = tuple[Path, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _chunk_bounds(
+    per_file: Sequence[_FileFrames], chunk_frames: int
+) -> list[tuple[int | None, int | None]]:
+    """``(first train ID, stop train ID)`` of each chunk (None: open end), from one module's
+    frames: at most ``chunk_frames`` frames, and never across its sequence files."""
     starts: list[int] = []
-    for _path, tid, _pid, _cell in frames[ref]:
+    for _path, tid, _pid, _cell in per_file:
         if tid.size == 0:
             continue
         utids, counts = np.unique(tid, return_counts=True)
@@ -409,67 +442,51 @@ def plan_reduction(
                 starts.append(int(t))
                 acc = 0
             acc += c
-    starts = sorted(set(starts))
-    if not starts:
-        starts = [0]
-    bounds = [
+    starts = sorted(set(starts)) or [0]
+    return [
         (None if i == 0 else s, starts[i + 1] if i + 1 < len(starts) else None)
         for i, s in enumerate(starts)
     ]
 
-    chunks: list[_Chunk] = []
-    offset = 0
-    for lo, hi in bounds:
-        tids, pids, cells = [], [], []
-        parts = []
-        for src, per_file in frames.items():
-            m = layout.module_sources[src]
-            files = []
-            for path, tid, pid, cell in per_file:
-                sel = np.ones(tid.size, bool)
-                if lo is not None:
-                    sel &= tid >= np.uint64(lo)
-                if hi is not None:
-                    sel &= tid < np.uint64(hi)
-                if sel.any():
-                    files.append(str(path))
-                    tids.append(tid[sel])
-                    pids.append(pid[sel])
-                    cells.append(cell[sel])
-            if files:
-                parts.append(
-                    _PartTask(
-                        source=src,
-                        module=m,
-                        files=tuple(files),
-                        train_range=(lo, hi),
-                        radial_map=np.ascontiguousarray(rmap[m]),
-                        radial_range=rrange,
-                        params=params,
-                        max_block_bytes=int(max_block_bytes),
-                        numba_threads=int(numba_threads),
-                    )
-                )
-        if not parts:
-            continue
-        tid = np.concatenate(tids)
-        pid = np.concatenate(pids)
-        cell = np.concatenate(cells)
-        keys = np.stack([tid, pid])
-        uniq, first = np.unique(keys, axis=1, return_index=True)  # sorted by (tid, pid)
-        chunks.append(
-            _Chunk(
-                offset,
-                (lo, hi),
-                uniq[0].astype(np.uint64),
-                uniq[1].astype(np.uint64),
-                cell[first].astype(np.uint16),
-                parts,
-            )
-        )
-        offset += uniq.shape[1]
-    return ReductionPlan(
-        layout, params, full.radial.copy(), rrange, full.pixels_per_bin.copy(), chunks
+
+def _chunk(
+    frames: dict[str, list[_FileFrames]],
+    lo: int | None,
+    hi: int | None,
+    offset: int,
+    part: Callable[[str, list[str], int | None, int | None], _PartTask],
+) -> _Chunk | None:
+    """The chunk of trains ``lo <= train ID < hi``: a task per module holding some, and the
+    frame index (frames of all modules, by (train ID, pulse ID)); None if no module has any."""
+    tids, pids, cells = [], [], []
+    parts = []
+    for src, per_file in frames.items():
+        files = []
+        for path, tid, pid, cell in per_file:
+            sel = np.ones(tid.size, bool)
+            if lo is not None:
+                sel &= tid >= np.uint64(lo)
+            if hi is not None:
+                sel &= tid < np.uint64(hi)
+            if sel.any():
+                files.append(str(path))
+                tids.append(tid[sel])
+                pids.append(pid[sel])
+                cells.append(cell[sel])
+        if files:
+            parts.append(part(src, files, lo, hi))
+    if not parts:
+        return None
+    cell = np.concatenate(cells)
+    keys = np.stack([np.concatenate(tids), np.concatenate(pids)])
+    uniq, first = np.unique(keys, axis=1, return_index=True)  # sorted by (tid, pid)
+    return _Chunk(
+        offset,
+        (lo, hi),
+        uniq[0].astype(np.uint64),
+        uniq[1].astype(np.uint64),
+        cell[first].astype(np.uint16),
+        parts,
     )
 
 
