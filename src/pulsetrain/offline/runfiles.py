@@ -132,40 +132,11 @@ def scan_run(
     if not run_dir.is_dir():
         raise FileFormatError(f"{run_dir} is not a directory")
     with open_run_dir(run_dir) as run:
-        found: dict[str, int] = {}
-        for src in sorted(run.instrument_sources):
-            m = XTDF_SOURCE_PATTERN.match(src)
-            if m and m["kind"] == kind:
-                found[src] = int(m["module"])
-        if not found:
-            kinds = {
-                mm["kind"] for s in run.instrument_sources if (mm := XTDF_SOURCE_PATTERN.match(s))
-            }
-            hint = ""
-            if kind == "CORR" and "DET" in kinds:
-                hint = " (it holds raw data: run `pulsetrain correct` on it first)"
-            elif kind == "DET" and "CORR" in kinds:
-                hint = " (it holds corrected data already)"
-            what = "raw (…/DET/…:xtdf)" if kind == "DET" else "corrected (…/CORR/…:output)"
-            raise FileFormatError(f"{run_dir}: no {what} detector module sources{hint}")
-        if modules is not None:
-            wanted = {int(m) for m in modules}
-            missing = sorted(wanted - set(found.values()))
-            if missing:
-                raise FileFormatError(
-                    f"{run_dir}: no data of module(s) {missing} (modules present: "
-                    f"{sorted(found.values())})"
-                )
-            found = {s: m for s, m in found.items() if m in wanted}
-        module_files: dict[str, list[Path]] = {}
-        used: set[Path] = set()
-        for src in found:
-            files = sorted(
-                (Path(fa.filename) for fa in run[src].files),
-                key=lambda p: _sequence_key(p),
-            )
-            module_files[src] = files
-            used.update(files)
+        found = _module_sources(run, run_dir, kind, modules)
+        module_files = {
+            src: sorted((Path(fa.filename) for fa in run[src].files), key=_sequence_key)
+            for src in found
+        }
         all_module_files = set()
         for src in run.instrument_sources:
             mm = XTDF_SOURCE_PATTERN.match(src)
@@ -181,15 +152,7 @@ def scan_run(
         except Exception:  # noqa: BLE001 - old files: METADATA may be incomplete
             md = {}
         train_ids = np.asarray(run.train_ids, dtype=np.uint64)
-        start = None
-        try:
-            stamps = np.asarray(run.train_timestamps(), dtype="datetime64[ns]")
-            good = stamps[~np.isnat(stamps)]
-            if good.size:
-                ns = int(good[0].astype(np.int64))
-                start = datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
-        except Exception:  # noqa: BLE001 - no timestamps in old formats
-            start = None
+        start = _start_time(run)
     proposal = int(md.get("proposalNumber") or 0)
     run_number = int(md.get("runNumber") or 0)
     if not run_number:
@@ -209,6 +172,47 @@ def scan_run(
         other_files=other_files,
         file_trains=file_trains,
     )
+
+
+def _module_sources(
+    run: Any, run_dir: Path, kind: str, modules: Sequence[int] | None
+) -> dict[str, int]:
+    """``{source: module}`` of the run's module sources of this kind (and these modules)."""
+    found: dict[str, int] = {}
+    for src in sorted(run.instrument_sources):
+        m = XTDF_SOURCE_PATTERN.match(src)
+        if m and m["kind"] == kind:
+            found[src] = int(m["module"])
+    if not found:
+        kinds = {mm["kind"] for s in run.instrument_sources if (mm := XTDF_SOURCE_PATTERN.match(s))}
+        hint = ""
+        if kind == "CORR" and "DET" in kinds:
+            hint = " (it holds raw data: run `pulsetrain correct` on it first)"
+        elif kind == "DET" and "CORR" in kinds:
+            hint = " (it holds corrected data already)"
+        what = "raw (…/DET/…:xtdf)" if kind == "DET" else "corrected (…/CORR/…:output)"
+        raise FileFormatError(f"{run_dir}: no {what} detector module sources{hint}")
+    if modules is None:
+        return found
+    wanted = {int(m) for m in modules}
+    missing = sorted(wanted - set(found.values()))
+    if missing:
+        raise FileFormatError(
+            f"{run_dir}: no data of module(s) {missing} (modules present: {sorted(found.values())})"
+        )
+    return {s: m for s, m in found.items() if m in wanted}
+
+
+def _start_time(run: Any) -> datetime | None:
+    """Timestamp of the run's first train with one (None in formats without timestamps)."""
+    try:
+        stamps = np.asarray(run.train_timestamps(), dtype="datetime64[ns]")
+    except Exception:  # noqa: BLE001 - no timestamps in old formats
+        return None
+    good = stamps[~np.isnat(stamps)]
+    if not good.size:
+        return None
+    return datetime.fromtimestamp(int(good[0].astype(np.int64)) / 1e9, tz=timezone.utc)
 
 
 def _sequence_key(path: Path) -> int:
