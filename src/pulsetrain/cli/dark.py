@@ -51,6 +51,8 @@ def _module_chunks(run_dir: str, module: int, bar):
 
 
 def run(args: argparse.Namespace) -> int:
+    import re
+
     import numpy as np
     from tqdm import tqdm
 
@@ -58,13 +60,12 @@ def run(args: argparse.Namespace) -> int:
     from pulsetrain.catalog import Catalog, Conditions
     from pulsetrain.catalog.agipd import store_dark, store_rel_gain
     from pulsetrain.files import iter_run_trains, run_info
-    from pulsetrain.files.naming import module_number
 
     infos = [run_info(r) for r in (args.run_hg, args.run_mg, args.run_lg)]
     modules = args.modules
     if modules is None:
-        modules = sorted({m for s in infos[0].sources
-                          if (m := module_number(s, "DET")) is not None})
+        modules = sorted({int(m.group(1)) for s in infos[0].sources
+                          if (m := re.search(r"/DET/(\d+)CH0:", s))})
     if not modules:
         print("error: no detector module sources in", args.run_hg)
         return 1
