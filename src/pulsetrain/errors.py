@@ -128,3 +128,15 @@ class TopologyError(ConfigurationError):
     def __init__(self, problems):
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
+
+
+class MissingConstantsError(ConstantNotFoundError):
+    """Constants a job needs are missing for one or more modules: all of them, said once.
+
+    Besides the attributes of :class:`ConstantNotFoundError` (``module`` and ``constant_type``
+    are then lists), ``missing`` maps each missing constant type to the modules lacking it.
+    """
+
+    def __init__(self, message: str, *, missing=None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.missing = dict(missing or {})

@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from pulsetrain.errors import ConfigurationError
+from pulsetrain.errors import ConfigurationError, FileFormatError
 from pulsetrain.files import (
     default_aggregator,
     default_frame_group,
@@ -14,7 +14,14 @@ from pulsetrain.files import (
     make_meta,
     meta_to_ns,
 )
-from pulsetrain.files.naming import check_aggregator, detector_name, run_file_name
+from pulsetrain.files.naming import (
+    check_aggregator,
+    corrected_source_name,
+    detector_name,
+    module_number,
+    parse_file_name,
+    run_file_name,
+)
 
 
 @pytest.mark.parametrize(
@@ -49,6 +56,35 @@ def test_file_names_and_aggregator_check():
     for bad in ("DA-01", "", "DA_01", None):
         with pytest.raises(ConfigurationError):
             check_aggregator(bad)
+
+
+def test_file_names_parse_back():
+    for name in ("RAW-R0001-AGIPD07-S00000.h5", "CORR-R0348-DA01-S00012.h5"):
+        category, run, aggregator, sequence = parse_file_name(name)
+        assert run_file_name(category, run, aggregator, sequence) == name
+    with pytest.raises(FileFormatError, match="not a run file name"):
+        parse_file_name("RAW-R0001-AGIPD07.h5")
+
+
+@pytest.mark.parametrize(
+    ("raw", "corrected", "module"),
+    [
+        ("SPB_DET_AGIPD1M-1/DET/7CH0:xtdf", "SPB_DET_AGIPD1M-1/CORR/7CH0:output", 7),
+        ("FXE_DET_LPD1M-1/DET/15CH0:xtdf", "FXE_DET_LPD1M-1/CORR/15CH0:output", 15),
+        ("SPB_IRDA_JF4M/DET/JNGFR01:daqOutput", "SPB_IRDA_JF4M/CORR/JNGFR01:output", None),
+        ("SPB_IRU_CAM/CAM/SIDEMIC:daqOutput", "SPB_IRU_CAM/CAM/SIDEMIC:daqOutput", None),
+        ("SA1_XTD2_XGM/DOOCS/MAIN", "SA1_XTD2_XGM/DOOCS/MAIN", None),
+    ],
+)
+def test_corrected_source_names_and_module_numbers(raw, corrected, module):
+    assert corrected_source_name(raw) == corrected
+    assert module_number(raw) == module
+    assert module_number(raw, "DET") == module
+    assert module_number(raw, "CORR") is None
+    assert module_number(corrected) == module  # the module survives the renaming
+    if module is not None:
+        assert module_number(corrected, "CORR") == module
+        assert module_number(corrected, "DET") is None
 
 
 def test_meta_timestamps_round_trip():

@@ -11,7 +11,7 @@ from _offline_helpers import CELLS, FRAMES, MODULES
 from pulsetrain.analysis import AzimuthalIntegrator, count_peaks, pulse_statistics
 from pulsetrain.errors import FileFormatError
 from pulsetrain.files import iter_run_trains
-from pulsetrain.offline import ReductionParameters, read_reduced, reduce_run
+from pulsetrain.offline import ReductionParameters, read_reduced, reduce_run, reduce_run_lazy
 
 PARAMS = ReductionParameters(npt=150, hit_threshold=200.0, min_peaks=3)
 
@@ -86,7 +86,7 @@ def test_reduction_is_physically_sane(reduced):
 
 
 def test_lazy_dataset_equals_computed(reduced, corr_report):
-    lazy = reduce_run(corr_report.out_dir, PARAMS, compute=False, chunk_frames=16)
+    lazy = reduce_run_lazy(corr_report.out_dir, PARAMS, chunk_frames=16)
     assert lazy.intensity.chunks[0] == (16, 8, 16, 8)  # 2 trains per chunk, per sequence file
     done = lazy.compute(scheduler="threads")
     for name in ("intensity", "n_peaks", "pixel_std", "mean_profile", "bin_pixel_count"):

@@ -29,6 +29,7 @@ import numpy as np
 
 from pulsetrain.cli._args import frame_count, non_negative_float, non_negative_int, positive_int
 from pulsetrain.errors import ConfigurationError
+from pulsetrain.files.naming import corrected_source_name
 from pulsetrain.ports import port_or_zero_arg, port_problem, split_tcp_endpoint
 from pulsetrain.protocol import make_meta
 
@@ -56,12 +57,6 @@ _CARRIED = {
 # ----------------------------------------------------------------------------------------------
 # Train source
 # ----------------------------------------------------------------------------------------------
-
-
-def corrected_source_name(raw_source: str) -> str:
-    """Name of the corrected source of a raw detector source (``/DET/`` -> ``/CORR/``)."""
-    device, _, _ = raw_source.partition(":")
-    return device.replace("/DET/", "/CORR/") + ":output"
 
 
 class SimulatedSource:

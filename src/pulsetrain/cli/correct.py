@@ -104,7 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from pulsetrain.errors import ConfigurationError, PulsetrainError
+    from pulsetrain.errors import ConfigurationError, MissingConstantsError, PulsetrainError
     from pulsetrain.offline import CorrectionOptions, correct_run
     from pulsetrain.offline.cluster import (
         cluster_config_from_args,
@@ -119,15 +119,6 @@ def run(args: argparse.Namespace) -> int:
         if args.print_job_script:
             return print_job_script(config)
         freeze_gc_once()  # this process only runs the job: spare its GC the imports
-        conditions = {
-            "memory_cells": args.memory_cells,
-            "bias_voltage": args.bias_voltage,
-            "acquisition_rate": args.acquisition_rate,
-            "gain_setting": args.gain_setting,
-            "gain_mode": args.gain_mode,
-            "integration_time": args.integration_time,
-            "photon_energy": args.photon_energy,
-        }
         options = CorrectionOptions(
             bad_to_nan=args.bad_to_nan,
             common_mode=args.common_mode,
@@ -139,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             catalog=args.catalog or None,
             detector=args.detector,
-            conditions=conditions,
+            conditions=_conditions(args),
             constants_time=args.constants_time,
             options=options,
             modules=args.modules,
@@ -150,9 +141,87 @@ def run(args: argparse.Namespace) -> int:
             record=not args.no_record,
             progress=not args.no_progress,
         )
+    except MissingConstantsError as exc:
+        print(f"pulsetrain correct: error: {exc}", file=sys.stderr)
+        print(_how_to_make(exc, args), file=sys.stderr)
+        return 1
     except PulsetrainError as exc:
         print(f"pulsetrain correct: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigurationError) else 1  # exit codes: docs/cli.md
+    _print_report(report)
+    return 0
+
+
+def _conditions(args: argparse.Namespace) -> dict[str, float | int | None]:
+    """The operating conditions of the constants look-up, from the options."""
+    return {
+        "memory_cells": args.memory_cells,
+        "bias_voltage": args.bias_voltage,
+        "acquisition_rate": args.acquisition_rate,
+        "gain_setting": args.gain_setting,
+        "gain_mode": args.gain_mode,
+        "integration_time": args.integration_time,
+        "photon_energy": args.photon_energy,
+    }
+
+
+#: Constant types ``pulsetrain dark`` stores from three dark runs.
+_DARK_TYPES = ("Offset", "Noise", "ThresholdsDark", "BadPixelsDark")
+
+
+def _how_to_make(exc, args: argparse.Namespace) -> str:
+    """The ``pulsetrain dark`` command that would store the missing constants."""
+    import shlex
+    import textwrap
+    from datetime import datetime, timezone
+
+    conditions = exc.conditions
+    modules = sorted({m for ms in exc.missing.values() for m in ms})
+    command = ["pulsetrain", "dark", "DARK_HG", "DARK_MG", "DARK_LG"]
+    if args.catalog:
+        command += ["--catalog", args.catalog]
+    command += ["--detector", exc.detector, "--modules", *map(str, modules)]
+    for name, value in conditions.as_dict().items():
+        if name in ("gain_mode", "photon_energy") or value is None:
+            continue  # dark constants are taken in adaptive gain and do not depend on energy
+        number = int(value) if isinstance(value, float) and value.is_integer() else value
+        command += [f"--{name.replace('_', '-')}", str(number)]
+    notes = []
+    if "RelativeGain" in exc.missing:
+        command.append("--rel-gain-from-sim")
+        notes.append(
+            "note: --rel-gain-from-sim stores RelativeGain from the simulator's truth (simulated data "
+            "only: a real detector's relative gain comes from its gain characterisation)"
+        )
+    if conditions.gain_mode not in (None, 0):
+        notes.append(
+            f"note: pulsetrain dark stores gain_mode 0, not the {conditions.gain_mode} asked"
+        )
+    if exc.at is not None and exc.at < datetime.now(timezone.utc):
+        notes.append(
+            "note: constants stored now are valid from now on: correct this run with them by adding "
+            "--constants-time now"
+        )
+    what = ", ".join(exc.missing)
+    if not any(t in exc.missing for t in _DARK_TYPES):
+        what += " (and the dark constants again)"
+    lines = [
+        (
+            f"to make {what}: take three dark runs with the gain forced to high, medium and "
+            "low (simulated: pulsetrain simulate --dark HG, MG, LG), then run"
+        ),
+        *notes,
+    ]
+    wrapped = [
+        textwrap.fill(
+            t, width=100, subsequent_indent="  ", break_on_hyphens=False, break_long_words=False
+        )
+        for t in lines
+    ]
+    return "\n".join([wrapped[0], "  " + shlex.join(command), *wrapped[1:]])
+
+
+def _print_report(report) -> None:
     done = report.corrected
     secs = sum(r["seconds"] for r in done)
     print(
@@ -168,4 +237,3 @@ def run(args: argparse.Namespace) -> int:
             f"(proposal {report.run_record.proposal}, run {report.run_record.run_number})"
         )
     print(report.out_dir)
-    return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import re
 import time
 from datetime import datetime, timezone
 from typing import Any, ClassVar
@@ -12,16 +11,9 @@ import numpy as np
 
 from pulsetrain.device import Device, Property, State, slot
 from pulsetrain.errors import CalibrationError, CatalogError
+from pulsetrain.files.naming import corrected_source_name, module_number
 
-__all__ = ["AGIPDCorrection", "corrected_source_name"]
-
-_MODULE = re.compile(r"/DET/(\d+)CH0:")
-
-
-def corrected_source_name(raw_source: str) -> str:
-    """``SPB_DET_AGIPD1M-1/DET/7CH0:xtdf`` → ``SPB_DET_AGIPD1M-1/CORR/7CH0:output``."""
-    name = raw_source.replace("/DET/", "/CORR/", 1)
-    return re.sub(r":xtdf$", ":output", name)
+__all__ = ["AGIPDCorrection"]
 
 
 class AGIPDCorrection(Device):
@@ -159,8 +151,8 @@ class AGIPDCorrection(Device):
             raw = props.get("image.data")
             if not isinstance(raw, np.ndarray) or raw.ndim != 4:
                 continue
-            number = _MODULE.search(src)
-            if number is not None and int(number.group(1)) != self.module:
+            number = module_number(src, "DET")
+            if number is not None and number != self.module:
                 continue  # another module's data (e.g. a replay of all modules): not ours
             name = corrected_source_name(src)
             if self.constants is None:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 
 from pulsetrain.device import Device, Property, State, slot
+from pulsetrain.files.naming import module_number
 
 __all__ = ["FileReplay", "parse_train_range"]
 
 N_MODULES = 16
-_MODULE = re.compile(r"/(?:DET|CORR)/(\d+)CH0:")
 
 
 def parse_train_range(text: str) -> tuple[int, int] | slice | None:
@@ -105,8 +104,8 @@ class FileReplay(Device):
     def _split(self, data: dict, meta: dict) -> dict[str, tuple[dict, dict]]:
         parts: dict[str, tuple[dict, dict]] = {}
         for src, props in data.items():
-            m = None if self.all_in_output else _MODULE.search(src)
-            name = f"module{int(m.group(1))}" if m and int(m.group(1)) < N_MODULES else "output"
+            m = None if self.all_in_output else module_number(src)
+            name = f"module{m}" if m is not None and m < N_MODULES else "output"
             d, mt = parts.setdefault(name, ({}, {}))
             d[src] = props
             mt[src] = meta[src]

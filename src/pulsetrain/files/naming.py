@@ -7,21 +7,27 @@ contains ``:`` are instrument (fast, pipeline) sources; all others are control (
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 
-from pulsetrain.errors import ConfigurationError
+from pulsetrain.errors import ConfigurationError, FileFormatError
 
 __all__ = [
     "DATA_CATEGORIES",
+    "FILE_NAME_PATTERN",
     "FORMAT_VERSIONS",
     "PART_SUFFIX",
     "XTDF_SOURCE_PATTERN",
     "check_aggregator",
+    "corrected_source_name",
     "default_aggregator",
     "default_frame_group",
     "detector_name",
     "is_control_source",
+    "module_number",
+    "parse_file_name",
     "run_file_name",
     "split_key",
 ]
@@ -41,12 +47,42 @@ XTDF_SOURCE_PATTERN = re.compile(
     r"^(?P<detector>[^/]+)/(?P<kind>DET|CORR)/(?P<module>\d+)CH\d+:(?P<channel>xtdf|output)$"
 )
 
+#: The module part of a detector module source name, found anywhere in it: ``/DET/7CH0:`` of a
+#: raw source, ``/CORR/7CH0:`` of a corrected one.
+MODULE_PATTERN = re.compile(r"/(?P<kind>DET|CORR)/(?P<module>\d+)CH0:")
+
 _AGGREGATOR_PATTERN = re.compile(r"^[A-Za-z0-9]+$")
 
 
 def is_control_source(source: str) -> bool:
     """Whether *source* is a control (slow) source: its name contains no ``:``."""
     return ":" not in source
+
+
+def module_number(source: str, kind: str | None = None) -> int | None:
+    """Module number of a detector module source, or None if *source* is not one.
+
+    ``SPB_DET_AGIPD1M-1/DET/7CH0:xtdf`` gives 7; with ``kind="DET"`` (or ``"CORR"``) only raw
+    (or only corrected) module sources count.
+    """
+    match = MODULE_PATTERN.search(source)
+    if match is None or (kind is not None and match["kind"] != kind):
+        return None
+    return int(match["module"])
+
+
+def corrected_source_name(raw_source: str) -> str:
+    """Name of the corrected source made from a raw one, online and offline alike.
+
+    A detector source (``/DET/`` in its device name) becomes ``/CORR/`` with the output
+    channel ``output``: ``SPB_DET_AGIPD1M-1/DET/7CH0:xtdf`` →
+    ``SPB_DET_AGIPD1M-1/CORR/7CH0:output``, ``SPB_IRDA_JF4M/DET/JNGFR01:daqOutput`` →
+    ``SPB_IRDA_JF4M/CORR/JNGFR01:output``.  Any other source keeps its name.
+    """
+    device, sep, _channel = raw_source.partition(":")
+    if "/DET/" not in device:
+        return raw_source
+    return device.replace("/DET/", "/CORR/", 1) + (":output" if sep else "")
 
 
 def detector_name(detector_id: str) -> str:
@@ -90,6 +126,29 @@ def check_aggregator(name: str, source: str | None = None) -> str:
             "(e.g. 'DA01', 'AGIPD07'), since file names must split into 4 parts at '-'"
         )
     return name
+
+
+#: A sequence file name, ``RAW-R0001-AGIPD07-S00002.h5`` → data category, run, aggregator, sequence.
+FILE_NAME_PATTERN = re.compile(
+    r"^(?P<category>[A-Za-z]+)-R(?P<run>\d+)-(?P<aggregator>[A-Za-z0-9]+)-S(?P<sequence>\d+)\.h5$"
+)
+
+
+def parse_file_name(path: str | os.PathLike[str]) -> tuple[str, int, str, int]:
+    """``(category, run, aggregator, sequence)`` of a sequence file name.
+
+    Raises
+    ------
+    FileFormatError
+        The name does not follow ``CAT-R0001-AGG-S00000.h5``.
+    """
+    name = Path(path).name
+    m = FILE_NAME_PATTERN.match(name)
+    if m is None:
+        raise FileFormatError(
+            f"{name}: not a run file name of the form RAW-R0001-AGIPD00-S00000.h5"
+        )
+    return m["category"].upper(), int(m["run"]), m["aggregator"], int(m["sequence"])
 
 
 def run_file_name(data_category: str, run_number: int, aggregator: str, sequence: int) -> str:

@@ -48,11 +48,16 @@ from pulsetrain.files.mapped import Column, FileMaps
 from pulsetrain.files.naming import default_frame_group
 from pulsetrain.files.timestamps import TRAIN_PERIOD_NS, make_meta
 
-__all__ = ["RunInfo", "iter_run_trains", "open_run_dir", "run_info"]
+__all__ = ["BLOCK_BYTES", "RunInfo", "iter_run_trains", "open_run_dir", "run_info"]
 
 log = logging.getLogger(__name__)
 
 TrainSelection = slice | tuple[int, int] | None
+
+#: Bytes of data read at once (one *block* of trains), by default: of this reader, of the
+#: offline module-file reader and of the offline correction and reduction tasks.  It bounds
+#: the memory of a reader and of a task, and makes each HDF5 read large.
+BLOCK_BYTES = 64 << 20
 
 #: A block may hold this many times ``max_block_bytes`` of data served from memory maps.
 _MAPPED_BLOCK_FACTOR = 4
@@ -152,7 +157,7 @@ def iter_run_trains(
     trains: TrainSelection = None,
     require_all: bool = False,
     frame_groups: Callable[[str, str], bool] | None = None,
-    max_block_bytes: int = 64 << 20,
+    max_block_bytes: int = BLOCK_BYTES,
     max_block_trains: int = 256,
     zero_copy: bool = True,
 ) -> Iterator[tuple[int, dict[str, dict[str, Any]], dict[str, dict[str, Any]]]]:

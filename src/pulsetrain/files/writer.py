@@ -174,36 +174,19 @@ class RunWriter:
         min_free_bytes: int = 64 << 20,
         fsync: bool = False,
     ) -> None:
-        if data_category not in DATA_CATEGORIES:
-            raise ConfigurationError(
-                f"data_category must be one of {DATA_CATEGORIES}, not {data_category!r}"
-            )
-        if format_version not in FORMAT_VERSIONS:
-            raise ConfigurationError(
-                f"format_version must be one of {FORMAT_VERSIONS}, not {format_version!r} "
-                "(1.1 inverts INDEX/flag and is never written)"
-            )
-        if not 0 < int(proposal) <= 999_999:
-            raise ConfigurationError(f"proposal must be 1..999999, not {proposal!r}")
-        if not 0 < int(run_number) <= 9999:
-            raise ConfigurationError(f"run_number must be 1..9999, not {run_number!r}")
-        for name, value in (
-            ("sequence_trains", sequence_trains),
-            ("sequence_bytes", sequence_bytes),
-            ("flush_trains", flush_trains),
-        ):
-            if value is not None and int(value) < 1:
-                raise ConfigurationError(f"{name} must be at least 1 (or None), not {value!r}")
-        if int(chunk_trains) < 1 or int(chunk_bytes) < 1:
-            raise ConfigurationError("chunk_trains and chunk_bytes must be positive")
-        if compression not in (None, "gzip", "lzf"):
-            raise ConfigurationError(
-                f"compression must be None, 'gzip' or 'lzf', not {compression!r}"
-            )
-        if compression_level is not None and (
-            compression != "gzip" or not 0 <= compression_level <= 9
-        ):
-            raise ConfigurationError("compression_level needs compression='gzip' and 0..9")
+        _check_options(
+            data_category=data_category,
+            format_version=format_version,
+            proposal=proposal,
+            run_number=run_number,
+            sequence_trains=sequence_trains,
+            sequence_bytes=sequence_bytes,
+            flush_trains=flush_trains,
+            chunk_trains=chunk_trains,
+            chunk_bytes=chunk_bytes,
+            compression=compression,
+            compression_level=compression_level,
+        )
         self.run_dir = Path(run_dir)
         self.proposal = int(proposal)
         self.run_number = int(run_number)
@@ -227,19 +210,7 @@ class RunWriter:
         self._metadata = self._build_metadata(run_metadata or {})
         self._run_values = {s: dict(v) for s, v in (run_values or {}).items()}
         self._key_attributes = {s: dict(v) for s, v in (key_attributes or {}).items()}
-
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        prefix = f"{data_category}-R{self.run_number:04d}-"
-        existing = sorted(
-            p.name
-            for p in self.run_dir.iterdir()
-            if p.name.startswith(prefix) and p.name.endswith((".h5", ".h5" + PART_SUFFIX))
-        )
-        if existing:
-            raise ConfigurationError(
-                f"run directory {self.run_dir} already holds files of run {self.run_number} "
-                f"({existing[0]}, ...): use a new run number or directory"
-            )
+        self._claim_run_dir()
 
         self._lock = threading.RLock()
         self._aggregators: dict[str, _AggregatorState] = {}
@@ -253,6 +224,21 @@ class RunWriter:
         self._failure: StorageError | None = None
         self._closed = False
         self._started = time.time()
+
+    def _claim_run_dir(self) -> None:
+        """Create the run directory; refuse one holding files of this category and run."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        prefix = f"{self.data_category}-R{self.run_number:04d}-"
+        existing = sorted(
+            p.name
+            for p in self.run_dir.iterdir()
+            if p.name.startswith(prefix) and p.name.endswith((".h5", ".h5" + PART_SUFFIX))
+        )
+        if existing:
+            raise ConfigurationError(
+                f"run directory {self.run_dir} already holds files of run {self.run_number} "
+                f"({existing[0]}, ...): use a new run number or directory"
+            )
 
     # --- public properties ------------------------------------------------------------------
     @property
@@ -841,6 +827,49 @@ class RunWriter:
         self._failure = _storage_error(f, error, len(self._files), path)
         log.error("%s", self._failure)
         raise self._failure from error
+
+
+def _check_options(
+    *,
+    data_category: str,
+    format_version: str,
+    proposal: int,
+    run_number: int,
+    sequence_trains: int | None,
+    sequence_bytes: int | None,
+    flush_trains: int | None,
+    chunk_trains: int,
+    chunk_bytes: int,
+    compression: str | None,
+    compression_level: int | None,
+) -> None:
+    """Raise ConfigurationError for an option of :class:`RunWriter` out of its range."""
+    if data_category not in DATA_CATEGORIES:
+        raise ConfigurationError(
+            f"data_category must be one of {DATA_CATEGORIES}, not {data_category!r}"
+        )
+    if format_version not in FORMAT_VERSIONS:
+        raise ConfigurationError(
+            f"format_version must be one of {FORMAT_VERSIONS}, not {format_version!r} "
+            "(1.1 inverts INDEX/flag and is never written)"
+        )
+    if not 0 < int(proposal) <= 999_999:
+        raise ConfigurationError(f"proposal must be 1..999999, not {proposal!r}")
+    if not 0 < int(run_number) <= 9999:
+        raise ConfigurationError(f"run_number must be 1..9999, not {run_number!r}")
+    for name, value in (
+        ("sequence_trains", sequence_trains),
+        ("sequence_bytes", sequence_bytes),
+        ("flush_trains", flush_trains),
+    ):
+        if value is not None and int(value) < 1:
+            raise ConfigurationError(f"{name} must be at least 1 (or None), not {value!r}")
+    if int(chunk_trains) < 1 or int(chunk_bytes) < 1:
+        raise ConfigurationError("chunk_trains and chunk_bytes must be positive")
+    if compression not in (None, "gzip", "lzf"):
+        raise ConfigurationError(f"compression must be None, 'gzip' or 'lzf', not {compression!r}")
+    if compression_level is not None and (compression != "gzip" or not 0 <= compression_level <= 9):
+        raise ConfigurationError("compression_level needs compression='gzip' and 0..9")
 
 
 class _WriteFailed(Exception):

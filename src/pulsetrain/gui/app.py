@@ -21,7 +21,7 @@ import html
 import json
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +155,20 @@ class SceneSession:
             self.lock_button.disabled = not enabled
         self._show_mode()
 
-    # ------------------------------------------------------------ helpers for panels
+    # ------------------------------------------------------------ what panels use (Page)
+    @property
+    def preview_output(self) -> str:
+        """The output detector images show when their panel names none."""
+        return self.server.preview_output
+
+    def add_editor(self, widget: Any) -> None:
+        """Register a widget that changes devices: enabled only while the page may edit."""
+        self.editors.append(widget)
+
+    def count_image_push(self) -> None:
+        """Count one image sent to the browser (``image_pushes`` in ``/status.json``)."""
+        self.server.image_pushes += 1
+
     @contextlib.contextmanager
     def programmatic(self) -> Iterator[None]:
         """Change widgets from the server without their callbacks sending requests."""
@@ -178,7 +191,9 @@ class SceneSession:
             return "refused: enter the control token to change devices"
         return None
 
-    def request_set(self, device: str, key: str, value: Any, on_fail: Any = None) -> None:
+    def request_set(
+        self, device: str, key: str, value: Any, on_fail: Callable[[], None] | None = None
+    ) -> None:
         """Set a device property off the web thread; report the result in the page."""
         refusal = self._refuse()
         if refusal:  # checked here, on the server: a crafted page message cannot bypass it
@@ -210,7 +225,7 @@ class SceneSession:
     def _from_thread(self, callback: Any, future: Any) -> None:
         try:
             self.doc.add_next_tick_callback(functools.partial(callback, future))
-        except Exception:  # the page was closed meanwhile
+        except Exception:  # noqa: BLE001 - the page was closed meanwhile
             log.debug("page gone before a request finished")
 
     def _done(self, what: str, on_fail: Any, future: Any) -> None:
@@ -385,7 +400,7 @@ class GuiServer:
         try:
             self._server = self._create_server()
             self._server.start()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - reported by start() in the caller
             self._error = exc
             self._ready.set()
             return
@@ -420,7 +435,7 @@ class GuiServer:
         self._server = None
         self.backend.stop()
 
-    def __enter__(self) -> GuiServer:
+    def __enter__(self) -> GuiServer:  # noqa: PYI034
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

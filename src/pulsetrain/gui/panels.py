@@ -16,7 +16,8 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 import numpy as np
 from bokeh import palettes
@@ -43,13 +44,10 @@ from bokeh.models import (
 from bokeh.plotting import figure
 
 from pulsetrain.errors import ConfigurationError, PulsetrainError
-from pulsetrain.gui.backend import TapFrame, lookup
-from pulsetrain.gui.scene import Panel
+from pulsetrain.gui.backend import GuiBackend, TapFrame, lookup
+from pulsetrain.gui.scene import Panel, Scene
 
-if TYPE_CHECKING:  # pragma: no cover
-    from pulsetrain.gui.app import SceneSession
-
-__all__ = ["PropertyEditor", "RateLimiter", "build_panel", "css_name"]
+__all__ = ["Page", "PropertyEditor", "RateLimiter", "build_panel", "css_name"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +70,55 @@ STATE_COLOURS = {
     "OFF": "#6e6e6e",
     "INIT": "#6e6e6e",
 }
+
+
+class Page(Protocol):
+    """What a panel may use of the page it is placed on (:class:`~pulsetrain.gui.app.SceneSession`).
+
+    Attributes
+    ----------
+    backend : GuiBackend
+        The shared connection to the running topology (taps, polled values, schemas).
+    scene : Scene
+        The scene the page shows.
+    updating : bool
+        True while the server changes widgets itself (see :meth:`programmatic`): a widget's
+        callback must then not send the change to a device.
+    can_edit : bool
+        Whether this page may change devices (not read-only, control token entered).
+    preview_output : str
+        ``DEVICE:output`` a detector image shows when its panel names no source ("" if none).
+    """
+
+    backend: GuiBackend
+    scene: Scene
+    updating: bool
+
+    @property
+    def can_edit(self) -> bool: ...
+
+    @property
+    def preview_output(self) -> str: ...
+
+    def add_editor(self, widget: Any) -> None:
+        """Register a widget that changes devices: enabled only while the page may edit."""
+
+    def programmatic(self) -> AbstractContextManager[None]:
+        """Change widgets from the server without their callbacks sending requests."""
+
+    def message(self, text: str, error: bool = False) -> None:
+        """Show a one-line message at the top of the page."""
+
+    def request_set(
+        self, device: str, key: str, value: Any, on_fail: Callable[[], None] | None = None
+    ) -> None:
+        """Set a device property (checked and sent off the web thread)."""
+
+    def request_call(self, device: str, slot: str) -> None:
+        """Call a device slot (checked and sent off the web thread)."""
+
+    def count_image_push(self) -> None:
+        """Count one image sent to the browser (``image_pushes`` in ``/status.json``)."""
 
 
 def css_name(text: str) -> str:
@@ -143,7 +190,7 @@ class PropertyEditor:
     options and booleans are drop-downs, lists and dicts are JSON text.
     """
 
-    def __init__(self, session: SceneSession, device: str, key: str, entry: dict):
+    def __init__(self, session: Page, device: str, key: str, entry: dict):
         self.session = session
         self.device = device
         self.key = key
@@ -172,7 +219,7 @@ class PropertyEditor:
         if entry.get("description"):
             self.widget.description = entry["description"]
         self.widget.on_change("value", self._changed)
-        session.editors.append(self.widget)
+        session.add_editor(self.widget)
 
     def _text(self, value: Any) -> str:
         if value is None:
@@ -269,7 +316,7 @@ class PanelBase:
 
     default_width = 560
 
-    def __init__(self, session: SceneSession, panel: Panel):
+    def __init__(self, session: Page, panel: Panel):
         self.session = session
         self.panel = panel
         self.backend = session.backend
@@ -297,7 +344,7 @@ class PanelBase:
 class ErrorPanel(PanelBase):
     """Shown instead of a panel that cannot be built (unknown output, unreachable device)."""
 
-    def __init__(self, session: SceneSession, panel: Panel, message: str):
+    def __init__(self, session: Page, panel: Panel, message: str):
         super().__init__(session, panel)
         self.layout = self.wrap(
             Div(text=f"<span style='color:#c01c28'>{html.escape(message)}</span>", width=self.width)
@@ -309,7 +356,7 @@ class DetectorImagePanel(PanelBase):
 
     default_width = 620
 
-    def __init__(self, session: SceneSession, panel: Panel, output: str):
+    def __init__(self, session: Page, panel: Panel, output: str):
         super().__init__(session, panel)
         self.output = output
         self.device = output.rsplit(":", 1)[0]
@@ -323,8 +370,32 @@ class DetectorImagePanel(PanelBase):
         self.n_pulses = 0
         self.pushes: list[float] = []
         self.status_time = 0.0
-        i = panel.index
-        self.source = ColumnDataSource(
+        palette = list(getattr(palettes, panel["palette"]))
+        self.source = self._image_source()
+        self.fig = self._image_figure(palette)
+        self.bar_fig = self._colour_bar(palette)
+        self.slider, self.pause = self._pulse_controls()
+        self.status = Div(
+            text="waiting for the first train ...",
+            width=self.width,
+            name=f"image-status-{panel.index}",
+            css_classes=["pt-image-status"],
+        )
+        children: list[Any] = [
+            row(self.fig, self.bar_fig),
+            row(self.slider, self.pause),
+            self.status,
+        ]
+        self.editors = self._property_editors() if panel["controls"] else []
+        if self.editors:
+            children.append(row(*[e.widget for e in self.editors]))
+        self.layout = self.wrap(*children)
+
+    # ------------------------------------------------------------ building
+    def _image_source(self) -> ColumnDataSource:
+        """The data source of the image, counting its updates in the page (``window.pulsetrain``)."""
+        i = self.panel.index
+        source = ColumnDataSource(
             {
                 "image": [np.zeros((1, 1), dtype=np.uint8)],
                 "dw": [1],
@@ -335,7 +406,7 @@ class DetectorImagePanel(PanelBase):
             name=f"image-source-{i}",
         )
         # A counter in the page, for tests and for a glance at the browser's frame rate.
-        self.source.js_on_change(
+        source.js_on_change(
             "data",
             CustomJS(
                 args={"key": f"image-{i}"},
@@ -347,49 +418,61 @@ class DetectorImagePanel(PanelBase):
         """,
             ),
         )
-        palette = list(getattr(palettes, panel["palette"]))
-        # level 0 is "no detector pixel" (tile gaps, missing modules): drawn in grey
+        return source
+
+    def _image_figure(self, palette: list[str]) -> Any:
+        """The figure drawing the uint8 image (level 0, no detector pixel, in grey)."""
         self.mapper = LinearColorMapper(palette=[GAP_COLOUR, *palette[1:]], low=0, high=255)
-        self.fig = figure(
+        fig = figure(
             frame_width=self.width - 90,
             frame_height=self.width - 90,
             x_range=Range1d(0, 1),
             y_range=Range1d(1, 0),  # row 0 at the top
             tools="pan,wheel_zoom,box_zoom,reset,save",
             toolbar_location="above",
-            name=f"image-figure-{i}",
+            name=f"image-figure-{self.panel.index}",
         )
-        self.fig.grid.visible = False
-        self.fig.axis.visible = False
-        renderer = self.fig.image(
+        fig.grid.visible = False
+        fig.axis.visible = False
+        renderer = fig.image(
             image="image", x=0, y=0, dw="dw", dh="dh", source=self.source, color_mapper=self.mapper
         )
-        self.fig.add_tools(
+        fig.add_tools(
             HoverTool(
                 renderers=[renderer], tooltips=[("x, y", "$x{0}, $y{0}"), ("level", "@image")]
             )
         )
-        # The colour bar lives in a figure of its own, refreshed with the status line: drawn in
-        # the image's figure it would be redrawn with every image (about 40 % of the browser's
-        # work for this panel at 10 Hz, measured).
+        return fig
+
+    def _colour_bar(self, palette: list[str]) -> Any:
+        """The colour bar, in a figure of its own refreshed with the status line.
+
+        Drawn in the image's figure it would be redrawn with every image (about 40 % of the
+        browser's work for this panel at 10 Hz, measured).
+        """
         self.bar_mapper: LinearColorMapper | LogColorMapper = LinearColorMapper(
             palette=palette, low=0, high=1
         )
         self.bar = ColorBar(color_mapper=self.bar_mapper, width=12, title="value", location=(0, 0))
-        self.bar_fig = figure(
+        bar_fig = figure(
             frame_width=1,
             frame_height=self.width - 90,
             width=80,
             toolbar_location=None,
             min_border_top=36,
             outline_line_color=None,
-            name=f"image-colourbar-{i}",
+            name=f"image-colourbar-{self.panel.index}",
         )
-        self.bar_fig.axis.visible = False
-        self.bar_fig.grid.visible = False
-        self.bar_fig.scatter([], [])  # a figure needs a renderer
-        self.bar_fig.add_layout(self.bar, "right")
-        self.slider = Slider(
+        bar_fig.axis.visible = False
+        bar_fig.grid.visible = False
+        bar_fig.scatter([], [])  # a figure needs a renderer
+        bar_fig.add_layout(self.bar, "right")
+        return bar_fig
+
+    def _pulse_controls(self) -> tuple[Slider, Toggle]:
+        """The pulse slider and the freeze toggle."""
+        i = self.panel.index
+        slider = Slider(
             start=0,
             end=1,
             value=0,
@@ -400,35 +483,25 @@ class DetectorImagePanel(PanelBase):
             name=f"pulse-slider-{i}",
             css_classes=["pt-pulse-slider"],
         )
-        self.slider.on_change("value", self._pulse_changed)
-        self.pause = Toggle(
+        slider.on_change("value", self._pulse_changed)
+        pause = Toggle(
             label="freeze", active=False, width=90, name=f"pause-{i}", css_classes=["pt-pause"]
         )
-        self.pause.on_change("active", self._pause_changed)
-        self.status = Div(
-            text="waiting for the first train ...",
-            width=self.width,
-            name=f"image-status-{i}",
-            css_classes=["pt-image-status"],
-        )
-        children: list[Any] = [
-            row(self.fig, self.bar_fig),
-            row(self.slider, self.pause),
-            self.status,
-        ]
-        self.editors: list[PropertyEditor] = []
-        if panel["controls"]:
-            schema = self.backend.schema(self.device) or {}
-            props = schema.get("properties", {})
-            for key in IMAGE_CONTROLS:
-                entry = props.get(key)
-                if entry and entry.get("access") == "reconfigurable":
-                    editor = PropertyEditor(session, self.device, key, entry)
-                    editor.widget.width = 95
-                    self.editors.append(editor)
-            if self.editors:
-                children.append(row(*[e.widget for e in self.editors]))
-        self.layout = self.wrap(*children)
+        pause.on_change("active", self._pause_changed)
+        return slider, pause
+
+    def _property_editors(self) -> list[PropertyEditor]:
+        """Editors of the preview device's reconfigurable :data:`IMAGE_CONTROLS`."""
+        schema = self.backend.schema(self.device) or {}
+        props = schema.get("properties", {})
+        editors = []
+        for key in IMAGE_CONTROLS:
+            entry = props.get(key)
+            if entry and entry.get("access") == "reconfigurable":
+                editor = PropertyEditor(self.session, self.device, key, entry)
+                editor.widget.width = 95
+                editors.append(editor)
+        return editors
 
     # ------------------------------------------------------------ interaction
     def _pulse_changed(self, attr: str, old: Any, new: Any) -> None:
@@ -495,7 +568,7 @@ class DetectorImagePanel(PanelBase):
             "pulse": [pulse],
         }
         self.shown = (frame.seq, self.pulse)
-        self.session.server.image_pushes += 1
+        self.session.count_image_push()
         now = time.monotonic()
         self.pushes = [t for t in self.pushes[-30:] if now - t < 3.0] + [now]
         # The status line and the colour bar change layout in the browser: refresh them at most
@@ -554,7 +627,7 @@ class DetectorImagePanel(PanelBase):
 class LinePanel(PanelBase):
     """One or more curves from a pipeline output (e.g. an azimuthal profile)."""
 
-    def __init__(self, session: SceneSession, panel: Panel):
+    def __init__(self, session: Page, panel: Panel):
         super().__init__(session, panel)
         self.tap = self.backend.tap(panel["source"])
         # A plot redraw costs the browser as much as an image: profiles default to 2 per second.
@@ -638,7 +711,7 @@ class TrendPanel(PanelBase):
     #: Seconds over which a counter's rate is averaged.
     RATE_WINDOW = 2.0
 
-    def __init__(self, session: SceneSession, panel: Panel):
+    def __init__(self, session: Page, panel: Panel):
         super().__init__(session, panel)
         self.series = panel["series"]
         self.window = float(panel["window"])
@@ -718,7 +791,7 @@ class CountersPanel(PanelBase):
         "latency p99",
     )
 
-    def __init__(self, session: SceneSession, panel: Panel):
+    def __init__(self, session: Page, panel: Panel):
         super().__init__(session, panel)
         self.devices = [d["id"] for d in panel["devices"]] or list(self.backend.device_ids)
         self.table = Div(
@@ -803,7 +876,7 @@ class DevicePanel(PanelBase):
 
     default_width = 620
 
-    def __init__(self, session: SceneSession, panel: Panel):
+    def __init__(self, session: Page, panel: Panel):
         super().__init__(session, panel)
         entries = panel["devices"] or [{"id": d, "properties": []} for d in self.backend.device_ids]
         self.cards: list[dict[str, Any]] = []
@@ -830,21 +903,14 @@ class DevicePanel(PanelBase):
             name=f"device-head:{device}",
         )
         schema = self.backend.schema(device)
-        if device not in self.backend.devices():
+        if device not in self.backend.devices() or schema is None:
             head.text = (
                 f"<span style='color:#c01c28'>{html.escape(device)}: not in the "
                 "running topology</span>"
+                if device not in self.backend.devices()
+                else f"{html.escape(device)}: unreachable"
             )
-            return {
-                "device": device,
-                "head": head,
-                "editors": [],
-                "table": None,
-                "readonly": [],
-                "layout": column(head),
-            }
-        if schema is None:
-            head.text = f"{html.escape(device)}: unreachable"
+            # a card without a table: on_poll leaves it alone
             return {
                 "device": device,
                 "head": head,
@@ -875,7 +941,7 @@ class DevicePanel(PanelBase):
                 css_classes=["pt-slot", f"pt-slot-{css_name(device)}-{slot_name}"],
             )
             button.on_click(self._slot_callback(device, slot_name))
-            self.session.editors.append(button)
+            self.session.add_editor(button)
             buttons.append(button)
         table = Div(text="", width=self.width - 20, css_classes=["pt-readonly"])
         grid = [row(*editors_row) for editors_row in _chunks([e.widget for e in editors], 4)]
@@ -924,11 +990,11 @@ def _chunks(items: list, n: int) -> list[list]:
     return [items[i : i + n] for i in range(0, len(items), n)]
 
 
-def build_panel(session: SceneSession, panel: Panel) -> PanelBase:
+def build_panel(session: Page, panel: Panel) -> PanelBase:
     """Build the Bokeh panel for a scene panel (an error panel if it cannot be built)."""
     try:
         if panel.type == "detector_image":
-            output = panel["source"] or session.server.preview_output
+            output = panel["source"] or session.preview_output
             if not output:
                 raise ConfigurationError(
                     "no preview output: give 'source' in the scene, "

@@ -3,8 +3,8 @@
 * :func:`correct_run` - a raw run into a CORR run (``pulsetrain correct``), one task per module
   sequence file, with the online correction's function and options.
 * :func:`reduce_run` - per-pulse azimuthal profiles, hit flags and statistics of a corrected
-  run as an :class:`xarray.Dataset` (``pulsetrain reduce``); :func:`write_reduced` stores it as
-  NeXus-style HDF5.
+  run as an :class:`xarray.Dataset` (``pulsetrain reduce``; :func:`reduce_run_lazy` for a
+  dask-backed one); :func:`write_reduced` stores it as NeXus-style HDF5.
 * :class:`ClusterConfig` / :func:`open_client` - a local cluster, an existing scheduler or SLURM.
 
 See ``docs/offline.md``.
@@ -27,6 +27,7 @@ from pulsetrain.offline.reduce import (
     ReductionParameters,
     read_reduced,
     reduce_run,
+    reduce_run_lazy,
     write_reduced,
 )
 from pulsetrain.offline.runfiles import RunLayout, scan_run
@@ -44,6 +45,7 @@ __all__ = [
     "plan_correction",
     "read_reduced",
     "reduce_run",
+    "reduce_run_lazy",
     "scan_run",
     "slurm_cluster",
     "write_reduced",

@@ -39,6 +39,7 @@ __all__ = [
     "numba_threads",
     "open_client",
     "run_tasks",
+    "set_numba_threads",
     "slurm_cluster",
 ]
 
@@ -397,6 +398,16 @@ def numba_threads(client: Any) -> int:
         return max(1, min(nthreads) if nthreads else 1)
     except Exception:  # noqa: BLE001 - a scheduler that cannot tell: be conservative
         return 1
+
+
+def set_numba_threads(n: int) -> None:
+    """Let numba kernels in this (worker) process use ``n`` threads (within numba's limit)."""
+    try:
+        import numba
+
+        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    except Exception:  # numba missing or refusing: keep its default
+        log.debug("could not set numba threads to %s", n, exc_info=True)
 
 
 def run_tasks(

@@ -43,19 +43,27 @@ import h5py
 import numpy as np
 
 from pulsetrain.errors import ConfigurationError, FileFormatError
+from pulsetrain.files.naming import (
+    FORMAT_VERSIONS,
+    corrected_source_name,
+    default_aggregator,
+    parse_file_name,
+    run_file_name,
+)
+from pulsetrain.files.reader import BLOCK_BYTES
 from pulsetrain.offline.cluster import (
     ClusterConfig,
     caller_objects_frozen,
     numba_threads,
     open_client,
     run_tasks,
+    set_numba_threads,
     worker_task,
 )
 from pulsetrain.offline.runfiles import (
     ModuleFileReader,
     RunLayout,
     file_crc32,
-    parse_file_name,
     read_json,
     scan_run,
     write_json_atomic,
@@ -68,7 +76,6 @@ __all__ = [
     "CorrectionOptions",
     "CorrectionReport",
     "correct_run",
-    "corrected_source_name",
     "find_constant_ids",
     "module_placement",
     "plan_correction",
@@ -91,13 +98,6 @@ DEFAULT_CONDITIONS: dict[str, Any] = {
 }
 #: Version of the sidecar format; a different version means "not verified".
 _SIDECAR_FORMAT = 1
-
-
-def corrected_source_name(raw_source: str) -> str:
-    """``SPB_DET_AGIPD1M-1/DET/7CH0:xtdf`` → ``SPB_DET_AGIPD1M-1/CORR/7CH0:output``."""
-    from pulsetrain.devices.correction import corrected_source_name as online_name
-
-    return online_name(raw_source)
 
 
 @dataclass(frozen=True)
@@ -146,9 +146,6 @@ class ConstantsQuery:
     def at_datetime(self) -> datetime:
         return datetime.fromisoformat(self.at)
 
-
-#: Raw bytes read and corrected at once per task, by default.
-BLOCK_BYTES = 64 << 20
 
 @dataclass(frozen=True)
 class ModuleTask:
@@ -262,18 +259,25 @@ def find_constant_ids(query: ConstantsQuery, modules: Sequence[int]) -> dict[int
 
     Raises
     ------
-    ConstantNotFoundError
-        Naming every missing module and type and why the candidates did not match.
+    MissingConstantsError
+        One summary of every missing module and type, the conditions asked and how the
+        nearest constants in the catalogue differ (see
+        :func:`~pulsetrain.offline.missing_constants.missing_constants_error`).
     """
     from pulsetrain.catalog.agipd import REQUIRED_TYPES
+    from pulsetrain.offline.missing_constants import missing_constants_error
 
-    records = _catalog(query.catalog_url).find_constants_of_modules(
-        query.detector,
-        list(modules),
-        query.conditions_obj(),
-        query.at_datetime(),
-        types=REQUIRED_TYPES,
+    catalog = _catalog(query.catalog_url)
+    modules = list(modules)
+    conditions, at = query.conditions_obj(), query.at_datetime()
+    records = catalog.find_constants_of_modules(
+        query.detector, modules, conditions, at, types=REQUIRED_TYPES, missing_ok=True
     )
+    error = missing_constants_error(
+        catalog, query.detector, records, modules, REQUIRED_TYPES, conditions, at
+    )
+    if error is not None:
+        raise error
     return {m: {t: int(r.id) for t, r in found.items()} for m, found in records.items()}
 
 
@@ -308,15 +312,6 @@ def _load_constants(catalog_url: str, detector: str, module: int, ids: dict[str,
             total -= old.nbytes
         log.info("module %d: constants %s loaded (%.0f MB)", module, ids, constants.nbytes / 1e6)
         return constants
-
-
-def _set_numba_threads(n: int) -> None:
-    try:
-        import numba
-
-        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
-    except Exception:
-        log.debug("could not set numba threads to %s", n, exc_info=True)
 
 
 def _input_identity(path: Path) -> dict[str, Any]:
@@ -443,7 +438,7 @@ def correct_module_file(task: ModuleTask) -> dict[str, Any]:
         )
         return result
 
-    _set_numba_threads(task.numba_threads)
+    set_numba_threads(task.numba_threads)
     constants = _load_constants(task.query.catalog_url, task.query.detector, task.module, ids)
     options = task.options.kwargs()
     _remove(sidecar_path)
@@ -507,7 +502,7 @@ def _write_index_and_small_keys(
     (:data:`FRAME_KEYS`) are added afterwards by :func:`_write_corrected_frames`.
     """
     from pulsetrain.calibration.correction import CARRIED_KEYS
-    from pulsetrain.files import RunWriter, make_meta, run_file_name
+    from pulsetrain.files import RunWriter, make_meta
 
     keys = [k for k in CARRIED_KEYS if reader.has_key(k)]
     if "image.cellId" not in keys:
@@ -535,7 +530,7 @@ def _write_index_and_small_keys(
                 writer.write_train({out_source: values}, {out_source: meta})
             trains += int(block.train_ids.size)
             frames += block.frames
-    produced = staging / run_file_name("CORR", task.run_number, _aggregator(out_source), 0)
+    produced = staging / run_file_name("CORR", task.run_number, default_aggregator(out_source), 0)
     return (produced if produced.exists() else None), trains, frames
 
 
@@ -681,12 +676,6 @@ def copy_run_file(task: CopyTask) -> dict[str, Any]:
     return result
 
 
-def _aggregator(source: str) -> str:
-    from pulsetrain.files import default_aggregator
-
-    return default_aggregator(source)
-
-
 # ------------------------------------------------------------------------------ client side
 def _file_trains(path: Path) -> int:
     with h5py.File(path, "r") as f:
@@ -718,20 +707,54 @@ def plan_correction(
 
     Raises
     ------
-    ConstantNotFoundError
-        A module has no constants matching the query (checked here, before any worker starts).
+    MissingConstantsError
+        Modules lack constants matching the query (checked here, before any worker starts).
     """
-    from pulsetrain.catalog import Conditions, resolve_url
-
     if verify not in ("index", "checksum"):
         raise ConfigurationError(f"verify must be 'index' or 'checksum', not {verify!r}")
     layout = scan_run(raw_run, kind="DET", modules=modules)
+    out = _output_dir(out_dir, layout)
+    query = _constants_query(layout, catalog, detector, conditions, constants_time)
+    # Before any worker starts: MissingConstantsError names what is missing.
+    constant_ids = find_constant_ids(query, layout.modules)
+    out.mkdir(parents=True, exist_ok=True)
+    common = {"output_dir": str(out), "force": force, "verify": verify}
+    tasks: list[ModuleTask | CopyTask] = list(
+        _module_tasks(
+            layout,
+            query,
+            constant_ids,
+            options or CorrectionOptions(),
+            max_block_bytes=int(max_block_bytes),
+            **common,
+        )
+    )
+    if copy_other:
+        tasks += _copy_tasks(layout, **common)
+    return layout, tasks, query
+
+
+def _output_dir(out_dir: str | os.PathLike[str], layout: RunLayout) -> Path:
+    """The CORR run directory (resolved); never the raw run's own directory."""
     out = Path(out_dir).expanduser().resolve()
     if out == layout.run_dir:
         raise ConfigurationError(
             f"the output directory {out} is the raw run directory; write CORR runs elsewhere "
             "(e.g. proc/r0001)"
         )
+    return out
+
+
+def _constants_query(
+    layout: RunLayout,
+    catalog: str | None,
+    detector: str,
+    conditions: Mapping[str, Any] | Any | None,
+    constants_time: datetime | str | None,
+) -> ConstantsQuery:
+    """The look-up every module's constants are found with: conditions and time resolved."""
+    from pulsetrain.catalog import Conditions, resolve_url
+
     if isinstance(conditions, Conditions):
         cond = conditions
     else:
@@ -750,63 +773,66 @@ def plan_correction(
         at = constants_time
     if at.tzinfo is None:
         at = at.replace(tzinfo=timezone.utc)
-    query = ConstantsQuery(
+    return ConstantsQuery(
         catalog_url=resolve_url(catalog),
         detector=detector,
         conditions=tuple(sorted(cond.as_dict().items())),
         at=at.isoformat(),
     )
-    # Before any worker starts: ConstantNotFoundError names what is missing.
-    constant_ids = find_constant_ids(query, layout.modules)
-    out.mkdir(parents=True, exist_ok=True)
-    options = options or CorrectionOptions()
+
+
+def _module_tasks(
+    layout: RunLayout,
+    query: ConstantsQuery,
+    constant_ids: Mapping[int, Mapping[str, int]],
+    options: CorrectionOptions,
+    **common: Any,
+) -> Iterable[ModuleTask]:
+    """One task per module sequence file, module by module (a worker tends to meet the same
+    module again)."""
     run_metadata = (("run_type", layout.run_type), ("sample", layout.sample))
-    fmt = layout.format_version if layout.format_version in ("1.2", "1.3") else "1.3"
-    tasks: list[ModuleTask | CopyTask] = []
+    fmt = layout.format_version if layout.format_version in FORMAT_VERSIONS else "1.3"
     for source in sorted(layout.module_sources, key=layout.module_sources.get):
         module = layout.module_sources[source]
+        aggregator = default_aggregator(corrected_source_name(source))
         for path in layout.module_files[source]:
             seq = parse_file_name(path)[3]
-            name = f"CORR-R{layout.run_number:04d}-{_aggregator(corrected_source_name(source))}-S{seq:05d}.h5"
-            tasks.append(
-                ModuleTask(
-                    input_path=str(path),
-                    source=source,
-                    module=module,
-                    sequence=seq,
-                    output_dir=str(out),
-                    output_name=name,
-                    trains=layout.file_trains.get(path) or _file_trains(path),
-                    proposal=layout.proposal or 900001,
-                    run_number=layout.run_number,
-                    format_version=fmt,
-                    run_metadata=run_metadata,
-                    query=query,
-                    constant_ids=tuple(sorted(constant_ids[module].items())),
-                    options=options,
-                    force=force,
-                    verify=verify,
-                    max_block_bytes=int(max_block_bytes),
-                )
+            yield ModuleTask(
+                input_path=str(path),
+                source=source,
+                module=module,
+                sequence=seq,
+                output_name=run_file_name("CORR", layout.run_number, aggregator, seq),
+                trains=layout.file_trains.get(path) or _file_trains(path),
+                proposal=layout.proposal or 900001,
+                run_number=layout.run_number,
+                format_version=fmt,
+                run_metadata=run_metadata,
+                query=query,
+                constant_ids=tuple(sorted(constant_ids[module].items())),
+                options=options,
+                **common,
             )
-    if copy_other:
-        for path in layout.other_files:
-            try:
-                _category, run, agg, seq = parse_file_name(path)
-            except FileFormatError:
-                log.warning("%s: not a run file name; not copied", path.name)
-                continue
-            tasks.append(
-                CopyTask(
-                    input_path=str(path),
-                    output_dir=str(out),
-                    output_name=f"CORR-R{run:04d}-{agg}-S{seq:05d}.h5",
-                    trains=layout.file_trains.get(path) or _file_trains(path),
-                    force=force,
-                    verify=verify,
-                )
+
+
+def _copy_tasks(layout: RunLayout, **common: Any) -> list[CopyTask]:
+    """One task per file without module data (slow data, cameras): copied as it is."""
+    tasks = []
+    for path in layout.other_files:
+        try:
+            _category, run, agg, seq = parse_file_name(path)
+        except FileFormatError:
+            log.warning("%s: not a run file name; not copied", path.name)
+            continue
+        tasks.append(
+            CopyTask(
+                input_path=str(path),
+                output_name=run_file_name("CORR", run, agg, seq),
+                trains=layout.file_trains.get(path) or _file_trains(path),
+                **common,
             )
-    return layout, tasks, query
+        )
+    return tasks
 
 
 def correct_run(
@@ -877,8 +903,8 @@ def correct_run(
 
     Raises
     ------
-    ConstantNotFoundError
-        Constants are missing for a module (before any work starts).
+    MissingConstantsError
+        Constants are missing (one summary of all modules; before any work starts).
     BatchJobError
         A task failed (the message names the file and the cause).
     """
@@ -899,39 +925,29 @@ def correct_run(
     )
     out = Path(tasks[0].output_dir) if tasks else Path(out_dir).resolve()
     report = CorrectionReport(out_dir=out)
-    n_modules = max(1, len(layout.modules))
+    _execute(tasks, layout, report, cluster=cluster, client=client, progress=progress)
+    _sum_up(report, layout)
+    if record:
+        report.run_record = _record(layout, report, query)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _execute(
+    tasks: Sequence[ModuleTask | CopyTask],
+    layout: RunLayout,
+    report: CorrectionReport,
+    *,
+    cluster: ClusterConfig | None,
+    client: Any,
+    progress: bool,
+) -> None:
+    """Run the tasks on Dask, adding each result to the report as it comes."""
     total = sum(t.trains for t in tasks if isinstance(t, ModuleTask))
-    bar = _progress_bar(total, n_modules, progress)
+    bar = _progress_bar(total, max(1, len(layout.modules)), progress)
     try:
         with caller_objects_frozen(), open_client(cluster, client) as c:
-            threads = numba_threads(c)
-            placement = module_placement(layout.modules, list(c.scheduler_info()["workers"]))
-            futures = {}
-            for i, task in enumerate(tasks):
-                if isinstance(task, ModuleTask):
-                    task = _with_threads(task, threads)
-                    where = placement.get(task.module)
-                    fut = c.submit(
-                        correct_module_file,
-                        task,
-                        pure=False,
-                        key=f"correct-{task.output_name}-{uuid.uuid4().hex[:6]}",
-                        priority=len(tasks) - i,
-                        **({"workers": [where], "allow_other_workers": True} if where else {}),
-                    )
-                else:
-                    fut = c.submit(
-                        copy_run_file,
-                        task,
-                        pure=False,
-                        key=f"copy-{task.output_name}-{uuid.uuid4().hex[:6]}",
-                        priority=-1,
-                    )
-                futures[fut] = task
-
-            def describe(fut) -> str:
-                task = futures[fut]
-                return f"{Path(task.input_path).name} -> {task.output_name}"
+            futures = _submit(c, tasks, layout.modules)
 
             def on_result(fut, result) -> None:
                 report.files.append(result)
@@ -941,18 +957,52 @@ def correct_run(
                         f"{len(report.skipped)} skipped" if report.skipped else "", refresh=False
                     )
 
-            run_tasks(c, list(futures), describe, on_result)
+            run_tasks(c, list(futures), lambda fut: _describe(futures[fut]), on_result)
     finally:
         bar.close()
+
+
+def _submit(client: Any, tasks: Sequence[ModuleTask | CopyTask], modules: Sequence[int]):
+    """Submit the tasks in order (module tasks placed by :func:`module_placement`, copies
+    last); returns ``{future: task}``."""
+    threads = numba_threads(client)
+    placement = module_placement(modules, list(client.scheduler_info()["workers"]))
+    futures = {}
+    for i, task in enumerate(tasks):
+        if isinstance(task, ModuleTask):
+            task = _with_threads(task, threads)
+            where = placement.get(task.module)
+            fut = client.submit(
+                correct_module_file,
+                task,
+                pure=False,
+                key=f"correct-{task.output_name}-{uuid.uuid4().hex[:6]}",
+                priority=len(tasks) - i,
+                **({"workers": [where], "allow_other_workers": True} if where else {}),
+            )
+        else:
+            fut = client.submit(
+                copy_run_file,
+                task,
+                pure=False,
+                key=f"copy-{task.output_name}-{uuid.uuid4().hex[:6]}",
+                priority=-1,
+            )
+        futures[fut] = task
+    return futures
+
+
+def _describe(task: ModuleTask | CopyTask) -> str:
+    return f"{Path(task.input_path).name} -> {task.output_name}"
+
+
+def _sum_up(report: CorrectionReport, layout: RunLayout) -> None:
+    """Sort the results (module files first) and collect the constants used per module."""
     report.files.sort(key=lambda r: (r["kind"] != "module", r["output"] or ""))
     for r in report.files:
         if r["kind"] == "module":
             report.constants.setdefault(r["module"], {}).update(r["constants"])
     report.trains = int(layout.train_ids.size)
-    if record:
-        report.run_record = _record(layout, report, query)
-    report.seconds = time.perf_counter() - t0
-    return report
 
 
 def module_placement(modules: Sequence[int], workers: Sequence[str]) -> dict[int, str]:

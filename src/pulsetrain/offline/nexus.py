@@ -33,6 +33,7 @@ import h5py
 import numpy as np
 
 from pulsetrain.errors import FileFormatError
+from pulsetrain.offline.combine import mean_profile
 
 __all__ = ["ReducedFileWriter", "read_reduced"]
 
@@ -72,8 +73,8 @@ class ReducedFileWriter:
     """Write the results of a reduction into a NeXus-style HDF5 file.
 
     The frame index and axes are written at once; per-frame results arrive in any order with
-    :meth:`write_frames`.  The file is written as ``<path>.part`` and renamed when closed
-    without an error.
+    :meth:`write_frames`.  The file is written as ``<path>.part`` and renamed by :meth:`close`;
+    :meth:`discard` (or leaving a ``with`` block by an exception) deletes it instead.
 
     Parameters
     ----------
@@ -105,15 +106,30 @@ class ReducedFileWriter:
         self.path = Path(path)
         self.part = self.path.with_name(self.path.name + ".part")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        n = int(np.asarray(train_id).size)
-        self.n = n
+        self.n = int(np.asarray(train_id).size)
         self.npt = int(npt)
         self._chunk_totals: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._totals: tuple[np.ndarray, np.ndarray] | None = None
-        unit = str(attributes.get("unit", ""))
-        f = self.f = h5py.File(self.part, "w")
+        self.frame_sets: dict[str, h5py.Dataset] = {}
+        self.f = h5py.File(self.part, "w")
         now = datetime.now(timezone.utc).isoformat()
-        f.attrs.update(
+        entry = self._entry(attributes, now)
+        prof = self._profiles(entry, radial, str(attributes.get("unit", "")))
+        for name, arr in (("train_id", train_id), ("pulse_id", pulse_id), ("cell_id", cell_id)):
+            prof[name] = np.asarray(arr)
+            prof.attrs[f"{name}_indices"] = 0
+        self._mean_profile(entry, prof, pixels_per_bin)
+        hits = self._hits(entry, attributes)
+        stats = self._statistics(entry)
+        for group in (hits, stats):  # the frame axis and index stored once, hard-linked
+            for name in ("frame", "train_id", "pulse_id", "cell_id"):
+                group[name] = prof[name]
+        self._reduction(entry, attributes, now)
+
+    # ------------------------------------------------------------ the groups of the layout
+    def _entry(self, attributes: dict[str, Any], now: str) -> h5py.Group:
+        """The root's attributes and ``/entry`` (NXentry) with the run's description."""
+        self.f.attrs.update(
             {
                 "NX_class": "NXroot",
                 "default": "entry",
@@ -123,7 +139,7 @@ class ReducedFileWriter:
                 "HDF5_Version": h5py.version.hdf5_version,
             }
         )
-        entry = f.create_group("entry")
+        entry = self.f.create_group("entry")
         entry.attrs.update({"NX_class": "NXentry", "default": "profiles"})
         run = attributes.get("run_number", 0)
         entry["title"] = f"azimuthal profiles, hits and statistics of run {run}"
@@ -133,7 +149,11 @@ class ReducedFileWriter:
         entry["proposal"] = int(attributes.get("proposal", 0))
         entry["run_number"] = int(run)
         entry["start_time"] = now
+        return entry
 
+    def _profiles(self, entry: h5py.Group, radial: np.ndarray, unit: str) -> h5py.Group:
+        """``/entry/profiles`` (NXdata): the per-frame ``intensity`` and the axes."""
+        n = self.n
         prof = entry.create_group("profiles")
         prof.attrs.update(
             {
@@ -161,10 +181,12 @@ class ReducedFileWriter:
         prof["radial"].attrs.update(
             {"units": _UNITS.get(unit, unit), "pulsetrain_unit": unit, "long_name": unit}
         )
-        for name, arr in (("train_id", train_id), ("pulse_id", pulse_id), ("cell_id", cell_id)):
-            prof[name] = np.asarray(arr)
-            prof.attrs[f"{name}_indices"] = 0
+        return prof
 
+    def _mean_profile(
+        self, entry: h5py.Group, prof: h5py.Group, pixels_per_bin: np.ndarray
+    ) -> None:
+        """``/entry/mean_profile`` (NXdata): filled when the file is closed."""
         mean = entry.create_group("mean_profile")
         mean.attrs.update(
             {
@@ -182,16 +204,21 @@ class ReducedFileWriter:
         self.bin_count = mean.create_dataset("bin_pixel_count", shape=(self.npt,), dtype=np.int64)
         mean["pixels_per_bin"] = np.asarray(pixels_per_bin, np.int64)
 
+    def _hits(self, entry: h5py.Group, attributes: dict[str, Any]) -> h5py.Group:
+        """``/entry/hits`` (NXdata): peaks per frame and the hit flag."""
+        n = self.n
         hits = entry.create_group("hits")
         hits.attrs.update(
             {"NX_class": "NXdata", "signal": "n_peaks", "axes": _names("frame"), "frame_indices": 0}
         )
-        self.frame_sets: dict[str, h5py.Dataset] = {}
         self.frame_sets["n_peaks"] = hits.create_dataset("n_peaks", shape=(n,), dtype=np.int64)
         self.frame_sets["is_hit"] = hits.create_dataset("is_hit", shape=(n,), dtype=np.bool_)
         hits["is_hit"].attrs["min_peaks"] = int(attributes.get("min_peaks", 0))
         hits["n_peaks"].attrs["threshold"] = float(attributes.get("hit_threshold", 0.0))
+        return hits
 
+    def _statistics(self, entry: h5py.Group) -> h5py.Group:
+        """``/entry/statistics`` (NXdata): pixel statistics per frame."""
         stats = entry.create_group("statistics")
         stats.attrs.update(
             {
@@ -207,12 +234,12 @@ class ReducedFileWriter:
             )
             fill = np.nan if dtype == np.float64 else 0
             self.frame_sets[name] = stats.create_dataset(
-                name, shape=(n,), dtype=dtype, fillvalue=fill
+                name, shape=(self.n,), dtype=dtype, fillvalue=fill
             )
-        for group in (hits, stats):
-            for name in ("frame", "train_id", "pulse_id", "cell_id"):
-                group[name] = prof[name]
+        return stats
 
+    def _reduction(self, entry: h5py.Group, attributes: dict[str, Any], now: str) -> None:
+        """``/entry/reduction`` (NXprocess) with one dataset per reduction parameter."""
         proc = entry.create_group("reduction")
         proc.attrs["NX_class"] = "NXprocess"
         proc["program"] = "pulsetrain reduce"
@@ -223,6 +250,7 @@ class ReducedFileWriter:
         for key, value in attributes.items():
             params[key] = _str_attr(value)
 
+    # ------------------------------------------------------------ writing
     def write_frames(self, offset: int, result: dict[str, np.ndarray]) -> None:
         """Write per-frame results (``intensity`` and the per-frame variables) at ``offset``.
 
@@ -243,32 +271,36 @@ class ReducedFileWriter:
         """Set the run's mean profile directly (instead of adding chunks' sums)."""
         self._totals = (np.asarray(mean_profile, np.float64), np.asarray(bin_pixel_count))
 
-    def close(self, ok: bool = True) -> None:
-        """Write the mean profile, close, and rename to the final name (if ``ok``)."""
+    def close(self) -> None:
+        """Write the mean profile, close the file and rename it to its final name."""
         if not self.f.id.valid:
             return
-        if ok:
-            if self._totals is None:
-                from pulsetrain.offline.reduce import mean_profile
-
-                mean, counts = mean_profile(
-                    [self._chunk_totals[k] for k in sorted(self._chunk_totals)], self.npt
-                )
-            else:
-                mean, counts = self._totals
-            self.mean_intensity[:] = mean
-            self.bin_count[:] = counts
-        self.f.close()
-        if ok:
-            os.replace(self.part, self.path)
+        if self._totals is None:
+            mean, counts = mean_profile(
+                [self._chunk_totals[k] for k in sorted(self._chunk_totals)], self.npt
+            )
         else:
-            self.part.unlink(missing_ok=True)
+            mean, counts = self._totals
+        self.mean_intensity[:] = mean
+        self.bin_count[:] = counts
+        self.f.close()
+        os.replace(self.part, self.path)
+
+    def discard(self) -> None:
+        """Close the unfinished file and delete it (after an error); the final name stays free."""
+        if not self.f.id.valid:
+            return
+        self.f.close()
+        self.part.unlink(missing_ok=True)
 
     def __enter__(self) -> ReducedFileWriter:  # noqa: PYI034
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(ok=exc_type is None)
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
 
 
 def read_reduced(path: str | os.PathLike[str]):

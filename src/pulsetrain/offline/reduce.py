@@ -16,8 +16,8 @@ within a module, as on the online devices), the moments combine with Chan's form
 results equal a computation on whole-detector frames.  Frames are matched across modules by
 (train ID, pulse ID).
 
-:func:`reduce_run` returns an :class:`xarray.Dataset` (numpy-backed, or dask-backed with
-``compute=False``); :func:`reduce_to_file` streams the chunks into a NeXus-style HDF5 file as
+:func:`reduce_run` returns an :class:`xarray.Dataset` (numpy-backed; :func:`reduce_run_lazy`
+gives it dask-backed); :func:`reduce_to_file` streams the chunks into a NeXus-style HDF5 file as
 they complete (``pulsetrain reduce``).
 """
 
@@ -36,14 +36,17 @@ from typing import Any
 import numpy as np
 
 from pulsetrain.errors import ConfigurationError
+from pulsetrain.files.reader import BLOCK_BYTES
 from pulsetrain.offline.cluster import (
     ClusterConfig,
     caller_objects_frozen,
     numba_threads,
     open_client,
     run_tasks,
+    set_numba_threads,
     worker_task,
 )
+from pulsetrain.offline.combine import combine_parts, mean_profile
 from pulsetrain.offline.nexus import ReducedFileWriter, read_reduced
 from pulsetrain.offline.runfiles import ModuleFileReader, RunLayout, scan_run
 
@@ -54,6 +57,7 @@ __all__ = [
     "plan_reduction",
     "read_reduced",
     "reduce_run",
+    "reduce_run_lazy",
     "reduce_to_file",
     "write_reduced",
 ]
@@ -184,9 +188,8 @@ def _pulse_ids(block, key: str = "image.pulseId") -> np.ndarray:
 def reduce_module_part(task: _PartTask) -> dict[str, np.ndarray]:
     """Per-frame partial results of one module over one chunk of trains (a Dask task)."""
     from pulsetrain.analysis import AzimuthalIntegrator, count_peaks, pulse_statistics
-    from pulsetrain.offline.correct import _set_numba_threads
 
-    _set_numba_threads(task.numba_threads)
+    set_numba_threads(task.numba_threads)
     p = task.params
     integ = AzimuthalIntegrator(task.radial_map, p.npt, task.radial_range, unit=p.unit)
     out: dict[str, list[np.ndarray]] = {
@@ -261,90 +264,6 @@ def reduce_module_part(task: _PartTask) -> dict[str, np.ndarray]:
             result[k] = np.zeros(0, np.uint64 if k in ("train_id", "pulse_id") else np.float64)
     result["module"] = np.array(task.module)
     return result
-
-
-def _positions(index_tid: np.ndarray, index_pid: np.ndarray, tid: np.ndarray, pid: np.ndarray):
-    """Positions of the (train ID, pulse ID) pairs in the index, sorted by (tid, pid); -1 where
-    absent."""
-    if tid.size == 0:
-        return np.zeros(0, np.int64)
-    if index_tid.size == 0:
-        return np.full(tid.size, -1, np.int64)
-    base = int(min(index_tid.min(), tid.min()))
-    span = int(max(index_pid.max(), pid.max())) + 1
-    width = int(max(index_tid.max(), tid.max())) - base + 1
-    if width * span < 2**63:
-        keys = (index_tid.astype(np.uint64) - np.uint64(base)) * np.uint64(span) + index_pid
-        want = (tid.astype(np.uint64) - np.uint64(base)) * np.uint64(span) + pid
-        pos = np.minimum(np.searchsorted(keys, want), keys.size - 1)
-        return np.where(keys[pos] == want, pos, -1).astype(np.int64)
-    lookup = {
-        (int(t), int(p)): i for i, (t, p) in enumerate(zip(index_tid.tolist(), index_pid.tolist()))
-    }
-    return np.array(
-        [lookup.get((int(t), int(p)), -1) for t, p in zip(tid.tolist(), pid.tolist())], np.int64
-    )
-
-
-def combine_parts(
-    index: tuple[np.ndarray, np.ndarray, np.ndarray],
-    parts: Sequence[dict[str, np.ndarray]],
-    npt: int,
-    min_peaks: int,
-) -> dict[str, np.ndarray]:
-    """Add the modules' partial results of one chunk into per-frame results (a Dask task)."""
-    tid, pid, _cell = index
-    n = tid.size
-    sums = np.zeros((n, npt), np.float64)
-    counts = np.zeros((n, npt), np.int64)
-    peaks = np.zeros(n, np.int64)
-    count = np.zeros(n, np.int64)
-    total = np.zeros(n, np.float64)
-    vmin = np.full(n, np.inf)
-    vmax = np.full(n, -np.inf)
-    modules = np.zeros(n, np.int16)
-    located = []
-    for part in parts:
-        pos = _positions(tid, pid, part["train_id"], part["pulse_id"])
-        if np.any(pos < 0):
-            raise ConfigurationError("a module's frame is missing from the chunk's frame index")
-        located.append(pos)
-        sums[pos] += part["sums"]
-        counts[pos] += part["counts"]
-        peaks[pos] += part["peaks"]
-        count[pos] += part["count"]
-        total[pos] += part["sum"]
-        has = part["count"] > 0
-        vmin[pos[has]] = np.minimum(vmin[pos[has]], part["min"][has])
-        vmax[pos[has]] = np.maximum(vmax[pos[has]], part["max"][has])
-        modules[pos] += 1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-        m2 = np.zeros(n, np.float64)
-        for part, pos in zip(parts, located):
-            c = part["count"]
-            pmean = np.where(c > 0, part["sum"] / np.maximum(c, 1), 0.0)
-            dev = np.where(c > 0, pmean - mean[pos], 0.0)
-            m2[pos] += part["m2"] + c * dev * dev
-        std = np.where(count > 0, np.sqrt(m2 / np.maximum(count, 1)), np.nan)
-        intensity = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32)
-    empty = count == 0
-    vmin[empty] = np.nan
-    vmax[empty] = np.nan
-    return {
-        "intensity": intensity,
-        "n_peaks": peaks,
-        "is_hit": peaks >= int(min_peaks),
-        "pixel_count": count,
-        "pixel_sum": total,
-        "pixel_mean": mean,
-        "pixel_std": std,
-        "pixel_min": vmin,
-        "pixel_max": vmax,
-        "modules": modules,
-        "bin_sums": sums.sum(axis=0),
-        "bin_counts": counts.sum(axis=0),
-    }
 
 
 # ------------------------------------------------------------------------------ client side
@@ -436,7 +355,7 @@ def _module_frames(path: Path, source: str) -> tuple[np.ndarray, np.ndarray, np.
                 pids.append(np.arange(c, dtype=np.uint64))
                 cells.append(np.zeros(c, np.uint16))
         else:
-            for block in reader.blocks(keys, max_block_bytes=64 << 20):
+            for block in reader.blocks(keys, max_block_bytes=BLOCK_BYTES):
                 tids.append(np.repeat(block.train_ids, block.counts))
                 pids.append(_pulse_ids(block))
                 cells.append(
@@ -455,7 +374,7 @@ def plan_reduction(
     *,
     modules: Sequence[int] | None = None,
     chunk_frames: int = 8192,
-    max_block_bytes: int = 32 << 20,
+    max_block_bytes: int = BLOCK_BYTES,
     numba_threads: int = 1,
 ) -> ReductionPlan:
     """Cut a corrected run into chunks and module tasks (reads only indices and pulse IDs)."""
@@ -470,16 +389,49 @@ def plan_reduction(
     else:
         rrange = (float(params.radial_range[0]), float(params.radial_range[1]))
     full = AzimuthalIntegrator(rmap, params.npt, rrange, unit=params.unit)
-
-    # Frames of every module, and the train-ID span of every file.
-    frames: dict[str, list[tuple[Path, np.ndarray, np.ndarray, np.ndarray]]] = {}
-    for src, files in layout.module_files.items():
-        frames[src] = [(p, *_module_frames(p, src)) for p in files]
-
+    frames = {
+        src: [(p, *_module_frames(p, src)) for p in files]
+        for src, files in layout.module_files.items()
+    }
     # Chunk boundaries from the first module: at most chunk_frames frames, never across files.
-    ref = next(iter(layout.module_files))
+    bounds = _chunk_bounds(frames[next(iter(layout.module_files))], chunk_frames)
+
+    def part(src: str, files: list[str], lo: int | None, hi: int | None) -> _PartTask:
+        m = layout.module_sources[src]
+        return _PartTask(
+            source=src,
+            module=m,
+            files=tuple(files),
+            train_range=(lo, hi),
+            radial_map=np.ascontiguousarray(rmap[m]),
+            radial_range=rrange,
+            params=params,
+            max_block_bytes=int(max_block_bytes),
+            numba_threads=int(numba_threads),
+        )
+
+    chunks: list[_Chunk] = []
+    offset = 0
+    for lo, hi in bounds:
+        chunk = _chunk(frames, lo, hi, offset, part)
+        if chunk is not None:
+            chunks.append(chunk)
+            offset += chunk.n
+    return ReductionPlan(
+        layout, params, full.radial.copy(), rrange, full.pixels_per_bin.copy(), chunks
+    )
+
+
+_FileFrames = tuple[Path, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _chunk_bounds(
+    per_file: Sequence[_FileFrames], chunk_frames: int
+) -> list[tuple[int | None, int | None]]:
+    """``(first train ID, stop train ID)`` of each chunk (None: open end), from one module's
+    frames: at most ``chunk_frames`` frames, and never across its sequence files."""
     starts: list[int] = []
-    for _path, tid, _pid, _cell in frames[ref]:
+    for _path, tid, _pid, _cell in per_file:
         if tid.size == 0:
             continue
         utids, counts = np.unique(tid, return_counts=True)
@@ -490,67 +442,51 @@ def plan_reduction(
                 starts.append(int(t))
                 acc = 0
             acc += c
-    starts = sorted(set(starts))
-    if not starts:
-        starts = [0]
-    bounds = [
+    starts = sorted(set(starts)) or [0]
+    return [
         (None if i == 0 else s, starts[i + 1] if i + 1 < len(starts) else None)
         for i, s in enumerate(starts)
     ]
 
-    chunks: list[_Chunk] = []
-    offset = 0
-    for lo, hi in bounds:
-        tids, pids, cells = [], [], []
-        parts = []
-        for src, per_file in frames.items():
-            m = layout.module_sources[src]
-            files = []
-            for path, tid, pid, cell in per_file:
-                sel = np.ones(tid.size, bool)
-                if lo is not None:
-                    sel &= tid >= np.uint64(lo)
-                if hi is not None:
-                    sel &= tid < np.uint64(hi)
-                if sel.any():
-                    files.append(str(path))
-                    tids.append(tid[sel])
-                    pids.append(pid[sel])
-                    cells.append(cell[sel])
-            if files:
-                parts.append(
-                    _PartTask(
-                        source=src,
-                        module=m,
-                        files=tuple(files),
-                        train_range=(lo, hi),
-                        radial_map=np.ascontiguousarray(rmap[m]),
-                        radial_range=rrange,
-                        params=params,
-                        max_block_bytes=int(max_block_bytes),
-                        numba_threads=int(numba_threads),
-                    )
-                )
-        if not parts:
-            continue
-        tid = np.concatenate(tids)
-        pid = np.concatenate(pids)
-        cell = np.concatenate(cells)
-        keys = np.stack([tid, pid])
-        uniq, first = np.unique(keys, axis=1, return_index=True)  # sorted by (tid, pid)
-        chunks.append(
-            _Chunk(
-                offset,
-                (lo, hi),
-                uniq[0].astype(np.uint64),
-                uniq[1].astype(np.uint64),
-                cell[first].astype(np.uint16),
-                parts,
-            )
-        )
-        offset += uniq.shape[1]
-    return ReductionPlan(
-        layout, params, full.radial.copy(), rrange, full.pixels_per_bin.copy(), chunks
+
+def _chunk(
+    frames: dict[str, list[_FileFrames]],
+    lo: int | None,
+    hi: int | None,
+    offset: int,
+    part: Callable[[str, list[str], int | None, int | None], _PartTask],
+) -> _Chunk | None:
+    """The chunk of trains ``lo <= train ID < hi``: a task per module holding some, and the
+    frame index (frames of all modules, by (train ID, pulse ID)); None if no module has any."""
+    tids, pids, cells = [], [], []
+    parts = []
+    for src, per_file in frames.items():
+        files = []
+        for path, tid, pid, cell in per_file:
+            sel = np.ones(tid.size, bool)
+            if lo is not None:
+                sel &= tid >= np.uint64(lo)
+            if hi is not None:
+                sel &= tid < np.uint64(hi)
+            if sel.any():
+                files.append(str(path))
+                tids.append(tid[sel])
+                pids.append(pid[sel])
+                cells.append(cell[sel])
+        if files:
+            parts.append(part(src, files, lo, hi))
+    if not parts:
+        return None
+    cell = np.concatenate(cells)
+    keys = np.stack([np.concatenate(tids), np.concatenate(pids)])
+    uniq, first = np.unique(keys, axis=1, return_index=True)  # sorted by (tid, pid)
+    return _Chunk(
+        offset,
+        (lo, hi),
+        uniq[0].astype(np.uint64),
+        uniq[1].astype(np.uint64),
+        cell[first].astype(np.uint16),
+        parts,
     )
 
 
@@ -684,12 +620,11 @@ def reduce_run(
     params: ReductionParameters | None = None,
     *,
     modules: Sequence[int] | None = None,
-    compute: bool = True,
     cluster: ClusterConfig | None = None,
     client: Any = None,
     progress: bool = False,
     chunk_frames: int = 8192,
-    max_block_bytes: int = 32 << 20,
+    max_block_bytes: int = BLOCK_BYTES,
     **kwargs: Any,
 ):
     """Per-frame azimuthal profiles, hit flags and statistics of a corrected run.
@@ -702,14 +637,10 @@ def reduce_run(
         What to compute; keyword arguments (``npt=``, ``hit_threshold=``, ...) override fields.
     modules : sequence of int, optional
         Use only these modules (default all in the run).
-    compute : bool
-        True: compute now on Dask and return numpy-backed data.  False: return a dataset
-        backed by dask arrays (one chunk per chunk of trains), computed later by whatever
-        scheduler is active (``ds.compute()``, or with a ``distributed.Client`` open).
     cluster, client
-        Dask back end for ``compute=True`` (see :func:`~pulsetrain.offline.open_client`).
+        Dask back end (see :func:`~pulsetrain.offline.open_client`).
     progress : bool
-        Progress bar (``compute=True``).
+        Progress bar.
     chunk_frames : int
         Frames of the first module per chunk (memory per task: about ``chunk_frames * npt``
         × 12 bytes).
@@ -733,15 +664,13 @@ def reduce_run(
     >>> ds.intensity.isel(frame=slice(0, 150)).mean("frame").plot()  # doctest: +SKIP
     >>> ds.is_hit.mean().item()   # hit rate  # doctest: +SKIP
     """
-    if kwargs:
-        from dataclasses import replace
-
-        params = replace(params or ReductionParameters(), **kwargs)
     plan = plan_reduction(
-        run, params, modules=modules, chunk_frames=chunk_frames, max_block_bytes=max_block_bytes
+        run,
+        _with_overrides(params, kwargs),
+        modules=modules,
+        chunk_frames=chunk_frames,
+        max_block_bytes=max_block_bytes,
     )
-    if not compute:
-        return _lazy_dataset(plan)
     n = plan.n_frames
     npt = plan.params.npt
     variables: dict[str, np.ndarray] = {"intensity": np.full((n, npt), np.nan, np.float32)}
@@ -760,19 +689,46 @@ def reduce_run(
     return _dataset(plan, variables, mean, counts)
 
 
-def mean_profile(
-    totals: Sequence[tuple[np.ndarray, np.ndarray]], npt: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The run's mean profile from the chunks' ``(bin sums, bin counts)``, added in chunk
-    order (so the result does not depend on which task finished first)."""
-    sums = np.zeros(npt, np.float64)
-    counts = np.zeros(npt, np.int64)
-    for s, c in totals:
-        sums += s
-        counts += c
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-    return mean, counts
+def reduce_run_lazy(
+    run: str | os.PathLike[str],
+    params: ReductionParameters | None = None,
+    *,
+    modules: Sequence[int] | None = None,
+    chunk_frames: int = 8192,
+    max_block_bytes: int = BLOCK_BYTES,
+    **kwargs: Any,
+):
+    """:func:`reduce_run` as a dataset backed by dask arrays, computed when asked.
+
+    Only the frame index (train and pulse IDs) is read now.  The variables are dask arrays, one
+    chunk per chunk of trains, computed later by whatever scheduler is active
+    (``ds.compute()``, or with a ``distributed.Client`` open); the result then equals
+    :func:`reduce_run`'s.  Parameters as for :func:`reduce_run`.
+
+    Examples
+    --------
+    >>> ds = reduce_run_lazy("proc/r0001", npt=300)  # doctest: +SKIP
+    >>> ds.is_hit.mean().compute().item()  # doctest: +SKIP
+    """
+    plan = plan_reduction(
+        run,
+        _with_overrides(params, kwargs),
+        modules=modules,
+        chunk_frames=chunk_frames,
+        max_block_bytes=max_block_bytes,
+    )
+    return _lazy_dataset(plan)
+
+
+def _with_overrides(
+    params: ReductionParameters | None, overrides: dict[str, Any]
+) -> ReductionParameters | None:
+    """``params`` (default: the defaults) with keyword overrides of its fields."""
+    if not overrides:
+        return params
+    from dataclasses import replace
+
+    return replace(params or ReductionParameters(), **overrides)
 
 
 def _lazy_dataset(plan: ReductionPlan):
@@ -827,7 +783,7 @@ def reduce_to_file(
     client: Any = None,
     progress: bool = True,
     chunk_frames: int = 8192,
-    max_block_bytes: int = 32 << 20,
+    max_block_bytes: int = BLOCK_BYTES,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Reduce a corrected run straight into a NeXus-style HDF5 file, chunk by chunk.

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,8 @@ import h5py
 import numpy as np
 
 from pulsetrain.errors import ConfigurationError, FileFormatError
-from pulsetrain.files.naming import XTDF_SOURCE_PATTERN
+from pulsetrain.files.naming import FILE_NAME_PATTERN, XTDF_SOURCE_PATTERN, parse_file_name
+from pulsetrain.files.reader import BLOCK_BYTES
 
 __all__ = [
     "FILE_NAME_PATTERN",
@@ -42,28 +42,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: ``RAW-R0001-AGIPD07-S00002.h5`` → category, run, aggregator, sequence.
-FILE_NAME_PATTERN = re.compile(
-    r"^(?P<category>[A-Za-z]+)-R(?P<run>\d+)-(?P<aggregator>[A-Za-z0-9]+)-S(?P<sequence>\d+)\.h5$"
-)
-
-
-def parse_file_name(path: str | os.PathLike[str]) -> tuple[str, int, str, int]:
-    """``(category, run, aggregator, sequence)`` of a sequence file name.
-
-    Raises
-    ------
-    FileFormatError
-        The name does not follow ``CAT-R0001-AGG-S00000.h5``.
-    """
-    name = Path(path).name
-    m = FILE_NAME_PATTERN.match(name)
-    if m is None:
-        raise FileFormatError(
-            f"{name}: not a run file name of the form RAW-R0001-AGIPD00-S00000.h5"
-        )
-    return m["category"].upper(), int(m["run"]), m["aggregator"], int(m["sequence"])
 
 
 @dataclass(frozen=True)
@@ -154,40 +132,11 @@ def scan_run(
     if not run_dir.is_dir():
         raise FileFormatError(f"{run_dir} is not a directory")
     with open_run_dir(run_dir) as run:
-        found: dict[str, int] = {}
-        for src in sorted(run.instrument_sources):
-            m = XTDF_SOURCE_PATTERN.match(src)
-            if m and m["kind"] == kind:
-                found[src] = int(m["module"])
-        if not found:
-            kinds = {
-                mm["kind"] for s in run.instrument_sources if (mm := XTDF_SOURCE_PATTERN.match(s))
-            }
-            hint = ""
-            if kind == "CORR" and "DET" in kinds:
-                hint = " (it holds raw data: run `pulsetrain correct` on it first)"
-            elif kind == "DET" and "CORR" in kinds:
-                hint = " (it holds corrected data already)"
-            what = "raw (…/DET/…:xtdf)" if kind == "DET" else "corrected (…/CORR/…:output)"
-            raise FileFormatError(f"{run_dir}: no {what} detector module sources{hint}")
-        if modules is not None:
-            wanted = {int(m) for m in modules}
-            missing = sorted(wanted - set(found.values()))
-            if missing:
-                raise FileFormatError(
-                    f"{run_dir}: no data of module(s) {missing} (modules present: "
-                    f"{sorted(found.values())})"
-                )
-            found = {s: m for s, m in found.items() if m in wanted}
-        module_files: dict[str, list[Path]] = {}
-        used: set[Path] = set()
-        for src in found:
-            files = sorted(
-                (Path(fa.filename) for fa in run[src].files),
-                key=lambda p: _sequence_key(p),
-            )
-            module_files[src] = files
-            used.update(files)
+        found = _module_sources(run, run_dir, kind, modules)
+        module_files = {
+            src: sorted((Path(fa.filename) for fa in run[src].files), key=_sequence_key)
+            for src in found
+        }
         all_module_files = set()
         for src in run.instrument_sources:
             mm = XTDF_SOURCE_PATTERN.match(src)
@@ -203,15 +152,7 @@ def scan_run(
         except Exception:  # noqa: BLE001 - old files: METADATA may be incomplete
             md = {}
         train_ids = np.asarray(run.train_ids, dtype=np.uint64)
-        start = None
-        try:
-            stamps = np.asarray(run.train_timestamps(), dtype="datetime64[ns]")
-            good = stamps[~np.isnat(stamps)]
-            if good.size:
-                ns = int(good[0].astype(np.int64))
-                start = datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
-        except Exception:  # noqa: BLE001 - no timestamps in old formats
-            start = None
+        start = _start_time(run)
     proposal = int(md.get("proposalNumber") or 0)
     run_number = int(md.get("runNumber") or 0)
     if not run_number:
@@ -231,6 +172,47 @@ def scan_run(
         other_files=other_files,
         file_trains=file_trains,
     )
+
+
+def _module_sources(
+    run: Any, run_dir: Path, kind: str, modules: Sequence[int] | None
+) -> dict[str, int]:
+    """``{source: module}`` of the run's module sources of this kind (and these modules)."""
+    found: dict[str, int] = {}
+    for src in sorted(run.instrument_sources):
+        m = XTDF_SOURCE_PATTERN.match(src)
+        if m and m["kind"] == kind:
+            found[src] = int(m["module"])
+    if not found:
+        kinds = {mm["kind"] for s in run.instrument_sources if (mm := XTDF_SOURCE_PATTERN.match(s))}
+        hint = ""
+        if kind == "CORR" and "DET" in kinds:
+            hint = " (it holds raw data: run `pulsetrain correct` on it first)"
+        elif kind == "DET" and "CORR" in kinds:
+            hint = " (it holds corrected data already)"
+        what = "raw (…/DET/…:xtdf)" if kind == "DET" else "corrected (…/CORR/…:output)"
+        raise FileFormatError(f"{run_dir}: no {what} detector module sources{hint}")
+    if modules is None:
+        return found
+    wanted = {int(m) for m in modules}
+    missing = sorted(wanted - set(found.values()))
+    if missing:
+        raise FileFormatError(
+            f"{run_dir}: no data of module(s) {missing} (modules present: {sorted(found.values())})"
+        )
+    return {s: m for s, m in found.items() if m in wanted}
+
+
+def _start_time(run: Any) -> datetime | None:
+    """Timestamp of the run's first train with one (None in formats without timestamps)."""
+    try:
+        stamps = np.asarray(run.train_timestamps(), dtype="datetime64[ns]")
+    except Exception:  # noqa: BLE001 - no timestamps in old formats
+        return None
+    good = stamps[~np.isnat(stamps)]
+    if not good.size:
+        return None
+    return datetime.fromtimestamp(int(good[0].astype(np.int64)) / 1e9, tz=timezone.utc)
 
 
 def _sequence_key(path: Path) -> int:
@@ -402,7 +384,7 @@ class ModuleFileReader:
         self,
         keys: Sequence[str],
         *,
-        max_block_bytes: int = 32 << 20,
+        max_block_bytes: int = BLOCK_BYTES,
         train_range: tuple[int | None, int | None] | None = None,
         reuse: Sequence[str] = (),
         buffers: dict[str, Any] | None = None,
