@@ -62,7 +62,7 @@ def test_one_summary_names_what_is_missing_and_the_command(raw_run, module1_cata
     assert code == 1 and out == ""
     assert "Traceback" not in err and " | " not in err
     lines = err.splitlines()
-    assert lines[0].startswith("error: constants missing for SPB_DET_AGIPD1M-1 (valid at ")
+    assert lines[0].startswith("pulsetrain correct: error: constants missing for SPB_DET_AGIPD1M-1 (valid at ")
     assert lines[1] == f"  module 0: {REQUIRED}"  # module 1 has its constants
     assert sum("conditions asked" in line for line in lines) == 1
     assert "memory_cells 16, bias_voltage 300 V, acquisition_rate 1.1 MHz" in err
