@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
+import time
+
+from pulsetrain.lifetime import stop_signals
 
 EPILOG = """examples:
   pulsetrain run examples/scenes/gui-topology.toml &        # start a topology first
@@ -78,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until Ctrl-C or SIGTERM; returns the exit code."""
+    """Serve until SIGINT (Ctrl-C), SIGTERM or SIGHUP; returns the exit code."""
     from pulsetrain.errors import PulsetrainError
     from pulsetrain.gui import GuiServer
 
@@ -110,18 +111,12 @@ def run(args: argparse.Namespace) -> int:
     for scene in gui.scenes:
         print(f"  {scene.title}: {gui.scene_url(scene.name)}", flush=True)
     print("Ctrl-C to stop.", flush=True)
-    stop = threading.Event()
-
-    def handler(signum: int, frame: object) -> None:
-        stop.set()
-
-    old_int = signal.signal(signal.SIGINT, handler)
-    old_term = signal.signal(signal.SIGTERM, handler)
-    try:
-        while not stop.wait(0.5):
+    with stop_signals():  # SIGINT, SIGTERM and SIGHUP all stop the GUI the same way
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
             pass
-    finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
-        gui.stop()
+        finally:
+            gui.stop()
     return 0

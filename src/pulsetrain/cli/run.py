@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pulsetrain.supervisor import Supervisor
 
 EPILOG = """examples:
   pulsetrain run examples/calibration-pipeline.toml
@@ -22,27 +26,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("topology", help="topology TOML file")
     p.add_argument("--workdir", help="directory for logs and the token file")
-    p.add_argument("--duration", type=float, default=None,
-                   help="stop after this many seconds (default: run until Ctrl-C)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: run until Ctrl-C, SIGTERM or SIGHUP)",
+    )
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from pulsetrain.supervisor import Supervisor
-
-    sup = Supervisor(args.topology, workdir=args.workdir)
-    sup.start()
+def _announce(sup: Supervisor) -> None:
     print(f"topology {sup.topology.name!r} running; token file: {sup.token_file}")
     for name, sp in sup.servers.items():
         print(f"  server {name}: control {sp.control}")
     for ch, ep in sup.endpoints().items():
         print(f"  output {ch}: {ep}")
     print("Ctrl-C to stop.", flush=True)
-    if args.duration is not None:
-        try:
-            time.sleep(args.duration)
-        finally:
-            sup.stop()
-        return 0
-    sup.run_forever()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run until SIGINT/SIGTERM/SIGHUP or ``--duration``; exit 2 if the topology (or a device's
+    configuration) is invalid, 1 if it could not start or already runs, 0 after a clean stop."""
+    from pulsetrain.errors import ConfigurationError, PulsetrainError
+    from pulsetrain.supervisor import Supervisor
+
+    try:
+        sup = Supervisor(args.topology, workdir=args.workdir)
+        sup.serve(duration=args.duration, on_started=_announce)
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except PulsetrainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
