@@ -35,11 +35,12 @@ START_TIMEOUT = 120.0  # a loaded machine takes long to import numpy & co in eve
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    """The environment of the runs: their own run-state directory; this pulsetrain and the test
-    device module importable in every server."""
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment of the runs: their own run-state directory (this test's too); this
+    pulsetrain and the test device module importable in every server."""
     xdg = tmp_path / "xdg"
     xdg.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
     paths = [str(Path(pulsetrain.__file__).resolve().parents[1]), str(HERE)]
     if os.environ.get("PYTHONPATH"):
         paths.append(os.environ["PYTHONPATH"])
