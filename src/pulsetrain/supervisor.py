@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,9 @@ class Supervisor:
         Seconds without an answer after which a server counts as hung and is restarted.
     env : dict, optional
         Environment variables for every server process.
+    may_fail : collection of str
+        IDs of devices that may be in ERROR after the start (a test of that ERROR, say); any
+        other device in ERROR fails the start.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class Supervisor:
         supervise_interval: float = 0.5,
         ping_timeout: float = 10.0,
         env: dict[str, str] | None = None,
+        may_fail: Collection[str] = (),
     ):
         self.topology = topology if isinstance(topology, Topology) else Topology.load(topology)
         self.topology.check_classes()
@@ -95,6 +99,7 @@ class Supervisor:
         self.supervise_interval = supervise_interval
         self.ping_timeout = ping_timeout
         self.env = env or {}
+        self.may_fail = frozenset(may_fail)
         self.configs = self.topology.resolve()
         self.servers: dict[str, _ServerProcess] = {}
         self.restarts: list[tuple[float, str, str]] = []  # (time, server, cause)
@@ -420,7 +425,7 @@ class Supervisor:
                         outcome[dev.device_id] = exc
                         return
                     outcome[dev.device_id] = reply
-                    if isinstance(reply, dict) and reply.get("state") == "ERROR":
+                    if self._failed(dev.device_id, reply):
                         return
 
         threads = [
@@ -442,7 +447,7 @@ class Supervisor:
                 raise StartupError(f"{where} was not created in time: {result}")
             if isinstance(result, Exception):
                 raise StartupError(f"{where} could not be created: {result}")
-            if isinstance(result, dict) and result.get("state") == "ERROR":
+            if self._failed(dev.device_id, result):
                 raise StartupError(f"{where} is in ERROR: {result.get('status') or 'no status'}")
         missing = [d for d in self.topology.devices if d not in outcome]
         if missing:
@@ -463,8 +468,16 @@ class Supervisor:
                 info = listing.get(dev.device_id)
                 if info is None:
                     raise StartupError(f"{where} is gone after start")
-                if info.get("state") == "ERROR":
+                if self._failed(dev.device_id, info):
                     raise StartupError(f"{where} is in ERROR: {info.get('status') or 'no status'}")
+
+    def _failed(self, device_id: str, info: Any) -> bool:
+        """Whether a device's ``{'state', 'status'}`` fails the start."""
+        return (
+            isinstance(info, dict)
+            and info.get("state") == "ERROR"
+            and device_id not in self.may_fail
+        )
 
     # ------------------------------------------------------------ stopping
     def _stop_all(self, timeout: float) -> None:

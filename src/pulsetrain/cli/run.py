@@ -12,6 +12,11 @@ if TYPE_CHECKING:
 EPILOG = """examples:
   pulsetrain run examples/calibration-pipeline.toml
   pulsetrain run my-beamline.toml --workdir /tmp/run1 --duration 60
+
+SIGINT (Ctrl-C), SIGTERM and SIGHUP stop the run cleanly: devices stopped, open runs closed,
+no server left behind (a server also exits by itself if this supervisor is killed).
+exit codes: 0 stopped cleanly; 1 could not start (a server or device failed, or the topology
+already runs on this host); 2 invalid topology or device configuration.  See docs/operations.md.
 """
 
 
