@@ -418,3 +418,18 @@ def test_exit_codes_are_described():
     assert lifetime.describe_exit(lifetime.EXIT_MEMORY_LIMIT).startswith("memory limit")
     assert lifetime.describe_exit(-signal.SIGKILL) == "killed by SIGKILL"
     assert lifetime.describe_exit(3) == "exited with code 3"
+
+
+def test_a_state_file_of_a_dead_supervisor_is_not_a_running_topology(tmp_path, monkeypatch):
+    from pulsetrain.control import TopologyClient
+    from pulsetrain.errors import PulsetrainError
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    runstate.write_state(runstate.state_path("t"), {"pid": dead.pid, "servers": {}})
+    assert runstate.state_path("t").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(PulsetrainError, match=f"supervisor \\(pid {dead.pid}\\) is gone"):
+        TopologyClient.for_topology("t")
+    with pytest.raises(PulsetrainError, match="is not running"):
+        TopologyClient.for_topology("other")
