@@ -264,6 +264,21 @@ def test_a_device_failing_mid_start_takes_everything_down(tmp_path, env):
 
 
 @pytest.mark.slow
+def test_a_refused_device_configuration_exits_2_with_one_line(tmp_path, env):
+    text = make_topology(tmp_path, free_port()).read_text()
+    text = text.replace('class = "Passthrough"', 'class = "Passthrough"\nconfig = { nonsense = 1 }')
+    topology = tmp_path / "lifecycle.toml"
+    topology.write_text(text)
+    run = Run(topology, tmp_path / "w", env)
+    seen = watch_children(run)
+    line = one_line(run.finish())
+    assert run.proc.returncode == 2
+    assert "LC/WORK" in line and "nonsense" in line, line
+    wait_until(lambda: not alive(seen), 10, "the started servers gone")
+    assert processes_using(tmp_path / "w") == []
+
+
+@pytest.mark.slow
 def test_a_taken_bridge_port_fails_the_start_naming_the_port(tmp_path, env):
     port = free_port()
     topology = make_topology(tmp_path, port)
