@@ -192,6 +192,9 @@ class Supervisor:
         except TimeoutError as exc:  # a server stopped answering while starting
             self.stop()
             raise StartupError(f"topology {self.topology.name!r} did not start: {exc}") from None
+        except _Stopping:  # stop() was called from another thread
+            self.stop()
+            raise StartupError(f"topology {self.topology.name!r}: stopped while starting") from None
         except BaseException:  # including KeyboardInterrupt from a stop signal
             self.stop()
             raise
