@@ -30,7 +30,7 @@ import zmq
 from pulsetrain import errors
 from pulsetrain.errors import DeviceError, ProtocolError, PulsetrainError
 
-__all__ = ["Client", "pack", "unpack", "new_token", "token_from_env", "READ_OPS", "WRITE_OPS"]
+__all__ = ["READ_OPS", "WRITE_OPS", "Client", "new_token", "pack", "token_from_env", "unpack"]
 
 READ_OPS = frozenset({"ping", "list", "get", "schema", "configuration", "classes"})
 WRITE_OPS = frozenset({"set", "call", "instantiate", "kill", "connect", "shutdown", "directory"})
@@ -39,8 +39,12 @@ WRITE_OPS = frozenset({"set", "call", "instantiate", "kill", "connect", "shutdow
 def _default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         arr = np.ascontiguousarray(obj)
-        return {"__nd__": True, "dtype": arr.dtype.str, "shape": list(arr.shape),
-                "data": arr.tobytes()}
+        return {
+            "__nd__": True,
+            "dtype": arr.dtype.str,
+            "shape": list(arr.shape),
+            "data": arr.tobytes(),
+        }
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, (set, frozenset, tuple)):
@@ -239,10 +243,10 @@ class Client:
             self._sock.close(0)
             self._sock = None
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Client:  # noqa: PYI034 - Python 3.10 has no typing.Self
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -295,23 +299,30 @@ class TopologyClient:
             with open(state["token_file"]) as f:
                 token = f.read().strip()
         self.token = token
-        self.clients = {name: Client(s["control"], token=token)
-                        for name, s in state["servers"].items()}
+        self.clients = {
+            name: Client(s["control"], token=token) for name, s in state["servers"].items()
+        }
 
     @classmethod
     def for_topology(cls, name_or_file: str, token: str | None = None) -> TopologyClient:
         """Find the running topology named ``name_or_file`` (or of that topology file)."""
-        from pulsetrain.supervisor import Supervisor
+        from pulsetrain import runstate
 
         name = name_or_file
         if os.path.exists(name_or_file) and name_or_file.endswith(".toml"):
             from pulsetrain.topology import Topology
 
             name = Topology.load(name_or_file).name
-        path = Supervisor.state_path(name)
-        if not path.exists():
+        path = runstate.state_path(name)
+        state = runstate.read_state(path)
+        if state is None:
             raise PulsetrainError(f"topology {name!r} is not running (no {path})")
-        return cls(str(path), token=token)
+        if not runstate.supervisor_alive(state):
+            raise PulsetrainError(
+                f"topology {name!r} is not running: its supervisor (pid {state.get('pid')}) is "
+                f"gone; the next `pulsetrain run` of it cleans {path}"
+            )
+        return cls(state, token=token)
 
     def devices(self) -> dict[str, dict]:
         """Device ID → class and server."""

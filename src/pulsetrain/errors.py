@@ -140,3 +140,19 @@ class MissingConstantsError(ConstantNotFoundError):
     def __init__(self, message: str, *, missing=None, **kwargs):
         super().__init__(message, **kwargs)
         self.missing = dict(missing or {})
+
+
+class StartupError(PulsetrainError):
+    """A topology could not be started: a server did not come up, or a device is in ERROR right
+    after it was created (its ``initialize`` failed, its port is taken, ...).
+
+    Everything the start had begun is stopped again before this is raised; the message names the
+    server or device and its status.
+    """
+
+
+class AlreadyRunningError(PulsetrainError):
+    """A topology is already running on this host: a second supervisor of it is refused.
+
+    The message names the pid of the running supervisor.
+    """

@@ -56,7 +56,9 @@ __all__ = [
     "SegmentReader",
     "ShmMessage",
     "host_id",
+    "remove_segments_of",
     "remove_stale_segments",
+    "segments_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -456,6 +458,26 @@ class SegmentReader:
             for fd, _ in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+
+
+def segments_of(pid: int) -> list[str]:
+    """Names of the segments in :data:`SHM_DIR` that process ``pid`` created."""
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return []
+    return sorted(
+        n for n in names if (m := _NAME_RE.fullmatch(n)) is not None and int(m.group(1)) == pid
+    )
+
+
+def remove_segments_of(pid: int) -> list[str]:
+    """Remove the segments process ``pid`` created (it is gone, or it is this process and about
+    to exit without closing its channels); returns their names."""
+    names = segments_of(pid)
+    for name in names:
+        _unlink(name)
+    return names
 
 
 def remove_stale_segments() -> int:

@@ -1,29 +1,37 @@
 """Start, supervise and stop a topology: what ``pulsetrain run`` does.
 
-The supervisor starts one process per local server (``pulsetrain server``), instantiates every
-device through the control plane, and then watches: a server process that exits, or stops
-answering pings for ``ping_timeout`` seconds, is restarted on the same endpoints and its devices
-are created again with the same configuration, so their peers reconnect by themselves.
+The supervisor takes the topology's run lock (one supervisor per topology and host; see
+:mod:`pulsetrain.runstate`), cleans what a run of it that died left behind, starts one process
+per local server (``pulsetrain server``), instantiates every device through the control plane,
+and only when every device exists and none is in ERROR announces the topology (its state file).
+A start that fails part-way stops everything it started and raises one clear error.
+
+Then it watches: a server process that exits, or stops answering pings for ``ping_timeout``
+seconds, is restarted on the same endpoints and its devices are created again with the same
+configuration, so their peers reconnect by themselves.  Restarts are counted per server, with
+their cause, in the state file and in the log (WARNING).
+
+Servers never outlive the supervisor: each is told the supervisor's pid and exits by itself when
+it is gone (:class:`pulsetrain.lifetime.ServerLifetime`), however the supervisor ended.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from pulsetrain import shmem
+from pulsetrain import lifetime, runstate, shmem
 from pulsetrain.control import Client, new_token
-from pulsetrain.errors import ConfigurationError, PulsetrainError
+from pulsetrain.errors import ConfigurationError, PulsetrainError, StartupError
 from pulsetrain.topology import Topology, free_port
 
 __all__ = ["Supervisor"]
@@ -37,8 +45,15 @@ class _ServerProcess:
         self.control = control
         self.events = events
         self.proc: subprocess.Popen | None = None
+        self.started: float | None = None  # create time of the process (identifies the pid)
         self.restarts = 0
+        self.last_cause: str | None = None
+        self.last_restart: float | None = None
         self.last_ok = time.monotonic()
+
+
+class _Stopping(Exception):
+    """Raised inside a restart when the supervisor is stopping."""
 
 
 class Supervisor:
@@ -51,11 +66,17 @@ class Supervisor:
     token : str, optional
         The control token; a fresh one is generated if omitted and written to ``token_file``.
     workdir : path, optional
-        Where logs and the token file go (a temporary directory by default).
+        Where logs, the token file and a copy of the state file go (a temporary directory by
+        default).
     supervise_interval : float
         Seconds between health checks.
     ping_timeout : float
         Seconds without an answer after which a server counts as hung and is restarted.
+    env : dict, optional
+        Environment variables for every server process.
+    may_fail : collection of str
+        IDs of devices that may be in ERROR after the start (a test of that ERROR, say); any
+        other device in ERROR fails the start.
     """
 
     def __init__(
@@ -67,25 +88,31 @@ class Supervisor:
         supervise_interval: float = 0.5,
         ping_timeout: float = 10.0,
         env: dict[str, str] | None = None,
+        may_fail: Collection[str] = (),
     ):
         self.topology = topology if isinstance(topology, Topology) else Topology.load(topology)
         self.topology.validate()
         self.token = token or new_token()
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="pulsetrain-run-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.token_file = self.workdir / "token"
-        self.token_file.write_text(self.token)
-        os.chmod(self.token_file, 0o600)
+        self.token_file = self.workdir / "token"  # written by start(), once the run is ours
         self.supervise_interval = supervise_interval
         self.ping_timeout = ping_timeout
         self.env = env or {}
+        self.may_fail = frozenset(may_fail)
         self.configs = self.topology.resolve()
         self.servers: dict[str, _ServerProcess] = {}
-        self.restarts: list[tuple[float, str, str]] = []  # (time, server, reason)
+        self.restarts: list[tuple[float, str, str]] = []  # (time, server, cause)
         self._clients: dict[str, Client] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # spawning vs stopping
+        self._stop_lock = threading.Lock()
+        self._stopping_thread: int | None = None
+        self._stopped = False
+        self._run_lock: runstate.RunLock | None = None
+        self._announced = False
+        self._pids: set[int] = set()  # every server process started, for their shm segments
         for spec in self.topology.servers.values():
             if spec.local:
                 host = "127.0.0.1"
@@ -131,23 +158,105 @@ class Supervisor:
                 out[f"{device_id}:{name}"] = ocfg["bind"][0]
         return out
 
+    def pid(self, server: str) -> int | None:
+        """Process ID of a local server."""
+        proc = self.servers[server].proc
+        return proc.pid if proc is not None else None
+
+    def directory(self) -> dict[str, str]:
+        """Device ID → control endpoint of its server."""
+        return {d.device_id: self.servers[d.server].control for d in self.topology.devices.values()}
+
     # ------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 60.0) -> Supervisor:
-        """Start the servers and devices; returns when every device is instantiated."""
-        for sp in self.servers.values():
-            if self.topology.servers[sp.name].local:
-                self._spawn(sp)
-        deadline = time.monotonic() + timeout
-        for sp in self.servers.values():
-            self._wait_ping(sp, deadline)
-            self._send_directory(sp.name)
-        for sp in self.servers.values():
-            self._instantiate(sp.name)
-        self.wait_connected(max(1.0, deadline - time.monotonic()))
-        self._write_state()
-        self._thread = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
-        self._thread.start()
+        """Start the servers and devices; returns when every device is instantiated, connected
+        and none is in ERROR, after announcing the topology (its state file).
+
+        Raises
+        ------
+        AlreadyRunningError
+            The topology is already running on this host (nothing was started).
+        ConfigurationError
+            A device refused its configuration (everything started was stopped again).
+        StartupError
+            A server did not come up, or a device is in ERROR after start (everything started
+            was stopped again).
+        """
+        if self._run_lock is not None or self._stopped:
+            raise PulsetrainError("a supervisor starts once; make a new one to run again")
+        self._run_lock = runstate.RunLock.acquire(self.topology.name)
+        try:
+            runstate.clean_leftovers(self.topology.name, self._run_lock.previous)
+            self._write_token()
+            self._start(time.monotonic() + timeout)
+        except TimeoutError as exc:  # a server stopped answering while starting
+            self.stop()
+            raise StartupError(f"topology {self.topology.name!r} did not start: {exc}") from None
+        except _Stopping:  # stop() was called from another thread
+            self.stop()
+            raise StartupError(f"topology {self.topology.name!r}: stopped while starting") from None
+        except BaseException:  # including KeyboardInterrupt from a stop signal
+            self.stop()
+            raise
         return self
+
+    def serve(
+        self,
+        duration: float | None = None,
+        on_started: Callable[[Supervisor], Any] | None = None,
+        timeout: float = 60.0,
+    ) -> int | None:
+        """Start, run until SIGINT, SIGTERM or SIGHUP (or for ``duration`` seconds), and stop.
+
+        A stop signal during the start aborts it (everything started is stopped).  Returns the
+        signal that stopped the run, or None when ``duration`` ran out.  ``on_started(self)`` is
+        called once the topology runs (to announce it).
+        """
+        with lifetime.stop_signals() as signals:
+            try:
+                self.start(timeout)
+                if on_started is not None:
+                    on_started(self)
+                if duration is None:
+                    while True:
+                        time.sleep(3600)
+                else:
+                    time.sleep(duration)
+            except KeyboardInterrupt:
+                if not signals.received:
+                    raise
+            finally:
+                self.stop()
+        return signals.signum
+
+    def stop(self, timeout: float = 4.0) -> None:
+        """Stop everything this supervisor started: its servers in parallel, with their devices.
+
+        Local servers get SIGTERM (they stop their devices, closing open runs, and exit); those
+        still running after ``timeout`` seconds are killed, and the shared-memory segments of
+        every server process are removed.  Devices on remote servers are killed.  The state file
+        is removed and the run lock released.  Bounded (about ``timeout`` + 3 s), idempotent,
+        safe to call from any thread and after a failed or interrupted start; a stop signal
+        arriving meanwhile does not interrupt it.
+        """
+        lifetime.begin_stop()
+        if self._stopping_thread == threading.get_ident():
+            return  # re-entered (e.g. from a handler while stopping)
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopping_thread = threading.get_ident()
+            try:
+                self._stop_all(timeout)
+            finally:
+                self._stopped = True
+                self._stopping_thread = None
+
+    def __enter__(self) -> Supervisor:  # noqa: PYI034 - Python 3.10 has no typing.Self
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def wait_connected(self, timeout: float = 30.0) -> bool:
         """Wait until every connection of the topology is established (inputs connect
@@ -163,8 +272,8 @@ class Supervisor:
                 device, _, channel = ref.rpartition(":")
                 try:
                     conns = self.get(device, f"channels.outputs.{channel}.connections")
-                except Exception:
-                    continue
+                except (PulsetrainError, TimeoutError):
+                    continue  # not there yet: asked again
                 if len(conns) >= n:
                     del missing[ref]
             if missing:
@@ -175,126 +284,117 @@ class Supervisor:
 
     def state(self) -> dict[str, Any]:
         """What clients need to find a running topology (written to ``state.json``)."""
+        servers = {}
+        for name, sp in self.servers.items():
+            servers[name] = {
+                "control": sp.control,
+                "events": sp.events,
+                "pid": sp.proc.pid if sp.proc is not None else None,
+                "pid_started": sp.started,
+                "restarts": sp.restarts,
+                "last_restart": (
+                    {"time": sp.last_restart, "cause": sp.last_cause}
+                    if sp.last_restart is not None
+                    else None
+                ),
+            }
         return {
             "topology": self.topology.name,
             "pid": os.getpid(),
+            "workdir": str(self.workdir),
             "token_file": str(self.token_file),
-            "servers": {n: {"control": sp.control, "events": sp.events}
-                        for n, sp in self.servers.items()},
-            "devices": {d.device_id: {"class": d.class_name, "server": d.server}
-                        for d in self.topology.devices.values()},
+            "servers": servers,
+            "devices": {
+                d.device_id: {"class": d.class_name, "server": d.server}
+                for d in self.topology.devices.values()
+            },
             "outputs": self.endpoints(),
         }
 
-    @staticmethod
-    def state_path(topology_name: str) -> Path:
-        """Where a running topology announces itself: ``$XDG_RUNTIME_DIR`` or the temp dir."""
-        base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-        return Path(base) / f"pulsetrain-{os.getuid()}" / f"{topology_name}.json"
+    # ------------------------------------------------------------ starting
+    def _write_token(self) -> None:
+        """The token file, readable by this user only from the moment it exists."""
+        with contextlib.suppress(FileNotFoundError):
+            self.token_file.unlink()  # of an earlier run in the same workdir
+        fd = os.open(self.token_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.token)
 
-    def _write_state(self) -> None:
-        text = json.dumps(self.state(), indent=2)
-        (self.workdir / "state.json").write_text(text)
-        path = self.state_path(self.topology.name)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.write_text(text)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """Shut everything down: devices, then server processes (killed if they do not exit)."""
-        self._stop.set()
-        with contextlib.suppress(OSError):
-            path = self.state_path(self.topology.name)
-            if json.loads(path.read_text()).get("pid") == os.getpid():
-                path.unlink()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+    def _start(self, deadline: float) -> None:
         for sp in self.servers.values():
-            if not self.topology.servers[sp.name].local:
-                for dev in self.topology.devices_on(sp.name):
-                    with contextlib.suppress(Exception):
-                        self.client(sp.name).kill(dev.device_id)
-                continue
-            if sp.proc is not None and sp.proc.poll() is None:
-                with contextlib.suppress(Exception):
-                    self.client(sp.name).request("shutdown", timeout=2)
-        deadline = time.monotonic() + timeout
+            if self.topology.servers[sp.name].local:
+                self._spawn(sp)
         for sp in self.servers.values():
-            if sp.proc is None:
-                continue
-            try:
-                sp.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                sp.proc.terminate()
-                try:
-                    sp.proc.wait(3)
-                except subprocess.TimeoutExpired:
-                    sp.proc.kill()
-                    sp.proc.wait()
-        for c in self._clients.values():
-            c.close()
-        shmem.remove_stale_segments()  # of servers that had to be killed
+            self._wait_ping(sp, deadline)
+            self._send_directory(sp.name)
+        self._instantiate_all(deadline)
+        self._check_devices()
+        self.wait_connected(max(1.0, deadline - time.monotonic()))
+        self._check_devices()  # a device that failed while its peers connected
+        self._announce()
+        self._thread = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
+        self._thread.start()
 
-    def __enter__(self) -> Supervisor:
-        return self.start()
+    def _announce(self) -> None:
+        """Write the state file (the topology is reachable from now on)."""
+        state = self.state()
+        runstate.write_state(self.workdir / "state.json", state)
+        runstate.write_state(runstate.state_path(self.topology.name), state)
+        self._announced = True
 
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-    def run_forever(self) -> None:
-        """Block until SIGINT/SIGTERM, then stop cleanly."""
-        stop = threading.Event()
-
-        def handler(signum: int, frame: Any) -> None:
-            stop.set()
-
-        old_int = signal.signal(signal.SIGINT, handler)
-        old_term = signal.signal(signal.SIGTERM, handler)
-        try:
-            while not stop.wait(0.5):
-                pass
-        finally:
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
-            self.stop()
-
-    def pid(self, server: str) -> int | None:
-        """Process ID of a local server."""
-        proc = self.servers[server].proc
-        return proc.pid if proc is not None else None
-
-    # ------------------------------------------------------------ internals
     def _spawn(self, sp: _ServerProcess) -> None:
         shmem.remove_stale_segments()  # a server that died cannot have removed its own
         spec = self.topology.servers[sp.name]
-        cmd = [
-            sys.executable, "-m", "pulsetrain", "server",
-            "--name", sp.name,
-            "--bind", sp.control,
-            "--events-bind", sp.events,
-            "--token-file", str(self.token_file),
-        ]
+        cmd = [sys.executable, "-m", "pulsetrain", "server", "--name", sp.name]
+        cmd += ["--bind", sp.control, "--events-bind", sp.events]
+        cmd += ["--token-file", str(self.token_file), "--parent-pid", str(os.getpid())]
         if spec.memory_limit_mb:
             cmd += ["--memory-limit-mb", str(spec.memory_limit_mb)]
         # Parallelism comes from processes; numba/OpenMP threads that spin while idle would
         # starve the other servers on a small machine.  A server's env can override this.
         defaults = {"NUMBA_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
         env = {**defaults, **os.environ, **self.env, **spec.env}
-        logfile = open(self.workdir / f"server-{sp.name}.log", "ab")  # noqa: SIM115
-        sp.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True,
-        )
-        logfile.close()
+        with self._lock:
+            if self._stop.is_set():
+                raise _Stopping()
+            with open(self.workdir / f"server-{sp.name}.log", "ab") as logfile:
+                # its own session: Ctrl-C in the terminal reaches the supervisor only, which
+                # then stops the servers in order
+                sp.proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logfile,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
+            self._pids.add(sp.proc.pid)
+        sp.started = _create_time(sp.proc.pid)
         sp.last_ok = time.monotonic()
+        if self._run_lock is not None:  # what the next run cleans if this one dies
+            self._run_lock.record(
+                servers={
+                    s.name: [s.proc.pid, s.started]
+                    for s in self.servers.values()
+                    if s.proc is not None
+                }
+            )
         log.info("started server %s (pid %d) on %s", sp.name, sp.proc.pid, sp.control)
+
+    def _server_log(self, name: str) -> Path:
+        return self.workdir / f"server-{name}.log"
 
     def _wait_ping(self, sp: _ServerProcess, deadline: float) -> None:
         client = self.client(sp.name)
         while True:
+            if self._stop.is_set():
+                raise _Stopping()
             if sp.proc is not None and sp.proc.poll() is not None:
-                raise PulsetrainError(
-                    f"server {sp.name} exited with code {sp.proc.returncode}; "
-                    f"see {self.workdir / f'server-{sp.name}.log'}"
+                last = _last_line(self._server_log(sp.name))
+                raise StartupError(
+                    f"server {sp.name!r} {lifetime.describe_exit(sp.proc.returncode)} while "
+                    f"starting{f': {last}' if last else ''} "
+                    f"(log: {self._server_log(sp.name)})"
                 )
             try:
                 client.request("ping", timeout=1.0)
@@ -302,24 +402,147 @@ class Supervisor:
                 return
             except TimeoutError:
                 if time.monotonic() > deadline:
-                    raise PulsetrainError(f"server {sp.name} does not answer on {sp.control}")
-
-    def directory(self) -> dict[str, str]:
-        """Device ID → control endpoint of its server."""
-        return {d.device_id: self.servers[d.server].control for d in self.topology.devices.values()}
+                    raise StartupError(
+                        f"server {sp.name!r} does not answer on {sp.control} "
+                        f"(log: {self._server_log(sp.name)})"
+                    ) from None
 
     def _send_directory(self, server: str) -> None:
         self.client(server).request("directory", value=self.directory())
 
-    def _instantiate(self, server: str) -> None:
-        client = self.client(server)
-        for dev in self.topology.devices_on(server):
-            client.instantiate(dev.class_name, dev.device_id, self.configs[dev.device_id])
+    def _instantiate_all(self, deadline: float) -> None:
+        """Create every device, the servers in parallel; raise for the first that failed."""
+        outcome: dict[str, Any] = {}  # device ID → reply or exception
 
-    def _restart(self, sp: _ServerProcess, reason: str) -> None:
-        log.warning("restarting server %s: %s", sp.name, reason)
-        self.restarts.append((time.time(), sp.name, reason))
+        def create(server: str) -> None:
+            # its own client: the main thread may give up on this thread (stop signal, deadline)
+            with Client(self.servers[server].control, token=self.token) as client:
+                for dev in self.topology.devices_on(server):
+                    if self._stop.is_set():
+                        return
+                    try:
+                        reply = client.instantiate(
+                            dev.class_name, dev.device_id, self.configs[dev.device_id]
+                        )
+                    except Exception as exc:  # noqa: BLE001 - reported as the start's failure
+                        outcome[dev.device_id] = exc
+                        return
+                    outcome[dev.device_id] = reply
+                    if self._failed(dev.device_id, reply):
+                        return
+
+        threads = [
+            threading.Thread(target=create, args=(name,), name=f"create:{name}", daemon=True)
+            for name in self.servers
+            if self.topology.devices_on(name)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive() and time.monotonic() < deadline:
+                t.join(0.1)
+        for dev in self.topology.devices.values():
+            where = f"device {dev.device_id!r} ({dev.class_name}) on server {dev.server!r}"
+            result = outcome.get(dev.device_id)
+            if isinstance(result, ConfigurationError):
+                raise ConfigurationError(f"{where} refused its configuration: {result}")
+            if isinstance(result, TimeoutError):
+                raise StartupError(f"{where} was not created in time: {result}")
+            if isinstance(result, Exception):
+                raise StartupError(f"{where} could not be created: {result}")
+            if self._failed(dev.device_id, result):
+                raise StartupError(f"{where} is in ERROR: {result.get('status') or 'no status'}")
+        missing = [d for d in self.topology.devices if d not in outcome]
+        if missing:
+            raise StartupError(
+                f"devices not created in time: {', '.join(missing)} (see the server logs in "
+                f"{self.workdir})"
+            )
+
+    def _check_devices(self) -> None:
+        """Raise for the first device that is not there or in ERROR."""
+        for name in self.servers:
+            devices = self.topology.devices_on(name)
+            if not devices:
+                continue
+            listing = self.client(name).list()
+            for dev in devices:
+                where = f"device {dev.device_id!r} ({dev.class_name}) on server {name!r}"
+                info = listing.get(dev.device_id)
+                if info is None:
+                    raise StartupError(f"{where} is gone after start")
+                if self._failed(dev.device_id, info):
+                    raise StartupError(f"{where} is in ERROR: {info.get('status') or 'no status'}")
+
+    def _failed(self, device_id: str, info: Any) -> bool:
+        """Whether a device's ``{'state', 'status'}`` fails the start."""
+        return (
+            isinstance(info, dict)
+            and info.get("state") == "ERROR"
+            and device_id not in self.may_fail
+        )
+
+    # ------------------------------------------------------------ stopping
+    def _stop_all(self, timeout: float) -> None:
+        with self._lock:
+            self._stop.set()  # no server is spawned after this
+            procs = [
+                sp.proc
+                for sp in self.servers.values()
+                if sp.proc is not None and sp.proc.poll() is None
+            ]
+        if self._announced:
+            path = runstate.state_path(self.topology.name)
+            with contextlib.suppress(OSError):
+                if (runstate.read_state(path) or {}).get("pid") == os.getpid():
+                    path.unlink()
+        remote = [
+            threading.Thread(target=self._kill_remote_devices, args=(name,), daemon=True)
+            for name, spec in self.topology.servers.items()
+            if not spec.local
+        ]
+        for t in remote:
+            t.start()
+        for proc in procs:
+            with contextlib.suppress(OSError):
+                proc.terminate()  # the server stops its devices and exits
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.0, deadline - time.monotonic()))
+        late = [p for p in procs if p.poll() is None]
+        for proc in late:
+            log.warning("server pid %d did not stop in %.0f s: killed", proc.pid, timeout)
+            with contextlib.suppress(OSError):
+                proc.kill()
+        for proc in late:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(2.0)
+        end = time.monotonic() + 1.0
+        for t in [*remote, *([self._thread] if self._thread else [])]:
+            t.join(max(0.0, end - time.monotonic()))
+        for pid in sorted(self._pids):
+            if not _alive(pid):
+                shmem.remove_segments_of(pid)  # of servers that had to be killed
+        if not any(t.is_alive() for t in [*remote, *([self._thread] if self._thread else [])]):
+            for c in self._clients.values():
+                c.close()
+        if self._run_lock is not None:
+            self._run_lock.release()
+
+    def _kill_remote_devices(self, server: str) -> None:
+        with Client(self.servers[server].control, token=self.token, timeout=2.0) as client:
+            for dev in self.topology.devices_on(server):
+                with contextlib.suppress(Exception):
+                    client.kill(dev.device_id)
+
+    # ------------------------------------------------------------ supervising
+    def _restart(self, sp: _ServerProcess, cause: str) -> None:
         sp.restarts += 1
+        sp.last_cause = cause
+        sp.last_restart = time.time()
+        self.restarts.append((sp.last_restart, sp.name, cause))
+        log.warning("restarting server %s (restart %d): %s", sp.name, sp.restarts, cause)
         if sp.proc is not None and sp.proc.poll() is None:
             sp.proc.kill()
             sp.proc.wait()
@@ -327,6 +550,12 @@ class Supervisor:
         self._wait_ping(sp, time.monotonic() + 30)
         self._send_directory(sp.name)
         self._instantiate(sp.name)
+        self._announce()  # the new pid and the restart count
+
+    def _instantiate(self, server: str) -> None:
+        client = self.client(server)
+        for dev in self.topology.devices_on(server):
+            client.instantiate(dev.class_name, dev.device_id, self.configs[dev.device_id])
 
     def _supervise(self) -> None:
         while not self._stop.wait(self.supervise_interval):
@@ -336,25 +565,63 @@ class Supervisor:
                 local = self.topology.servers[sp.name].local
                 try:
                     if local and sp.proc is not None and sp.proc.poll() is not None:
-                        self._restart(sp, f"process exited with code {sp.proc.returncode}")
+                        self._restart(sp, lifetime.describe_exit(sp.proc.returncode))
                         continue
                     info = self.client(sp.name).request("ping", timeout=1.0)
                     sp.last_ok = time.monotonic()
-                    missing = [d.device_id for d in self.topology.devices_on(sp.name)
-                               if d.device_id not in info["devices"]]
+                    missing = [
+                        d.device_id
+                        for d in self.topology.devices_on(sp.name)
+                        if d.device_id not in info["devices"]
+                    ]
                     if missing and not local:  # a remote server restarted on its own
                         log.warning("server %s lost devices %s; re-creating", sp.name, missing)
                         self._send_directory(sp.name)
                         self._instantiate_missing(sp.name, missing)
+                except _Stopping:
+                    return
                 except TimeoutError:
                     if local and time.monotonic() - sp.last_ok > self.ping_timeout:
-                        with contextlib.suppress(Exception):
-                            self._restart(sp, f"no answer for {self.ping_timeout} s")
+                        with contextlib.suppress(_Stopping, PulsetrainError, TimeoutError):
+                            self._restart(sp, f"no answer for {self.ping_timeout:g} s")
                 except Exception:
-                    log.exception("supervising %s failed", sp.name)
+                    if not self._stop.is_set():
+                        log.exception("supervising %s failed", sp.name)
 
     def _instantiate_missing(self, server: str, device_ids: list[str]) -> None:
         client = self.client(server)
         for device_id in device_ids:
             dev = self.topology.devices[device_id]
             client.instantiate(dev.class_name, device_id, self.configs[device_id])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _create_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _last_line(path: Path, limit: int = 300) -> str:
+    """The last non-empty line of a log file (shortened), or ''."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines()]
+    except OSError:
+        return ""
+    lines = [ln for ln in lines if ln]
+    return lines[-1][:limit] if lines else ""

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
-import threading
+import time
 
 from pulsetrain.cli._args import existing_file
 from pulsetrain.errors import ConfigurationError
+from pulsetrain.lifetime import stop_signals
 from pulsetrain.ports import port_or_zero_arg, port_problem
 
 EPILOG = """examples:
@@ -87,7 +87,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until Ctrl-C or SIGTERM; returns the exit code."""
+    """Serve until SIGINT (Ctrl-C), SIGTERM or SIGHUP; returns the exit code."""
     from pulsetrain.gui import GuiServer
 
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
@@ -119,18 +119,12 @@ def run(args: argparse.Namespace) -> int:
     for scene in gui.scenes:
         print(f"  {scene.title}: {gui.scene_url(scene.name)}", flush=True)
     print("Ctrl-C to stop.", flush=True)
-    stop = threading.Event()
-
-    def handler(signum: int, frame: object) -> None:
-        stop.set()
-
-    old_int = signal.signal(signal.SIGINT, handler)
-    old_term = signal.signal(signal.SIGTERM, handler)
-    try:
-        while not stop.wait(0.5):
+    with stop_signals():  # SIGINT, SIGTERM and SIGHUP all stop the GUI the same way
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
             pass
-    finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
-        gui.stop()
+        finally:
+            gui.stop()
     return 0

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import threading
 
 from pulsetrain import shmem
-from pulsetrain.cli._args import bind_endpoint, existing_file, positive_float
+from pulsetrain.cli._args import bind_endpoint, existing_file, positive_float, positive_int
+from pulsetrain.lifetime import EXIT_MEMORY_LIMIT, EXIT_ORPHANED, ServerLifetime
 
 EPILOG = """examples:
   # a server on another host, for a topology that names it with this endpoint
@@ -33,16 +33,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--name", required=True, help="server ID")
-    p.add_argument("--bind", default="tcp://127.0.0.1:0", type=bind_endpoint,
-                   help="control endpoint to bind")
-    p.add_argument("--events-bind", default=None, type=bind_endpoint,
-                   help="events (PUB) endpoint; default: the control host, any port")
-    p.add_argument("--token-file", type=existing_file, help="file holding the control token "
-                   "(default: $PULSETRAIN_TOKEN)")
-    p.add_argument("--read-token", default=os.environ.get("PULSETRAIN_READ_TOKEN"),
-                   help="optional read-only token (get/list only)")
-    p.add_argument("--memory-limit-mb", type=positive_float, default=None,
-                   help="exit (and be restarted by the supervisor) above this resident memory")
+    p.add_argument(
+        "--bind", default="tcp://127.0.0.1:0", type=bind_endpoint, help="control endpoint to bind"
+    )
+    p.add_argument(
+        "--events-bind",
+        default=None,
+        type=bind_endpoint,
+        help="events (PUB) endpoint; default: the control host, any port",
+    )
+    p.add_argument(
+        "--token-file",
+        type=existing_file,
+        help="file holding the control token (default: $PULSETRAIN_TOKEN)",
+    )
+    p.add_argument(
+        "--read-token",
+        default=os.environ.get("PULSETRAIN_READ_TOKEN"),
+        help="optional read-only token (get/list only)",
+    )
+    p.add_argument(
+        "--memory-limit-mb",
+        type=positive_float,
+        default=None,
+        help="exit (and be restarted by the supervisor) above this resident memory",
+    )
+    p.add_argument(
+        "--parent-pid",
+        type=positive_int,
+        default=None,
+        help="stop when this process (the supervisor that started the server) is "
+        "gone; `pulsetrain run` passes its own pid",
+    )
     p.set_defaults(func=run)
 
 
@@ -54,13 +76,19 @@ def _memory_watchdog(limit_mb: float, stop: threading.Event) -> None:
         rss = proc.memory_info().rss / 2**20
         if rss > limit_mb:
             logging.getLogger("pulsetrain.server").critical(
-                "resident memory %.0f MB exceeds the limit of %.0f MB: exiting", rss, limit_mb)
-            os._exit(75)
+                "resident memory %.0f MB exceeds the limit of %.0f MB: exiting", rss, limit_mb
+            )
+            os._exit(EXIT_MEMORY_LIMIT)
 
 
 def run(args: argparse.Namespace) -> int:
     from pulsetrain.control import token_from_env
     from pulsetrain.server import DeviceServer
+
+    # First thing: a supervisor that died while starting us is noticed here.
+    lifetime = ServerLifetime(args.parent_pid).start()
+    if lifetime.parent_gone.is_set():
+        return EXIT_ORPHANED
 
     if args.token_file:
         with open(os.path.expanduser(args.token_file)) as f:
@@ -79,16 +107,25 @@ def run(args: argparse.Namespace) -> int:
     server = DeviceServer(args.name, args.bind, events, token=token, read_token=args.read_token)
     stop = threading.Event()
     if args.memory_limit_mb:
-        threading.Thread(target=_memory_watchdog, args=(args.memory_limit_mb, stop),
-                         daemon=True).start()
-    signal.signal(signal.SIGTERM, lambda *a: server.stop())
-    signal.signal(signal.SIGINT, lambda *a: server.stop())
+        threading.Thread(
+            target=_memory_watchdog, args=(args.memory_limit_mb, stop), daemon=True
+        ).start()
+    lifetime.stop_with(server.stop)  # on SIGTERM, SIGINT, or when the parent is gone
     logging.getLogger("pulsetrain.server").info(
-        "server %s: control %s, events %s", args.name, server.control_endpoint,
-        server.events_endpoint)
+        "server %s: control %s, events %s",
+        args.name,
+        server.control_endpoint,
+        server.events_endpoint,
+    )
     try:
         server.serve()
     finally:
         stop.set()
         server.close()
-    return 0
+    # Every device has stopped (runs closed, shared memory removed): skip the interpreter's
+    # teardown of the many imported modules, which takes seconds on a loaded machine, so the
+    # supervisor sees this server gone at once.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
