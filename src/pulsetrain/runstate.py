@@ -147,7 +147,18 @@ class RunLock:
         self._record: dict[str, Any] = {}
 
     @classmethod
-    def acquire(cls, topology: str) -> RunLock:
+    def check_free(cls, topology: str) -> None:
+        """Raise :class:`AlreadyRunningError` if a live process holds ``topology``'s lock.
+
+        A probe only (the lock is not kept): validation calls it first, so a second run is
+        refused for what it is, not for the ports the running one holds.
+        """
+        probe = cls.acquire(topology, record=False)
+        fd, probe._fd = probe._fd, None
+        os.close(fd)  # unlock, keeping a dead run's record for the run that cleans it
+
+    @classmethod
+    def acquire(cls, topology: str, *, record: bool = True) -> RunLock:
         """Lock ``topology`` for this process.
 
         Raises
@@ -173,7 +184,8 @@ class RunLock:
             raise
         previous = _parse(os.pread(fd, 1 << 20, 0))
         lock = cls(topology, fd, previous)
-        lock.record(pid=os.getpid(), topology=topology, started=time.time(), servers={})
+        if record:
+            lock.record(pid=os.getpid(), topology=topology, started=time.time(), servers={})
         return lock
 
     def record(self, **fields: Any) -> None:

@@ -91,6 +91,7 @@ class Supervisor:
         may_fail: Collection[str] = (),
     ):
         self.topology = topology if isinstance(topology, Topology) else Topology.load(topology)
+        runstate.RunLock.check_free(self.topology.name)  # before the ports it holds are checked
         self.topology.validate()
         self.token = token or new_token()
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="pulsetrain-run-"))

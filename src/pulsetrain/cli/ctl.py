@@ -64,7 +64,7 @@ def _target(text: str) -> str:
     if "://" in text:
         return connect_endpoint(text)
     if re.fullmatch(r"[\w.-]*:\d+", text):
-        raise ConfigurationError(
+        raise argparse.ArgumentTypeError(
             f"{text!r} is not an endpoint: write it with its scheme, e.g. tcp://{text}"
         )
     return text
