@@ -324,6 +324,18 @@ class TopologyClient:
             )
         return cls(state, token=token)
 
+    def refresh(self) -> None:
+        """Re-read the servers' entries of the running topology's state file: pids, restart
+        counts and last restart causes change while it runs (endpoints do not)."""
+        from pulsetrain import runstate
+
+        name = self.state.get("topology")
+        fresh = runstate.read_state(runstate.state_path(name)) if name else None
+        if fresh and fresh.get("pid") == self.state.get("pid"):
+            for server, info in fresh.get("servers", {}).items():
+                if server in self.state["servers"]:
+                    self.state["servers"][server] = {**self.state["servers"][server], **info}
+
     def devices(self) -> dict[str, dict]:
         """Device ID → class and server."""
         return dict(self.state["devices"])

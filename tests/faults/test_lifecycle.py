@@ -25,7 +25,9 @@ import pytest
 import pulsetrain
 from pulsetrain import lifetime, runstate, shmem
 from pulsetrain.bridge import Client as BridgeClient
+from pulsetrain.control import TopologyClient
 from pulsetrain.errors import AlreadyRunningError
+from pulsetrain.gui.backend import GuiBackend
 from pulsetrain.topology import free_port
 from waiting import wait_until
 
@@ -365,6 +367,13 @@ def test_a_second_run_is_refused_and_restarts_are_listed(tmp_path, env):
         assert work["devices"]["LC/DAQ"]["state"] in ("ON", "ACQUIRING")
         assert "WARNING" in run.output
         assert "restarting server work (restart 1): killed by SIGKILL" in run.output
+        gui = GuiBackend(TopologyClient.for_topology("lifecycle"), devices=["LC/DAQ", "LC/SOURCE"])
+        try:  # the GUI's device table shows the same (read from the state file)
+            gui._poll_once()
+            assert gui.restarts("LC/DAQ") == (work["restarts"], "killed by SIGKILL")
+            assert gui.restarts("LC/SOURCE") == (0, None)
+        finally:
+            gui.stop()
 
         leak = wait_until(
             lambda: (listing := ctl_list(env)) and listing["leak"]["restarts"] >= 1 and listing,

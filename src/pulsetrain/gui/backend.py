@@ -200,6 +200,7 @@ class GuiBackend:
         self.snapshot_times: dict[str, float] = {}
         self.errors: dict[str, str] = {}
         self.polls = 0
+        self._state_read = 0.0
         self._schemas: dict[str, dict] = {}
         maxlen = max(10, int(self.history_seconds / self.poll_interval) + 1)
         self._history: dict[tuple[str, str], collections.deque] = collections.defaultdict(
@@ -291,8 +292,21 @@ class GuiBackend:
                 return None
         return self._schemas[device_id]
 
+    def restarts(self, device_id: str) -> tuple[int, str | None]:
+        """How often the supervisor restarted the server of ``device_id``, and the last cause."""
+        server = self.devices().get(device_id, {}).get("server")
+        info = self.topology.state["servers"].get(server, {})
+        last = info.get("last_restart") or {}
+        return int(info.get("restarts", 0)), last.get("cause")
+
     def _poll_once(self) -> None:
         now = time.time()
+        if now - self._state_read >= 2.0:  # restart counts live in the run's state file
+            self._state_read = now
+            try:
+                self.topology.refresh()
+            except (OSError, ValueError) as exc:
+                log.debug("state file not re-read: %s", exc)
         for device_id in self.device_ids:
             info = self.devices().get(device_id)
             if info is None:

@@ -781,6 +781,7 @@ class CountersPanel(PanelBase):
     COLUMNS = (
         "device",
         "state",
+        "restarts",
         "in",
         "in/s",
         "missed",
@@ -817,10 +818,15 @@ class CountersPanel(PanelBase):
             lat = snap.get("outputLatency") if isinstance(snap.get("outputLatency"), dict) else {}
             p50 = lat.get("p50") if lat else snap.get("latency")
             p99 = lat.get("p99") if lat else None
+            restarts, cause = self.backend.restarts(d)
             rows.append(
                 {
                     "device": d,
                     "state": snap.get("state", "UNKNOWN"),
+                    "status": snap.get("status", ""),
+                    "stalled": bool(snap.get("stalled")),
+                    "restarts": restarts,
+                    "restart cause": cause,
                     "in": snap.get("trainsIn"),
                     "in/s": self._rate(d, "trainsIn"),
                     "missed": missed,
@@ -837,6 +843,10 @@ class CountersPanel(PanelBase):
                 {
                     "device": f"GUI ← {name}",
                     "state": "MONITORING",
+                    "status": "",
+                    "stalled": False,
+                    "restarts": None,
+                    "restart cause": None,
                     "in": tap.received,
                     "in/s": None,
                     "missed": tap.missed,
@@ -850,11 +860,16 @@ class CountersPanel(PanelBase):
         return rows
 
     def on_poll(self) -> None:
-        def cell(key: str, v: Any) -> str:
+        def cell(key: str, v: Any, row: dict[str, Any]) -> str:
             if v is None:
                 return "–"
-            if key == "state":
-                return _state_html(v)
+            if key == "state":  # a stalled device: the state, marked, its status on hover
+                mark = " <b style='color:#d97c00'>stalled</b>" if row["stalled"] else ""
+                title = html.escape(str(row["status"] or ""), quote=True)
+                return f"<span title='{title}'>{_state_html(v)}{mark}</span>"
+            if key == "restarts" and v:
+                title = html.escape(f"last: {row['restart cause']}", quote=True)
+                return f"<b title='{title}' style='color:#d97c00'>{int(v)}</b>"
             if key.startswith("latency"):
                 return f"{float(v) * 1e3:.1f} ms"
             if key.endswith("/s"):
@@ -863,7 +878,7 @@ class CountersPanel(PanelBase):
 
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.COLUMNS)
         body = "".join(
-            "<tr>" + "".join(f"<td>{cell(c, r[c])}</td>" for c in self.COLUMNS) + "</tr>"
+            "<tr>" + "".join(f"<td>{cell(c, r[c], r)}</td>" for c in self.COLUMNS) + "</tr>"
             for r in self.rows()
         )
         self.table.text = (
