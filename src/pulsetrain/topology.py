@@ -119,6 +119,9 @@ class Topology:
         self.devices = devices
         self.connections = connections
         self.extra = extra or {}
+        #: Directory of the topology file: ``module:Class`` device classes are looked up there
+        #: first (see :func:`pulsetrain.device.find_device_class`).
+        self.directory: Path | None = None
         self._validate()
 
     # ------------------------------------------------------------ loading
@@ -133,7 +136,9 @@ class Topology:
             raise ConfigurationError(f"topology file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"topology file {path} is not valid TOML: {exc}") from exc
-        return cls.from_dict(doc, default_name=path.stem)
+        topology = cls.from_dict(doc, default_name=path.stem)
+        topology.directory = path.resolve().parent
+        return topology
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], default_name: str = "topology") -> Topology:
@@ -204,7 +209,7 @@ class Topology:
         from pulsetrain.device import find_device_class
 
         for device in self.devices.values():
-            cls = find_device_class(device.class_name)
+            cls = find_device_class(device.class_name, self._module_path())
             device.channels = (set(cls.outputs), set(cls.inputs))  # type: ignore[attr-defined]
         for conn in self.connections:
             for ref, kind in ((conn.output, 0), (conn.input, 1)):
@@ -234,8 +239,10 @@ class Topology:
         configs: dict[str, dict[str, Any]] = {}
         for device in self.devices.values():
             server = self.servers[device.server]
-            cls = find_device_class(device.class_name)
+            cls = find_device_class(device.class_name, self._module_path())
             cfg = copy.deepcopy(device.config)
+            if ":" in device.class_name and self.directory is not None:
+                cfg["module_path"] = [str(self.directory)]  # the server imports from there too
             outputs = cfg.setdefault("outputs", {})
             for name in cls.outputs:
                 if server.local:
@@ -267,6 +274,9 @@ class Topology:
             same = out_server == self.devices[in_dev].server
             entry["connect"].append(inproc if same else endpoints[conn.output])
         return configs
+
+    def _module_path(self) -> list[Path]:
+        return [self.directory] if self.directory is not None else []
 
     def devices_on(self, server: str) -> list[DeviceSpec]:
         """Devices hosted by ``server``."""

@@ -139,7 +139,7 @@ class AGIPDCorrection(Device):
                     raise CalibrationError(
                         f"module {self.module}: no constants loaded ({self.status})")
                 out[name] = {**props, "calibration.corrected": False}
-                self._values["uncorrectedTrains"] += 1
+                self.count("uncorrectedTrains")
             else:
                 shape = (raw.shape[0], *raw.shape[2:])
                 buffers = self.allocate(  # in shared memory when that saves a copy downstream
@@ -153,21 +153,18 @@ class AGIPDCorrection(Device):
                     out=buffers,
                 )
                 out[name]["calibration.corrected"] = True
-                self._values["correctedTrains"] += 1
+                self.count("correctedTrains")
             out_meta[name] = {**meta.get(src, {}), "source": name}
             frames += raw.shape[0]
         if not out:
             return
         now = time.time()
-        self._values["processingTime"] = time.perf_counter() - t0
+        self.record(processingTime=time.perf_counter() - t0)
         self._frames.append((now, frames))
         ts = next((m.get("timestamp") for m in out_meta.values()), None)
         if ts is not None:
             self._lat.append(now - float(ts))
         self.write("output", out, out_meta)
-
-    def on_eos(self, channel: str) -> None:
-        self.signal_eos("output")
 
     def _stats(self) -> None:
         values = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -153,13 +152,13 @@ class DAQWriter(Device):
     # ------------------------------------------------------------ data
     def on_data(self, data: dict, meta: dict, channel: str) -> None:
         if self._writer is None or self._failed:
-            self._values["notRecorded"] += 1
+            self.count("notRecorded")
             return
         tid = train_id_of(meta)
         if tid is None:
             raise ValueError(f"data from {sorted(data)} carries no train ID")
         if tid <= self._written_below:
-            self._values["lateData"] += 1
+            self.count("lateData")
             return
         entry = self._pending.get(tid)
         if entry is None:
@@ -186,14 +185,14 @@ class DAQWriter(Device):
             try:
                 self._writer.write_train(data, meta)
             except TrainOrderError as exc:  # a source older than what its file holds: refused
-                self._values["lateData"] += 1
+                self.count("lateData")
                 self.log.warning("late data not written: %s", exc)
                 continue
             except PulsetrainError as exc:
                 self._fail(exc)
                 return
-            self._values["trainsWritten"] += 1
-            if self.max_trains and self._values["trainsWritten"] >= self.max_trains:
+            self.count("trainsWritten")
+            if self.max_trains and self.trainsWritten >= self.max_trains:
                 self.stop_run()
                 return
 
@@ -201,7 +200,7 @@ class DAQWriter(Device):
         self._failed = True
         lost = len(self._pending) + 1
         self._pending.clear()
-        self._values["notRecorded"] += lost
+        self.count("notRecorded", lost)
         closed = [str(p) for p in self._writer.files] if self._writer is not None else []
         self.update(filesClosed=closed)
         self.set_error(f"run {self.runNumber}: {exc}; {len(closed)} closed files are valid")

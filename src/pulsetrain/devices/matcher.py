@@ -93,9 +93,9 @@ class TrainMatcher(Device):
                 self._seen_set.discard(self._seen_ids[0])
             self._seen_ids.append(tid)
             self._seen_set.add(tid)
-            self._values["uniqueTrains"] += 1
+            self.count("uniqueTrains")
         if tid <= self._done_below:
-            self._values["lateData"] += 1
+            self.count("lateData")
             return
         entry = self._pending.get(tid)
         if entry is None:
@@ -108,10 +108,10 @@ class TrainMatcher(Device):
             self._match(tid)
         else:
             self._buffer(tid)
-        self._values["currentTrainId"] = tid
+        self.record(currentTrainId=tid)
 
     def _learning(self) -> bool:
-        return not self.sources and self._values["uniqueTrains"] <= self.learn_trains
+        return not self.sources and self.uniqueTrains <= self.learn_trains
 
     def _match(self, tid: int) -> None:
         if self._learning():
@@ -125,7 +125,7 @@ class TrainMatcher(Device):
         if wanted.issubset(data):
             for old in [t for t in self._pending if t < tid]:
                 self._pending.pop(old)
-                self._values["incompleteTrains"] += 1
+                self.count("incompleteTrains")
             self._pending.pop(tid)
             self._done_below = tid
             self._send({s: data[s] for s in wanted}, {s: meta[s] for s in wanted if s in meta})
@@ -135,7 +135,7 @@ class TrainMatcher(Device):
     def _drop_oldest(self) -> None:
         tid, _ = self._pending.popitem(last=False)
         self._done_below = max(self._done_below, tid)
-        self._values["incompleteTrains"] += 1
+        self.count("incompleteTrains")
 
     def _buffer(self, tid: int) -> None:
         newest = next(reversed(self._pending))
@@ -147,7 +147,7 @@ class TrainMatcher(Device):
         self._done_below = max(self._done_below, tid)
         wanted = set(self.sources) if self.sources else set(data)
         if not wanted.issubset(data):
-            self._values["incompleteTrains"] += 1
+            self.count("incompleteTrains")
         self._send({s: v for s, v in data.items() if s in wanted},
                    {s: m for s, m in meta.items() if s in wanted})
 
@@ -156,16 +156,16 @@ class TrainMatcher(Device):
             while self._pending:
                 self._release_oldest()
         else:
-            self._values["incompleteTrains"] += len(self._pending)
+            self.count("incompleteTrains", len(self._pending))
             self._pending.clear()
-        self.signal_eos("output")
+        super().on_eos(channel)
 
     # ------------------------------------------------------------ output
     def _send(self, data: dict, meta: dict) -> None:
         if self._stack_re is not None:
             data, meta = self._stack(data, meta)
         self.write("output", data, meta)
-        self._values["matchedTrains"] += 1
+        self.count("matchedTrains")
         ts = [m.get("timestamp") for m in meta.values() if m.get("timestamp") is not None]
         if ts:
             self._out_lat.append(time.time() - float(max(ts)))
@@ -208,7 +208,7 @@ class TrainMatcher(Device):
 
     # ------------------------------------------------------------ status
     def _publish_stats(self) -> None:
-        seen = self._values["uniqueTrains"]
+        seen = self.uniqueTrains
         lat = {s: float(np.mean(d)) for s, d in self._lat.items() if d}
         out = {}
         if self._out_lat:
@@ -216,8 +216,8 @@ class TrainMatcher(Device):
             out = {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)),
                    "n": len(arr)}
         self.update(
-            matchedTrains=self._values["matchedTrains"],
-            matchingRatio=self._values["matchedTrains"] / seen if seen else 0.0,
+            matchedTrains=self.matchedTrains,
+            matchingRatio=self.matchedTrains / seen if seen else 0.0,
             sourceLatency=lat,
             sourceCounts=dict(self._counts),
             outputLatency=out,
@@ -229,8 +229,7 @@ class TrainMatcher(Device):
         self._pending.clear()
         self._learned.clear()
         self._done_below = -1
-        for key in ("matchedTrains", "incompleteTrains", "lateData", "uniqueTrains"):
-            self._values[key] = 0
+        self.update(matchedTrains=0, incompleteTrains=0, lateData=0, uniqueTrains=0)
         self._seen_ids.clear()
         self._seen_set.clear()
         self._out_lat.clear()

@@ -8,7 +8,7 @@ import numpy as np
 
 from pulsetrain.device import Device, Property, State
 
-__all__ = ["Passthrough", "ModuleStatistics"]
+__all__ = ["ModuleStatistics", "Passthrough"]
 
 
 class Passthrough(Device):
@@ -33,12 +33,9 @@ class Passthrough(Device):
             time.sleep(self.delay)
         self.write("output", data, meta)
         tid = next((m.get("timestamp.tid") for m in meta.values()), None)
-        self._values["processed"] += 1
+        self.count("processed")
         if tid is not None:
-            self._values["lastTrainId"] = int(tid)
-
-    def on_eos(self, channel: str) -> None:
-        self.signal_eos("output")
+            self.record(lastTrainId=int(tid))
 
 
 class ModuleStatistics(Device):
@@ -70,9 +67,6 @@ class ModuleStatistics(Device):
             out[src] = props
             ts = meta.get(src, {}).get("timestamp")
             if ts is not None:
-                self._values["latency"] = time.time() - float(ts)
+                self.record(latency=time.time() - float(ts))
         self.write("output", out, meta)
-        self._values["processed"] += 1
-
-    def on_eos(self, channel: str) -> None:
-        self.signal_eos("output")
+        self.count("processed")
