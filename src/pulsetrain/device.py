@@ -17,7 +17,7 @@ Declaring a device::
     class Scaler(Device):
         factor = Property(float, 1.0, minimum=0, unit="", description="multiplier")
         scaled = Property(int, 0, access="readonly", description="trains scaled")
-        inputs = {"input": {}}
+        inputs = ("input",)
         outputs = ("output",)
 
         def on_data(self, data, meta, channel):
@@ -326,13 +326,14 @@ class Device:
 
     Class attributes
     ----------------
-    inputs : dict
-        Input channel names with their default policies (``{'input': {}}``).
+    inputs : tuple of str, or dict
+        Input channel names (``('input',)``), or names with their default policies
+        (``{'input': {'on_slowness': 'wait'}}``; a topology's connection overrides them).
     outputs : tuple of str
         Output channel names.
     """
 
-    inputs: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    inputs: ClassVar[tuple[str, ...] | Mapping[str, Mapping[str, Any]]] = ()
     outputs: ClassVar[tuple[str, ...]] = ()
 
     #: Seconds between two notifications of listeners about values set by :meth:`count` and
@@ -755,7 +756,8 @@ class Device:
             self.output_channels[name] = OutputChannel(
                 f"{self.device_id}:{name}", bind, no_input_shared=cfg.get("no_input_shared")
             )
-        for name, defaults in self.inputs.items():
+        for name in self.inputs:
+            defaults = self.inputs[name] if isinstance(self.inputs, Mapping) else {}
             cfg = {**defaults, **self._input_cfg.get(name, {})}
             channel = InputChannel(
                 f"{self.device_id}:{name}",

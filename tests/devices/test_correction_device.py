@@ -100,7 +100,11 @@ def test_live_correction_equals_offline_and_missing_constants_error(tmp_path, ca
             np.testing.assert_array_equal(got["image.gain"], ref.gain)
             np.testing.assert_array_equal(got["image.mask"], ref.mask)
             np.testing.assert_allclose(got["image.data"], ref.data, rtol=1e-6)
-            assert got["image.data"].dtype == np.float32 and got["image.data"].shape == (8, 512, 128)
+            assert got["image.data"].dtype == np.float32 and got["image.data"].shape == (
+                8,
+                512,
+                128,
+            )
             np.testing.assert_array_equal(got["image.cellId"], raws[tid]["image.cellId"])
             compared += 1
             if compared == 2:

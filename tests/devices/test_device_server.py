@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ class Doubler(Device):
     mode = Property(str, "fast", options=("fast", "slow"))
     label = Property(str, "x", access="init")
     processed = Property(int, 0, access="readonly")
-    inputs = {"input": {"on_slowness": "wait"}}
+    inputs: ClassVar[dict] = {"input": {"on_slowness": "wait"}}
     outputs = ("output",)
 
     def on_data(self, data, meta, channel):
@@ -181,8 +182,12 @@ def test_malformed_requests_get_errors_and_the_server_survives(server, client):
 
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.connect(server.control_endpoint)
-    for junk in (b"\xc1\xc1", control.pack([1, 2]), control.pack({"op": "explode"}),
-                 control.pack({"op": "get", "token": TOKEN, "device": "nobody", "key": "x"})):
+    for junk in (
+        b"\xc1\xc1",
+        control.pack([1, 2]),
+        control.pack({"op": "explode"}),
+        control.pack({"op": "get", "token": TOKEN, "device": "nobody", "key": "x"}),
+    ):
         sock.send_multipart([b"", junk])
         assert sock.poll(5000), "no reply to a malformed request"
         reply = control.unpack(sock.recv_multipart()[-1])

@@ -7,13 +7,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from waiting import wait_until
 
 import pulsetrain.devices
 from pulsetrain import device as device_module
 from pulsetrain.device import Device, ProducerDevice, Property, State
 from pulsetrain.errors import ConfigurationError, PropertyError
 from pulsetrain.testing import DeviceHarness
+from waiting import wait_until
 
 DEVICES_DIR = Path(pulsetrain.devices.__file__).parent
 
@@ -74,7 +74,7 @@ def test_the_walk_catches_an_offence(tmp_path):
 
 # ---------------------------------------------------------------- count, record, listeners
 class Counter(Device):
-    inputs = {"input": {}}
+    inputs = ("input",)
     outputs = ("output",)
 
     seen = Property(int, 0, access="readonly")
@@ -150,14 +150,14 @@ def test_server_attribute_and_stopping():
 
 # ---------------------------------------------------------------- end-of-stream by default
 class TwoInputs(Device):
-    inputs = {"a": {}, "b": {}}
+    inputs = ("a", "b")
     outputs = ("out1", "out2")
 
 
 def test_end_of_stream_is_forwarded_once_every_input_ended():
     with DeviceHarness(TwoInputs) as dev:
         dev.end_of_stream("a")
-        wait_until(lambda: dev.device._ended_inputs == {"a"}, what="eos on a")  # noqa: SLF001
+        wait_until(lambda: dev.device._ended_inputs == {"a"}, what="eos on a")
         with pytest.raises(TimeoutError):
             dev.receive("out1", timeout=0.5)
         dev.end_of_stream("b")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -183,7 +183,7 @@ def _pulse_keys(props: dict) -> dict[str, Any]:
 class _ModuleAnalysis(Device):
     """Shared input handling of the analysis devices (not registered as a device class)."""
 
-    inputs: ClassVar[dict] = {"input": {}}
+    inputs = ("input",)
     outputs = ("output",)
 
     source_pattern = Property(

@@ -23,7 +23,7 @@ class FaultInjector(Device):
     the output allows.  ``stall``: block in ``on_data`` for ``stall_s`` seconds.
     """
 
-    inputs = {"input": {}}
+    inputs = ("input",)
     outputs = ("output",)
 
     fault = Property(str, "none", options=("none", "raise", "segfault", "leak", "flood", "stall"))

@@ -29,46 +29,81 @@ class TrainMatcher(Device):
     one array with a module axis (for tools such as OnDA that want a stacked detector).
     """
 
-    inputs = {"input": {}}
+    inputs = ("input",)
     outputs = ("output",)
 
-    mode = Property(str, "match", options=("match", "buffer"), access="init",
-                    description="match: only complete trains; buffer: fixed delay, may be partial")
+    mode = Property(
+        str,
+        "match",
+        options=("match", "buffer"),
+        access="init",
+        description="match: only complete trains; buffer: fixed delay, may be partial",
+    )
     sources = Property(list, [], description="sources to match (empty: learn from the stream)")
-    learn_trains = Property(int, 20, minimum=1, access="init",
-                            description="trains observed to learn the sources when none given")
-    buffer_size = Property(int, 100, minimum=1, maximum=10000,
-                           description="trains held while waiting (match) or the delay (buffer)")
-    stack_pattern = Property(str, "", access="init",
-                             description="regex of sources to stack (empty: no stacking)")
+    learn_trains = Property(
+        int,
+        20,
+        minimum=1,
+        access="init",
+        description="trains observed to learn the sources when none given",
+    )
+    buffer_size = Property(
+        int,
+        100,
+        minimum=1,
+        maximum=10000,
+        description="trains held while waiting (match) or the delay (buffer)",
+    )
+    stack_pattern = Property(
+        str, "", access="init", description="regex of sources to stack (empty: no stacking)"
+    )
     stack_keys = Property(list, ["image.data"], access="init", description="keys to stack")
-    stack_source = Property(str, "", access="init",
-                            description="source name of the stacked data (default: derived)")
+    stack_source = Property(
+        str, "", access="init", description="source name of the stacked data (default: derived)"
+    )
     stack_axis = Property(int, 0, minimum=0, access="init", description="position of module axis")
-    keep_stacked_sources = Property(bool, False, access="init",
-                                    description="also forward the sources that were stacked")
+    keep_stacked_sources = Property(
+        bool, False, access="init", description="also forward the sources that were stacked"
+    )
 
     matchedTrains = Property(int, 0, access="readonly", description="trains sent")
-    incompleteTrains = Property(int, 0, access="readonly",
-                                description="trains discarded (match) or sent partial (buffer)")
-    lateData = Property(int, 0, access="readonly",
-                        description="source data that arrived after its train was sent/dropped")
+    incompleteTrains = Property(
+        int, 0, access="readonly", description="trains discarded (match) or sent partial (buffer)"
+    )
+    lateData = Property(
+        int,
+        0,
+        access="readonly",
+        description="source data that arrived after its train was sent/dropped",
+    )
     uniqueTrains = Property(int, 0, access="readonly", description="distinct train IDs seen")
-    matchingRatio = Property(float, 0.0, access="readonly",
-                             description="trains sent / distinct train IDs seen")
+    matchingRatio = Property(
+        float, 0.0, access="readonly", description="trains sent / distinct train IDs seen"
+    )
     currentTrainId = Property(int, 0, access="readonly")
-    sourceLatency = Property(dict, {}, access="readonly", unit="s",
-                             description="mean latency of each source (arrival − train timestamp)")
+    sourceLatency = Property(
+        dict,
+        {},
+        access="readonly",
+        unit="s",
+        description="mean latency of each source (arrival − train timestamp)",
+    )
     sourceCounts = Property(dict, {}, access="readonly", description="items received per source")
-    outputLatency = Property(dict, {}, access="readonly", unit="s",
-                             description="p50/p99 of send time − train timestamp, last 1000")
+    outputLatency = Property(
+        dict,
+        {},
+        access="readonly",
+        unit="s",
+        description="p50/p99 of send time − train timestamp, last 1000",
+    )
 
     def initialize(self) -> None:
         self._pending: collections.OrderedDict[int, tuple[dict, dict]] = collections.OrderedDict()
         self._done_below = -1  # trains with ID <= this are finished (sent or dropped)
         self._learned: set[str] = set()
         self._lat: dict[str, collections.deque] = collections.defaultdict(
-            lambda: collections.deque(maxlen=100))
+            lambda: collections.deque(maxlen=100)
+        )
         self._out_lat: collections.deque = collections.deque(maxlen=1000)
         self._counts: collections.Counter = collections.Counter()
         self._seen_ids: collections.deque = collections.deque(maxlen=10000)
@@ -148,8 +183,10 @@ class TrainMatcher(Device):
         wanted = set(self.sources) if self.sources else set(data)
         if not wanted.issubset(data):
             self.count("incompleteTrains")
-        self._send({s: v for s, v in data.items() if s in wanted},
-                   {s: m for s, m in meta.items() if s in wanted})
+        self._send(
+            {s: v for s, v in data.items() if s in wanted},
+            {s: m for s, m in meta.items() if s in wanted},
+        )
 
     def on_eos(self, channel: str) -> None:
         if self.mode == "buffer":
@@ -171,17 +208,16 @@ class TrainMatcher(Device):
             self._out_lat.append(time.time() - float(max(ts)))
 
     def _stack(self, data: dict, meta: dict) -> tuple[dict, dict]:
-        names = [s for s in (self.sources or sorted(data, key=_natural_key))
-                 if self._stack_re.search(s)]
+        names = [
+            s for s in (self.sources or sorted(data, key=_natural_key)) if self._stack_re.search(s)
+        ]
         names = [s for s in names if s in data] if self.mode == "match" else names
         present = [s for s in names if s in data]
         if not present:
             return data, meta
         target = self.stack_source or re.sub(r"\d+CH0:.*$", "APPEND", present[0])
-        out = {s: v for s, v in data.items()
-               if self.keep_stacked_sources or s not in present}
-        omet = {s: v for s, v in meta.items()
-                if self.keep_stacked_sources or s not in present}
+        out = {s: v for s, v in data.items() if self.keep_stacked_sources or s not in present}
+        omet = {s: v for s, v in meta.items() if self.keep_stacked_sources or s not in present}
         stacked: dict[str, Any] = {}
         for key in self.stack_keys:
             arrays = [np.asarray(data[s][key]) for s in present if key in data[s]]
@@ -213,8 +249,11 @@ class TrainMatcher(Device):
         out = {}
         if self._out_lat:
             arr = np.array(self._out_lat)
-            out = {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)),
-                   "n": len(arr)}
+            out = {
+                "p50": float(np.percentile(arr, 50)),
+                "p99": float(np.percentile(arr, 99)),
+                "n": len(arr),
+            }
         self.update(
             matchedTrains=self.matchedTrains,
             matchingRatio=self.matchedTrains / seen if seen else 0.0,

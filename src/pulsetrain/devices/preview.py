@@ -62,7 +62,7 @@ class PreviewAssembler(Device):
     detector by copying small uint8 arrays.  See the module documentation for the output keys.
     """
 
-    inputs = {"input": {}}
+    inputs = ("input",)
     outputs = ("output",)
 
     source_pattern = Property(
