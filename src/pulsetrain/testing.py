@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pulsetrain import control
@@ -60,7 +60,11 @@ class DeviceHarness:
         keys ``on_slowness``, ``data_distribution``, ``max_queue_length``).  By default every
         input waits, so no train the test sends is dropped.
     wire : bool
-        Connect the harness to every input and output of the device (default).
+        Connect the harness to the device's inputs and outputs (default).
+    outputs : iterable of str, optional
+        The outputs to connect to (default: all).  The harness reads up to
+        :attr:`READ_AHEAD` trains ahead on each; past that, a device writing to an output the
+        test does not read waits for it, so connect only the outputs the test reads.
     request_timeout : float
         Seconds a set or call may take on the device before failing.
 
@@ -76,6 +80,9 @@ class DeviceHarness:
         The server's control endpoint and token (for ``pulsetrain ctl``).
     """
 
+    #: Trains the harness accepts ahead of the test on each output.
+    READ_AHEAD = 16
+
     def __init__(
         self,
         device_class: type[Device] | str,
@@ -84,6 +91,7 @@ class DeviceHarness:
         device_id: str = "TEST/DEVICE/1",
         input_policy: Mapping[str, Mapping[str, Any]] | None = None,
         wire: bool = True,
+        outputs: Iterable[str] | None = None,
         request_timeout: float = 10.0,
     ) -> None:
         if isinstance(device_class, str):
@@ -115,7 +123,7 @@ class DeviceHarness:
             self.client.instantiate(class_name, device_id, cfg)
             self.device: Device = self.server.devices[device_id]
             if wire:
-                self._wire()
+                self._wire(self.device.outputs if outputs is None else tuple(outputs))
             if autostart and self.device.state in (State.ON.value, State.STOPPED.value):
                 self.call("start_acquisition")
         except BaseException:
@@ -123,13 +131,20 @@ class DeviceHarness:
             raise
 
     # ------------------------------------------------------------ wiring
-    def _wire(self) -> None:
+    def _wire(self, outputs: tuple[str, ...]) -> None:
         for name in self.device.inputs:
             src = OutputChannel(f"harness:{name}", ["tcp://127.0.0.1:0"])
             self._sources[name] = src
             self.device.connect_input(name, src.endpoints[0])
-        for name in self.device.outputs:
-            sink = InputChannel(f"harness:{name}", on_slowness="wait", max_queue_length=100)
+        for name in outputs:
+            if name not in self.device.outputs:
+                raise DeviceError(f"{self.device_id} has no output {name!r}")
+            sink = InputChannel(
+                f"harness:{name}",
+                on_slowness="wait",
+                window=self.READ_AHEAD,
+                shared_memory=False,  # received arrays stay valid after the next receive
+            )
             tcp = next(
                 e for e in self.device.output_channels[name].endpoints if e.startswith("tcp://")
             )

@@ -126,6 +126,7 @@ class SimulatedDetector(ProducerDevice):
         except Exception as exc:  # noqa: BLE001 - the first train builds them instead
             self.log.warning("preparing the simulator failed: %s", exc)
         self._banks_ready.set()
+        self.record(prepared=True)  # handed over to the device's thread
 
     def _follow_motor(self) -> None:
         """Poll the motor's position at 20 Hz (the facility's view of where the sample is)."""
@@ -156,10 +157,8 @@ class SimulatedDetector(ProducerDevice):
         return data, {s: make_meta(s, tid, ts) for s in data}
 
     def produce(self) -> bool:
-        if not self.prepared:
-            if not self._banks_ready.is_set():
-                return False
-            self.record(prepared=True)
+        if not self._banks_ready.is_set():
+            return False
         tid = self._tid
         ts = time.time()
         t0 = time.perf_counter()
