@@ -157,9 +157,10 @@ class TwoInputs(Device):
 def test_end_of_stream_is_forwarded_once_every_input_ended():
     with DeviceHarness(TwoInputs) as dev:
         dev.end_of_stream("a")
-        wait_until(lambda: dev.device._ended_inputs == {"a"}, what="eos on a")
+        wait_until(lambda: "a" in dev.device._ended_inputs, what="end-of-stream on a")
+        dev.device.run_in_device(lambda: None)  # on_eos("a") has returned
         with pytest.raises(TimeoutError):
-            dev.receive("out1", timeout=0.5)
+            dev.receive("out1", timeout=0.5)  # input b has not ended: nothing forwarded
         dev.end_of_stream("b")
         assert dev.receive_eos("out1") == 0
         assert dev.receive_eos("out2") == 0
@@ -199,6 +200,7 @@ def test_producer_start_stop_slots_and_rate():
         assert dev.get("state") == State.ON.value
         with pytest.raises(TimeoutError):
             dev.receive(timeout=0.5)
+        assert dev.get("sentTrains") == 0
         dev.call("start_acquisition")
         assert dev.get("state") == "ACQUIRING"
         for _ in range(5):
