@@ -33,9 +33,10 @@ The public API of a device (everything else, in particular any ``self._name`` of
 classes, is private and may change):
 
 Declaring
-    :class:`Property` class attributes (a property may not reuse the name of a method or
-    attribute below), :func:`slot` methods, the ``inputs`` mapping (input name → default policy)
-    and the ``outputs`` tuple.
+    :class:`Property` class attributes and :func:`slot` methods (neither may reuse the name of
+    a method or attribute below; ``@slot(name='stop')`` exposes a method under another name),
+    the ``inputs`` (a tuple of names, or a mapping name → default policy) and the ``outputs``
+    tuple.
 Hooks (all on the device's thread)
     :meth:`~Device.initialize`, :meth:`~Device.on_data`, :meth:`~Device.on_eos` (by default:
     end-of-stream is forwarded to every output once every input has ended),
@@ -290,6 +291,7 @@ def slot(
     *,
     allowed_states: tuple[State | str, ...] | None = None,
     description: str = "",
+    name: str = "",
 ) -> Any:
     """Mark a device method as a slot (a command callable through the control plane).
 
@@ -297,6 +299,11 @@ def slot(
     ----------
     allowed_states : tuple of State, optional
         States in which the slot may be called; calling it in another state is refused.
+    description : str
+        One line for users (default: the first line of the docstring).
+    name : str
+        The name clients call it by, when it differs from the method's (a slot called
+        ``stop`` must not be a method ``stop``: that is the device's own lifecycle method).
     """
 
     def mark(f: Callable) -> Callable:
@@ -305,6 +312,7 @@ def slot(
             if allowed_states
             else None,
             "description": description or (f.__doc__ or "").strip().split("\n")[0],
+            "name": name or f.__name__,
         }
         return f
 
@@ -383,6 +391,15 @@ class Device:
                 raise TypeError(
                     f"{cls.__name__}.{key}: a property may not reuse the name of Device.{key}"
                 )
+            if (
+                hasattr(value, "_pt_slot")
+                and hasattr(Device, key)
+                and not hasattr(getattr(Device, key), "_pt_slot")
+            ):
+                raise TypeError(
+                    f"{cls.__name__}.{key}: a slot method may not replace Device.{key} (the "
+                    f"device's own method); name it otherwise and use @slot(name={key!r})"
+                )
 
     def __init__(self, device_id: str, config: Mapping[str, Any] | None = None):
         self.device_id = device_id
@@ -441,13 +458,21 @@ class Device:
 
     @classmethod
     def slots(cls) -> dict[str, dict[str, Any]]:
-        """All slots of this class with their descriptions and allowed states."""
+        """All slots of this class, by the name clients call, with their descriptions and
+        allowed states."""
+        return {
+            name: {k: v for k, v in info.items() if k != "name"}
+            for name, (_, info) in cls._slot_methods().items()
+        }
+
+    @classmethod
+    def _slot_methods(cls) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Slot name → (method name, slot info)."""
         found = {}
-        for name in dir(cls):
-            fn = getattr(cls, name, None)
-            info = getattr(fn, "_pt_slot", None)
+        for attr in dir(cls):
+            info = getattr(getattr(cls, attr, None), "_pt_slot", None)
             if info is not None:
-                found[name] = dict(info)
+                found[info.get("name", attr)] = (attr, info)
         return found
 
     @classmethod
@@ -506,8 +531,8 @@ class Device:
 
     def call(self, name: str, *args: Any) -> Any:
         """Call a slot on the device's thread; refused if the state does not allow it."""
-        info = self.slots().get(name)
-        if info is None:
+        method, info = self._slot_methods().get(name, (None, None))
+        if method is None or info is None:
             raise DeviceError(f"{self.device_id}: no slot {name!r}")
         allowed = info["allowed_states"]
         if allowed and self.state not in allowed:
@@ -517,7 +542,7 @@ class Device:
             )
         try:
             return self.run_in_device(
-                self._guarded(lambda: getattr(self, name)(*args)), what=f"slot {name}()"
+                self._guarded(lambda: getattr(self, method)(*args)), what=f"slot {name}()"
             )
         except PulsetrainError:
             raise

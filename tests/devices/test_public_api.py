@@ -10,7 +10,7 @@ import pytest
 
 import pulsetrain.devices
 from pulsetrain import device as device_module
-from pulsetrain.device import Device, ProducerDevice, Property, State
+from pulsetrain.device import Device, ProducerDevice, Property, State, slot
 from pulsetrain.errors import ConfigurationError, PropertyError
 from pulsetrain.testing import DeviceHarness
 from waiting import wait_until
@@ -249,3 +249,26 @@ def test_module_class_from_a_search_path(tmp_path):
         device_module.find_device_class("pt_searched_devs_missing:Here", [tmp_path])
     cls = device_module.find_device_class("pt_searched_devs:Here", [tmp_path])
     assert cls.__name__ == "Here" and issubclass(cls, Device)
+
+
+def test_a_slot_may_not_replace_a_device_method_but_may_take_its_name():
+    with pytest.raises(TypeError, match="may not replace Device.stop"):
+
+        class Bad(Device):
+            @slot
+            def stop(self):
+                pass
+
+    class Good(Device):
+        halted = Property(bool, False, access="readonly")
+
+        @slot(name="stop", description="Halt")
+        def halt(self):
+            self.update(halted=True)
+
+    assert "stop" in Good.slots() and "halt" not in Good.slots()
+    with DeviceHarness(Good) as dev:
+        dev.call("stop")
+        assert dev.get("halted") is True
+        device = dev.device
+    assert device.stopping  # closing the harness ran the lifecycle stop, not the slot

@@ -47,3 +47,11 @@ def test_motor_limits_come_from_its_configuration():
         motor.wait_for("actualPosition", 1.5)
         motor.wait_for("state", "ON")
         assert motor.get("moves") == 1
+        motor.set("targetPosition", -1.0)
+        motor.set("velocity", 0.01)
+        motor.call("move")
+        motor.wait_for("state", "MOVING")
+        motor.call("stop")  # the Karabo motor slot, not the device's lifecycle stop
+        motor.wait_for("state", "ON")
+        assert -1.0 < motor.get("actualPosition") < 1.5
+        assert not motor.device.stopping

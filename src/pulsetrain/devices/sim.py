@@ -209,8 +209,8 @@ class SimulatedMotor(Device):
         self.count("moves")
         self._tick()
 
-    @slot(allowed_states=("MOVING",), description="Stop where the motor is")
-    def stop(self) -> None:
+    @slot(allowed_states=("MOVING",), description="Stop where the motor is", name="stop")
+    def stop_motion(self) -> None:
         """Stop where the motor is."""
         self.motor.stop()
         self._tick()
