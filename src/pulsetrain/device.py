@@ -49,7 +49,8 @@ Values
     values) are the cheap per-train forms: the new value is visible to ``get`` at once, and
     listeners hear of it at most once per ``publish_interval`` (0.5 s) per key, with the latest
     value, after the call that changed it returns (or when the device is idle), never once per
-    call.  :meth:`~Device.set_state` changes ``state`` and ``status``; :meth:`~Device.set_error`
+    call.  Called from a helper thread of the device, both hand the change to the device's
+    thread.  :meth:`~Device.set_state` changes ``state`` and ``status``; :meth:`~Device.set_error`
     goes to ``ERROR``.  :meth:`~Device.set_limits` narrows a numeric property's limits for this
     instance (a motor's software limits).
 Channels
@@ -64,6 +65,10 @@ Threads and time
 Other devices and the host
     :attr:`~Device.server` (the hosting :class:`~pulsetrain.server.DeviceServer`, ``None``
     outside a server) and :meth:`~Device.remote` (another device of the topology).
+Producers
+    :class:`ProducerDevice`: write :meth:`~ProducerDevice.produce` (one train per call, paced at
+    ``rate``), call :meth:`~ProducerDevice.end_of_stream` at the end of the data; the slots
+    ``start_acquisition`` / ``stop_acquisition`` and :attr:`~ProducerDevice.producing`.
 
 Watchdog: a device busy with one call (one train in ``on_data``, a slot, a timer) for longer
 than ``stall_warning`` seconds is marked ``stalled``: ``busyFor`` and ``status`` say what it is
