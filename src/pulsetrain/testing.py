@@ -49,8 +49,8 @@ class DeviceHarness:
     Parameters
     ----------
     device_class : Device subclass or str
-        The class (registered under its name in this process), or the name of an installed or
-        registered class (``'TrainMatcher'``, ``'mymod:MyDevice'``).
+        The class (registered in this process under a name of the harness's own), or the name
+        of an installed or registered class (``'TrainMatcher'``, ``'mymod:MyDevice'``).
     config : mapping, optional
         The device's configuration, as in a topology's ``config`` table.
     device_id : str
@@ -59,8 +59,6 @@ class DeviceHarness:
         Policy of the device's inputs, by input name (``{'input': {'on_slowness': 'wait'}}``;
         keys ``on_slowness``, ``data_distribution``, ``max_queue_length``).  By default every
         input waits, so no train the test sends is dropped.
-    wire : bool
-        Connect the harness to the device's inputs and outputs (default).
     outputs : iterable of str, optional
         The outputs to connect to (default: all).  The harness reads up to
         :attr:`READ_AHEAD` trains ahead on each; past that, a device writing to an output the
@@ -90,7 +88,6 @@ class DeviceHarness:
         *,
         device_id: str = "TEST/DEVICE/1",
         input_policy: Mapping[str, Mapping[str, Any]] | None = None,
-        wire: bool = True,
         outputs: Iterable[str] | None = None,
         request_timeout: float = 10.0,
     ) -> None:
@@ -98,7 +95,9 @@ class DeviceHarness:
             class_name = device_class
             cls = find_device_class(device_class)
         else:
-            class_name = register_device_class(device_class)
+            # a name of its own: never hides an installed class of the same name
+            qualified = f"harness.{device_class.__module__}.{device_class.__qualname__}"
+            class_name = register_device_class(device_class, qualified)
             cls = device_class
         self.device_id = device_id
         self.token = secrets.token_urlsafe(16)
@@ -117,13 +116,12 @@ class DeviceHarness:
                 inputs[name] = {**inputs.get(name, {}), **policy}
             cfg["inputs"] = inputs
             autostart = False
-            if wire and issubclass(cls, ProducerDevice):  # start once the outputs are wired
+            if issubclass(cls, ProducerDevice):  # start once the outputs are wired
                 autostart = bool(cfg.get("autostart", cls.properties()["autostart"].default))
                 cfg["autostart"] = False
             self.client.instantiate(class_name, device_id, cfg)
             self.device: Device = self.server.devices[device_id]
-            if wire:
-                self._wire(self.device.outputs if outputs is None else tuple(outputs))
+            self._wire(self.device.outputs if outputs is None else tuple(outputs))
             if autostart and self.device.state in (State.ON.value, State.STOPPED.value):
                 self.call("start_acquisition")
         except BaseException:
