@@ -6,46 +6,123 @@ and driven from outside through the control plane (get / set / call), and from u
 through its input channels (``on_data``).
 
 Everything a device's code does runs on the device's own worker thread, one thing at a time:
-``on_data`` for each train, property sets, slot calls and timers.  Device code therefore needs no
-locks.  An exception raised by device code puts the device into state ``ERROR`` with the message
-in ``status``; the device, its server and the other devices keep running; the slot ``reset``
-brings it back to ``ON``.
+``initialize``, ``on_data`` for each train, ``on_eos``, property sets with ``on_set``, slot
+calls, timers (:meth:`Device.every`) and, for a :class:`ProducerDevice`, ``produce``.  Device code
+therefore needs no locks.  An exception raised by device code puts the device into state
+``ERROR`` with the message in ``status``; the device, its server and the other devices keep
+running; the slot ``reset`` brings it back to ``ON``.
 
 Declaring a device::
 
     class Scaler(Device):
         factor = Property(float, 1.0, minimum=0, unit="", description="multiplier")
-        inputs = {"input": {}}
+        scaled = Property(int, 0, access="readonly", description="trains scaled")
+        inputs = ("input",)
         outputs = ("output",)
 
         def on_data(self, data, meta, channel):
             out = {src: {"image.data": v["image.data"] * self.factor} for src, v in data.items()}
             self.write("output", out, meta)
+            self.count("scaled")
 
         @slot
         def double(self):
             self.factor *= 2
+
+The public API of a device (everything else, in particular any ``self._name`` of this module's
+classes, is private and may change):
+
+Declaring
+    :class:`Property` class attributes and :func:`slot` methods (neither may reuse the name of
+    a method or attribute below; ``@slot(name='stop')`` exposes a method under another name),
+    the ``inputs`` (a tuple of names, or a mapping name → default policy) and the ``outputs``
+    tuple.
+Hooks (all on the device's thread)
+    :meth:`~Device.initialize`, :meth:`~Device.on_data`, :meth:`~Device.on_eos` (by default:
+    end-of-stream is forwarded to every output once every input has ended),
+    :meth:`~Device.on_set`, :meth:`~Device.shutdown`; :meth:`ProducerDevice.produce`.
+Values
+    Reading a property is an attribute read (``self.factor``).  Assigning one
+    (``self.factor = 2``) or :meth:`~Device.update` validates it and tells the listeners (the
+    server's event stream) at once: use them for settings and rare changes.
+    :meth:`~Device.count` (add to a read-only counter) and :meth:`~Device.record` (set read-only
+    values) are the cheap per-train forms: the new value is visible to ``get`` at once, and
+    listeners hear of it at most once per ``publish_interval`` (0.5 s) per key, with the latest
+    value, after the call that changed it returns (or when the device is idle), never once per
+    call.  Called from a helper thread of the device, both hand the change to the device's
+    thread.  :meth:`~Device.set_state` changes ``state`` and ``status``; :meth:`~Device.set_error`
+    goes to ``ERROR``.  :meth:`~Device.set_limits` narrows a numeric property's limits for this
+    instance (a motor's software limits).
+Channels
+    :meth:`~Device.write`, :meth:`~Device.allocate` (arrays in shared memory to fill and write),
+    :meth:`~Device.signal_eos`.
+Threads and time
+    :meth:`~Device.every` (a timer on the device's thread), :meth:`~Device.run_in_device`
+    (run a function on the device's thread and wait), :meth:`~Device.post` (queue one without
+    waiting: the way a helper thread of the device hands results over),
+    :attr:`~Device.stopping` (a stop was requested) and :meth:`~Device.wait_stop` (sleep, but
+    wake up for a stop request), ``self.log`` (a logger naming the device).
+Other devices and the host
+    :attr:`~Device.server` (the hosting :class:`~pulsetrain.server.DeviceServer`, ``None``
+    outside a server) and :meth:`~Device.remote` (another device of the topology).
+Producers
+    :class:`ProducerDevice`: write :meth:`~ProducerDevice.produce` (one train per call, paced at
+    ``rate``), call :meth:`~ProducerDevice.end_of_stream` at the end of the data; the slots
+    ``start_acquisition`` / ``stop_acquisition`` and :attr:`~ProducerDevice.producing`.
+
+Watchdog: a device busy with one call (one train in ``on_data``, a slot, a timer) for longer
+than ``stall_warning`` seconds is marked ``stalled``: ``busyFor`` and ``status`` say what it is
+doing and for how long (``stalled: on_data(train 1234) from input 'input' busy for 5.2 s``), one
+WARNING is logged, and both are cleared when the call returns.  Busy for longer than
+``stall_timeout`` puts it in ``ERROR``.  The server's watchdog thread sets these values, because
+the device's own thread is the one that is stuck.
+
+Registration: a server finds classes by name through the ``pulsetrain.devices`` entry points of
+installed packages, as ``module:Class`` (importable, or a module file next to the topology file),
+and among classes registered in the process with :func:`register_device_class` (tests).  See
+``docs/writing-a-device.md``.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import enum
+import functools
+import importlib
 import logging
 import math
 import queue
+import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from pulsetrain.channels import EndOfStream, InputChannel, OutputChannel
 from pulsetrain.errors import ConfigurationError, DeviceError, PropertyError, PulsetrainError
+from pulsetrain.protocol import train_id_of
 
-__all__ = ["State", "Access", "Property", "slot", "Device", "find_device_class", "device_classes"]
+if TYPE_CHECKING:
+    from pulsetrain.server import DeviceServer
+
+__all__ = [
+    "Access",
+    "Device",
+    "ProducerDevice",
+    "Property",
+    "RemoteDevice",
+    "State",
+    "device_classes",
+    "find_device_class",
+    "register_device_class",
+    "registered_device_classes",
+    "slot",
+]
 
 
 class State(str, enum.Enum):
@@ -76,7 +153,12 @@ class Access(str, enum.Enum):
 
 
 _TYPES: dict[type, str] = {
-    bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict",
+    bool: "bool",
+    int: "int",
+    float: "float",
+    str: "str",
+    list: "list",
+    dict: "dict",
     np.ndarray: "array",
 }
 
@@ -214,6 +296,7 @@ def slot(
     *,
     allowed_states: tuple[State | str, ...] | None = None,
     description: str = "",
+    name: str = "",
 ) -> Any:
     """Mark a device method as a slot (a command callable through the control plane).
 
@@ -221,6 +304,11 @@ def slot(
     ----------
     allowed_states : tuple of State, optional
         States in which the slot may be called; calling it in another state is refused.
+    description : str
+        One line for users (default: the first line of the docstring).
+    name : str
+        The name clients call it by, when it differs from the method's (a slot called
+        ``stop`` must not be a method ``stop``: that is the device's own lifecycle method).
     """
 
     def mark(f: Callable) -> Callable:
@@ -229,6 +317,7 @@ def slot(
             if allowed_states
             else None,
             "description": description or (f.__doc__ or "").strip().split("\n")[0],
+            "name": name or f.__name__,
         }
         return f
 
@@ -250,23 +339,72 @@ class Device:
 
     Class attributes
     ----------------
-    inputs : dict
-        Input channel names with their default policies (``{'input': {}}``).
+    inputs : tuple of str, or dict
+        Input channel names (``('input',)``), or names with their default policies
+        (``{'input': {'on_slowness': 'wait'}}``; a topology's connection overrides them).
     outputs : tuple of str
         Output channel names.
     """
 
-    inputs: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    inputs: ClassVar[tuple[str, ...] | Mapping[str, Mapping[str, Any]]] = ()
     outputs: ClassVar[tuple[str, ...]] = ()
+
+    #: Seconds between two notifications of listeners about values set by :meth:`count` and
+    #: :meth:`record` (per key; the latest value is sent).
+    publish_interval: ClassVar[float] = 0.5
 
     state = Property(str, State.INIT.value, access="readonly", description="device state")
     status = Property(str, "", access="readonly", description="last status message")
     trainsIn = Property(int, 0, access="readonly", description="trains received")
     trainsOut = Property(int, 0, access="readonly", description="trains written")
     errorCount = Property(int, 0, access="readonly", description="exceptions raised by device code")
-    stall_timeout = Property(float, 30.0, minimum=0.0, unit="s",
-                             description="device code busy longer than this puts the device in "
-                             "ERROR (0: never)")
+    stall_warning = Property(
+        float,
+        3.0,
+        minimum=0.0,
+        unit="s",
+        description="device code busy with one call longer than this marks "
+        "the device stalled, with a WARNING (0: never)",
+    )
+    stall_timeout = Property(
+        float,
+        30.0,
+        minimum=0.0,
+        unit="s",
+        description="device code busy longer than this puts the device in ERROR (0: never)",
+    )
+    stalled = Property(
+        bool,
+        False,
+        access="readonly",
+        description="busy with one call for longer than stall_warning",
+    )
+    busyFor = Property(
+        float,
+        0.0,
+        access="readonly",
+        unit="s",
+        description="while stalled: how long the current call has been running",
+    )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for key, value in vars(cls).items():
+            if isinstance(value, Property) and not isinstance(
+                getattr(Device, key, value), Property
+            ):
+                raise TypeError(
+                    f"{cls.__name__}.{key}: a property may not reuse the name of Device.{key}"
+                )
+            if (
+                hasattr(value, "_pt_slot")
+                and hasattr(Device, key)
+                and not hasattr(getattr(Device, key), "_pt_slot")
+            ):
+                raise TypeError(
+                    f"{cls.__name__}.{key}: a slot method may not replace Device.{key} (the "
+                    f"device's own method); name it otherwise and use @slot(name={key!r})"
+                )
 
     def __init__(self, device_id: str, config: Mapping[str, Any] | None = None):
         self.device_id = device_id
@@ -290,10 +428,22 @@ class Device:
             if prop.access is Access.READONLY:
                 raise ConfigurationError(f"{device_id}: property {key!r} is read-only")
             self._values[key] = prop.validate(value)
+        self._hosting_server: DeviceServer | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         self._worker_ident: int | None = None
         self._busy_since: float | None = None
+        self._busy_what: str | Callable[[], str] = ""
+        self._stall_lock = threading.Lock()
+        self._stall_error = False
+        self._stall_status = ""
+        self._status_before_stall = ""
+        self._dirty: set[str] = set()
+        self._handover_lock = threading.Lock()
+        self._handover_counts: dict[str, float] = {}
+        self._handover_values: dict[str, Any] = {}
+        self._flush_at = 0.0
+        self._ended_inputs: set[str] = set()
         self._input_threads: list[threading.Thread] = []
         self._timers: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -313,13 +463,21 @@ class Device:
 
     @classmethod
     def slots(cls) -> dict[str, dict[str, Any]]:
-        """All slots of this class with their descriptions and allowed states."""
+        """All slots of this class, by the name clients call, with their descriptions and
+        allowed states."""
+        return {
+            name: {k: v for k, v in info.items() if k != "name"}
+            for name, (_, info) in cls._slot_methods().items()
+        }
+
+    @classmethod
+    def _slot_methods(cls) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Slot name → (method name, slot info)."""
         found = {}
-        for name in dir(cls):
-            fn = getattr(cls, name, None)
-            info = getattr(fn, "_pt_slot", None)
+        for attr in dir(cls):
+            info = getattr(getattr(cls, attr, None), "_pt_slot", None)
             if info is not None:
-                found[name] = dict(info)
+                found[info.get("name", attr)] = (attr, info)
         return found
 
     @classmethod
@@ -374,12 +532,12 @@ class Device:
                 raise
             return value
 
-        return self.run_in_device(apply)
+        return self.run_in_device(apply, what=f"set {key}")
 
     def call(self, name: str, *args: Any) -> Any:
         """Call a slot on the device's thread; refused if the state does not allow it."""
-        info = self.slots().get(name)
-        if info is None:
+        method, info = self._slot_methods().get(name, (None, None))
+        if method is None or info is None:
             raise DeviceError(f"{self.device_id}: no slot {name!r}")
         allowed = info["allowed_states"]
         if allowed and self.state not in allowed:
@@ -388,7 +546,9 @@ class Device:
                 f"(allowed: {', '.join(allowed)})"
             )
         try:
-            return self.run_in_device(self._guarded(lambda: getattr(self, name)(*args)))
+            return self.run_in_device(
+                self._guarded(lambda: getattr(self, method)(*args)), what=f"slot {name}()"
+            )
         except PulsetrainError:
             raise
         except Exception as exc:
@@ -397,7 +557,7 @@ class Device:
             ) from exc
 
     def add_listener(self, callback: Callable[[str, str, Any], None]) -> None:
-        """Call ``callback(device_id, key, value)`` after every property change."""
+        """Call ``callback(device_id, key, value)`` after property changes (see :meth:`count`)."""
         self._listeners.append(callback)
 
     def _assign(self, key: str, value: Any) -> None:
@@ -410,12 +570,116 @@ class Device:
                 self.log.exception("property listener failed")
 
     def update(self, **values: Any) -> None:
-        """Set several properties from device code (read-only ones included), validated."""
+        """Set several properties from device code (read-only ones included), validated.
+
+        Listeners are told of each value at once; for values that change with every train use
+        :meth:`record` or :meth:`count`.
+        """
         for key, value in values.items():
             prop = self._props.get(key)
             if prop is None:
                 raise PropertyError(f"{self.device_id}: unknown property {key!r}")
             self._assign(key, prop.validate(value))
+
+    def count(self, key: str, n: float = 1) -> None:
+        """Add ``n`` to the read-only counter ``key``: the cheap per-train form.
+
+        The new value is visible to ``get`` at once; listeners are told at most once per
+        :attr:`publish_interval` (see the module docstring).  Called from another thread
+        (a helper thread of the device), the addition is handed to the device's thread, where
+        additions made meanwhile are applied together.
+        """
+        if self._worker is not None and threading.get_ident() != self._worker_ident:
+            self._readonly(key)
+            with self._handover_lock:
+                first = not self._handover_counts and not self._handover_values
+                self._handover_counts[key] = self._handover_counts.get(key, 0) + n
+            if first:
+                self.post(self._take_handover)
+            return
+        self._readonly(key)
+        self._values[key] += n
+        self._changed(key)
+
+    def record(self, **values: Any) -> None:
+        """Set read-only values (validated): the cheap per-train form of :meth:`update`.
+
+        The values are visible to ``get`` at once; listeners are told at most once per
+        :attr:`publish_interval` per key, with the latest value.  Called from another thread,
+        the values are handed to the device's thread (the latest of each key is applied).
+        """
+        if self._worker is not None and threading.get_ident() != self._worker_ident:
+            checked = {key: self._readonly(key).validate(v) for key, v in values.items()}
+            with self._handover_lock:
+                first = not self._handover_counts and not self._handover_values
+                self._handover_values.update(checked)
+            if first:
+                self.post(self._take_handover)
+            return
+        for key, value in values.items():
+            self._values[key] = self._readonly(key).validate(value)
+            self._changed(key)
+
+    def _take_handover(self) -> None:
+        """Apply the counts and values other threads handed over (on the device's thread)."""
+        with self._handover_lock:
+            counts, self._handover_counts = self._handover_counts, {}
+            values, self._handover_values = self._handover_values, {}
+        for key, value in values.items():
+            self._values[key] = value
+            self._changed(key)
+        for key, n in counts.items():
+            self._values[key] += n
+            self._changed(key)
+
+    def _readonly(self, key: str) -> Property:
+        prop = self._props.get(key)
+        if prop is None:
+            raise PropertyError(f"{self.device_id}: unknown property {key!r}")
+        if prop.access is not Access.READONLY:
+            raise PropertyError(
+                f"{self.device_id}: {key!r} is {prop.access.value}: count and record set "
+                "read-only values only (use update)"
+            )
+        return prop
+
+    def _changed(self, key: str) -> None:
+        self._dirty.add(key)
+        if self._worker is None:  # not started (a unit test calling hooks directly)
+            self._flush_changes()
+
+    def _flush_changes(self) -> None:
+        self._flush_at = time.monotonic() + self.publish_interval
+        dirty, self._dirty = self._dirty, set()
+        now = time.time()
+        for key in dirty:
+            value = self._values[key]
+            self._timestamps[key] = now
+            for cb in list(self._listeners):
+                try:
+                    cb(self.device_id, key, value)
+                except Exception:
+                    self.log.exception("property listener failed")
+
+    def set_limits(
+        self, key: str, minimum: float | None = None, maximum: float | None = None
+    ) -> None:
+        """Give numeric property ``key`` other limits on this instance (e.g. software limits
+        read from the configuration in :meth:`initialize`); the current value must fit."""
+        prop = self._props[key]
+        clone = Property(
+            prop.type,
+            prop.default,
+            unit=prop.unit,
+            description=prop.description,
+            minimum=minimum,
+            maximum=maximum,
+            options=prop.options,
+            access=prop.access,
+        )
+        clone.key = prop.key
+        clone.validate(self._values[key])
+        self._props[key] = clone
 
     def set_state(self, state: State | str, status: str | None = None) -> None:
         """Change the state (and optionally the status message)."""
@@ -426,26 +690,88 @@ class Device:
             self.log.info("state %s -> %s", self._values["state"], state)
             self._assign("state", state)
 
-    _stalled = False
-
-    def check_stall(self, now: float | None = None) -> bool:
-        """Called by the server's watchdog: ERROR if device code has been busy too long."""
-        since = self._busy_since
-        if not self.stall_timeout or since is None or self._stalled:
-            return False
-        busy = (now or time.monotonic()) - since
-        if busy > self.stall_timeout:
-            self._stalled = True
-            self._values["errorCount"] += 1
-            self.set_error(f"device code stalled: busy for {busy:.0f} s "
-                           f"(stall_timeout {self.stall_timeout:g} s); its inputs are not read")
-            return True
-        return False
-
     def set_error(self, message: str) -> None:
         """Go to state ERROR with ``message`` (logged)."""
         self.log.error("%s", message)
         self.set_state(State.ERROR, message)
+
+    # ------------------------------------------------------------ watchdog
+    def check_stall(self, now: float | None = None) -> bool:
+        """Called about once a second by the server's watchdog (on the server's thread).
+
+        Marks the device ``stalled`` when one call has run longer than ``stall_warning``, and
+        puts it in ERROR past ``stall_timeout``.  Returns whether the device is stalled.
+        """
+        since = self._busy_since
+        if since is None:
+            return False
+        now = time.monotonic() if now is None else now
+        busy = now - since
+        with self._stall_lock:
+            if self._busy_since != since:  # the call returned meanwhile
+                return False
+            warn, timeout = self.stall_warning, self.stall_timeout
+            if warn and busy > warn:
+                what = self._busy_what() if callable(self._busy_what) else self._busy_what
+                message = f"stalled: {what} busy for {busy:.1f} s"
+                if not self._values["stalled"]:
+                    self.log.warning("%s", message)
+                    self._assign("stalled", True)
+                if self._values["status"] != self._stall_status:
+                    self._status_before_stall = self._values["status"]
+                self._stall_status = message
+                self._assign("busyFor", round(busy, 1))
+                if self._values["state"] != State.ERROR.value:
+                    self._assign("status", message)
+            if timeout and busy > timeout and not self._stall_error:
+                self._stall_error = True
+                self._values["errorCount"] += 1  # the device's thread is the one stuck
+                self.set_error(
+                    f"device code stalled: busy for {busy:.0f} s "
+                    f"(stall_timeout {timeout:g} s); its inputs are not read"
+                )
+            return bool(self._values["stalled"]) or self._stall_error
+
+    def _end_stall(self) -> None:
+        """The call that stalled returned (on the device's thread, under the stall lock)."""
+        if self._values["stalled"]:
+            self._assign("stalled", False)
+            self._assign("busyFor", 0.0)
+            if self._values["status"] == self._stall_status:
+                self._assign("status", self._status_before_stall)
+            self.log.info("no longer stalled")
+        if self._stall_error:
+            self._stall_error = False
+            self.log.warning("device code returned after a stall")
+        self._stall_status = ""
+
+    # ------------------------------------------------------------ the hosting server
+    @property
+    def server(self) -> DeviceServer | None:
+        """The :class:`~pulsetrain.server.DeviceServer` hosting this device (``None`` if none)."""
+        return self._hosting_server
+
+    def attach_server(self, server: DeviceServer) -> None:
+        """Called by the hosting server once, before :meth:`start`."""
+        if self._hosting_server is not None and self._hosting_server is not server:
+            raise DeviceError(f"{self.device_id}: already hosted by another server")
+        self._hosting_server = server
+        self.request_timeout = server.request_timeout
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the device was asked to stop (helper threads of the device end on it)."""
+        return self._stopping.is_set()
+
+    def wait_stop(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds, waking up early for a stop request.
+
+        Returns
+        -------
+        bool
+            Whether the device is stopping.
+        """
+        return self._stopping.wait(timeout)
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -460,7 +786,8 @@ class Device:
             self.output_channels[name] = OutputChannel(
                 f"{self.device_id}:{name}", bind, no_input_shared=cfg.get("no_input_shared")
             )
-        for name, defaults in self.inputs.items():
+        for name in self.inputs:
+            defaults = self.inputs[name] if isinstance(self.inputs, Mapping) else {}
             cfg = {**defaults, **self._input_cfg.get(name, {})}
             channel = InputChannel(
                 f"{self.device_id}:{name}",
@@ -473,25 +800,30 @@ class Device:
             for endpoint in cfg.get("connect", []):
                 channel.connect(endpoint)
         try:
-            self.run_in_device(self.initialize)
-            if self.state == State.INIT.value:
-                self.set_state(State.ON)
-        except Exception as exc:
+            self.run_in_device(self._initialize, what="initialize()")
+        except Exception as exc:  # noqa: BLE001 - any failure of device code: state ERROR
             self.set_error(f"initialisation failed: {exc}")
         for name, channel in self.input_channels.items():
             t = threading.Thread(
-                target=self._read_input, args=(name, channel), name=f"read:{self.device_id}:{name}",
+                target=self._read_input,
+                args=(name, channel),
+                name=f"read:{self.device_id}:{name}",
                 daemon=True,
             )
             t.start()
             self._input_threads.append(t)
+
+    def _initialize(self) -> None:
+        self.initialize()
+        if self.state == State.INIT.value:
+            self.set_state(State.ON)
 
     def stop(self) -> None:
         """Run :meth:`shutdown`, close the channels and stop the threads."""
         if self._stopping.is_set():
             return
         try:
-            self.run_in_device(self.shutdown, timeout=10)
+            self.run_in_device(self.shutdown, timeout=10, what="shutdown()")
         except Exception:
             self.log.exception("shutdown failed")
         self._stopping.set()
@@ -509,22 +841,40 @@ class Device:
     #: Seconds a set or slot call may wait for the device's thread before failing.
     request_timeout: float = 10.0
 
-    def run_in_device(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
-        """Run ``fn`` on the device's thread and return its result (or raise its exception)."""
+    def run_in_device(
+        self,
+        fn: Callable[[], Any],
+        timeout: float | None = None,
+        what: str | Callable[[], str] = "",
+    ) -> Any:
+        """Run ``fn`` on the device's thread and return its result (or raise its exception).
+
+        ``what`` names the call in the stall message (default: the function's name).
+        """
         timeout = self.request_timeout if timeout is None else timeout
         if self._worker is None or threading.get_ident() == self._worker_ident:
             return fn()
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._queue.put((fn, future))
+        self._queue.put((fn, future, what or _name_of(fn)))
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
-            raise DeviceError(
-                f"{self.device_id}: busy, no answer within {timeout} s"
-            ) from None
+            raise DeviceError(f"{self.device_id}: busy, no answer within {timeout} s") from None
+
+    def post(self, fn: Callable[[], Any]) -> None:
+        """Queue ``fn`` to run on the device's thread, without waiting for it.
+
+        An exception it raises puts the device in ERROR.  Before :meth:`start` it runs at once.
+        """
+        if self._worker is None:
+            fn()
+            return
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((self._guarded(fn), future, _name_of(fn)))
 
     def every(self, period: float, fn: Callable[[], Any]) -> None:
         """Run ``fn`` on the device's thread every ``period`` seconds until the device stops."""
+        what = f"timer {_name_of(fn)}"
 
         def tick() -> None:
             next_t = time.monotonic()
@@ -536,11 +886,11 @@ class Device:
                     delay = 0
                 if self._stopping.wait(delay):
                     return
-                done = concurrent.futures.Future()
-                self._queue.put((self._guarded(fn), done))
+                done: concurrent.futures.Future = concurrent.futures.Future()
+                self._queue.put((self._guarded(fn), done, what))
                 try:
                     done.result()
-                except Exception:
+                except Exception:  # noqa: BLE001, S110 - reported by _guarded (state ERROR)
                     pass
 
         t = threading.Thread(target=tick, name=f"timer:{self.device_id}", daemon=True)
@@ -549,13 +899,23 @@ class Device:
 
     # ------------------------------------------------------------ hooks for subclasses
     def initialize(self) -> None:
-        """Called once on the device's thread after the channels exist."""
+        """Called once on the device's thread after the channels exist.
+
+        The state goes from ``INIT`` to ``ON`` afterwards unless the hook set another one.
+        """
 
     def on_data(self, data: dict, meta: dict, channel: str) -> None:
         """Called for each train arriving on an input channel."""
 
     def on_eos(self, channel: str) -> None:
-        """Called when every output connected to ``channel`` sent end-of-stream."""
+        """Called when every output connected to ``channel`` sent end-of-stream.
+
+        By default, once every input has ended, end-of-stream is sent on every output.  A
+        device that holds trains back writes them first, then calls ``super().on_eos(channel)``.
+        """
+        if self._ended_inputs.issuperset(self.input_channels):
+            for name in self.outputs:
+                self.signal_eos(name)
 
     def on_set(self, key: str, value: Any) -> None:
         """Called after a client set ``key``; raise :class:`PropertyError` to refuse it."""
@@ -572,16 +932,15 @@ class Device:
     # ------------------------------------------------------------ other devices
     def remote(self, device_id: str) -> RemoteDevice:
         """A handle on another device of the topology, reached through the control plane."""
-        server = getattr(self, "server", None)
-        if server is None:
+        if self._hosting_server is None:
             raise DeviceError(f"{self.device_id}: not hosted by a server, cannot reach {device_id}")
-        return RemoteDevice(server.client_for(device_id), device_id)
+        return RemoteDevice(self._hosting_server.client_for(device_id), device_id)
 
     # ------------------------------------------------------------ channels
     def write(self, output: str, data: dict, meta: dict, timeout: float | None = None) -> None:
         """Write one train to an output channel (see :meth:`OutputChannel.write`)."""
         self.output_channels[output].write(data, meta, timeout=timeout)
-        self._values["trainsOut"] += 1
+        self.count("trainsOut")
 
     def allocate(self, output: str, *specs: tuple[tuple[int, ...], Any]) -> list[np.ndarray]:
         """Arrays ``(shape, dtype), ...`` to fill and write to ``output``, zero-copy to other
@@ -635,31 +994,68 @@ class Device:
                 return fn()
             except Exception as exc:
                 self._values["errorCount"] += 1
+                self._changed("errorCount")
                 self.log.debug("%s", traceback.format_exc())
                 self.set_error(f"{type(exc).__name__}: {exc}")
                 raise
 
         return run
 
+    def _idle_deadline(self) -> float | None:
+        """Monotonic time at which the worker has work of its own (None: only queued jobs)."""
+        return self._flush_at if self._dirty else None
+
+    def _idle_work(self, now: float) -> None:
+        """The worker's own work, run when :meth:`_idle_deadline` has passed."""
+        if self._dirty and now >= self._flush_at:
+            self._flush_changes()
+
     def _work(self) -> None:
         self._worker_ident = threading.get_ident()
+        get = self._queue.get
         while True:
-            job = self._queue.get()
+            due = self._idle_deadline()
+            try:
+                if due is None:
+                    job = get()
+                else:
+                    wait = due - time.monotonic()
+                    job = get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                self._idle_work(time.monotonic())
+                continue
             if job is None:
+                if self._dirty:
+                    self._flush_changes()
                 return
-            fn, future = job
+            fn, future, what = job
             if not future.set_running_or_notify_cancel():
                 continue
-            self._busy_since = time.monotonic()
-            try:
-                future.set_result(fn())
-            except BaseException as exc:  # delivered to the caller
+            self._run_job(fn, future, what)
+
+    def _run_job(
+        self,
+        fn: Callable[[], Any],
+        future: concurrent.futures.Future | None,
+        what: str | Callable[[], str],
+    ) -> None:
+        self._busy_what = what
+        self._busy_since = time.monotonic()
+        try:
+            result = fn()
+        except BaseException as exc:  # noqa: BLE001 - delivered to the caller
+            if future is not None:
                 future.set_exception(exc)
-            finally:
+        else:
+            if future is not None:
+                future.set_result(result)
+        finally:
+            with self._stall_lock:
                 self._busy_since = None
-                if self._stalled:
-                    self._stalled = False
-                    self.log.warning("device code returned after a stall")
+                if self._values["stalled"] or self._stall_error:
+                    self._end_stall()
+            if self._dirty and time.monotonic() >= self._flush_at:
+                self._flush_changes()
 
     def _read_input(self, name: str, channel: InputChannel) -> None:
         while not self._stopping.is_set():
@@ -672,19 +1068,166 @@ class Device:
                     return
                 raise
             if isinstance(item, EndOfStream):
-                job = self._guarded(lambda: self.on_eos(name))
+                job = self._guarded(lambda: self._end_of_input(name))
+                what: str | Callable[[], str] = f"on_eos({name!r})"
             else:
-                self._values["trainsIn"] += 1
-                job = self._guarded(
-                    lambda item=item: self.on_data(item.data, item.meta, name)
-                )
+                job = self._guarded(lambda item=item: self._data(item.data, item.meta, name))
+                what = functools.partial(_describe_data, item.meta, name)
             future: concurrent.futures.Future = concurrent.futures.Future()
-            self._queue.put((job, future))
+            self._queue.put((job, future, what))
             try:
                 future.result()
-            except Exception:
-                pass  # already reported by _guarded (state ERROR)
+            except Exception:  # noqa: BLE001, S110 - reported by _guarded (state ERROR)
+                pass
         channel.release()
+
+    def _data(self, data: dict, meta: dict, name: str) -> None:
+        self.count("trainsIn")
+        self._ended_inputs.discard(name)
+        self.on_data(data, meta, name)
+
+    def _end_of_input(self, name: str) -> None:
+        self._ended_inputs.add(name)
+        self.on_eos(name)
+
+
+def _describe_data(meta: dict, name: str) -> str:
+    return f"on_data(train {train_id_of(meta)}) from input {name!r}"
+
+
+def _name_of(fn: Callable) -> str:
+    name = getattr(fn, "__name__", "") or type(fn).__name__
+    return "a queued call" if name == "<lambda>" else f"{name}()"
+
+
+class ProducerDevice(Device):
+    """Base of devices that produce trains by themselves (simulators, sources, replays).
+
+    A subclass writes :meth:`produce`, which writes one train (or reports that none is ready)
+    and runs on the device's thread like all device code, so slots and property sets happen
+    between two trains.  This class paces the calls at ``rate`` trains per second (``0``: as fast
+    as the outputs accept), starts and stops production with the slots ``start_acquisition``
+    and ``stop_acquisition`` (state ``ACQUIRING`` / ``STOPPED``; with ``autostart`` production
+    starts after :meth:`initialize`), counts ``sentTrains`` and ``actualRate``, and after
+    ``n_trains`` trains (or when ``produce`` calls :meth:`end_of_stream`) sends end-of-stream on
+    every output and goes to ``STOPPED``.  An exception in ``produce`` puts the device in ERROR
+    and pauses production until ``start_acquisition``.
+    """
+
+    #: Seconds to wait before calling :meth:`produce` again after it returned ``False``.
+    retry_interval: ClassVar[float] = 0.05
+
+    rate = Property(
+        float,
+        10.0,
+        minimum=0.0,
+        unit="Hz",
+        description="trains per second (0: as fast as the outputs accept)",
+    )
+    n_trains = Property(
+        int,
+        0,
+        minimum=0,
+        description="stop after this many trains and send end-of-stream (0: never)",
+    )
+    autostart = Property(bool, True, access="init", description="produce from the start")
+    sentTrains = Property(int, 0, access="readonly", description="trains produced")
+    actualRate = Property(
+        float, 0.0, access="readonly", unit="Hz", description="trains per second over the last 50"
+    )
+
+    def __init__(self, device_id: str, config: Mapping[str, Any] | None = None):
+        super().__init__(device_id, config)
+        self._producing = False
+        self._next_train = 0.0
+        self._sent_times: collections.deque = collections.deque(maxlen=50)
+
+    # ------------------------------------------------------------ for subclasses
+    def produce(self) -> bool:
+        """Write one train; called on the device's thread while acquiring.
+
+        Returns
+        -------
+        bool
+            ``True`` if a train was written; ``False`` if none was ready (called again after
+            :attr:`retry_interval`).  At the end of the data call :meth:`end_of_stream`.
+        """
+        raise NotImplementedError
+
+    def end_of_stream(self, status: str = "all trains sent") -> None:
+        """Stop producing, send end-of-stream on every output and go to ``STOPPED``."""
+        self._producing = False
+        for name in self.outputs:
+            self.signal_eos(name)
+        self.set_state(State.STOPPED, status)
+
+    @property
+    def producing(self) -> bool:
+        """Whether :meth:`produce` is being called (between start and stop)."""
+        return self._producing
+
+    @slot(allowed_states=("ON", "STOPPED"), description="Start producing trains")
+    def start_acquisition(self) -> None:
+        """Start producing trains."""
+        self._producing = True
+        self._next_train = time.monotonic()
+        self.set_state(State.ACQUIRING)
+
+    @slot(allowed_states=("ACQUIRING",), description="Stop producing trains")
+    def stop_acquisition(self) -> None:
+        """Stop producing trains."""
+        self._producing = False
+        self.set_state(State.STOPPED)
+
+    # ------------------------------------------------------------ machinery
+    def _initialize(self) -> None:
+        super()._initialize()
+        if self.autostart and self.state in (State.ON.value, State.STOPPED.value):
+            self.start_acquisition()
+
+    def stop(self) -> None:
+        self._producing = False
+        super().stop()
+
+    def _idle_deadline(self) -> float | None:
+        due = super()._idle_deadline()
+        if self._producing and not self._stopping.is_set():
+            return self._next_train if due is None else min(due, self._next_train)
+        return due
+
+    def _idle_work(self, now: float) -> None:
+        super()._idle_work(now)
+        if self._producing and now >= self._next_train and not self._stopping.is_set():
+            self._run_job(self._guarded(self._produce_one), None, self._describe_produce)
+
+    def _describe_produce(self) -> str:
+        return f"produce() of train #{self.sentTrains + 1}"
+
+    def _produce_one(self) -> None:
+        try:
+            written = self.produce()
+        except Exception:
+            self._producing = False
+            if self._stopping.is_set():
+                return
+            raise
+        now = time.monotonic()
+        if not written:
+            self._next_train = now + self.retry_interval
+            return
+        self.count("sentTrains")
+        times = self._sent_times
+        times.append(now)
+        if len(times) > 1 and times[-1] > times[0]:
+            self.record(actualRate=(len(times) - 1) / (times[-1] - times[0]))
+        if self.n_trains and self.sentTrains >= self.n_trains and self._producing:
+            self.end_of_stream("all trains sent")
+        if self.rate > 0:
+            self._next_train += 1.0 / self.rate
+            if self._next_train < now - 1.0:  # far behind: do not burst to catch up
+                self._next_train = now
+        else:
+            self._next_train = now
 
 
 class RemoteDevice:
@@ -712,7 +1255,31 @@ class RemoteDevice:
 
 
 # ---------------------------------------------------------------- plugin discovery
-_BUILTIN: dict[str, str] = {}
+_REGISTERED: dict[str, type[Device]] = {}
+
+
+def register_device_class(cls: type[Device], name: str | None = None) -> str:
+    """Make ``cls`` known by ``name`` (default: its class name) to servers in this process.
+
+    For tests and embedding; installed packages declare their devices as entry points in the
+    ``pulsetrain.devices`` group instead.  A registered name takes precedence over an entry
+    point of the same name.
+
+    Returns
+    -------
+    str
+        The name it was registered under.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Device)):
+        raise ConfigurationError(f"{cls!r} is not a Device class")
+    name = name or cls.__name__
+    _REGISTERED[name] = cls
+    return name
+
+
+def registered_device_classes() -> dict[str, type[Device]]:
+    """Classes registered in this process with :func:`register_device_class`, by name."""
+    return dict(_REGISTERED)
 
 
 def device_classes() -> dict[str, Any]:
@@ -728,20 +1295,57 @@ def device_classes() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group="pulsetrain.devices")}
 
 
-def find_device_class(name: str) -> type[Device]:
-    """Load a device class by name (``'TrainMatcher'``) or dotted path (``'pkg.mod:Class'``)."""
-    import importlib
+def find_device_class(name: str, search_path: Iterable[str | Path] = ()) -> type[Device]:
+    """Load a device class by name.
 
+    Parameters
+    ----------
+    name : str
+        A registered name or an entry point's name (``'TrainMatcher'``), or
+        ``'module:Class'`` / ``'pkg.module:Class'``.
+    search_path : iterable of path
+        Directories searched first for the top-level module of a ``module:Class`` name (the
+        topology file's directory: a ``mydevs.py`` next to the topology works without
+        ``PYTHONPATH``).  A directory where the module is found is added to ``sys.path``, so the
+        module's own imports of its neighbours work too.
+    """
     if ":" in name:
         module, _, attr = name.partition(":")
-        cls = getattr(importlib.import_module(module), attr)
+        _add_module_dir(module, search_path)
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except ImportError as exc:
+            where = ", ".join(str(p) for p in search_path)
+            raise ConfigurationError(
+                f"device class {name!r}: cannot import {module!r}: {exc}"
+                + (f" (also looked in {where})" if where else "")
+            ) from exc
+        except AttributeError:
+            raise ConfigurationError(
+                f"device class {name!r}: module {module!r} has no {attr!r}"
+            ) from None
+    elif name in _REGISTERED:
+        cls = _REGISTERED[name]
     else:
         found = device_classes()
         if name not in found:
+            known = sorted({*found, *_REGISTERED})
             raise ConfigurationError(
-                f"unknown device class {name!r}; known: {', '.join(sorted(found)) or 'none'}"
+                f"unknown device class {name!r}; known: {', '.join(known) or 'none'}"
             )
         cls = found[name].load()
     if not (isinstance(cls, type) and issubclass(cls, Device)):
         raise ConfigurationError(f"{name!r} is not a Device class")
     return cls
+
+
+def _add_module_dir(module: str, search_path: Iterable[str | Path]) -> None:
+    """Put the first directory of ``search_path`` that holds ``module`` on ``sys.path``."""
+    top = module.partition(".")[0]
+    for directory in search_path:
+        directory = Path(directory).resolve()
+        if (directory / f"{top}.py").is_file() or (directory / top / "__init__.py").is_file():
+            if str(directory) not in sys.path:
+                sys.path.insert(0, str(directory))
+                importlib.invalidate_caches()
+            return

@@ -109,13 +109,20 @@ class DeviceServer:
 
     # ------------------------------------------------------------ devices
     def instantiate(self, class_name: str, device_id: str, config: Mapping | None = None) -> Device:
-        """Create, register and start a device."""
+        """Create, register and start a device.
+
+        ``config`` may hold ``module_path``, directories searched first for the module of a
+        ``module:Class`` class name (a topology puts its own directory there).
+        """
         if device_id in self.devices:
             raise ConfigurationError(f"device {device_id!r} already exists on {self.name}")
-        cls = find_device_class(class_name)
-        device = cls(device_id, dict(config or {}))
-        device.server = self  # type: ignore[attr-defined]
-        device.request_timeout = self.request_timeout
+        config = dict(config or {})
+        search_path = config.pop("module_path", None) or ()
+        if isinstance(search_path, str):
+            search_path = [search_path]
+        cls = find_device_class(class_name, search_path)
+        device = cls(device_id, config)
+        device.attach_server(self)
         device.add_listener(self._on_change)
         self.devices[device_id] = device
         try:
@@ -263,12 +270,13 @@ class DeviceServer:
             self._authorise(req.get("token"), op)
             if op in ("set", "call", "instantiate", "kill", "connect", "directory"):
                 future = self._pool.submit(self._execute, req)
-                future.add_done_callback(lambda f, route=route, rid=rid: self._reply_later(
-                    route, rid, f))
+                future.add_done_callback(
+                    lambda f, route=route, rid=rid: self._reply_later(route, rid, f)
+                )
                 return
             value = self._execute(req)
             reply = {"id": rid, "ok": True, "value": value}
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
             reply = self._error_reply(rid, exc)
         try:
             self._router.send_multipart(route + [control.pack(reply)])
@@ -279,7 +287,7 @@ class DeviceServer:
         try:
             reply = {"id": rid, "ok": True, "value": future.result()}
             control.pack(reply)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
             reply = self._error_reply(rid, exc)
         self._replies.put((route, reply))
         self._wake()
@@ -318,13 +326,19 @@ class DeviceServer:
             }
         if op == "list":
             return {
-                d: {"class": type(dev).__name__, "state": dev.state, "status": dev.status}
+                d: {
+                    "class": type(dev).__name__,
+                    "state": dev.state,
+                    "status": dev.status,
+                    "stalled": dev.stalled,
+                    "busyFor": dev.busyFor,
+                }
                 for d, dev in list(self.devices.items())
             }
         if op == "classes":
-            from pulsetrain.device import device_classes
+            from pulsetrain.device import device_classes, registered_device_classes
 
-            return sorted(device_classes())
+            return sorted({*device_classes(), *registered_device_classes()})
         if op == "shutdown":
             threading.Thread(target=self.stop, daemon=True).start()
             return True
@@ -332,8 +346,9 @@ class DeviceServer:
             self.directory.update({str(k): str(v) for k, v in (req.get("value") or {}).items()})
             return len(self.directory)
         if op == "instantiate":
-            device = self.instantiate(str(req.get("cls")), str(req.get("device")),
-                                      req.get("config") or {})
+            device = self.instantiate(
+                str(req.get("cls")), str(req.get("device")), req.get("config") or {}
+            )
             return {"state": device.state, "status": device.status}
         device_id = req.get("device")
         if op == "kill":

@@ -240,6 +240,9 @@ class Topology:
         self.source = source
         self._text = text
         self._read_problems = list(problems)
+        #: Directory of the topology file: ``module:Class`` device classes are looked up there
+        #: first (see :func:`pulsetrain.device.find_device_class`).
+        self.directory: Path | None = None
 
     # ------------------------------------------------------------ loading
     @classmethod
@@ -268,7 +271,9 @@ class Topology:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise TopologyError([_toml_problem(path, exc)]) from None
-        return cls.from_dict(doc, default_name=path.stem, source=str(path), text=text)
+        topology = cls.from_dict(doc, default_name=path.stem, source=str(path), text=text)
+        topology.directory = path.resolve().parent
+        return topology
 
     @classmethod
     def from_dict(
@@ -507,7 +512,7 @@ class Topology:
             if not device.class_name:
                 continue
             try:
-                cls = find_device_class(device.class_name)
+                cls = find_device_class(device.class_name, self._module_path())
             except PulsetrainError as exc:
                 hint = ""
                 if ":" not in device.class_name:
@@ -743,8 +748,10 @@ class Topology:
         configs: dict[str, dict[str, Any]] = {}
         for device in self.devices.values():
             server = self.servers[device.server]
-            cls = find_device_class(device.class_name)
+            cls = find_device_class(device.class_name, self._module_path())
             cfg = copy.deepcopy(device.config)
+            if ":" in device.class_name and self.directory is not None:
+                cfg["module_path"] = [str(self.directory)]  # the server imports from there too
             outputs = cfg.setdefault("outputs", {})
             for name in cls.outputs:
                 if server.local:
@@ -776,6 +783,9 @@ class Topology:
             same = out_server == self.devices[in_dev].server
             entry["connect"].append(inproc if same else endpoints[conn.output])
         return configs
+
+    def _module_path(self) -> list[Path]:
+        return [self.directory] if self.directory is not None else []
 
     def devices_on(self, server: str) -> list[DeviceSpec]:
         """Devices hosted by ``server``."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -183,7 +183,7 @@ def _pulse_keys(props: dict) -> dict[str, Any]:
 class _ModuleAnalysis(Device):
     """Shared input handling of the analysis devices (not registered as a device class)."""
 
-    inputs: ClassVar[dict] = {"input": {}}
+    inputs = ("input",)
     outputs = ("output",)
 
     source_pattern = Property(
@@ -281,7 +281,7 @@ class _ModuleAnalysis(Device):
                 img, mask = got
                 frames[m] = (img, mask if self.use_mask else None)
             if waiting:
-                self._values["skippedTrains"] += 1
+                self.count("skippedTrains")
                 return
             lengths = {f.shape[0] for f, _ in frames.values()}
             if len(lengths) != 1:
@@ -294,16 +294,16 @@ class _ModuleAnalysis(Device):
             return
         self._expected_modules = max(self._expected_modules, len(frames))
         if len(frames) < self._expected_modules:
-            self._values["incompleteTrains"] += 1
+            self.count("incompleteTrains")
         first = data[sources[min(sources)]]
         out.update(_pulse_keys(first))
         src_meta = dict(_first_meta(meta, list(sources.values())))
         src_meta["source"] = self.out_source
         self.write("output", {self.out_source: out}, {self.out_source: src_meta})
-        self._values["processedTrains"] += 1
-        self._values["modulesUsed"] = len(frames)
+        self.count("processedTrains")
+        self.record(modulesUsed=len(frames))
         if tid is not None:
-            self._values["lastTrainId"] = tid
+            self.record(lastTrainId=tid)
         self.publish(time.perf_counter() - t0)
 
     def publish(self, elapsed: float) -> None:
@@ -311,13 +311,10 @@ class _ModuleAnalysis(Device):
         self.update(processingTime=elapsed)
 
     def _bad(self, message: str) -> None:
-        self._values["badTrains"] += 1
+        self.count("badTrains")
         if message != self.lastError:
             self.log.warning("bad train: %s", message)
         self.update(lastError=message)
-
-    def on_eos(self, channel: str) -> None:
-        self.signal_eos("output")
 
 
 class AzimuthalIntegration(_ModuleAnalysis):

@@ -123,7 +123,7 @@ class Bridge(Device):
     def on_data(self, data: dict, meta: dict, channel: str) -> None:
         if self._server is None:  # not bound: the reason is in status, said once
             self._unbound += 1
-            self._values["dropped"] = self._unbound
+            self.record(dropped=self._unbound)
             return
         data, meta = self._select(data, meta)
         if not data:

@@ -64,7 +64,7 @@ _HANDSHAKE_FAILURES = (
 )
 
 
-#: The counters of the device (``reset_counters`` zeroes them; ``_stats`` publishes them).
+#: The counters of the device (``reset_counters`` zeroes them).
 _COUNTERS = ("received", "refused", "malformed", "rejected", "dropped", "oversized", "disconnects")
 
 
@@ -228,7 +228,6 @@ class BridgeInput(Device):
         self._bucket = (float(self.max_queue), time.monotonic())
         self._seen_sources: set[str] = set()
         self._client_counts: dict[str, int] = {}
-        self._published: dict[str, Any] = {}
         self._halt = threading.Event()
         self._auth = None
         self._sock = None
@@ -250,7 +249,6 @@ class BridgeInput(Device):
         )
         self._receiver.start()
         self._publisher.start()
-        self.every(0.5, self._stats)
         where = self.boundEndpoint or self.endpoint
         self.set_state(State.MONITORING, f"{self.mode} {where}, {len(self._allowed)} client keys")
 
@@ -308,21 +306,15 @@ class BridgeInput(Device):
         else:
             self.set_state(State.MONITORING, "reset")
 
-    _count_lock = threading.Lock()
-
     def _count(self, key: str) -> None:
-        """Bump a counter; two threads (receive, publish) count, so under a lock."""
-        with self._count_lock:
-            self._values[key] += 1
+        """Bump a counter (from the receiving or publishing thread: queued to the device's)."""
+        self.count(key)
 
     @slot(description="Zero the counters")
     def reset_counters(self) -> None:
         """Zero the counters and forget the last error."""
-        for key in _COUNTERS:
-            self._values[key] = 0
         self._client_counts.clear()
-        self._values["clients"] = {}
-        self.update(lastError="", clients={})
+        self.update(**dict.fromkeys(_COUNTERS, 0), lastError="", clients={})
 
     def shutdown(self) -> None:
         halt = getattr(self, "_halt", None)
@@ -386,7 +378,7 @@ class BridgeInput(Device):
     # ------------------------------------------------------------ receiving (own thread)
     def _refuse(self, why: str) -> None:
         self._count("refused")
-        self._values["lastError"] = f"refused: {why}"
+        self.record(lastError=f"refused: {why}")
         self.log.warning("refused a connection: %s", why)
 
     def _receive_loop(self) -> None:
@@ -416,7 +408,7 @@ class BridgeInput(Device):
                 if self._halt.is_set() or exc.errno == zmq.ETERM:
                     return
                 self.log.error("receive failed: %s", exc)
-                self._values["lastError"] = f"receive failed: {exc}"
+                self.record(lastError=f"receive failed: {exc}")
                 time.sleep(0.1)
         for s in (sock, monitor):
             s.close(0)
@@ -529,7 +521,7 @@ class BridgeInput(Device):
                     raise AuthenticationError(f"source {src!r} is not in allowed_sources")
 
     def _error(self, message: str) -> None:
-        self._values["lastError"] = message
+        self.record(lastError=message)
         self.log.warning("%s", message)
 
     # ------------------------------------------------------------ publishing (own thread)
@@ -554,24 +546,12 @@ class BridgeInput(Device):
             self._count("received")
             tid = train_id_of(meta)
             if tid is not None:
-                self._values["lastTrainId"] = tid
+                self.record(lastTrainId=tid)
             self._client_counts[client or "?"] = self._client_counts.get(client or "?", 0) + 1
-            self._values["clients"] = dict(self._client_counts)
+            self.record(clients=dict(self._client_counts))
             if not self._seen_sources.issuperset(data):
                 self._seen_sources.update(data)
-                self._values["sources"] = sorted(self._seen_sources)
-
-    def _stats(self) -> None:
-        """Publish the counters (the receiving threads bump them without events)."""
-        v = self._values
-        fresh = {k: v[k] for k in (*_COUNTERS, "lastError", "lastTrainId")}
-        fresh["clients"] = dict(v["clients"])
-        fresh["sources"] = list(v["sources"])
-        fresh = {k: x for k, x in fresh.items() if self._published.get(k) != x}
-        if fresh:
-            self._published.update(fresh)
-            with self._count_lock:  # re-read under the lock: never write back a stale count
-                self.update(**{k: self._values[k] for k in fresh})
+                self.record(sources=sorted(self._seen_sources))
 
 
 def write_key_pair(directory: str | os.PathLike, name: str) -> tuple[str, str]:

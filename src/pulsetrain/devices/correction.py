@@ -176,23 +176,20 @@ class AGIPDCorrection(Device):
                     out=buffers,
                 )
                 out[name]["calibration.corrected"] = True
-                self._values["correctedTrains"] += 1
+                self.count("correctedTrains")
             out_meta[name] = {**meta.get(src, {}), "source": name}
             frames += raw.shape[0]
         if not out:
             return
         if self.constants is None:
-            self._values["uncorrectedTrains"] += 1
+            self.count("uncorrectedTrains")
         now = time.time()
-        self._values["processingTime"] = time.perf_counter() - t0
+        self.record(processingTime=time.perf_counter() - t0)
         self._frames.append((now, frames))
         ts = next((m.get("timestamp") for m in out_meta.values()), None)
         if ts is not None:
             self._lat.append(now - float(ts))
         self.write("output", out, out_meta)
-
-    def on_eos(self, channel: str) -> None:
-        self.signal_eos("output")
 
     def _passthrough_status(self) -> str:
         return (

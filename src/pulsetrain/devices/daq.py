@@ -79,7 +79,7 @@ class DAQWriter(Device):
     # ------------------------------------------------------------ state
     def set_state(self, state: State | str, status: str | None = None) -> None:
         """Change the state; entering ERROR stops the recording first (``recording`` false)."""
-        if State(state) is State.ERROR and self._values["recording"]:
+        if State(state) is State.ERROR and self.recording:
             self.update(recording=False)  # before the state: whoever sees ERROR sees this
             self._close_after_error = True
         super().set_state(state, status)
@@ -156,7 +156,7 @@ class DAQWriter(Device):
             self._close_run_after_error()
         run = self._run
         if run is None or run.failure is not None:
-            self._values["notRecorded"] += 1
+            self.count("notRecorded")
             return
         try:
             run.add(data, meta)
@@ -166,8 +166,7 @@ class DAQWriter(Device):
             self._fail(run, exc)
             return
         finally:
-            self._values["lateData"] = run.late
-            self._values["trainsWritten"] = run.trains_written
+            self.record(lateData=run.late, trainsWritten=run.trains_written)
         if self.max_trains and run.trains_written >= self.max_trains:
             self.stop_run()
 
@@ -179,10 +178,10 @@ class DAQWriter(Device):
             run.flush()
         except StorageError as exc:
             self._fail(run, exc)
-        self._values["trainsWritten"] = run.trains_written
+        self.record(trainsWritten=run.trains_written)
 
     def _fail(self, run: RunRecorder, exc: StorageError) -> None:
-        self._values["notRecorded"] += run.not_recorded
+        self.count("notRecorded", run.not_recorded)
         closed = [str(p) for p in run.files]
         self.update(filesClosed=closed)
         self.set_error(f"run {run.run_number}: {exc}; {len(closed)} closed files are valid")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import threading
-import time
 
 import numpy as np
 
@@ -25,7 +23,7 @@ class FaultInjector(Device):
     the output allows.  ``stall``: block in ``on_data`` for ``stall_s`` seconds.
     """
 
-    inputs = {"input": {}}
+    inputs = ("input",)
     outputs = ("output",)
 
     fault = Property(str, "none", options=("none", "raise", "segfault", "leak", "flood", "stall"))
@@ -47,9 +45,9 @@ class FaultInjector(Device):
         self.armed = True
 
     def on_data(self, data: dict, meta: dict, channel: str) -> None:
-        self._values["seen"] += 1
-        if self.after_trains and self._values["seen"] >= self.after_trains:
-            self._values["armed"] = True
+        self.count("seen")
+        if self.after_trains and self.seen >= self.after_trains and not self.armed:
+            self.update(armed=True)
         if not self.armed or self.fault == "none":
             self.write("output", data, meta)
             return
@@ -62,7 +60,7 @@ class FaultInjector(Device):
         if self.fault == "leak":
             block = np.ones(int(self.leak_mb * 2**20 / 8), dtype=np.float64)  # touched pages
             self._hoard.append(block)
-            self._values["leaked_mb"] += self.leak_mb
+            self.count("leaked_mb", self.leak_mb)
             self.write("output", data, meta)
         elif self.fault == "flood":
             src = f"{self.device_id}/FLOOD"
@@ -71,6 +69,4 @@ class FaultInjector(Device):
             for _ in range(self.flood_factor):
                 self.write("output", {src: {"junk": payload}}, {src: make_meta(src, tid)})
         elif self.fault == "stall":
-            end = time.monotonic() + self.stall_s
-            while time.monotonic() < end and not self._stopping.is_set():
-                threading.Event().wait(0.1)
+            self.wait_stop(self.stall_s)  # busy with this train (woken up by a stop)

@@ -220,7 +220,7 @@ class FeedbackController(Device):
 
     # ------------------------------------------------------------ settings
     def _settings(self, **override: Any) -> FeedbackSettings:
-        values = {k: self._values[k] for k in _SETTINGS}
+        values = {k: getattr(self, k) for k in _SETTINGS}
         values.update(override)
         return FeedbackSettings(**values)
 
@@ -394,7 +394,7 @@ class FeedbackController(Device):
             values["scanPositions"] = np.array(xs, dtype=np.float64)
             values["scanRates"] = np.array([c.scan_points[x][0] for x in xs], dtype=np.float64)
         changed = {
-            k: v for k, v in values.items() if isinstance(v, np.ndarray) or self._values.get(k) != v
+            k: v for k, v in values.items() if isinstance(v, np.ndarray) or getattr(self, k) != v
         }
         if changed:
             self.update(**changed)
@@ -428,7 +428,7 @@ class FeedbackController(Device):
             self._abort.set()
 
     def _motion_loop(self) -> None:
-        while not self._stopping.is_set():
+        while not self.stopping:
             try:
                 req = self._moves.get(timeout=0.2)
             except queue.Empty:
@@ -437,7 +437,7 @@ class FeedbackController(Device):
             try:
                 self.run_in_device(job)
             except Exception:
-                if not self._stopping.is_set():
+                if not self.stopping:
                     self.log.exception("could not report the end of a move")
 
     def _run_move(self, req: MoveRequest) -> Callable[[], None]:

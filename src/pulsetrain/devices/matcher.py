@@ -29,46 +29,81 @@ class TrainMatcher(Device):
     one array with a module axis (for tools such as OnDA that want a stacked detector).
     """
 
-    inputs = {"input": {}}
+    inputs = ("input",)
     outputs = ("output",)
 
-    mode = Property(str, "match", options=("match", "buffer"), access="init",
-                    description="match: only complete trains; buffer: fixed delay, may be partial")
+    mode = Property(
+        str,
+        "match",
+        options=("match", "buffer"),
+        access="init",
+        description="match: only complete trains; buffer: fixed delay, may be partial",
+    )
     sources = Property(list, [], description="sources to match (empty: learn from the stream)")
-    learn_trains = Property(int, 20, minimum=1, access="init",
-                            description="trains observed to learn the sources when none given")
-    buffer_size = Property(int, 100, minimum=1, maximum=10000,
-                           description="trains held while waiting (match) or the delay (buffer)")
-    stack_pattern = Property(str, "", access="init",
-                             description="regex of sources to stack (empty: no stacking)")
+    learn_trains = Property(
+        int,
+        20,
+        minimum=1,
+        access="init",
+        description="trains observed to learn the sources when none given",
+    )
+    buffer_size = Property(
+        int,
+        100,
+        minimum=1,
+        maximum=10000,
+        description="trains held while waiting (match) or the delay (buffer)",
+    )
+    stack_pattern = Property(
+        str, "", access="init", description="regex of sources to stack (empty: no stacking)"
+    )
     stack_keys = Property(list, ["image.data"], access="init", description="keys to stack")
-    stack_source = Property(str, "", access="init",
-                            description="source name of the stacked data (default: derived)")
+    stack_source = Property(
+        str, "", access="init", description="source name of the stacked data (default: derived)"
+    )
     stack_axis = Property(int, 0, minimum=0, access="init", description="position of module axis")
-    keep_stacked_sources = Property(bool, False, access="init",
-                                    description="also forward the sources that were stacked")
+    keep_stacked_sources = Property(
+        bool, False, access="init", description="also forward the sources that were stacked"
+    )
 
     matchedTrains = Property(int, 0, access="readonly", description="trains sent")
-    incompleteTrains = Property(int, 0, access="readonly",
-                                description="trains discarded (match) or sent partial (buffer)")
-    lateData = Property(int, 0, access="readonly",
-                        description="source data that arrived after its train was sent/dropped")
+    incompleteTrains = Property(
+        int, 0, access="readonly", description="trains discarded (match) or sent partial (buffer)"
+    )
+    lateData = Property(
+        int,
+        0,
+        access="readonly",
+        description="source data that arrived after its train was sent/dropped",
+    )
     uniqueTrains = Property(int, 0, access="readonly", description="distinct train IDs seen")
-    matchingRatio = Property(float, 0.0, access="readonly",
-                             description="trains sent / distinct train IDs seen")
+    matchingRatio = Property(
+        float, 0.0, access="readonly", description="trains sent / distinct train IDs seen"
+    )
     currentTrainId = Property(int, 0, access="readonly")
-    sourceLatency = Property(dict, {}, access="readonly", unit="s",
-                             description="mean latency of each source (arrival − train timestamp)")
+    sourceLatency = Property(
+        dict,
+        {},
+        access="readonly",
+        unit="s",
+        description="mean latency of each source (arrival − train timestamp)",
+    )
     sourceCounts = Property(dict, {}, access="readonly", description="items received per source")
-    outputLatency = Property(dict, {}, access="readonly", unit="s",
-                             description="p50/p99 of send time − train timestamp, last 1000")
+    outputLatency = Property(
+        dict,
+        {},
+        access="readonly",
+        unit="s",
+        description="p50/p99 of send time − train timestamp, last 1000",
+    )
 
     def initialize(self) -> None:
         self._pending: collections.OrderedDict[int, tuple[dict, dict]] = collections.OrderedDict()
         self._done_below = -1  # trains with ID <= this are finished (sent or dropped)
         self._learned: set[str] = set()
         self._lat: dict[str, collections.deque] = collections.defaultdict(
-            lambda: collections.deque(maxlen=100))
+            lambda: collections.deque(maxlen=100)
+        )
         self._out_lat: collections.deque = collections.deque(maxlen=1000)
         self._counts: collections.Counter = collections.Counter()
         self._seen_ids: collections.deque = collections.deque(maxlen=10000)
@@ -93,9 +128,9 @@ class TrainMatcher(Device):
                 self._seen_set.discard(self._seen_ids[0])
             self._seen_ids.append(tid)
             self._seen_set.add(tid)
-            self._values["uniqueTrains"] += 1
+            self.count("uniqueTrains")
         if tid <= self._done_below:
-            self._values["lateData"] += 1
+            self.count("lateData")
             return
         entry = self._pending.get(tid)
         if entry is None:
@@ -108,10 +143,10 @@ class TrainMatcher(Device):
             self._match(tid)
         else:
             self._buffer(tid)
-        self._values["currentTrainId"] = tid
+        self.record(currentTrainId=tid)
 
     def _learning(self) -> bool:
-        return not self.sources and self._values["uniqueTrains"] <= self.learn_trains
+        return not self.sources and self.uniqueTrains <= self.learn_trains
 
     def _match(self, tid: int) -> None:
         if self._learning():
@@ -125,7 +160,7 @@ class TrainMatcher(Device):
         if wanted.issubset(data):
             for old in [t for t in self._pending if t < tid]:
                 self._pending.pop(old)
-                self._values["incompleteTrains"] += 1
+                self.count("incompleteTrains")
             self._pending.pop(tid)
             self._done_below = tid
             self._send({s: data[s] for s in wanted}, {s: meta[s] for s in wanted if s in meta})
@@ -135,7 +170,7 @@ class TrainMatcher(Device):
     def _drop_oldest(self) -> None:
         tid, _ = self._pending.popitem(last=False)
         self._done_below = max(self._done_below, tid)
-        self._values["incompleteTrains"] += 1
+        self.count("incompleteTrains")
 
     def _buffer(self, tid: int) -> None:
         newest = next(reversed(self._pending))
@@ -147,41 +182,42 @@ class TrainMatcher(Device):
         self._done_below = max(self._done_below, tid)
         wanted = set(self.sources) if self.sources else set(data)
         if not wanted.issubset(data):
-            self._values["incompleteTrains"] += 1
-        self._send({s: v for s, v in data.items() if s in wanted},
-                   {s: m for s, m in meta.items() if s in wanted})
+            self.count("incompleteTrains")
+        self._send(
+            {s: v for s, v in data.items() if s in wanted},
+            {s: m for s, m in meta.items() if s in wanted},
+        )
 
     def on_eos(self, channel: str) -> None:
         if self.mode == "buffer":
             while self._pending:
                 self._release_oldest()
         else:
-            self._values["incompleteTrains"] += len(self._pending)
+            self.count("incompleteTrains", len(self._pending))
             self._pending.clear()
-        self.signal_eos("output")
+        super().on_eos(channel)
 
     # ------------------------------------------------------------ output
     def _send(self, data: dict, meta: dict) -> None:
         if self._stack_re is not None:
             data, meta = self._stack(data, meta)
         self.write("output", data, meta)
-        self._values["matchedTrains"] += 1
+        self.count("matchedTrains")
         ts = [m.get("timestamp") for m in meta.values() if m.get("timestamp") is not None]
         if ts:
             self._out_lat.append(time.time() - float(max(ts)))
 
     def _stack(self, data: dict, meta: dict) -> tuple[dict, dict]:
-        names = [s for s in (self.sources or sorted(data, key=_natural_key))
-                 if self._stack_re.search(s)]
+        names = [
+            s for s in (self.sources or sorted(data, key=_natural_key)) if self._stack_re.search(s)
+        ]
         names = [s for s in names if s in data] if self.mode == "match" else names
         present = [s for s in names if s in data]
         if not present:
             return data, meta
         target = self.stack_source or re.sub(r"\d+CH0:.*$", "APPEND", present[0])
-        out = {s: v for s, v in data.items()
-               if self.keep_stacked_sources or s not in present}
-        omet = {s: v for s, v in meta.items()
-                if self.keep_stacked_sources or s not in present}
+        out = {s: v for s, v in data.items() if self.keep_stacked_sources or s not in present}
+        omet = {s: v for s, v in meta.items() if self.keep_stacked_sources or s not in present}
         stacked: dict[str, Any] = {}
         for key in self.stack_keys:
             arrays = [np.asarray(data[s][key]) for s in present if key in data[s]]
@@ -208,16 +244,19 @@ class TrainMatcher(Device):
 
     # ------------------------------------------------------------ status
     def _publish_stats(self) -> None:
-        seen = self._values["uniqueTrains"]
+        seen = self.uniqueTrains
         lat = {s: float(np.mean(d)) for s, d in self._lat.items() if d}
         out = {}
         if self._out_lat:
             arr = np.array(self._out_lat)
-            out = {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)),
-                   "n": len(arr)}
+            out = {
+                "p50": float(np.percentile(arr, 50)),
+                "p99": float(np.percentile(arr, 99)),
+                "n": len(arr),
+            }
         self.update(
-            matchedTrains=self._values["matchedTrains"],
-            matchingRatio=self._values["matchedTrains"] / seen if seen else 0.0,
+            matchedTrains=self.matchedTrains,
+            matchingRatio=self.matchedTrains / seen if seen else 0.0,
             sourceLatency=lat,
             sourceCounts=dict(self._counts),
             outputLatency=out,
@@ -229,8 +268,7 @@ class TrainMatcher(Device):
         self._pending.clear()
         self._learned.clear()
         self._done_below = -1
-        for key in ("matchedTrains", "incompleteTrains", "lateData", "uniqueTrains"):
-            self._values[key] = 0
+        self.update(matchedTrains=0, incompleteTrains=0, lateData=0, uniqueTrains=0)
         self._seen_ids.clear()
         self._seen_set.clear()
         self._out_lat.clear()

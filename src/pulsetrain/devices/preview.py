@@ -62,7 +62,7 @@ class PreviewAssembler(Device):
     detector by copying small uint8 arrays.  See the module documentation for the output keys.
     """
 
-    inputs = {"input": {}}
+    inputs = ("input",)
     outputs = ("output",)
 
     source_pattern = Property(
@@ -295,7 +295,7 @@ class PreviewAssembler(Device):
         t0 = time.perf_counter()
         modules, first = self._modules(data)
         if not modules:
-            self._values["skippedTrains"] += 1
+            self.count("skippedTrains")
             if self.status != "no module data in the last train":
                 self.set_state(State.ON, "no module data in the last train")
             return
@@ -354,17 +354,19 @@ class PreviewAssembler(Device):
         self.write("output", {src: out}, {src: make_meta(src, tid, timestamp)})
         elapsed = time.perf_counter() - t0
         self._times = (self._times + [elapsed])[-50:]
-        self._values["processingTime"] = elapsed
-        self._values["meanProcessingTime"] = float(np.mean(self._times))
-        self._values["lastTrainId"] = int(tid)
-        self._values["pulsesOut"] = n
-        self._values["levels"] = [float(vmin), float(vmax)]
-        self._values["modulesFound"] = len(modules)
+        self.record(
+            processingTime=elapsed,
+            meanProcessingTime=float(np.mean(self._times)),
+            lastTrainId=int(tid),
+            pulsesOut=n,
+            levels=[float(vmin), float(vmax)],
+            modulesFound=len(modules),
+        )
         if self.state != State.PROCESSING.value:
             self.set_state(State.PROCESSING, "")
 
     def on_eos(self, channel: str) -> None:
-        self.signal_eos("output")
+        super().on_eos(channel)
         self.set_state(State.ON, "end of stream")
 
 

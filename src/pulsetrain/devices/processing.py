@@ -8,7 +8,7 @@ import numpy as np
 
 from pulsetrain.device import Device, Property, State
 
-__all__ = ["Passthrough", "ModuleStatistics"]
+__all__ = ["ModuleStatistics", "Passthrough"]
 
 
 class Passthrough(Device):
@@ -17,11 +17,17 @@ class Passthrough(Device):
     Useful as a template, as a relay between hosts, and to model a slow consumer in tests.
     """
 
-    inputs = {"input": {}}
+    inputs = ("input",)
     outputs = ("output",)
 
-    delay = Property(float, 0.0, minimum=0.0, maximum=60.0, unit="s",
-                     description="extra processing time per train")
+    delay = Property(
+        float,
+        0.0,
+        minimum=0.0,
+        maximum=60.0,
+        unit="s",
+        description="extra processing time per train",
+    )
     processed = Property(int, 0, access="readonly")
     lastTrainId = Property(int, 0, access="readonly")
 
@@ -33,12 +39,9 @@ class Passthrough(Device):
             time.sleep(self.delay)
         self.write("output", data, meta)
         tid = next((m.get("timestamp.tid") for m in meta.values()), None)
-        self._values["processed"] += 1
+        self.count("processed")
         if tid is not None:
-            self._values["lastTrainId"] = int(tid)
-
-    def on_eos(self, channel: str) -> None:
-        self.signal_eos("output")
+            self.record(lastTrainId=int(tid))
 
 
 class ModuleStatistics(Device):
@@ -48,12 +51,13 @@ class ModuleStatistics(Device):
     frame) and forwards the train: a light stand-in for a per-module processing step.
     """
 
-    inputs = {"input": {}}
+    inputs = ("input",)
     outputs = ("output",)
 
     processed = Property(int, 0, access="readonly")
-    latency = Property(float, 0.0, access="readonly", unit="s",
-                       description="last arrival − train timestamp")
+    latency = Property(
+        float, 0.0, access="readonly", unit="s", description="last arrival − train timestamp"
+    )
 
     def initialize(self) -> None:
         self.set_state(State.PROCESSING)
@@ -65,14 +69,14 @@ class ModuleStatistics(Device):
             img = props.get("image.data")
             if isinstance(img, np.ndarray) and img.ndim >= 3:
                 analog = img[:, 0] if img.ndim == 4 else img
-                props["image.frameMean"] = analog.reshape(len(analog), -1).mean(
-                    axis=1, dtype=np.float64).astype(np.float32)
+                props["image.frameMean"] = (
+                    analog.reshape(len(analog), -1)
+                    .mean(axis=1, dtype=np.float64)
+                    .astype(np.float32)
+                )
             out[src] = props
             ts = meta.get(src, {}).get("timestamp")
             if ts is not None:
-                self._values["latency"] = time.time() - float(ts)
+                self.record(latency=time.time() - float(ts))
         self.write("output", out, meta)
-        self._values["processed"] += 1
-
-    def on_eos(self, channel: str) -> None:
-        self.signal_eos("output")
+        self.count("processed")

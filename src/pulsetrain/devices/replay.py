@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import threading
+import fnmatch
 import time
+from collections.abc import Iterator
 
-from pulsetrain.device import Device, Property, State, slot
+from pulsetrain.device import ProducerDevice, Property, State, slot
 from pulsetrain.files.naming import module_number
 
 __all__ = ["FileReplay", "parse_train_range"]
@@ -27,7 +28,7 @@ def parse_train_range(text: str) -> tuple[int, int] | slice | None:
     return (start if start is not None else 0, stop if stop is not None else 2**63 - 1)
 
 
-class FileReplay(Device):
+class FileReplay(ProducerDevice):
     """Replay a run directory train by train (read by :func:`pulsetrain.files.iter_run_trains`).
 
     Detector module sources go to outputs ``module0`` … ``module15`` (by the module number in
@@ -52,7 +53,6 @@ class FileReplay(Device):
     )
     repeat = Property(bool, False)
     all_in_output = Property(bool, False, access="init")
-    autostart = Property(bool, True, access="init")
     retimestamp = Property(bool, False, description="stamp trains with the replay time")
     read_ahead = Property(
         int,
@@ -73,7 +73,6 @@ class FileReplay(Device):
         "output that carries data to have an input connected",
     )
 
-    sentTrains = Property(int, 0, access="readonly")
     trainId = Property(int, 0, access="readonly")
     passes = Property(int, 0, access="readonly", description="completed passes over the run")
 
@@ -83,23 +82,19 @@ class FileReplay(Device):
         if not self.run_dir:
             raise ValueError("run_dir is not set")
         self.info = run_info(self.run_dir)
-        self._run = threading.Event()
-        threading.Thread(target=self._produce, daemon=True, name=f"replay:{self.device_id}").start()
+        self._trains: Iterator | None = None  # the pass over the run being sent
+        self._consumers_due: float | None = None
         self.set_state(State.ON, f"{self.info.n_trains} trains, {len(self.info.sources)} sources")
-        if self.autostart:
-            self.start_replay()
 
     @slot(allowed_states=("ON", "STOPPED"), description="Start (or resume) the replay")
     def start_replay(self) -> None:
         """Start (or resume) sending trains."""
-        self._run.set()
-        self.set_state(State.ACQUIRING)
+        self.start_acquisition()
 
     @slot(allowed_states=("ACQUIRING",), description="Pause the replay")
     def stop_replay(self) -> None:
         """Pause sending."""
-        self._run.clear()
-        self.set_state(State.STOPPED)
+        self.stop_acquisition()
 
     def _split(self, data: dict, meta: dict) -> dict[str, tuple[dict, dict]]:
         parts: dict[str, tuple[dict, dict]] = {}
@@ -111,64 +106,65 @@ class FileReplay(Device):
             mt[src] = meta[src]
         return parts
 
-    def _await_consumers(self) -> None:
-        """Data written before an input connects is lost for it: wait for the consumers."""
-        import fnmatch
-
+    def _consumers_ready(self) -> bool:
+        """Data written before an input connects is lost for it: wait (up to
+        ``connect_timeout``) for every output that carries data to have an input."""
         sources = [
             s
             for s in self.info.sources
             if not self.sources or any(fnmatch.fnmatchcase(s, p) for p in self.sources)
         ]
-        names = set(self._split({s: {} for s in sources}, {s: {} for s in sources}))
-        deadline = time.monotonic() + self.connect_timeout
-        for name in sorted(names):
-            left = deadline - time.monotonic()
-            if left <= 0 or not self.output_channels[name].wait_for_inputs(1, left):
-                self.log.warning("output %s has no input: its trains are not delivered", name)
+        names = sorted(self._split({s: {} for s in sources}, {s: {} for s in sources}))
+        waiting = [n for n in names if not self.output_channels[n].wait_for_inputs(1, 0)]
+        if not waiting:
+            return True
+        now = time.monotonic()
+        if self._consumers_due is None:
+            self._consumers_due = now + self.connect_timeout
+        if now < self._consumers_due:
+            return False
+        for name in waiting:
+            self.log.warning("output %s has no input: its trains are not delivered", name)
+        return True
 
-    def _produce(self) -> None:
-        from contextlib import closing
-
+    def _open_pass(self) -> None:
         from pulsetrain.files import iter_run_trains
         from pulsetrain.files.prefetch import read_ahead
+
+        reader = iter_run_trains(
+            self.run_dir, sources=self.sources or None, trains=parse_train_range(self.trains)
+        )
+        self._trains = read_ahead(
+            reader, depth=self.read_ahead, name=f"replay-reader:{self.device_id}"
+        )
+
+    def _close_pass(self) -> None:
+        if self._trains is not None:
+            self._trains.close()
+            self._trains = None
+
+    def produce(self) -> bool:
         from pulsetrain.protocol import make_meta
 
-        while not self._run.wait(0.2):
-            if self._stopping.is_set():
-                return
-        self._await_consumers()
-        while not self._stopping.is_set():
-            t_next = time.monotonic()
-            reader = iter_run_trains(
-                self.run_dir,
-                sources=self.sources or None,
-                trains=parse_train_range(self.trains),
-            )
-            with closing(
-                read_ahead(reader, depth=self.read_ahead, name=f"replay-reader:{self.device_id}")
-            ) as trains:
-                for tid, data, meta in trains:
-                    while not self._run.wait(0.2):
-                        if self._stopping.is_set():
-                            return
-                    if self._stopping.is_set():
-                        return
-                    if self.retimestamp:
-                        now = time.time()
-                        meta = {s: make_meta(s, tid, now) for s in meta}
-                    for name, (d, mt) in self._split(data, meta).items():
-                        self.write(name, d, mt)
-                    self._values["sentTrains"] += 1
-                    self._values["trainId"] = tid
-                    if self.rate > 0:
-                        t_next += 1.0 / self.rate
-                        delay = t_next - time.monotonic()
-                        if delay > 0:
-                            self._stopping.wait(delay)
-            self._values["passes"] += 1
+        if self._trains is None:
+            if self.passes == 0 and not self._consumers_ready():
+                return False
+            self._open_pass()
+        try:
+            tid, data, meta = next(self._trains)
+        except StopIteration:
+            self._close_pass()
+            self.count("passes")
             if not self.repeat:
-                break
-        for name in self.outputs:
-            self.signal_eos(name)
-        self.run_in_device(lambda: self.set_state(State.STOPPED, "replay finished"))
+                self.end_of_stream("replay finished")
+            return False
+        if self.retimestamp:
+            now = time.time()
+            meta = {s: make_meta(s, tid, now) for s in meta}
+        for name, (d, mt) in self._split(data, meta).items():
+            self.write(name, d, mt)
+        self.record(trainId=tid)
+        return True
+
+    def shutdown(self) -> None:
+        self._close_pass()

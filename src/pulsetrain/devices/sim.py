@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from pulsetrain.device import Device, Property, State, slot
+from pulsetrain.device import Device, ProducerDevice, Property, State, slot
 from pulsetrain.protocol import make_meta
 from pulsetrain.sim import (
     CAMERA_SOURCE,
@@ -25,47 +25,72 @@ __all__ = ["SimulatedDetector", "SimulatedMotor"]
 N_OUTPUTS = 16
 
 
-class SimulatedDetector(Device):
+class SimulatedDetector(ProducerDevice):
     """The simulated experiment as a train source: detector modules, slow data and a camera.
 
     Writes one train per ``1 / rate`` seconds: module ``m`` on output ``module{m}`` (one output
     per module, as each detector module has its own pipeline at EuXFEL), and on ``slow`` the
     sample-motor source (position read from ``motor_device`` through the control plane), the XGM
     and a side-view camera.  The chance of a Bragg "hit" per pulse follows the motor's position.
+    The frame banks of the fast path are built by a helper thread at start; trains follow once
+    they are ready (``prepared``).
     """
 
     outputs = tuple(f"module{m}" for m in range(N_OUTPUTS)) + ("slow",)
 
     detector = Property(str, "AGIPD", options=("AGIPD", "LPD", "JUNGFRAU"), access="init")
-    frames = Property(int, 16, minimum=1, maximum=2700, access="init",
-                      description="frames (pulses) per train")
-    memory_cells = Property(int, 0, minimum=0, maximum=2700, access="init",
-                            description="memory cells (0: detector default)")
+    frames = Property(
+        int, 16, minimum=1, maximum=2700, access="init", description="frames (pulses) per train"
+    )
+    memory_cells = Property(
+        int,
+        0,
+        minimum=0,
+        maximum=2700,
+        access="init",
+        description="memory cells (0: detector default)",
+    )
     modules = Property(list, [], access="init", description="modules to simulate (empty: all)")
     seed = Property(int, 0, minimum=0, access="init")
-    dark = Property(str, "", options=("", "HG", "MG", "LG"), access="init",
-                    description="dark run with the gain forced to this stage")
-    rate = Property(float, 10.0, minimum=0.0, maximum=1000.0, unit="Hz",
-                    description="trains per second (0: as fast as possible)")
+    dark = Property(
+        str,
+        "",
+        options=("", "HG", "MG", "LG"),
+        access="init",
+        description="dark run with the gain forced to this stage",
+    )
+    rate = Property(
+        float,
+        10.0,
+        minimum=0.0,
+        maximum=1000.0,
+        unit="Hz",
+        description="trains per second (0: as fast as possible)",
+    )
     n_trains = Property(int, 0, minimum=0, description="stop after this many trains (0: never)")
-    motor_device = Property(str, "", access="init",
-                            description="device ID of the sample motor (empty: fixed position)")
-    sample_position = Property(float, 0.0, unit="mm",
-                               description="sample position used when there is no motor device")
+    motor_device = Property(
+        str, "", access="init", description="device ID of the sample motor (empty: fixed position)"
+    )
+    sample_position = Property(
+        float, 0.0, unit="mm", description="sample position used when there is no motor device"
+    )
     first_train_id = Property(int, DEFAULT_FIRST_TRAIN_ID, minimum=0, access="init")
-    autostart = Property(bool, True, access="init")
     detector_distance = Property(float, 0.2, minimum=0.05, maximum=10.0, unit="m", access="init")
     photon_energy = Property(float, 9.3, minimum=1.0, maximum=30.0, unit="keV", access="init")
 
     trainId = Property(int, 0, access="readonly", description="last train ID written")
-    prepared = Property(bool, False, access="readonly",
-                        description="frame banks built: trains come at the set rate")
-    sentTrains = Property(int, 0, access="readonly")
-    actualRate = Property(float, 0.0, access="readonly", unit="Hz")
-    hitProbability = Property(float, 0.0, access="readonly",
-                              description="per-pulse hit probability at the motor's position")
-    generationTime = Property(float, 0.0, access="readonly", unit="s",
-                              description="time to simulate the last train")
+    prepared = Property(
+        bool, False, access="readonly", description="frame banks built: trains come at the set rate"
+    )
+    hitProbability = Property(
+        float,
+        0.0,
+        access="readonly",
+        description="per-pulse hit probability at the motor's position",
+    )
+    generationTime = Property(
+        float, 0.0, access="readonly", unit="s", description="time to simulate the last train"
+    )
 
     def initialize(self) -> None:
         self.sim = DetectorSimulator(
@@ -83,42 +108,36 @@ class SimulatedDetector(Device):
         self.camera = SidemicCamera()
         self._position = float(self.sample_position)
         self._motor_state: dict = {}
-        self._run = threading.Event()
         self._tid = self.first_train_id
-        self._producer = threading.Thread(target=self._produce, daemon=True,
-                                          name=f"sim:{self.device_id}")
+        self._banks_ready = threading.Event()
         if self.motor_device:
             self._motor = self.remote(self.motor_device)
-            threading.Thread(target=self._follow_motor, daemon=True,
-                             name=f"motor-poll:{self.device_id}").start()
-        self._producer.start()
-        if self.autostart:
-            self.start_acquisition()
-        else:
-            self.set_state(State.ON)
+            threading.Thread(
+                target=self._follow_motor, daemon=True, name=f"motor-poll:{self.device_id}"
+            ).start()
+        threading.Thread(
+            target=self._prepare, daemon=True, name=f"sim-prepare:{self.device_id}"
+        ).start()
 
-    @slot(allowed_states=("ON", "STOPPED"), description="Start producing trains")
-    def start_acquisition(self) -> None:
-        """Start producing trains."""
-        self._run.set()
-        self.set_state(State.ACQUIRING)
-
-    @slot(allowed_states=("ACQUIRING",), description="Stop producing trains")
-    def stop_acquisition(self) -> None:
-        """Stop producing trains."""
-        self._run.clear()
-        self.set_state(State.STOPPED)
+    def _prepare(self) -> None:
+        """Build the fast path's frame banks (helper thread) before the first train."""
+        try:
+            self.sim.prepare(self.sim.modules)
+        except Exception as exc:  # noqa: BLE001 - the first train builds them instead
+            self.log.warning("preparing the simulator failed: %s", exc)
+        self._banks_ready.set()
+        self.record(prepared=True)  # handed over to the device's thread
 
     def _follow_motor(self) -> None:
         """Poll the motor's position at 20 Hz (the facility's view of where the sample is)."""
-        while not self._stopping.is_set():
+        while not self.stopping:
             try:
                 cfg = self._motor.client.get(self.motor_device)
                 self._position = float(cfg["actualPosition"])
                 self._motor_state = cfg
-            except Exception as exc:  # motor unreachable: keep the last position
+            except Exception as exc:  # noqa: BLE001 - motor unreachable: keep the last position
                 self.log.debug("motor poll failed: %s", exc)
-            self._stopping.wait(0.05)
+            self.wait_stop(0.05)
 
     def _allocate(self, module: int, key: str, shape: tuple, dtype) -> np.ndarray:
         """Module frames go straight into the module output's shared memory (when useful)."""
@@ -137,65 +156,32 @@ class SimulatedDetector(Device):
         data = {MOTOR_SOURCE: motor, XGM_SOURCE: xgm, CAMERA_SOURCE: cam}
         return data, {s: make_meta(s, tid, ts) for s in data}
 
-    def _produce(self) -> None:
-        try:  # build the fast path's frame banks before the first train is due
-            self.sim.prepare(self.sim.modules)
-        except Exception as exc:  # the first train builds them instead
-            self.log.warning("preparing the simulator failed: %s", exc)
-        self._values["prepared"] = True
-        t_next = time.monotonic()
-        stamps: list[float] = []
-        while not self._stopping.is_set():
-            if not self._run.wait(0.2):
-                t_next = time.monotonic()
-                continue
-            tid = self._tid
-            ts = time.time()
-            t0 = time.perf_counter()
-            try:
-                data, meta = self.sim.train(tid, self._position, timestamp=ts,
-                                            alloc=self._allocate)
-                slow, slow_meta = self._slow(tid, ts)
-                self._values["generationTime"] = time.perf_counter() - t0
-                for m in self.sim.modules:
-                    src = self.sim.source(m)
-                    self.write(f"module{m}", {src: data[src]}, {src: meta[src]})
-                self.write("slow", slow, slow_meta)
-            except Exception as exc:
-                if self._stopping.is_set():
-                    return
-                self.run_in_device(lambda exc=exc: self.set_error(f"simulation failed: {exc}"))
-                self._run.clear()
-                continue
-            self._tid += 1
-            self._values["trainId"] = tid
-            self._values["sentTrains"] += 1
-            self._values["hitProbability"] = float(self.sim.hit_probability(self._position))
-            now = time.monotonic()
-            stamps = (stamps + [now])[-50:]
-            if len(stamps) > 1:
-                self._values["actualRate"] = (len(stamps) - 1) / (stamps[-1] - stamps[0])
-            if self.n_trains and self._values["sentTrains"] >= self.n_trains:
-                for name in self.outputs:
-                    self.signal_eos(name)
-                self._run.clear()
-                self.run_in_device(lambda: self.set_state(State.STOPPED, "all trains sent"))
-                continue
-            if self.rate > 0:
-                t_next += 1.0 / self.rate
-                delay = t_next - time.monotonic()
-                if delay > 0:
-                    self._stopping.wait(delay)
-                elif delay < -1.0:  # far behind: do not burst to catch up
-                    t_next = time.monotonic()
+    def produce(self) -> bool:
+        if not self._banks_ready.is_set():
+            return False
+        tid = self._tid
+        ts = time.time()
+        t0 = time.perf_counter()
+        position = self._position
+        data, meta = self.sim.train(tid, position, timestamp=ts, alloc=self._allocate)
+        slow, slow_meta = self._slow(tid, ts)
+        self.record(generationTime=time.perf_counter() - t0)
+        for m in self.sim.modules:
+            src = self.sim.source(m)
+            self.write(f"module{m}", {src: data[src]}, {src: meta[src]})
+        self.write("slow", slow, slow_meta)
+        self._tid += 1
+        self.record(trainId=tid, hitProbability=float(self.sim.hit_probability(position)))
+        return True
 
 
 class SimulatedMotor(Device):
     """A linear sample stage (Karabo motor interface: targetPosition, move, stop, ON/MOVING)."""
 
     actualPosition = Property(float, 0.0, unit="mm", access="readonly")
-    targetPosition = Property(float, 0.0, unit="mm", minimum=-10.0, maximum=10.0,
-                              description="where `move` goes")
+    targetPosition = Property(
+        float, 0.0, unit="mm", minimum=-10.0, maximum=10.0, description="where `move` goes"
+    )
     velocity = Property(float, 1.0, unit="mm/s", minimum=0.001, maximum=10.0)
     initialPosition = Property(float, 0.0, unit="mm", access="init")
     swLimitLow = Property(float, -10.0, unit="mm", access="init")
@@ -203,10 +189,10 @@ class SimulatedMotor(Device):
     moves = Property(int, 0, access="readonly", description="moves started")
 
     def initialize(self) -> None:
-        self.motor = SampleMotor(self.initialPosition, self.velocity,
-                                 (self.swLimitLow, self.swLimitHigh))
-        self._props["targetPosition"] = _limited(self._props["targetPosition"],
-                                                 self.swLimitLow, self.swLimitHigh)
+        self.motor = SampleMotor(
+            self.initialPosition, self.velocity, (self.swLimitLow, self.swLimitHigh)
+        )
+        self.set_limits("targetPosition", self.swLimitLow, self.swLimitHigh)
         self.update(actualPosition=self.initialPosition, targetPosition=self.initialPosition)
         self._last = time.monotonic()
         self.every(0.02, self._tick)
@@ -220,11 +206,11 @@ class SimulatedMotor(Device):
     def move(self) -> None:
         """Move to ``targetPosition``."""
         self.motor.move(self.targetPosition)
-        self._values["moves"] += 1
+        self.count("moves")
         self._tick()
 
-    @slot(allowed_states=("MOVING",), description="Stop where the motor is")
-    def stop(self) -> None:
+    @slot(allowed_states=("MOVING",), description="Stop where the motor is", name="stop")
+    def stop_motion(self) -> None:
         """Stop where the motor is."""
         self.motor.stop()
         self._tick()
@@ -239,11 +225,3 @@ class SimulatedMotor(Device):
         state = State.MOVING if self.motor.state == "MOVING" else State.ON
         if self.state != state.value and self.state != State.ERROR.value:
             self.set_state(state)
-
-
-def _limited(prop: Property, low: float, high: float) -> Property:
-    """A per-instance copy of ``prop`` whose limits are the motor's software limits."""
-    clone = Property(prop.type, prop.default, unit=prop.unit, description=prop.description,
-                     minimum=low, maximum=high, access=prop.access)
-    clone.key = prop.key
-    return clone

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
 from pulsetrain import control
 from pulsetrain.channels import InputChannel, OutputChannel
-from pulsetrain.device import Device, Property, slot
+from pulsetrain.device import Device, Property, register_device_class, slot
 from pulsetrain.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -19,6 +20,7 @@ from pulsetrain.errors import (
 )
 from pulsetrain.protocol import make_meta
 from pulsetrain.server import DeviceServer
+from waiting import wait_until
 
 TOKEN = "test-token"
 
@@ -29,8 +31,8 @@ class Doubler(Device):
     factor = Property(float, 2.0, minimum=0.0, maximum=10.0, unit="")
     mode = Property(str, "fast", options=("fast", "slow"))
     label = Property(str, "x", access="init")
-    count = Property(int, 0, access="readonly")
-    inputs = {"input": {"on_slowness": "wait"}}
+    processed = Property(int, 0, access="readonly")
+    inputs: ClassVar[dict] = {"input": {"on_slowness": "wait"}}
     outputs = ("output",)
 
     def on_data(self, data, meta, channel):
@@ -38,7 +40,7 @@ class Doubler(Device):
             raise RuntimeError("explode requested")
         if data["S"].get("hang"):
             time.sleep(data["S"]["hang"])
-        self._values["count"] += 1
+        self.count("processed")
         self.write("output", {"S": {"v": data["S"]["v"] * self.factor}}, meta)
 
     @slot(allowed_states=("ON",))
@@ -50,12 +52,11 @@ class Doubler(Device):
         raise ValueError("slot failed on purpose")
 
 
-@pytest.fixture
-def server(monkeypatch):
-    import pulsetrain.server as server_mod
+register_device_class(Doubler)
 
-    monkeypatch.setattr(server_mod, "find_device_class",
-                        lambda name: {"Doubler": Doubler}[name])
+
+@pytest.fixture
+def server():
     srv = DeviceServer("test", token=TOKEN, read_token="read-only", request_timeout=1.0).start()
     yield srv
     srv.close()
@@ -91,7 +92,7 @@ def test_properties_are_validated_and_refusals_keep_the_old_value(client):
     with pytest.raises(PropertyError, match="init"):
         client.set("d/1", "label", "b")
     with pytest.raises(PropertyError, match="readonly"):
-        client.set("d/1", "count", 5)
+        client.set("d/1", "processed", 5)
     with pytest.raises(PropertyError, match="unknown property"):
         client.set("d/1", "nope", 1)
     assert client.get("d/1", "factor") == 1.5
@@ -162,7 +163,8 @@ def test_stuck_device_does_not_block_the_control_plane(client):
     client.instantiate("Doubler", "d/fine")
     src, sink = wire(client, "d/stuck")
     src.write({"S": {"v": 1, "hang": 3.0}}, {"S": make_meta("S", 1)})
-    time.sleep(0.2)  # let the device start hanging
+    # trainsIn is counted on the device's thread just before on_data: it is hanging from then
+    wait_until(lambda: client.get("d/stuck", "trainsIn") == 1, what="the device to take the train")
     t0 = time.perf_counter()
     with pytest.raises(DeviceError, match="busy"):
         client.set("d/stuck", "factor", 1.0)
@@ -180,8 +182,12 @@ def test_malformed_requests_get_errors_and_the_server_survives(server, client):
 
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.connect(server.control_endpoint)
-    for junk in (b"\xc1\xc1", control.pack([1, 2]), control.pack({"op": "explode"}),
-                 control.pack({"op": "get", "token": TOKEN, "device": "nobody", "key": "x"})):
+    for junk in (
+        b"\xc1\xc1",
+        control.pack([1, 2]),
+        control.pack({"op": "explode"}),
+        control.pack({"op": "get", "token": TOKEN, "device": "nobody", "key": "x"}),
+    ):
         sock.send_multipart([b"", junk])
         assert sock.poll(5000), "no reply to a malformed request"
         reply = control.unpack(sock.recv_multipart()[-1])
