@@ -99,7 +99,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -107,8 +107,17 @@ from pulsetrain.channels import EndOfStream, InputChannel, OutputChannel
 from pulsetrain.errors import ConfigurationError, DeviceError, PropertyError, PulsetrainError
 from pulsetrain.protocol import train_id_of
 
-if TYPE_CHECKING:
-    from pulsetrain.server import DeviceServer
+
+class HostingServer(Protocol):
+    """What a device uses of the server hosting it (a :class:`~pulsetrain.server.DeviceServer`;
+    a protocol, so this module does not import the server module above it)."""
+
+    request_timeout: float
+
+    def client_for(self, device_id: str) -> Any:
+        """The control client (:class:`pulsetrain.control.Client`) of the server hosting
+        ``device_id``."""
+        ...
 
 __all__ = [
     "Access",
@@ -428,7 +437,7 @@ class Device:
             if prop.access is Access.READONLY:
                 raise ConfigurationError(f"{device_id}: property {key!r} is read-only")
             self._values[key] = prop.validate(value)
-        self._hosting_server: DeviceServer | None = None
+        self._hosting_server: HostingServer | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         self._worker_ident: int | None = None
@@ -747,11 +756,11 @@ class Device:
 
     # ------------------------------------------------------------ the hosting server
     @property
-    def server(self) -> DeviceServer | None:
+    def server(self) -> HostingServer | None:
         """The :class:`~pulsetrain.server.DeviceServer` hosting this device (``None`` if none)."""
         return self._hosting_server
 
-    def attach_server(self, server: DeviceServer) -> None:
+    def attach_server(self, server: HostingServer) -> None:
         """Called by the hosting server once, before :meth:`start`."""
         if self._hosting_server is not None and self._hosting_server is not server:
             raise DeviceError(f"{self.device_id}: already hosted by another server")
