@@ -272,3 +272,20 @@ def test_a_slot_may_not_replace_a_device_method_but_may_take_its_name():
         assert dev.get("halted") is True
         device = dev.device
     assert device.stopping  # closing the harness ran the lifecycle stop, not the slot
+
+
+def test_the_device_api_is_importable_from_the_package():
+    import pulsetrain
+    from pulsetrain import Device, ProducerDevice, Property, State, register_device_class, slot
+    from pulsetrain import device as device_module
+
+    assert (Device, ProducerDevice, Property, State, slot, register_device_class) == (
+        device_module.Device,
+        device_module.ProducerDevice,
+        device_module.Property,
+        device_module.State,
+        device_module.slot,
+        device_module.register_device_class,
+    )
+    with pytest.raises(AttributeError, match="no attribute 'Devise'"):
+        pulsetrain.Devise  # noqa: B018
