@@ -789,25 +789,29 @@ class Device:
             target=self._work, name=f"dev:{self.device_id}", daemon=True
         )
         self._worker.start()
-        for name in self.outputs:
-            cfg = dict(self._output_cfg.get(name, {}))
-            bind = cfg.get("bind", ["tcp://127.0.0.1:0"])
-            self.output_channels[name] = OutputChannel(
-                f"{self.device_id}:{name}", bind, no_input_shared=cfg.get("no_input_shared")
-            )
-        for name in self.inputs:
-            defaults = self.inputs[name] if isinstance(self.inputs, Mapping) else {}
-            cfg = {**defaults, **self._input_cfg.get(name, {})}
-            channel = InputChannel(
-                f"{self.device_id}:{name}",
-                data_distribution=cfg.get("data_distribution", "copy"),
-                on_slowness=cfg.get("on_slowness", "drop"),
-                max_queue_length=int(cfg.get("max_queue_length", 2)),
-                window=int(cfg.get("window", 2)),
-            )
-            self.input_channels[name] = channel
-            for endpoint in cfg.get("connect", []):
-                channel.connect(endpoint)
+        try:
+            for name in self.outputs:
+                cfg = dict(self._output_cfg.get(name, {}))
+                bind = cfg.get("bind", ["tcp://127.0.0.1:0"])
+                self.output_channels[name] = OutputChannel(
+                    f"{self.device_id}:{name}", bind, no_input_shared=cfg.get("no_input_shared")
+                )
+            for name in self.inputs:
+                defaults = self.inputs[name] if isinstance(self.inputs, Mapping) else {}
+                cfg = {**defaults, **self._input_cfg.get(name, {})}
+                channel = InputChannel(
+                    f"{self.device_id}:{name}",
+                    data_distribution=cfg.get("data_distribution", "copy"),
+                    on_slowness=cfg.get("on_slowness", "drop"),
+                    max_queue_length=int(cfg.get("max_queue_length", 2)),
+                    window=int(cfg.get("window", 2)),
+                )
+                self.input_channels[name] = channel
+                for endpoint in cfg.get("connect", []):
+                    channel.connect(endpoint)
+        except BaseException:  # a channel that cannot bind: nothing of this start stays
+            self._close_partial_start()
+            raise
         try:
             self.run_in_device(self._initialize, what="initialize()")
         except Exception as exc:  # noqa: BLE001 - any failure of device code: state ERROR
@@ -821,6 +825,21 @@ class Device:
             )
             t.start()
             self._input_threads.append(t)
+
+    def _close_partial_start(self) -> None:
+        """Close the channels a failed :meth:`start` opened and end the worker thread."""
+        self._stopping.set()
+        for channel in [*self.output_channels.values(), *self.input_channels.values()]:
+            try:  # closing what is half made: a failure must not stop closing the rest
+                if isinstance(channel, OutputChannel):
+                    channel.close(linger=0)
+                else:
+                    channel.close()
+            except Exception:
+                self.log.debug("closing a channel of a failed start", exc_info=True)
+        self._queue.put(None)
+        if self._worker is not None:
+            self._worker.join(timeout=5)
 
     def _initialize(self) -> None:
         self.initialize()

@@ -289,3 +289,39 @@ def test_the_device_api_is_importable_from_the_package():
     )
     with pytest.raises(AttributeError, match="no attribute 'Devise'"):
         pulsetrain.Devise  # noqa: B018
+
+
+def test_a_start_whose_output_cannot_bind_leaves_no_thread_or_port():
+    import socket
+    import threading
+
+    from pulsetrain.device import Device
+    from pulsetrain.ports import free_port
+
+    class TwoOutputs(Device):
+        outputs = ("first", "second")
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    first = free_port()
+    device = TwoOutputs(
+        "TEST/TWO/OUTPUTS",
+        {
+            "outputs": {
+                "first": {"bind": [f"tcp://127.0.0.1:{first}"]},
+                "second": {"bind": [f"tcp://127.0.0.1:{taken.getsockname()[1]}"]},
+            }
+        },
+    )
+    try:
+        with pytest.raises(Exception, match="second"):
+            device.start()
+    finally:
+        taken.close()
+    assert not [t for t in threading.enumerate() if t.name == "dev:TEST/TWO/OUTPUTS"]
+    again = socket.socket()  # the first output's port was released
+    try:
+        again.bind(("127.0.0.1", first))
+    finally:
+        again.close()
