@@ -24,10 +24,19 @@ GOAL_P99_S = 0.5
 def measure(frames: int, seconds: float, workdir: Path) -> dict:
     from karabo_bridge import Client
 
-    from pulsetrain.demo import BRIDGE, DET, MATCHER, SIM, DemoOptions, corr_id, prepare_catalog
-    from pulsetrain.demo import warm_kernels
+    from pulsetrain.demo import (
+        BRIDGE,
+        DET,
+        MATCHER,
+        SIM,
+        DemoOptions,
+        corr_id,
+        prepare_catalog,
+        warm_kernels,
+    )
+    from pulsetrain.ports import free_port
     from pulsetrain.supervisor import Supervisor
-    from pulsetrain.topology import Topology, free_port
+    from pulsetrain.topology import Topology
 
     opts = DemoOptions(trains=None, frames=frames, data_dir=workdir, gui=False)
     url = f"sqlite:///{workdir / 'catalog.sqlite'}"

@@ -48,8 +48,9 @@ def main(quick: bool = False, minutes: float | None = None, frames: int = 4) -> 
         prepare_catalog,
         warm_kernels,
     )
+    from pulsetrain.ports import free_port
     from pulsetrain.supervisor import Supervisor
-    from pulsetrain.topology import Topology, free_port
+    from pulsetrain.topology import Topology
 
     minutes = minutes or (2.0 if quick else 10.0)
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pulsetrain.topology import free_port
+from pulsetrain.ports import free_port
 
 
 @pytest.mark.slow

@@ -12,8 +12,9 @@ import time
 import pytest
 
 from pulsetrain.errors import ConfigurationError
+from pulsetrain.ports import free_port
 from pulsetrain.supervisor import Supervisor
-from pulsetrain.topology import Topology, free_port
+from pulsetrain.topology import Topology
 
 PIPELINE = """
 [topology]

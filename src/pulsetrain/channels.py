@@ -54,15 +54,15 @@ import zmq
 
 from pulsetrain import protocol, shmem
 from pulsetrain.errors import ChannelError, ConfigurationError, ProtocolError
-from pulsetrain.ports import PORT_RANGE, free_port  # noqa: F401  (their home is ports)
+from pulsetrain.ports import free_port
 
 __all__ = [
     "DISTRIBUTIONS",
     "SLOWNESS_POLICIES",
-    "OutputChannel",
+    "EndOfStream",
     "InputChannel",
     "Item",
-    "EndOfStream",
+    "OutputChannel",
 ]
 
 log = logging.getLogger(__name__)
@@ -142,8 +142,21 @@ class _Connection:
     """What an output knows about one connected input."""
 
     __slots__ = (
-        "identity", "input_id", "isess", "distribution", "slowness", "maxq", "sent", "allowed",
-        "dropped", "queue", "last_seen", "connected_at", "acked", "shm", "leases",
+        "acked",
+        "allowed",
+        "connected_at",
+        "distribution",
+        "dropped",
+        "identity",
+        "input_id",
+        "isess",
+        "last_seen",
+        "leases",
+        "maxq",
+        "queue",
+        "sent",
+        "shm",
+        "slowness",
     )
 
     def __init__(self, identity: bytes, msg: dict, now: float):
@@ -372,7 +385,7 @@ class OutputChannel:
     def __enter__(self) -> OutputChannel:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # ---------------------------------------------------------------- internals
@@ -687,8 +700,19 @@ class Item:
 
 
 class _Upstream:
-    __slots__ = ("endpoint", "sock", "osess", "received", "outstanding", "last_w", "missed",
-                 "eos", "heard", "last_credit_sent", "shm_segments")
+    __slots__ = (
+        "endpoint",
+        "eos",
+        "heard",
+        "last_credit_sent",
+        "last_w",
+        "missed",
+        "osess",
+        "outstanding",
+        "received",
+        "shm_segments",
+        "sock",
+    )
 
     def __init__(self, endpoint: str, sock: zmq.Socket):
         self.endpoint = endpoint
@@ -839,7 +863,7 @@ class InputChannel:
     def __enter__(self) -> InputChannel:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # ---------------------------------------------------------------- internals

@@ -32,7 +32,8 @@ from typing import Any
 from pulsetrain import lifetime, runstate, shmem
 from pulsetrain.control import Client, new_token
 from pulsetrain.errors import ConfigurationError, PulsetrainError, StartupError
-from pulsetrain.topology import Topology, free_port
+from pulsetrain.ports import free_port
+from pulsetrain.topology import Topology
 
 __all__ = ["Supervisor"]
 

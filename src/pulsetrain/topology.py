@@ -43,14 +43,14 @@ from typing import Any
 
 from pulsetrain.channels import DISTRIBUTIONS, SLOWNESS_POLICIES, validate_policy
 from pulsetrain.errors import ConfigurationError, PulsetrainError, TopologyError
-from pulsetrain.ports import PORT_RANGE, check_port, free_port, port_problem, split_tcp_endpoint
+from pulsetrain.ports import check_port, free_port, port_problem, split_tcp_endpoint
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["PORT_RANGE", "Connection", "DeviceSpec", "ServerSpec", "Topology", "free_port"]
+__all__ = ["Connection", "DeviceSpec", "ServerSpec", "Topology"]
 
 _SERVER_KEYS = ("endpoint", "data_host", "port_base", "memory_limit_mb", "env")
 _DEVICE_KEYS = ("class", "server", "config")

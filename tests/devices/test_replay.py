@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import zmq
 
-from pulsetrain.topology import free_port
+from pulsetrain.ports import free_port
 
 
 def run_cli(*args, timeout=300):

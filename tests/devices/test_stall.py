@@ -59,7 +59,8 @@ class WarmCtl:
     def list(self) -> dict:
         out, err = self.proc.communicate("go\n", timeout=60)
         assert self.proc.returncode == 0, err
-        return json.loads(out)[self.dev.device_id]
+        (server,) = json.loads(out).values()  # {server: {pid, restarts, ..., devices}}
+        return server["devices"][self.dev.device_id]
 
 
 def test_a_device_slow_on_one_train_is_marked_stalled_then_cleared(caplog):

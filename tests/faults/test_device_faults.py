@@ -59,7 +59,11 @@ def ctl(live: LiveServer, *args: str) -> object:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    answer = json.loads(proc.stdout)
+    if args[0] == "list":  # {server: {pid, restarts, last_restart, control, devices}}
+        (server,) = answer.values()
+        return server["devices"]
+    return answer
 
 
 def log_lines(caplog, device_id: str, level: int) -> list[str]:

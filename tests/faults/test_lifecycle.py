@@ -28,7 +28,7 @@ from pulsetrain.bridge import Client as BridgeClient
 from pulsetrain.control import TopologyClient
 from pulsetrain.errors import AlreadyRunningError
 from pulsetrain.gui.backend import GuiBackend
-from pulsetrain.topology import free_port
+from pulsetrain.ports import free_port
 from waiting import wait_until
 
 HERE = Path(__file__).resolve().parent
