@@ -415,6 +415,27 @@ def _module_rows(
     return rows
 
 
+def _match(
+    session: Session,
+    modules: Sequence[int | str],
+    rows: Mapping[int | str, ModuleRow],
+    query: _Query,
+) -> tuple[dict[int | str, dict[str, ConstantRecord]], list[tuple[ModuleRow, str]]]:
+    """``({module: {type: record}}, [(module row, type) with no match])`` for the modules
+    whose ``rows`` are known, in one query (``{}`` for the other modules)."""
+    newest = _newest(session, [r.id for r in rows.values()], query)
+    found: dict[int | str, dict[str, ConstantRecord]] = {m: {} for m in modules}
+    missing: list[tuple[ModuleRow, str]] = []
+    for module, row in rows.items():
+        for ctype in query.types:
+            record = newest.get((row.id, ctype))
+            if record is None:
+                missing.append((row, ctype))
+            else:
+                found[module][ctype] = record
+    return found, missing
+
+
 def find_available(
     db: Database,
     detector: str | DetectorRecord,
@@ -429,19 +450,13 @@ def find_available(
     (an unknown module gives ``{}``)."""
     query = _query(conditions, at, types, tolerances)
     modules = list(modules)
-    found: dict[int | str, dict[str, ConstantRecord]] = {m: {} for m in modules}
     with db.session() as session:
         rows = {
             m: r
             for m, r in _module_rows(db, session, detector, modules).items()
             if isinstance(r, ModuleRow)
         }
-        newest = _newest(session, [r.id for r in rows.values()], query)
-    for module, row in rows.items():
-        for ctype in query.types:
-            record = newest.get((row.id, ctype))
-            if record is not None:
-                found[module][ctype] = record
+        found, _ = _match(session, modules, rows, query)
     return found
 
 
@@ -465,26 +480,17 @@ def find_required(
     """
     query = _query(conditions, at, types, tolerances)
     modules = list(modules)
-    found: dict[int | str, dict[str, ConstantRecord]] = {m: {} for m in modules}
-    errors: list[ConstantNotFoundError] = []
     with db.session() as session:  # one session and query for everything
         rows: dict[int | str, ModuleRow] = {}
         for module, row in _module_rows(db, session, detector, modules).items():
             if isinstance(row, ConstantNotFoundError):
                 raise row
             rows[module] = row
-        newest = _newest(session, [r.id for r in rows.values()], query)
-        for module, row in rows.items():
-            for ctype in query.types:
-                record = newest.get((row.id, ctype))
-                if record is not None:
-                    found[module][ctype] = record
-                else:
-                    errors.append(
-                        explain_missing(
-                            session, row, ctype, query.conditions, query.when, query.tolerances
-                        )
-                    )
+        found, missing = _match(session, modules, rows, query)
+        errors = [
+            explain_missing(session, row, ctype, query.conditions, query.when, query.tolerances)
+            for row, ctype in missing
+        ]
     if errors:
         raise combine_missing(errors, query.when)
     return found

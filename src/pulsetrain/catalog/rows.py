@@ -150,21 +150,21 @@ def run_record(row: RunRow) -> RunRecord:
     )
 
 
+def _catalogue_id(value: Any, record_type: type, what: str) -> int:
+    if isinstance(value, record_type):
+        return value.id
+    if _is_index(value):
+        return int(value)
+    raise ConfigurationError(
+        f"expected a {record_type.__name__} or a catalogue {what} ID, not {value!r}"
+    )
+
+
 def run_id(run: RunRecord | int) -> int:
     """The catalogue ID of a run given as a record or an ID."""
-    if isinstance(run, RunRecord):
-        return run.id
-    if _is_index(run):
-        return int(run)
-    raise ConfigurationError(f"expected a RunRecord or a catalogue run ID, not {run!r}")
+    return _catalogue_id(run, RunRecord, "run")
 
 
 def constant_id(constant: ConstantRecord | int) -> int:
     """The catalogue ID of a constant given as a record or an ID."""
-    if isinstance(constant, ConstantRecord):
-        return constant.id
-    if _is_index(constant):
-        return int(constant)
-    raise ConfigurationError(
-        f"expected a ConstantRecord or a catalogue constant ID, not {constant!r}"
-    )
+    return _catalogue_id(constant, ConstantRecord, "constant")

@@ -235,10 +235,7 @@ def find_runs(
     sample: str | None = None,
     path: str | os.PathLike | None = None,
 ) -> list[RunRecord]:
-    """Runs matching every given field, by proposal, run number and data category.
-
-    ``path`` matches the recorded run directory (resolved, as :func:`add_run` records it).
-    """
+    """Runs matching every given field; see :meth:`pulsetrain.catalog.Catalog.find_runs`."""
     query = select(RunRow).options(selectinload(RunRow.files))
     if proposal is not None:
         query = query.where(RunRow.proposal == int(proposal))
