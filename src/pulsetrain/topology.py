@@ -37,7 +37,7 @@ import dataclasses
 import difflib
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +157,16 @@ class _Report:
         line = self._locate(table)
         where = f"{self.source}:{line}" if line else self.source
         self.problems.append(f"{where}: {table}{' ' + key if key else ''}: {message}")
+
+    def unknown_keys(self, table: str, spec: dict, known: Sequence[str]) -> None:
+        """One problem for each key of ``spec`` not in ``known`` (with the nearest)."""
+        for key in spec:
+            if key not in known:
+                self.add(
+                    table,
+                    key,
+                    "unknown key" + _did_you_mean(key, known) + f" (known: {', '.join(known)})",
+                )
 
     def sorted(self) -> list[str]:
         """The problems in the order of the file (stable for lines without a number)."""
@@ -329,15 +339,7 @@ class Topology:
             if not isinstance(spec, dict):
                 report.add(where, None, f"must be a table, not a {_type_name(spec)}")
                 continue
-            for key in spec:
-                if key not in _SERVER_KEYS:
-                    report.add(
-                        where,
-                        key,
-                        "unknown key"
-                        + _did_you_mean(key, _SERVER_KEYS)
-                        + f" (known: {', '.join(_SERVER_KEYS)})",
-                    )
+            report.unknown_keys(where, spec, _SERVER_KEYS)
             server = ServerSpec(name=name)
             endpoint = spec.get("endpoint")
             if endpoint is not None:
@@ -384,15 +386,7 @@ class Topology:
             if not isinstance(spec, dict):
                 report.add(where, None, f"must be a table, not a {_type_name(spec)}")
                 continue
-            for key in spec:
-                if key not in _DEVICE_KEYS:
-                    report.add(
-                        where,
-                        key,
-                        "unknown key"
-                        + _did_you_mean(key, _DEVICE_KEYS)
-                        + f" (known: {', '.join(_DEVICE_KEYS)})",
-                    )
+            report.unknown_keys(where, spec, _DEVICE_KEYS)
             values = []
             for key in ("class", "server"):
                 value = spec.get(key)
@@ -420,15 +414,7 @@ class Topology:
             if not isinstance(spec, dict):
                 report.add(where, None, f"must be a table, not a {_type_name(spec)}")
                 continue
-            for key in spec:
-                if key not in _CONNECTION_KEYS:
-                    report.add(
-                        where,
-                        key,
-                        "unknown key"
-                        + _did_you_mean(key, _CONNECTION_KEYS)
-                        + f" (known: {', '.join(_CONNECTION_KEYS)})",
-                    )
+            report.unknown_keys(where, spec, _CONNECTION_KEYS)
             ends = []
             for key in ("from", "to"):
                 value = spec.get(key)
