@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from pulsetrain.device import Device, Property, State, slot
+from pulsetrain.pending import PendingTrains
 from pulsetrain.protocol import train_id_of
 
 __all__ = ["TrainMatcher"]
@@ -98,7 +99,7 @@ class TrainMatcher(Device):
     )
 
     def initialize(self) -> None:
-        self._pending: collections.OrderedDict[int, tuple[dict, dict]] = collections.OrderedDict()
+        self._pending = PendingTrains()
         self._done_below = -1  # trains with ID <= this are finished (sent or dropped)
         self._learned: set[str] = set()
         self._lat: dict[str, collections.deque] = collections.defaultdict(
@@ -132,13 +133,7 @@ class TrainMatcher(Device):
         if tid <= self._done_below:
             self.count("lateData")
             return
-        entry = self._pending.get(tid)
-        if entry is None:
-            entry = self._pending[tid] = ({}, {})
-            if len(self._pending) > 1 and tid < next(reversed(self._pending)):
-                self._pending = collections.OrderedDict(sorted(self._pending.items()))
-        entry[0].update(data)
-        entry[1].update(meta)
+        self._pending.add(tid, data, meta)
         if self.mode == "match":
             self._match(tid)
         else:

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 from datetime import datetime, timezone
@@ -25,6 +24,7 @@ from typing import Any
 
 from pulsetrain.errors import CatalogError, FileFormatError, StorageError, TrainOrderError
 from pulsetrain.files.writer import RunWriter
+from pulsetrain.pending import PendingTrains
 from pulsetrain.protocol import train_id_of
 
 __all__ = ["RunRecorder", "next_run_number"]
@@ -117,7 +117,7 @@ class RunRecorder:
             compression=compression or None,
             run_metadata={"sample": sample or "unknown", "run_type": run_type},
         )
-        self._pending: collections.OrderedDict[int, tuple[dict, dict]] = collections.OrderedDict()
+        self._pending = PendingTrains()
         self._written_below = -1
         self._summary: dict[str, Any] | None = None
         #: Trains written to the files.
@@ -171,13 +171,7 @@ class RunRecorder:
         if tid <= self._written_below:
             self.late += 1
             return 0
-        entry = self._pending.get(tid)
-        if entry is None:
-            entry = self._pending[tid] = ({}, {})
-            if len(self._pending) > 1 and tid < next(reversed(self._pending)):
-                self._pending = collections.OrderedDict(sorted(self._pending.items()))
-        entry[0].update(data)
-        entry[1].update(meta)
+        self._pending.add(tid, data, meta)
         newest = next(reversed(self._pending))
         return self._write_while(lambda t: t <= newest - self.gather_trains)
 
