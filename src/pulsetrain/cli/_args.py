@@ -3,7 +3,9 @@
 Each converts one command-line string or raises :class:`argparse.ArgumentTypeError` with a
 message naming the bad value, so a mistake ends as one line before anything starts.  Port
 numbers are checked by :func:`pulsetrain.ports.port_arg` and
-:func:`pulsetrain.ports.port_or_zero_arg`.
+:func:`pulsetrain.ports.port_or_zero_arg`.  Options that several sub-commands must spell and
+default alike (the catalogue, the detector, the operating conditions of the constants) are
+added by one function each.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pulsetrain.errors import ConfigurationError
 from pulsetrain.ports import split_tcp_endpoint
 
 __all__ = [
+    "add_catalogue_arguments",
+    "add_condition_arguments",
     "bind_endpoint",
     "connect_endpoint",
     "existing_file",
@@ -156,3 +160,22 @@ def existing_file(text: str) -> str:
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a file")
     return str(path)
+
+
+def add_catalogue_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--catalog`` and ``--detector``: where constants are stored and of which detector."""
+    parser.add_argument("--catalog", default="", help="catalogue URL (default: the user's SQLite)")
+    parser.add_argument("--detector", default="SPB_DET_AGIPD1M-1")
+
+
+def add_condition_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The operating conditions dark constants are stored under and looked up by.
+
+    ``--bias-voltage``, ``--acquisition-rate``, ``--gain-setting`` and ``--integration-time``,
+    with the online correction device's defaults, so that ``pulsetrain correct`` finds what
+    ``pulsetrain dark`` stored when both are left at their defaults.
+    """
+    parser.add_argument("--bias-voltage", type=non_negative_float, default=300.0)
+    parser.add_argument("--acquisition-rate", type=positive_float, default=1.1)
+    parser.add_argument("--gain-setting", type=non_negative_int, default=0)
+    parser.add_argument("--integration-time", type=positive_int, default=12)

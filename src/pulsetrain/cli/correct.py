@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from pulsetrain.cli._args import (
+    add_catalogue_arguments,
+    add_condition_arguments,
     finite_float,
-    non_negative_float,
     non_negative_int,
     output_directory,
     positive_float,
@@ -58,18 +59,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", required=True, type=output_directory, help="CORR run directory to write"
     )
-    p.add_argument("--catalog", default="", help="catalogue URL (default: the user's SQLite)")
-    p.add_argument("--detector", default="SPB_DET_AGIPD1M-1")
+    add_catalogue_arguments(p)
     p.add_argument(
         "--modules", type=non_negative_int, nargs="*", default=None, help="only these modules"
     )
     c = p.add_argument_group("constants look-up (defaults: the online correction device's)")
     c.add_argument("--memory-cells", type=positive_int, default=None, help="default: any")
-    c.add_argument("--bias-voltage", type=non_negative_float, default=300.0)
-    c.add_argument("--acquisition-rate", type=positive_float, default=1.1)
-    c.add_argument("--gain-setting", type=non_negative_int, default=0)
+    add_condition_arguments(c)
     c.add_argument("--gain-mode", type=non_negative_int, default=0)
-    c.add_argument("--integration-time", type=positive_int, default=12)
     c.add_argument("--photon-energy", type=positive_float, default=9.3)
     c.add_argument(
         "--constants-time",

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 
 from pulsetrain.cli._args import (
-    non_negative_float,
+    add_catalogue_arguments,
+    add_condition_arguments,
     non_negative_int,
-    positive_float,
     positive_int,
 )
 
@@ -36,8 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run_hg", help="dark run with the gain forced to high")
     p.add_argument("run_mg", help="dark run with the gain forced to medium")
     p.add_argument("run_lg", help="dark run with the gain forced to low")
-    p.add_argument("--catalog", default="", help="catalogue URL (default: the user's SQLite)")
-    p.add_argument("--detector", default="SPB_DET_AGIPD1M-1")
+    add_catalogue_arguments(p)
     p.add_argument(
         "--memory-cells",
         type=positive_int,
@@ -45,10 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="memory cells of the constants (default: highest cellId + 1)",
     )
     p.add_argument("--modules", type=non_negative_int, nargs="*", default=None)
-    p.add_argument("--bias-voltage", type=non_negative_float, default=300.0)
-    p.add_argument("--acquisition-rate", type=positive_float, default=1.1)
-    p.add_argument("--gain-setting", type=non_negative_int, default=0)
-    p.add_argument("--integration-time", type=positive_int, default=12)
+    add_condition_arguments(p)
     p.add_argument(
         "--rel-gain-from-sim",
         action="store_true",
