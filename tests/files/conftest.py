@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import NamedTuple
@@ -17,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from synthetic import make_train
 
-from pulsetrain.files import RunWriter
+from pulsetrain.files import RunWriter, guarded_io
 
 RAW_TRAINS = 12
 RAW_FRAMES = [2, 3, 0, 1]
@@ -88,6 +90,30 @@ def corr_run(tmp_path_factory) -> WrittenRun:
             writer.write_train(train[1], train[2])
             written.append(train)
     return WrittenRun(run_dir, written, writer.manifest())
+
+
+@contextlib.contextmanager
+def disk_full_after(nbytes: int):
+    """Within the block the file layer's writes fail with ENOSPC once ``nbytes`` are written
+    (no root needed); real writes again after it."""
+    left = nbytes
+    real_pwrite = guarded_io._pwrite
+    lock = threading.Lock()
+
+    def failing_pwrite(fd, data, offset):
+        nonlocal left
+        with lock:
+            n = memoryview(data).nbytes
+            if left < n:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            left -= n
+        return real_pwrite(fd, data, offset)
+
+    guarded_io._pwrite = failing_pwrite
+    try:
+        yield
+    finally:
+        guarded_io._pwrite = real_pwrite
 
 
 def _try(cmd: list[str]) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import os
 import subprocess
 import sys
 import threading
@@ -13,11 +12,11 @@ import extra_data
 import h5py
 import numpy as np
 import pytest
-from conftest import assert_valid, small_filesystem
 from synthetic import FIRST_TRAIN, make_train
 
+from conftest import assert_valid, disk_full_after, small_filesystem
 from pulsetrain.errors import StorageError
-from pulsetrain.files import RunWriter, guarded_io, iter_run_trains, recover_run
+from pulsetrain.files import RunWriter, iter_run_trains, recover_run
 
 CHILD = Path(__file__).resolve().parent / "writer_child.py"
 SEQUENCE_TRAINS = 3
@@ -103,26 +102,13 @@ def test_disk_reserve_closes_every_file_cleanly(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_simulated_write_failure_is_contained(tmp_path, monkeypatch):
+def test_simulated_write_failure_is_contained(tmp_path):
     """No root needed: the file layer fails with ENOSPC after a byte budget."""
-    budget = {"left": 6 << 20}
-    real_pwrite = os.pwrite
-    lock = threading.Lock()
-
-    def failing_pwrite(fd, data, offset):
-        with lock:
-            n = memoryview(data).nbytes
-            if budget["left"] < n:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            budget["left"] -= n
-        return real_pwrite(fd, data, offset)
-
-    monkeypatch.setattr(guarded_io, "_pwrite", failing_pwrite)
     train_kw = {"modules": 2, "frames": 1}
-    writer = RunWriter(tmp_path, sequence_trains=2, min_free_bytes=0)
-    exc = _write_until_failure(writer, **train_kw)
+    with disk_full_after(6 << 20):
+        writer = RunWriter(tmp_path, sequence_trains=2, min_free_bytes=0)
+        exc = _write_until_failure(writer, **train_kw)
     assert "disk full" in str(exc)
-    monkeypatch.setattr(guarded_io, "_pwrite", real_pwrite)
     assert writer.files
     assert _assert_closed_files_hold_their_trains(tmp_path, **train_kw) >= 2
     _assert_process_healthy(tmp_path)

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import errno
-import os
-import threading
-
 import extra_data
 import numpy as np
 import pytest
 from synthetic import CAMERA, FIRST_TRAIN, MOTOR, make_train
 
+from conftest import disk_full_after
 from pulsetrain.catalog import Catalog
 from pulsetrain.errors import FileFormatError, StorageError
-from pulsetrain.files import guarded_io
 from pulsetrain.files.recorder import RunRecorder, next_run_number
 
 SMALL = {"modules": 2, "frames": 1}
@@ -77,34 +73,21 @@ def test_a_train_without_id_is_refused(tmp_path):
     assert rec.close()["trains"] == 1
 
 
-def test_a_storage_failure_stops_the_recording_and_keeps_closed_files(tmp_path, monkeypatch):
-    budget = {"left": 3 << 20}
-    real_pwrite = os.pwrite
-    lock = threading.Lock()
-
-    def failing_pwrite(fd, data, offset):
-        with lock:
-            n = memoryview(data).nbytes
-            if budget["left"] < n:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            budget["left"] -= n
-        return real_pwrite(fd, data, offset)
-
-    monkeypatch.setattr(guarded_io, "_pwrite", failing_pwrite)
+def test_a_storage_failure_stops_the_recording_and_keeps_closed_files(tmp_path):
     rec = RunRecorder(tmp_path, sequence_trains=2)
-    for i in range(200):
-        _, data, meta = make_train(i, **SMALL)
-        try:
-            rec.add(data, meta)
-        except StorageError as exc:
-            assert "disk full" in str(exc)
-            break
-    else:
-        pytest.fail("no StorageError")
-    assert rec.failure is not None and rec.not_recorded == 1
-    _, data, meta = make_train(i + 1, **SMALL)
-    assert rec.add(data, meta) == 0 and rec.not_recorded == 2  # refused, counted
-    monkeypatch.setattr(guarded_io, "_pwrite", real_pwrite)
+    with disk_full_after(3 << 20):
+        for i in range(200):
+            _, data, meta = make_train(i, **SMALL)
+            try:
+                rec.add(data, meta)
+            except StorageError as exc:
+                assert "disk full" in str(exc)
+                break
+        else:
+            pytest.fail("no StorageError")
+        assert rec.failure is not None and rec.not_recorded == 1
+        _, data, meta = make_train(i + 1, **SMALL)
+        assert rec.add(data, meta) == 0 and rec.not_recorded == 2  # refused, counted
     summary = rec.close()
     assert "disk full" in summary["error"]
     assert summary["paths"]
