@@ -41,6 +41,7 @@ __all__ = [
     "clean_leftovers",
     "find_server",
     "lock_path",
+    "pid_alive",
     "read_state",
     "running_states",
     "state_dir",
@@ -93,7 +94,8 @@ def read_state(path: str | os.PathLike) -> dict[str, Any] | None:
     return state if isinstance(state, dict) else None
 
 
-def _alive(pid: Any) -> bool:
+def pid_alive(pid: Any) -> bool:
+    """Whether a process with this ID runs (a non-positive or non-integer ID: no)."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
@@ -107,7 +109,7 @@ def _alive(pid: Any) -> bool:
 
 def supervisor_alive(state: Mapping[str, Any]) -> bool:
     """Whether the supervisor that wrote ``state`` is still running."""
-    return _alive(state.get("pid"))
+    return pid_alive(state.get("pid"))
 
 
 def running_states() -> Iterator[tuple[Path, dict[str, Any]]]:
@@ -296,7 +298,7 @@ def clean_leftovers(topology: str, previous: Mapping[str, Any], wait: float = 6.
         )
     segments: list[str] = []
     for pid in sorted({*pids, *([sup_pid] if isinstance(sup_pid, int) else [])}):
-        if pid != os.getpid() and not _alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             segments += shmem.remove_segments_of(pid)
     if segments:
         done.append(

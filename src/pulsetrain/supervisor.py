@@ -524,7 +524,7 @@ class Supervisor:
         for t in [*remote, *([self._thread] if self._thread else [])]:
             t.join(max(0.0, end - time.monotonic()))
         for pid in sorted(self._pids):
-            if not _alive(pid):
+            if not runstate.pid_alive(pid):
                 shmem.remove_segments_of(pid)  # of servers that had to be killed
         if not any(t.is_alive() for t in [*remote, *([self._thread] if self._thread else [])]):
             for c in self._clients.values():
@@ -595,16 +595,6 @@ class Supervisor:
         for device_id in device_ids:
             dev = self.topology.devices[device_id]
             client.instantiate(dev.class_name, device_id, self.configs[device_id])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _create_time(pid: int) -> float | None:
