@@ -455,8 +455,9 @@ class _Demo:
         self.gui: Any = None
         self.tap: _Tap | None = None
         self.progress: _StartProgress | None = None
-        self.s: dict[str, Any] = {"data_dir": str(opts.data_dir)}
+        self.s: dict[str, Any] = {"data_dir": str(opts.data_dir), "modules": len(opts.modules)}
         self._out_of_trains = False
+        self._all_sent_at: float | None = None
         self.t_acquisition: float | None = None
         self.bytes_before = _du(opts.data_dir)
 
@@ -504,11 +505,14 @@ class _Demo:
                 ok = False
             if ok:
                 return c
-            if c is not None and self.opts.trains and c["sent"] >= self.opts.trains:
-                self._out_of_trains = True
-                self.say(f"  all {self.opts.trains} trains sent before {what}")
-                return None
             now = time.monotonic()
+            if c is not None and self.opts.trains and c["sent"] >= self.opts.trains:
+                if self._all_sent_at is None:
+                    self._all_sent_at = now
+                elif now - self._all_sent_at > 10.0:  # the last trains had time to arrive
+                    self._out_of_trains = True
+                    self.say(f"  all {self.opts.trains} trains sent before {what}")
+                    return None
             if now > deadline:
                 self.say(f"  gave up waiting for {what} after {timeout:.0f} s")
                 return None
@@ -1034,7 +1038,7 @@ def _print_summary(s: dict[str, Any], say: Say) -> None:
         recorded = s.get("trains_recorded")
         say(
             f"  trains: {s['trains_sent']} simulated, {matched} corrected and matched "
-            f"(all {16} modules), {'none' if recorded is None else recorded} recorded"
+            f"(all {s.get('modules', 16)} modules), {'none' if recorded is None else recorded} recorded"
         )
         if s.get("acquisition_s"):
             say(
