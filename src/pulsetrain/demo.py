@@ -597,9 +597,8 @@ class _Demo:
             self.s["first_corrected_s"] = self.elapsed()
             self.say(f"first corrected train after {self.s['first_corrected_s']:.1f} s")
             self.step = "measuring the hit rate before the feedback"
-            before = self.measure("before", 0)
-            if before is not None:
-                self._feedback(before)
+            if self.measure("before", 0) is not None:
+                self._feedback()
         if opts.trains == 0:
             self.step = "running until a stop signal"
             self.say("running on; stop with Ctrl-C (or SIGTERM/SIGHUP)")
@@ -660,7 +659,7 @@ class _Demo:
                 self.say(f"  warning: {device_id} not ready ({key}); starting anyway")
         self.say(f"  all devices ready after {self.elapsed():.1f} s")
 
-    def _feedback(self, before: dict) -> None:
+    def _feedback(self) -> None:
         opts = self.opts
         self.step = "feedback: finding the sample"
         self.say(f"feedback: starting ({self.call(FEEDBACK, 'start_feedback')})")
