@@ -662,6 +662,7 @@ class _Demo:
     def _feedback(self) -> None:
         opts = self.opts
         self.step = "feedback: finding the sample"
+        self.s["feedback_started"] = True
         self.say(f"feedback: starting ({self.call(FEEDBACK, 'start_feedback')})")
         t = time.monotonic()
 
@@ -1065,6 +1066,8 @@ def _print_summary(s: dict[str, Any], say: Say) -> None:
             if conv
             else "feedback did not find the sample"
             if conv is False
+            else "feedback stopped while scanning"
+            if s.get("feedback_started")
             else "feedback not run"
         )
         motor = s.get("motor_final_mm")

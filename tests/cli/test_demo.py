@@ -110,3 +110,68 @@ def test_demo_refuses_a_taken_port(tmp_path, which):
     assert "Traceback" not in out.stdout + out.stderr
     assert not data.exists()  # nothing written, nothing started
     assert _leftovers(data) == []
+
+
+def test_check_ports_names_a_taken_port():
+    from pulsetrain.demo import check_ports
+    from pulsetrain.errors import ConfigurationError
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigurationError, match=f"Karabo bridge port {port}: already in use"):
+            check_ports({"GUI": free_port(), "Karabo bridge": port})
+    check_ports({"Karabo bridge": port})  # free again
+
+
+def test_stop_signals_interrupt_once_then_only_record():
+    import os
+    import signal
+
+    from pulsetrain.demo import StopSignals
+
+    before = signal.getsignal(signal.SIGTERM)
+    signals = StopSignals()
+    with signals:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler interrupts this
+        assert signals.stopping
+        os.kill(os.getpid(), signal.SIGHUP)  # during the clean-up: recorded, not raised
+        time.sleep(0.1)
+    assert (signals.signum, signals.name, signals.exit_code) == (signal.SIGTERM, "SIGTERM", 143)
+    assert signal.getsignal(signal.SIGTERM) is before  # the old handler is back
+
+
+def test_summary_of_an_interrupted_set_up_has_no_nan():
+    from pulsetrain.demo import _print_summary, demo_succeeded
+
+    lines: list[str] = []
+    s = {
+        "interrupted": "SIGINT",
+        "interrupted_during": "starting servers",
+        "stop_s": 0.4,
+        "elapsed_s": 3.0,
+        "bytes_written": 0,
+        "data_dir": "/tmp/x",
+    }
+    _print_summary(s, lines.append)
+    text = "\n".join(lines)
+    assert "summary (interrupted by SIGINT while starting servers)" in text
+    assert "trains: none (stopped during set-up)" in text
+    assert not re.search(r"\bnan\b", text, re.IGNORECASE)
+    assert not demo_succeeded(s)
+    lines.clear()
+    s = {
+        "trains_sent": 30,
+        "trains_matched": 0,
+        "modules": 16,
+        "hit_rate_before": 0.0,
+        "data_dir": "/tmp/x",
+    }
+    _print_summary(s, lines.append)
+    text = "\n".join(lines)
+    assert "no corrected train arrived" in text
+    assert "hit rate: 0.00 before feedback, not measured after" in text
+    assert not re.search(r"\bnan\b", text, re.IGNORECASE)
