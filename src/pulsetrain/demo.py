@@ -637,26 +637,7 @@ class _Demo:
         self.tap.start()
 
     def _await_ready(self) -> None:
-        """Start the detector only once every device is up and connected (no lost trains)."""
-        checks = [(corr_id(m), "constantsLoaded", True) for m in self.opts.modules]
-        checks += [(SIM, "prepared", True)]
-        checks += [
-            (SIM, f"channels.outputs.module{m}.connections", lambda c: len(c) >= 2)
-            for m in self.opts.modules
-        ]
-        checks += [(MATCHER, "channels.outputs.output.connections", lambda c: len(c) >= 5)]
-        deadline = time.monotonic() + self.opts.start_timeout
-        for device_id, key, expected in checks:
-            try:
-                self.sup.device_client(device_id).wait_for(
-                    device_id,
-                    key,
-                    expected,
-                    timeout=max(1.0, deadline - time.monotonic()),
-                    poll=0.1,
-                )
-            except TimeoutError:
-                self.say(f"  warning: {device_id} not ready ({key}); starting anyway")
+        _await_ready(self.sup, self.opts, self.say, self.opts.start_timeout)
         self.say(f"  all devices ready after {self.elapsed():.1f} s")
 
     def _feedback(self) -> None:
@@ -848,6 +829,26 @@ class _Demo:
         if self.s.get("run_directory"):
             self.s["run_bytes"] = _du(Path(self.s["run_directory"]))
         self.s["bytes_written"] = max(0, _du(self.opts.data_dir) - self.bytes_before)
+
+
+def _await_ready(sup: Any, opts: DemoOptions, say: Say, timeout: float = 120.0) -> None:
+    """Wait until every device is up and connected, so that the detector's first trains are
+    not lost (the correction devices have their constants, the detector its frame banks)."""
+    checks = [(corr_id(m), "constantsLoaded", True) for m in opts.modules]
+    checks += [(SIM, "prepared", True)]
+    checks += [
+        (SIM, f"channels.outputs.module{m}.connections", lambda c: len(c) >= 2)
+        for m in opts.modules
+    ]
+    checks += [(MATCHER, "channels.outputs.output.connections", lambda c: len(c) >= 5)]
+    deadline = time.monotonic() + timeout
+    for device_id, key, expected in checks:
+        try:
+            sup.device_client(device_id).wait_for(
+                device_id, key, expected, timeout=max(1.0, deadline - time.monotonic()), poll=0.1
+            )
+        except TimeoutError:
+            say(f"  warning: {device_id} not ready ({key}); starting anyway")
 
 
 def _train_bytes(opts: DemoOptions) -> int:
