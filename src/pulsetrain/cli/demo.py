@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 EPILOG = """examples:
-  pulsetrain demo                              # GUI on http://127.0.0.1:5006, about a minute
+  pulsetrain demo                              # GUI on http://127.0.0.1:5006, a minute or two
   pulsetrain demo --trains 0                   # run on until Ctrl-C
   pulsetrain demo --no-gui --data-dir /tmp/demo --bridge-port 4600
   python -c "from karabo_bridge import Client; print(Client('tcp://127.0.0.1:4545').next()[1])"
