@@ -5,21 +5,59 @@ azimuthal integration, hit finding, preview → feedback controller moving the m
 detector data, slow data and hit results recorded by the DAQ writer; a Karabo bridge and the
 web GUI on top.  :func:`run_demo` builds the topology, fills a catalogue with the simulator's
 constants, runs it, and returns a summary.
+
+The run is driven by conditions, not by fixed durations, so it shows its point on a slow or
+busy machine as well as on an idle one:
+
+1. set-up: the fixed ports are checked first (nothing is started if one is taken), the
+   constants are stored, the correction kernel is compiled, the servers are started;
+2. the detector starts; the demo waits for the first corrected, matched train;
+3. *before*: the hit rate over ``window_trains`` trains with the sample motor where it
+   started (the feedback idle);
+4. the feedback starts; the demo waits until it tracks (the scan found the sample and the
+   motor holds the best position);
+5. *after*: the hit rate over ``window_trains`` trains taken after the motor settled there;
+6. the detector stops, the DAQ run is closed and validated, and the summary is printed.
+
+Every wait has a generous deadline; the detector feeds the correction devices with
+back-pressure (``on_slowness = "wait"``), so a slow machine gets fewer trains per second but
+whole ones, never a stream of incomplete trains.
+
+SIGINT, SIGTERM and SIGHUP (see :class:`StopSignals`) stop the demo from any point, during the
+set-up too: the open DAQ run is closed, every server process is stopped, a short summary of
+what was done is printed and :class:`KeyboardInterrupt` is raised again (the command then exits
+with ``128 + signal number``: 130, 143, 129).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import math
+import os
+import signal
+import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DemoOptions", "run_demo", "demo_topology"]
+from pulsetrain.errors import ChannelError, ConfigurationError, PulsetrainError
+
+__all__ = [
+    "DemoOptions",
+    "StopSignals",
+    "check_ports",
+    "demo_succeeded",
+    "demo_topology",
+    "run_demo",
+]
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +67,47 @@ MATCHER, BRIDGE = f"{DET}/CAL/MATCHER", f"{DET}/CAL/BRIDGE"
 AZIMUTHAL, HITS, PREVIEW = f"{DET}/PROC/AZIMUTHAL", f"{DET}/PROC/HITS", f"{DET}/PROC/PREVIEW"
 FEEDBACK, DAQ = "SPB_IRU_SAMPLE/CTRL/FEEDBACK", "SPB_DAQ/DATA/WRITER"
 
+#: Signals that stop the demo cleanly.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Seconds the demo allows itself to stop after a signal ...
+STOP_BUDGET_S = 4.5
+#: ... and the DAQ writer's server more, if it is still closing the open run by then.
+DAQ_EXTRA_S = 4.0
+
+Say = Callable[[str], None]
+
 
 @dataclass
 class DemoOptions:
-    """What ``pulsetrain demo`` runs."""
+    """What ``pulsetrain demo`` runs.
 
-    trains: int | None = 100
+    Attributes
+    ----------
+    trains : int or None
+        None: as many trains as the demo's steps need (the default); 0: run on after the
+        summary's measurements until a stop signal; N: stop after N trains whatever was
+        measured by then.
+    frames : int
+        Frames (pulses) per train.
+    data_dir : Path
+        Catalogue, raw data (``raw/``), topology and server logs (``run/``).
+    bridge_port, gui_port : int
+        The fixed ports (checked before anything starts).
+    gui : bool
+        Start the web GUI.
+    seed : int
+        Seed of the simulation.
+    modules : list of int
+        Detector modules simulated and corrected.
+    window_trains : int
+        Trains in each of the *before* and *after* hit-rate measurements.
+    start_timeout : float
+        Longest wait (s) for the servers and devices to come up and the first corrected train.
+    converge_timeout : float
+        Longest wait (s) for the feedback to find the sample.
+    """
+
+    trains: int | None = None
     frames: int = 8
     data_dir: Path = Path("pulsetrain-demo")
     bridge_port: int = 4545
@@ -42,6 +115,60 @@ class DemoOptions:
     gui_port: int = 5006
     seed: int = 0
     modules: list[int] = field(default_factory=lambda: list(range(16)))
+    window_trains: int = 20
+    start_timeout: float = 180.0
+    converge_timeout: float = 240.0
+
+
+class StopSignals:
+    """Stop the demo cleanly on SIGINT, SIGTERM or SIGHUP (a context manager, main thread).
+
+    The first of these signals raises :class:`KeyboardInterrupt` in the main thread, so the
+    demo's clean-up runs just as after Ctrl-C; later ones, and any once :attr:`stopping` is
+    set (the clean-up has begun), are only recorded.
+
+    Attributes
+    ----------
+    signum : int or None
+        The first stop signal received.
+    stopping : bool
+        Set by the demo when its clean-up begins: from then on signals do not interrupt.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.stopping = False
+        self._old: dict[int, Any] = {}
+
+    @property
+    def name(self) -> str:
+        """The first signal's name (``'SIGTERM'``), or ``'SIGINT'`` when none was received
+        (a :class:`KeyboardInterrupt` from the terminal)."""
+        return signal.Signals(self.signum or signal.SIGINT).name
+
+    @property
+    def exit_code(self) -> int:
+        """The shell convention for a process stopped by a signal: 128 + its number."""
+        return 128 + int(self.signum or signal.SIGINT)
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+        if not self.stopping:
+            self.stopping = True
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+        log.info("%s received while stopping: ignored", signal.Signals(signum).name)
+
+    def __enter__(self) -> StopSignals:  # noqa: PYI034 - Python 3.10 has no typing.Self
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
 
 
 def corr_id(m: int) -> str:
@@ -51,8 +178,10 @@ def corr_id(m: int) -> str:
 def demo_topology(opts: DemoOptions, catalog_url: str) -> str:
     """The TOML text of the demo's topology."""
     q = '"'
-    lines = ['[topology]\nname = "pulsetrain-demo"\n',
-             "[servers.facility]\n[servers.online]\n[servers.control]\n[servers.daq]\n"]
+    lines = [
+        '[topology]\nname = "pulsetrain-demo"\n',
+        "[servers.facility]\n[servers.online]\n[servers.control]\n[servers.daq]\n",
+    ]
     lines += [f"[servers.cal{i}]\n" for i in range(8)]
     lines.append(f"""
 [devices."{MOTOR}"]
@@ -92,12 +221,12 @@ config = {{ detector_distance = 0.2, max_pulses = 4, downsample = 2 }}
 [devices."{FEEDBACK}"]
 class = "FeedbackController"
 server = "control"
-config = {{ motor_device = "{MOTOR}", autostart = true }}
+config = {{ motor_device = "{MOTOR}", autostart = false }}
 
 [devices."{DAQ}"]
 class = "DAQWriter"
 server = "daq"
-config = {{ directory = "{opts.data_dir / 'raw'}", catalog = "{catalog_url}", autostart = true, sample = "water jet + crystals", gather_trains = 20 }}
+config = {{ directory = "{opts.data_dir / "raw"}", catalog = "{catalog_url}", autostart = true, sample = "water jet + crystals", gather_trains = 5 }}
 
 [[connections]]
 from = "{MATCHER}:output"
@@ -118,13 +247,15 @@ to = "{FEEDBACK}:hits"
 from = "{HITS}:output"
 to = "{DAQ}:input"
 on_slowness = "queueDrop"
-max_queue_length = 8
+max_queue_length = 2
 [[connections]]
 from = "{SIM}:slow"
 to = "{DAQ}:input"
 on_slowness = "queueDrop"
-max_queue_length = 8
+max_queue_length = 2
 """)
+    # The detector waits for its correction devices (back-pressure): on a slow machine fewer
+    # trains per second, but every train reaches the matcher whole.
     for i, m in enumerate(opts.modules):
         lines.append(f"""
 [devices."{corr_id(m)}"]
@@ -134,23 +265,59 @@ config = {{ catalog = "{catalog_url}", module = {m}, memory_cells = {opts.frames
 [[connections]]
 from = "{SIM}:module{m}"
 to = "{corr_id(m)}:input"
-on_slowness = "queueDrop"
-max_queue_length = 2
+on_slowness = "wait"
 [[connections]]
 from = "{corr_id(m)}:output"
 to = "{MATCHER}:input"
-on_slowness = "queueDrop"
-max_queue_length = 4
+on_slowness = "wait"
 [[connections]]
 from = "{SIM}:module{m}"
 to = "{DAQ}:input"
 on_slowness = "queueDrop"
-max_queue_length = 8
+max_queue_length = 2
 """)
     return "".join(lines)
 
 
-def prepare_catalog(opts: DemoOptions, url: str, say) -> None:
+# ---------------------------------------------------------------------------- set-up steps
+def check_ports(ports: dict[str, int], host: str = "127.0.0.1") -> None:
+    """Refuse to start if a fixed port is taken.
+
+    Parameters
+    ----------
+    ports : dict
+        What the port is for (named in the message) → port number.
+
+    Raises
+    ------
+    ConfigurationError
+        Naming the first port that cannot be bound, and why.
+    """
+    for what, port in ports.items():
+        problem = _port_problem(host, port)
+        if problem:
+            raise ConfigurationError(f"{what} port {port}: {problem}")
+
+
+def _port_problem(host: str, port: int) -> str | None:
+    """Why ``port`` cannot be bound on ``host`` now, or None (bound with ``SO_REUSEADDR`` as
+    ZeroMQ does, so ports in TIME_WAIT count as free)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OverflowError:
+            return "not a TCP port (1-65535)"
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"already in use on {host} by another program"
+            if exc.errno == errno.EACCES:
+                return "needs privileges to bind (ports below 1024)"
+            return f"cannot bind on {host}: {exc.strerror}"
+    return None
+
+
+def prepare_catalog(opts: DemoOptions, url: str, say: Say) -> None:
     """Store the simulator's constants unless the catalogue already has them."""
     from pulsetrain.bootstrap import sim_conditions, store_truth_constants
     from pulsetrain.catalog import Catalog
@@ -159,17 +326,29 @@ def prepare_catalog(opts: DemoOptions, url: str, say) -> None:
 
     cat = Catalog(url)
     try:
-        sim = DetectorSimulator("AGIPD", frames=opts.frames, memory_cells=opts.frames,
-                                seed=opts.seed)
+        sim = DetectorSimulator(
+            "AGIPD", frames=opts.frames, memory_cells=opts.frames, seed=opts.seed
+        )
         missing = []
         for m in opts.modules:
-            found = cat.find_constants(DET, m, sim_conditions(opts.frames), types=REQUIRED_TYPES,
-                                       missing_ok=True) if cat.detectors() else {}
+            found = (
+                cat.find_constants(
+                    DET, m, sim_conditions(opts.frames), types=REQUIRED_TYPES, missing_ok=True
+                )
+                if cat.detectors()
+                else {}
+            )
             if len(found) < len(REQUIRED_TYPES):
                 missing.append(m)
-        if missing:
-            say(f"storing the simulator's constants for {len(missing)} modules in {url} ...")
-            store_truth_constants(cat, sim, modules=missing, detector=DET)
+        if not missing:
+            say(f"  constants: all {len(opts.modules)} modules already in the catalogue")
+            return
+        t0 = time.monotonic()
+        say(f"  constants: storing the simulator's constants for {len(missing)} modules in {url}")
+        for i, m in enumerate(missing, 1):
+            store_truth_constants(cat, sim, modules=[m], detector=DET)
+            if i % 4 == 0 or i == len(missing):
+                say(f"    {i}/{len(missing)} modules stored ({time.monotonic() - t0:.0f} s)")
     finally:
         cat.close()
 
@@ -192,7 +371,7 @@ class _Tap(threading.Thread):
     """Measures detector → matched, corrected train latency from the matcher's output."""
 
     def __init__(self, endpoint: str):
-        super().__init__(daemon=True)
+        super().__init__(daemon=True, name="demo:latency-tap")
         from pulsetrain.channels import InputChannel
 
         self.inp = InputChannel("demo:latency-tap", on_slowness="drop")
@@ -208,165 +387,717 @@ class _Tap(threading.Thread):
                 item = self.inp.get(timeout=0.5)
             except TimeoutError:
                 continue
-            except Exception:
+            except Exception as exc:  # noqa: BLE001 - the channel closed: the tap ends
+                log.debug("latency tap stopped: %s", exc)
                 return
             if isinstance(item, EndOfStream):
                 continue
             ts = max(float(m.get("timestamp", 0)) for m in item.meta.values())
             self.latencies.append(time.time() - ts)
 
+    def close(self) -> None:
+        self.stop.set()
+        self.join(timeout=1.0)
+        with contextlib.suppress(Exception):
+            self.inp.close()
 
-def run_demo(opts: DemoOptions, say=print) -> dict[str, Any]:
-    """Run the demo; returns the summary (also printed through ``say``)."""
-    from pulsetrain.supervisor import Supervisor
-    from pulsetrain.topology import Topology
 
-    t_start = time.monotonic()
-    opts.data_dir = Path(opts.data_dir).resolve()
-    opts.data_dir.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{opts.data_dir / 'catalog.sqlite'}"
-    prepare_catalog(opts, url, say)
-    warm_kernels(opts.frames)
-    path = opts.data_dir / "demo-topology.toml"
-    path.write_text(demo_topology(opts, url))
-    say(f"starting {len(Topology.load(path).servers)} device servers ...")
-    sup = Supervisor(Topology.load(path), workdir=opts.data_dir / "run")
-    gui = None
-    tap = None
-    summary: dict[str, Any] = {}
-    try:
-        sup.start(timeout=120)
-        say(f"Karabo bridge (REP): tcp://127.0.0.1:{opts.bridge_port}")
-        say(f"control token file: {sup.token_file}; topology: {path}")
+class _StartProgress(threading.Thread):
+    """Prints how many servers answer and how many devices are up while the supervisor starts
+    them (its own control clients, so it never competes with the supervisor's)."""
+
+    def __init__(self, sup: Any, say: Say, interval: float = 2.0):
+        super().__init__(daemon=True, name="demo:start-progress")
+        self.sup, self.say, self.interval = sup, say, interval
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        from pulsetrain.control import Client
+
+        clients = {
+            n: Client(sp.control, token=self.sup.token, timeout=0.5)
+            for n, sp in self.sup.servers.items()
+        }
+        n_dev = len(self.sup.topology.devices)
+        last = None
+        try:
+            while not self.done.wait(self.interval):
+                up = devices = 0
+                for c in clients.values():
+                    try:
+                        devices += len(c.ping()["devices"])
+                        up += 1
+                    except (TimeoutError, PulsetrainError):  # not up yet
+                        continue
+                if (up, devices) != last:
+                    last = (up, devices)
+                    self.say(
+                        f"    {up}/{len(clients)} servers answering, {devices}/{n_dev} devices up"
+                    )
+        finally:
+            for c in clients.values():
+                c.close()
+
+    def close(self) -> None:
+        self.done.set()
+        self.join(timeout=2.0)
+
+
+# ---------------------------------------------------------------------------- the run
+class _Demo:
+    """One run of the demo: its steps, what they measured, and the clean stop."""
+
+    def __init__(self, opts: DemoOptions, say: Say, signals: StopSignals | None):
+        self.opts, self.say, self.signals = opts, say, signals
+        self.t0 = time.monotonic()
+        self.step = "set-up"
+        self.sup: Any = None
+        self.gui: Any = None
+        self.tap: _Tap | None = None
+        self.progress: _StartProgress | None = None
+        self.s: dict[str, Any] = {"data_dir": str(opts.data_dir), "modules": len(opts.modules)}
+        self._out_of_trains = False
+        self._all_sent_at: float | None = None
+        self.t_acquisition: float | None = None
+        self.bytes_before = _du(opts.data_dir)
+
+    # -------------------------------------------------------- helpers
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def get(self, device: str, key: str, timeout: float = 10.0) -> Any:
+        return self.sup.device_client(device).request(
+            "get", device=device, key=key, timeout=timeout
+        )
+
+    def call(self, device: str, slot: str, timeout: float = 30.0) -> Any:
+        return self.sup.device_client(device).call(device, slot, timeout=timeout)
+
+    def counters(self) -> dict[str, Any]:
+        """Hit finder counters and where the detector and motor are (one poll)."""
+        hits = self.sup.get(HITS)
+        return {
+            "hits": int(hits["hits"]),
+            "pulses": int(hits["pulses"]),
+            "processed": int(hits["processedTrains"]),
+            "last_tid": int(hits["lastTrainId"]),
+            "rate": float(hits["hitRate"]),
+            "sent": int(self.get(SIM, "sentTrains")),
+            "tid": int(self.get(SIM, "trainId")),
+            "matched": int(self.get(MATCHER, "matchedTrains")),
+            "motor": float(self.get(MOTOR, "actualPosition")),
+            "phase": str(self.get(FEEDBACK, "phase")),
+        }
+
+    def wait(self, test: Callable[[dict], bool], timeout: float, what: str) -> dict | None:
+        """Poll the counters until ``test`` holds; print progress every 5 s.  Returns the
+        counters, or None after ``timeout`` or when the detector has sent all its trains."""
+        deadline = time.monotonic() + timeout
+        last_print = time.monotonic()
+        while True:
+            try:
+                c = self.counters()
+            except TimeoutError:
+                c = None
+            try:
+                ok = c is not None and test(c)
+            except TimeoutError:
+                ok = False
+            if ok:
+                return c
+            now = time.monotonic()
+            if c is not None and self.opts.trains and c["sent"] >= self.opts.trains:
+                if self._all_sent_at is None:
+                    self._all_sent_at = now
+                elif now - self._all_sent_at > 10.0:  # the last trains had time to arrive
+                    self._out_of_trains = True
+                    self.say(f"  all {self.opts.trains} trains sent before {what}")
+                    return None
+            if now > deadline:
+                self.say(f"  gave up waiting for {what} after {timeout:.0f} s")
+                return None
+            if c is not None and now - last_print >= 5.0:
+                last_print = now
+                self.say(
+                    f"  t={self.elapsed():5.1f} s  trains {c['sent']:5d} simulated, "
+                    f"{c['matched']:5d} corrected  hit rate {c['rate']:5.2f}  "
+                    f"motor {c['motor']:6.2f} mm  feedback {c['phase']}"
+                )
+            time.sleep(0.25)
+
+    def measure(self, name: str, after_tid: int) -> dict | None:
+        """Hit rate over ``window_trains`` trains of ID > ``after_tid`` seen by the hit finder."""
+        n = self.opts.window_trains
+        start = self.wait(
+            lambda c: c["last_tid"] > after_tid,
+            self.opts.start_timeout,
+            f"the first train of the '{name}' window",
+        )
+        if start is None:
+            return None
+        end = self.wait(
+            lambda c: c["processed"] >= start["processed"] + n,
+            self.opts.start_timeout,
+            f"{n} trains for the '{name}' window",
+        )
+        if end is None:
+            return None
+        pulses = end["pulses"] - start["pulses"]
+        result = {
+            "rate": (end["hits"] - start["hits"]) / pulses if pulses else 0.0,
+            "trains": end["processed"] - start["processed"],
+            "pulses": pulses,
+            "motor_mm": end["motor"],
+        }
+        self.s[f"hit_rate_{name}"] = result["rate"]
+        self.s[f"window_{name}"] = result
+        self.say(
+            f"  hit rate {name} the feedback: {result['rate']:.2f} "
+            f"({end['hits'] - start['hits']} hits in {pulses} pulses of "
+            f"{result['trains']} trains, motor at {end['motor']:.2f} mm)"
+        )
+        return end
+
+    # -------------------------------------------------------- steps
+    def run(self) -> dict[str, Any]:
+        opts = self.opts
+        opts.data_dir = Path(opts.data_dir).resolve()
+        self.s["data_dir"] = str(opts.data_dir)
+        ports = {"Karabo bridge": opts.bridge_port}
         if opts.gui:
-            gui = _start_gui(sup, opts, say)
-        tap = _Tap(sup.endpoints()[f"{MATCHER}:output"])
-        tap.start()
-        _await_ready(sup, opts, say)
-        sup.call(SIM, "start_acquisition")
-        rates = _wait(sup, opts, say)
-        summary = _summary(sup, tap, rates, opts, time.monotonic() - t_start)
+            ports["GUI"] = opts.gui_port
+        check_ports(ports)  # before anything is written or started
+        opts.data_dir.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{opts.data_dir / 'catalog.sqlite'}"
+        self.say(
+            f"pulsetrain demo: writing to {opts.data_dir} (catalogue catalog.sqlite, raw "
+            f"data in raw/, about {_train_bytes(opts) / 2**20:.0f} MiB per train; "
+            f"server logs in run/)"
+        )
+        self.say("set-up:")
+        self.step = "storing constants"
+        prepare_catalog(opts, url, self.say)
+        self.step = "warming kernels"
+        t = time.monotonic()
+        self.say("  kernels: compiling (or loading from numba's cache) the correction kernel")
+        warm_kernels(opts.frames)
+        self.say(f"    done in {time.monotonic() - t:.1f} s")
+        self.step = "starting servers"
+        self._start_servers(url)
+        self.step = "waiting for devices"
+        self._await_ready()
+        self.step = "waiting for the first corrected train"
+        self.say("detector: starting; waiting for the first corrected train")
+        self.call(SIM, "start_acquisition")
+        self.t_acquisition = time.monotonic()
+        first = self.wait(
+            lambda c: c["matched"] >= 1, opts.start_timeout, "the first corrected train"
+        )
+        if first is not None:
+            self.s["first_corrected_s"] = self.elapsed()
+            self.say(f"first corrected train after {self.s['first_corrected_s']:.1f} s")
+            self.step = "measuring the hit rate before the feedback"
+            if self.measure("before", 0) is not None:
+                self._feedback()
+        if opts.trains == 0:
+            self.step = "running until a stop signal"
+            self.say("running on; stop with Ctrl-C (or SIGTERM/SIGHUP)")
+            self.wait(lambda c: False, math.inf, "a stop signal")
+        return self._finish()
+
+    def _start_servers(self, url: str) -> None:
+        from pulsetrain.supervisor import Supervisor
+        from pulsetrain.topology import Topology
+
+        opts = self.opts
+        path = opts.data_dir / "demo-topology.toml"
+        path.write_text(demo_topology(opts, url))
+        topo = Topology.load(path)
+        self.say(
+            f"  servers: starting {len(topo.servers)} device servers with "
+            f"{len(topo.devices)} devices (topology {path})"
+        )
+        t = time.monotonic()
+        self.sup = Supervisor(topo, workdir=opts.data_dir / "run")
+        self.progress = _StartProgress(self.sup, self.say)
+        self.progress.start()
+        try:
+            self.sup.start(timeout=opts.start_timeout)
+        finally:
+            self.progress.close()
+        self.say(f"    all servers and devices up in {time.monotonic() - t:.1f} s")
+        bridge = self.get(BRIDGE, "state")
+        if bridge == "ERROR":  # e.g. its port was taken since the check
+            raise ChannelError(f"Karabo bridge: {self.get(BRIDGE, 'status')}")
+        self.say(f"Karabo bridge (REP): tcp://127.0.0.1:{opts.bridge_port}")
+        self.say(f"control token file: {self.sup.token_file}")
+        if opts.gui:
+            self.gui = _start_gui(self.sup, opts, self.say)
+        self.tap = _Tap(self.sup.endpoints()[f"{MATCHER}:output"])
+        self.tap.start()
+
+    def _await_ready(self) -> None:
+        _await_ready(self.sup, self.opts, self.say, self.opts.start_timeout)
+        self.say(f"  all devices ready after {self.elapsed():.1f} s")
+
+    def _feedback(self) -> None:
+        opts = self.opts
+        self.step = "feedback: finding the sample"
+        self.s["feedback_started"] = True
+        self.say(f"feedback: starting ({self.call(FEEDBACK, 'start_feedback')})")
+        t = time.monotonic()
+
+        def converged(c: dict) -> bool:
+            if c["phase"] != "TRACKING":
+                return False
+            best = float(self.get(FEEDBACK, "bestPosition"))
+            return (
+                self.get(MOTOR, "state") == "ON"
+                and abs(float(self.get(MOTOR, "actualPosition")) - best) <= 0.05
+            )
+
+        done = self.wait(converged, opts.converge_timeout, "the feedback to find the sample")
+        if done is None:
+            if self._out_of_trains:
+                return
+            self.s["feedback_converged"] = False
+        else:
+            self.s["feedback_converged"] = True
+            self.s["converge_s"] = time.monotonic() - t
+            self.say(
+                f"feedback: tracking at {done['motor']:.2f} mm after "
+                f"{self.s['converge_s']:.1f} s "
+                f"({self.get(FEEDBACK, 'lastDecision')})"
+            )
+        self.step = "measuring the hit rate after the feedback"
+        c = self.counters()
+        self.measure("after", c["tid"])
+
+    def _finish(self) -> dict[str, Any]:
+        """Stop the detector, close the DAQ run (all its trains written), validate it."""
+        self.step = "closing the run"
+        self.say("stopping the detector and closing the DAQ run ...")
+        with contextlib.suppress(PulsetrainError):  # already STOPPED after --trains N
+            self.call(SIM, "stop_acquisition", timeout=30)
+        self._collect_counts(timeout=10.0)
+        # let trains in flight reach the writer: wait until its input count stays put
+        last, stable_since, deadline = -1, time.monotonic(), time.monotonic() + 20
+        while time.monotonic() < deadline and time.monotonic() - stable_since < 1.5:
+            with contextlib.suppress(TimeoutError):
+                n = int(self.get(DAQ, "trainsIn", timeout=5))
+                if n != last:
+                    last, stable_since = n, time.monotonic()
+            time.sleep(0.25)
+        self._close_run(timeout=120.0)
+        self._collect_latency()
+        run_dir = self.s.get("run_directory")
+        if run_dir:
+            self.step = "validating the run"
+            self.say(f"validating {run_dir} with extra-data-validate ...")
+            try:
+                out = subprocess.run(
+                    ["extra-data-validate", run_dir],
+                    check=False,
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                    stdin=subprocess.DEVNULL,
+                )
+                self.s["files_valid"] = out.returncode == 0
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                self.say(f"  extra-data-validate could not run: {exc}")
+                self.s["files_valid"] = None
+        self.step = "done"
+        return self.s
+
+    # -------------------------------------------------------- measurements at the end
+    def _collect_counts(
+        self, timeout: float, deadline: float = math.inf, drops: bool = True
+    ) -> None:
+        """Trains, motor and drops; each request waits at most ``timeout``, and none is made
+        after ``deadline`` (monotonic)."""
+        s = self.s
+        if self.t_acquisition is not None:
+            s["acquisition_s"] = time.monotonic() - self.t_acquisition
+        for key, device, prop in (
+            ("trains_sent", SIM, "sentTrains"),
+            ("trains_matched", MATCHER, "matchedTrains"),
+            ("motor_final_mm", MOTOR, "actualPosition"),
+        ):
+            if time.monotonic() < deadline:
+                with contextlib.suppress(Exception):
+                    s[key] = self.get(device, prop, timeout=timeout)
+        if not drops:
+            return
+        n = 0
+        for device_id in self.sup.topology.devices:
+            if time.monotonic() > deadline:
+                break
+            with contextlib.suppress(Exception):
+                outs = self.get(device_id, "channels", timeout=timeout)["outputs"]
+                n += sum(o["dropped"] for o in outs.values())
+        s["drops"] = n
+
+    def _close_run(self, timeout: float, report: bool = True) -> None:
+        if self.s.get("run_closing"):
+            return
+        self.s["run_closing"] = True
+        try:
+            run = self.call(DAQ, "stop_run", timeout=timeout)
+        except TimeoutError:
+            if report:
+                self.say(
+                    f"  the DAQ writer did not close its run within {timeout:.0f} s; "
+                    "it is closed when its server stops"
+                )
+            return
+        except PulsetrainError as exc:
+            if report:
+                self.say(f"  closing the DAQ run: {exc}")
+            return
+        if run:
+            self.s.update(
+                run_directory=run.get("directory"),
+                trains_recorded=run.get("trains"),
+                files=run.get("files", []),
+                run_bytes=run.get("bytes"),
+                run_closed=not run.get("error"),
+            )
+
+    def _collect_latency(self) -> None:
+        if self.tap is None:
+            return
+        lat = list(self.tap.latencies)
+        lat = lat[3:] if len(lat) > 3 else lat  # the first trains wait for the warm-up
+        if lat:
+            self.s["latency_p50_s"] = float(np.percentile(lat, 50))
+            self.s["latency_p99_s"] = float(np.percentile(lat, 99))
+            self.s["latency_trains"] = len(lat)
+
+    # -------------------------------------------------------- stop
+    def shutdown(self, interrupted: bool) -> None:
+        """Stop everything that was started, from any step; after a signal within
+        :data:`STOP_BUDGET_S` seconds (:data:`DAQ_EXTRA_S` more if the DAQ writer is still
+        closing its run)."""
+        if self.signals is not None:
+            self.signals.stopping = True  # no second KeyboardInterrupt in the middle of this
+        t = time.monotonic()
+        deadline = t + (STOP_BUDGET_S if interrupted else 90.0)
+        for part in (self.progress, self.tap):
+            if part is not None:
+                with contextlib.suppress(Exception):
+                    part.close()
+        if self.gui is not None:
+            with contextlib.suppress(Exception):
+                self.gui.stop()
+        if self.sup is not None and interrupted:
+            # the detector stops and the DAQ writer starts closing its run at once; then
+            # what was done so far is read while it does
+            with contextlib.suppress(Exception):
+                self.call(SIM, "stop_acquisition", timeout=0.5)
+            closing = threading.Thread(
+                target=self._close_run,
+                args=(deadline + DAQ_EXTRA_S - t, False),
+                name="demo:close-run",
+                daemon=True,
+            )
+            closing.start()
+            self._collect_counts(timeout=0.3, deadline=t + 1.2, drops=False)
+            with contextlib.suppress(Exception):
+                self.s.setdefault("run_directory", self.get(DAQ, "runDirectory", timeout=0.3))
+            self._collect_latency()
+        if self.sup is not None:
+            killed = _stop_servers(
+                self.sup,
+                deadline,
+                grace=1.0 if interrupted else 60.0,
+                last=self.sup.topology.devices[DAQ].server,
+                last_extra=DAQ_EXTRA_S,
+            )
+            self.s["servers_killed"] = killed
+            if interrupted and "run_closed" not in self.s:
+                # closed by the DAQ writer's shutdown unless its server had to be killed
+                daq_server = self.sup.topology.devices[DAQ].server
+                self.s["run_closed"] = daq_server not in killed
+        _reap_children(timeout=max(0.3, deadline - time.monotonic()))
+        with contextlib.suppress(Exception):
+            from pulsetrain import shmem
+
+            shmem.remove_stale_segments()
+        self.s["stop_s"] = time.monotonic() - t
+        self.s["elapsed_s"] = self.elapsed()
+        if self.s.get("run_directory"):
+            self.s["run_bytes"] = _du(Path(self.s["run_directory"]))
+        self.s["bytes_written"] = max(0, _du(self.opts.data_dir) - self.bytes_before)
+
+
+def _await_ready(sup: Any, opts: DemoOptions, say: Say, timeout: float = 120.0) -> None:
+    """Wait until every device is up and connected, so that the detector's first trains are
+    not lost (the correction devices have their constants, the detector its frame banks)."""
+    checks = [(corr_id(m), "constantsLoaded", True) for m in opts.modules]
+    checks += [(SIM, "prepared", True)]
+    checks += [
+        (SIM, f"channels.outputs.module{m}.connections", lambda c: len(c) >= 2)
+        for m in opts.modules
+    ]
+    checks += [(MATCHER, "channels.outputs.output.connections", lambda c: len(c) >= 5)]
+    deadline = time.monotonic() + timeout
+    for device_id, key, expected in checks:
+        try:
+            sup.device_client(device_id).wait_for(
+                device_id, key, expected, timeout=max(1.0, deadline - time.monotonic()), poll=0.1
+            )
+        except TimeoutError:
+            say(f"  warning: {device_id} not ready ({key}); starting anyway")
+
+
+def _train_bytes(opts: DemoOptions) -> int:
+    """Raw bytes of one train as recorded (data uint16 + gain uint8 per pixel and frame)."""
+    return len(opts.modules) * opts.frames * 512 * 128 * 3
+
+
+def _stop_servers(
+    sup: Any, deadline: float, grace: float, last: str | None = None, last_extra: float = 0.0
+) -> list[str]:
+    """``sup.stop()`` (devices, then server processes), bounded by ``deadline`` (monotonic).
+
+    Server processes still there after ``grace`` seconds get SIGTERM (their own clean
+    shutdown, all at once), those still there at the deadline SIGKILL, except server ``last``
+    (the DAQ writer's, closing its run), which has ``last_extra`` seconds more.  Returns the
+    names of the servers that had to be killed.
+    """
+    done = threading.Event()
+
+    def stop() -> None:
+        try:
+            sup.stop(timeout=max(1.0, deadline + last_extra - time.monotonic()))
+        except Exception:
+            log.exception("stopping the supervisor failed")
+        finally:
+            done.set()
+
+    threading.Thread(target=stop, name="demo:stop", daemon=True).start()
+    if done.wait(max(0.0, min(grace, deadline - 1.5 - time.monotonic()))):
+        return []
+    procs = {
+        name: sp.proc
+        for name, sp in sup.servers.items()
+        if sp.proc is not None and sp.proc.poll() is None
+    }
+    log.info("the supervisor is still stopping %d servers; sending them SIGTERM", len(procs))
+    for proc in procs.values():
+        with contextlib.suppress(OSError):
+            proc.terminate()
+    killed = []
+    for name, proc in sorted(procs.items(), key=lambda item: item[0] == last):
+        until = deadline + (last_extra if name == last else 0.0)
+        try:
+            proc.wait(max(0.05, until - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            killed.append(name)
+    for proc in procs.values():
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(1.0)
+    if killed:
+        log.warning("servers killed after the stop deadline: %s", ", ".join(killed))
+    return killed
+
+
+def _reap_children(timeout: float) -> None:
+    """End every process this one started that is still there (SIGTERM, then SIGKILL)."""
+    import psutil
+
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    if not children:
+        return
+    for p in children:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(children, timeout=max(0.2, timeout - 0.5))
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=1.0)
+
+
+def _du(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, f)).st_size
+    return total
+
+
+def run_demo(
+    opts: DemoOptions, say: Say = print, signals: StopSignals | None = None
+) -> dict[str, Any]:
+    """Run the demo; returns the summary (also printed through ``say``).
+
+    Parameters
+    ----------
+    opts : DemoOptions
+        What to run.
+    say : callable
+        Where progress and the summary go (one line per call).
+    signals : StopSignals, optional
+        The active stop-signal handler (it names the signal in the summary).
+
+    Raises
+    ------
+    ConfigurationError
+        A fixed port is taken (nothing was started).
+    KeyboardInterrupt
+        A stop signal (or Ctrl-C) arrived: everything started was stopped, the summary so far
+        printed.
+    """
+    demo = _Demo(opts, say, signals)
+    interrupted = False
+    try:
+        try:
+            demo.run()
+        finally:
+            if signals is not None:
+                signals.stopping = True  # the clean-up below is not interrupted
+    except KeyboardInterrupt:
+        interrupted = True
+        name = signals.name if signals is not None else "SIGINT"
+        demo.s["interrupted"] = name
+        demo.s["interrupted_during"] = demo.step
+        say("")
+        say(f"{name} received while {demo.step}: stopping ...")
     finally:
-        if tap is not None:
-            tap.stop.set()
-        if gui is not None:
-            gui.stop()
-        sup.stop()
+        demo.shutdown(interrupted)
+    summary = demo.s
+    if signals is not None and signals.signum is not None and not interrupted:
+        interrupted = True  # arrived during the clean-up of a finished run
+        summary["interrupted"] = signals.name
+        summary["interrupted_during"] = "stopping"
     _print_summary(summary, say)
+    if interrupted:
+        raise KeyboardInterrupt(summary["interrupted"])
     return summary
 
 
-def _await_ready(sup, opts: DemoOptions, say, timeout: float = 120.0) -> None:
-    """Start the detector only once every device is up and connected (no lost first trains)."""
-    checks = [(corr_id(m), "constantsLoaded", True) for m in opts.modules]
-    checks += [(SIM, "prepared", True)]
-    checks += [(SIM, f"channels.outputs.module{m}.connections", lambda c: len(c) >= 2)
-               for m in opts.modules]
-    checks += [(MATCHER, "channels.outputs.output.connections", lambda c: len(c) >= 5)]
-    for device_id, key, expected in checks:
-        try:
-            sup.device_client(device_id).wait_for(device_id, key, expected, timeout=timeout)
-        except TimeoutError:
-            say(f"warning: {device_id} not ready ({key}); starting anyway")
-    say("all devices ready: starting the detector")
+def demo_succeeded(s: dict[str, Any]) -> bool:
+    """Whether a finished run showed its point: trains corrected, the hit rate raised by the
+    feedback, and the recorded run valid."""
+    before, after = s.get("hit_rate_before"), s.get("hit_rate_after")
+    return bool(
+        s.get("trains_matched", 0) > 0
+        and s.get("files_valid")
+        and before is not None
+        and after is not None
+        and after > before
+    )
 
 
-def _start_gui(sup, opts: DemoOptions, say):
+def _start_gui(sup: Any, opts: DemoOptions, say: Say) -> Any:
     from pulsetrain.control import TopologyClient
     from pulsetrain.gui import GuiServer
 
     scenes_dir = Path(__file__).resolve().parents[2] / "examples" / "scenes"
-    scenes = [p for p in (scenes_dir / "detector.toml", scenes_dir / "operator.yaml")
-              if p.exists()]
+    scenes = [p for p in (scenes_dir / "detector.toml", scenes_dir / "operator.yaml") if p.exists()]
     try:
-        gui = GuiServer(TopologyClient(sup.state()), scenes, port=opts.gui_port,
-                        preview_output=f"{PREVIEW}:output").start()
-    except Exception as exc:  # the demo runs on without a GUI
+        gui = GuiServer(
+            TopologyClient(sup.state()),
+            scenes,
+            port=opts.gui_port,
+            preview_output=f"{PREVIEW}:output",
+        ).start()
+    except Exception as exc:  # noqa: BLE001 - the demo runs on without a GUI
         say(f"GUI not started: {exc}")
         return None
     say(f"GUI: {gui.url}")
     return gui
 
 
-def _wait(sup, opts: DemoOptions, say) -> list[tuple[float, float, float]]:
-    """Run until the detector sent its trains (or Ctrl-C); sample hit rate and motor."""
-    rates: list[tuple[float, float, float]] = []
-    t0 = time.monotonic()
-    last_print = 0.0
-    try:
-        while True:
-            time.sleep(0.5)
-            t = time.monotonic() - t0
-            try:
-                rate = float(sup.get(HITS, "hitRate"))
-                pos = float(sup.get(MOTOR, "actualPosition"))
-                sent = int(sup.get(SIM, "sentTrains"))
-            except Exception:
-                continue
-            rates.append((t, rate, pos))
-            if t - last_print >= 5:
-                last_print = t
-                say(f"  t={t:5.1f} s  trains {sent:5d}  hit rate {rate:5.2f}  motor {pos:6.2f} mm"
-                    f"  feedback {sup.get(FEEDBACK, 'phase')}")
-            if opts.trains and sent >= opts.trains:
-                sup.device_client(DAQ).wait_for(  # let the last trains reach the files
-                    DAQ, "trainsIn", lambda n: n >= sent - 5, timeout=15)
-                time.sleep(1.0)
-                break
-    except KeyboardInterrupt:
-        say("stopping ...")
-    except TimeoutError:
-        pass
-    return rates
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
-def _summary(sup, tap, rates, opts: DemoOptions, elapsed: float) -> dict[str, Any]:
-    drops = 0
-    for device_id in sup.topology.devices:
-        try:
-            outs = sup.get(device_id, "channels")["outputs"]
-            drops += sum(o["dropped"] for o in outs.values())
-        except Exception:
-            pass
-    run = sup.call(DAQ, "stop_run")
-    lat = np.array(tap.latencies[3:] or [np.nan])
-    n = max(1, len(rates) // 5)
-    before = float(np.mean([r for _, r, _ in rates[:n]])) if rates else float("nan")
-    after = float(np.mean([r for _, r, _ in rates[-n:]])) if rates else float("nan")
-    valid = None
-    if run.get("directory"):
-        out = subprocess.run(["extra-data-validate", run["directory"]], capture_output=True,
-                             text=True)
-        valid = out.returncode == 0
-    return {
-        "trains_sent": sup.get(SIM, "sentTrains"),
-        "trains_matched": sup.get(MATCHER, "matchedTrains"),
-        "trains_recorded": run.get("trains", 0),
-        "drops": drops,
-        "latency_p50_s": float(np.nanpercentile(lat, 50)),
-        "latency_p99_s": float(np.nanpercentile(lat, 99)),
-        "hit_rate_before": before,
-        "hit_rate_after": after,
-        "motor_final_mm": rates[-1][2] if rates else float("nan"),
-        "run_directory": run.get("directory"),
-        "files": run.get("files", []),
-        "files_valid": valid,
-        "elapsed_s": elapsed,
-    }
+def _print_summary(s: dict[str, Any], say: Say) -> None:
+    def rate(key: str) -> str:
+        v = s.get(key)
+        return "not measured" if v is None else f"{v:.2f}"
 
-
-def _print_summary(s: dict[str, Any], say) -> None:
-    if not s:
-        return
     say("")
-    say("summary")
-    say(f"  trains: {s['trains_sent']} simulated, {s['trains_matched']} corrected and matched "
-        f"(all 16 modules), {s['trains_recorded']} recorded")
-    say(f"  drops (counted on all outputs): {s['drops']}")
-    say(f"  latency detector -> matched corrected train: p50 {s['latency_p50_s'] * 1e3:.0f} ms, "
-        f"p99 {s['latency_p99_s'] * 1e3:.0f} ms")
-    say(f"  hit rate: {s['hit_rate_before']:.2f} before feedback, {s['hit_rate_after']:.2f} after "
-        f"(motor at {s['motor_final_mm']:.2f} mm)")
-    say(f"  files: {len(s['files'])} in {s['run_directory']}; extra-data-validate: "
-        f"{'passed' if s['files_valid'] else 'FAILED'}")
-    say(f"  elapsed: {s['elapsed_s']:.0f} s")
+    if s.get("interrupted"):
+        say(f"summary (interrupted by {s['interrupted']} while {s['interrupted_during']})")
+    else:
+        say("summary")
+    if "trains_sent" in s:
+        matched = s.get("trains_matched", 0)
+        recorded = s.get("trains_recorded")
+        say(
+            f"  trains: {s['trains_sent']} simulated, {matched} corrected and matched "
+            f"(all {s.get('modules', 16)} modules), {'none' if recorded is None else recorded} recorded"
+        )
+        if s.get("acquisition_s"):
+            say(
+                f"  rate: {s['trains_sent'] / s['acquisition_s']:.1f} trains/s simulated "
+                f"(10 requested; the detector waits for the correction devices)"
+            )
+        if "drops" in s:
+            say(f"  drops (counted on all outputs): {s['drops']}")
+    else:
+        say("  trains: none (stopped during set-up)")
+    if "first_corrected_s" in s:
+        say(f"  first corrected train: {s['first_corrected_s']:.1f} s after start")
+    if "latency_p50_s" in s:
+        say(
+            f"  latency detector -> matched corrected train: p50 "
+            f"{s['latency_p50_s'] * 1e3:.0f} ms, p99 {s['latency_p99_s'] * 1e3:.0f} ms "
+            f"({s['latency_trains']} trains)"
+        )
+    elif "trains_sent" in s:
+        say("  latency detector -> matched corrected train: no corrected train arrived")
+    if "trains_sent" in s:
+        conv = s.get("feedback_converged")
+        how = (
+            f"feedback found the sample in {s['converge_s']:.0f} s"
+            if conv
+            else "feedback did not find the sample"
+            if conv is False
+            else "feedback stopped while scanning"
+            if s.get("feedback_started")
+            else "feedback not run"
+        )
+        motor = s.get("motor_final_mm")
+        say(
+            f"  hit rate: {rate('hit_rate_before')} before feedback, {rate('hit_rate_after')} "
+            f"after ({how}; motor at "
+            f"{'?' if motor is None else f'{motor:.2f}'} mm)"
+        )
+    if s.get("run_directory") and not s.get("interrupted"):
+        valid = s.get("files_valid")
+        check = "passed" if valid else "not run" if valid is None else "FAILED"
+        run_bytes = s.get("run_bytes")
+        say(
+            f"  files: {len(s.get('files', []))} in {s['run_directory']} "
+            f"({'?' if run_bytes is None else _size(run_bytes)}); "
+            f"extra-data-validate: {check}"
+        )
+    elif s.get("run_directory"):
+        closed = s.get("run_closed")
+        run_bytes = s.get("run_bytes")
+        say(
+            f"  run: {s['run_directory']} ({'?' if run_bytes is None else _size(run_bytes)}), "
+            + (
+                "closed by the DAQ writer"
+                if closed
+                else "its writer was killed: the last file may be incomplete"
+            )
+        )
+    if "bytes_written" in s:
+        say(f"  written by this run: {_size(s['bytes_written'])} in {s['data_dir']}")
+    if "stop_s" in s:
+        say(f"  stopped in {s['stop_s']:.1f} s; elapsed: {s.get('elapsed_s', 0):.0f} s")
