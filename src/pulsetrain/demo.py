@@ -32,12 +32,9 @@ with ``128 + signal number``: 130, 143, 129).
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import math
 import os
-import signal
-import socket
 import subprocess
 import threading
 import time
@@ -49,10 +46,11 @@ from typing import Any
 import numpy as np
 
 from pulsetrain.errors import ChannelError, ConfigurationError, PulsetrainError
+from pulsetrain.lifetime import StopSignals
+from pulsetrain.ports import port_problem
 
 __all__ = [
     "DemoOptions",
-    "StopSignals",
     "check_ports",
     "demo_succeeded",
     "demo_topology",
@@ -68,7 +66,6 @@ AZIMUTHAL, HITS, PREVIEW = f"{DET}/PROC/AZIMUTHAL", f"{DET}/PROC/HITS", f"{DET}/
 FEEDBACK, DAQ = "SPB_IRU_SAMPLE/CTRL/FEEDBACK", "SPB_DAQ/DATA/WRITER"
 
 #: Signals that stop the demo cleanly.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: Seconds the demo allows itself to stop after a signal ...
 STOP_BUDGET_S = 4.5
 #: ... and the DAQ writer's server more, if it is still closing the open run by then.
@@ -118,57 +115,6 @@ class DemoOptions:
     window_trains: int = 20
     start_timeout: float = 180.0
     converge_timeout: float = 240.0
-
-
-class StopSignals:
-    """Stop the demo cleanly on SIGINT, SIGTERM or SIGHUP (a context manager, main thread).
-
-    The first of these signals raises :class:`KeyboardInterrupt` in the main thread, so the
-    demo's clean-up runs just as after Ctrl-C; later ones, and any once :attr:`stopping` is
-    set (the clean-up has begun), are only recorded.
-
-    Attributes
-    ----------
-    signum : int or None
-        The first stop signal received.
-    stopping : bool
-        Set by the demo when its clean-up begins: from then on signals do not interrupt.
-    """
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.stopping = False
-        self._old: dict[int, Any] = {}
-
-    @property
-    def name(self) -> str:
-        """The first signal's name (``'SIGTERM'``), or ``'SIGINT'`` when none was received
-        (a :class:`KeyboardInterrupt` from the terminal)."""
-        return signal.Signals(self.signum or signal.SIGINT).name
-
-    @property
-    def exit_code(self) -> int:
-        """The shell convention for a process stopped by a signal: 128 + its number."""
-        return 128 + int(self.signum or signal.SIGINT)
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.signum is None:
-            self.signum = signum
-        if not self.stopping:
-            self.stopping = True
-            raise KeyboardInterrupt(signal.Signals(signum).name)
-        log.info("%s received while stopping: ignored", signal.Signals(signum).name)
-
-    def __enter__(self) -> StopSignals:  # noqa: PYI034 - Python 3.10 has no typing.Self
-        if threading.current_thread() is threading.main_thread():
-            for sig in STOP_SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
 
 
 def corr_id(m: int) -> str:
@@ -294,27 +240,9 @@ def check_ports(ports: dict[str, int], host: str = "127.0.0.1") -> None:
         Naming the first port that cannot be bound, and why.
     """
     for what, port in ports.items():
-        problem = _port_problem(host, port)
+        problem = port_problem(host, port)
         if problem:
-            raise ConfigurationError(f"{what} port {port}: {problem}")
-
-
-def _port_problem(host: str, port: int) -> str | None:
-    """Why ``port`` cannot be bound on ``host`` now, or None (bound with ``SO_REUSEADDR`` as
-    ZeroMQ does, so ports in TIME_WAIT count as free)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OverflowError:
-            return "not a TCP port (1-65535)"
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return f"already in use on {host} by another program"
-            if exc.errno == errno.EACCES:
-                return "needs privileges to bind (ports below 1024)"
-            return f"cannot bind on {host}: {exc.strerror}"
-    return None
+            raise ConfigurationError(f"{what}: {problem}")
 
 
 def prepare_catalog(opts: DemoOptions, url: str, say: Say) -> None:

@@ -260,6 +260,28 @@ class StopSignals:
         """Whether a stop signal arrived."""
         return self.signum is not None
 
+    @property
+    def stopping(self) -> bool:
+        """Whether the process is stopping: a stop signal arrived, or :func:`begin_stop` was
+        called (setting this to true calls it: signals no longer interrupt)."""
+        return self.signum is not None or _stopping
+
+    @stopping.setter
+    def stopping(self, value: bool) -> None:
+        if value:
+            begin_stop()
+
+    @property
+    def name(self) -> str:
+        """The first signal's name (``'SIGTERM'``), or ``'SIGINT'`` when none was received
+        (a :class:`KeyboardInterrupt` from the terminal)."""
+        return signal.Signals(self.signum or signal.SIGINT).name
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process stopped by a signal: 128 + its number."""
+        return 128 + int(self.signum or signal.SIGINT)
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if self.signum is not None:

@@ -120,7 +120,7 @@ def test_check_ports_names_a_taken_port():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(ConfigurationError, match=f"Karabo bridge port {port}: already in use"):
+        with pytest.raises(ConfigurationError, match=f"Karabo bridge: port {port} on 127.0.0.1 is already in use"):
             check_ports({"GUI": free_port(), "Karabo bridge": port})
     check_ports({"Karabo bridge": port})  # free again
 
@@ -129,7 +129,7 @@ def test_stop_signals_interrupt_once_then_only_record():
     import os
     import signal
 
-    from pulsetrain.demo import StopSignals
+    from pulsetrain.lifetime import StopSignals
 
     before = signal.getsignal(signal.SIGTERM)
     signals = StopSignals()

@@ -87,7 +87,7 @@ KINDS = [
         'class = "no_such_module:Thing"',
         '[devices."T/WORK"]',
         "class",
-        ["no_such_module", "ModuleNotFoundError"],
+        ["no_such_module", "No module named"],
     ),
     (
         "unknown property",

@@ -29,7 +29,8 @@ def ctl_list(dev: DeviceHarness) -> dict:
         env=os.environ,
     )
     assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)[dev.device_id]
+    (server,) = json.loads(out.stdout).values()  # {server: {pid, restarts, ..., devices}}
+    return server["devices"][dev.device_id]
 
 
 # `python -m pulsetrain ctl ...` with its imports done before it is told to go: on a loaded

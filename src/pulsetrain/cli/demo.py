@@ -83,7 +83,8 @@ def check_ports(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pulsetrain.demo import DemoOptions, StopSignals, demo_succeeded, run_demo
+    from pulsetrain.demo import DemoOptions, demo_succeeded, run_demo
+    from pulsetrain.lifetime import StopSignals
 
     check_ports(args)
     logging.getLogger("pulsetrain").setLevel(logging.WARNING)
