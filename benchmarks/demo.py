@@ -45,7 +45,7 @@ class DemoProcess:
     """One ``pulsetrain demo`` subprocess; its output lines with their arrival times."""
 
     def __init__(self, data_dir: Path):
-        from pulsetrain.topology import free_port
+        from pulsetrain.runtime.topology import free_port
 
         env = {
             **os.environ,

@@ -36,9 +36,9 @@ def measure(variant: str, seconds: float, workdir: Path) -> dict:
     from karabo_bridge import Client
 
     from pulsetrain.demo import DET, DemoOptions, corr_id, prepare_catalog, warm_kernels
-    from pulsetrain.ports import free_port
-    from pulsetrain.supervisor import Supervisor
-    from pulsetrain.topology import Topology
+    from pulsetrain.runtime.ports import free_port
+    from pulsetrain.runtime.supervisor import Supervisor
+    from pulsetrain.runtime.topology import Topology
 
     text = EXAMPLE.read_text()
     frames = int(re.search(r"frames = (\d+)", text).group(1))

@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     from playwright.sync_api import sync_playwright
 
-    from pulsetrain.supervisor import Supervisor
+    from pulsetrain.runtime.supervisor import Supervisor
 
     work = Path(tempfile.mkdtemp(prefix="pulsetrain-bench-gui-"))
     name = f"gui-bench-{os.getpid()}"

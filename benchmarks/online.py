@@ -34,9 +34,9 @@ def measure(frames: int, seconds: float, workdir: Path) -> dict:
         prepare_catalog,
         warm_kernels,
     )
-    from pulsetrain.ports import free_port
-    from pulsetrain.supervisor import Supervisor
-    from pulsetrain.topology import Topology
+    from pulsetrain.runtime.ports import free_port
+    from pulsetrain.runtime.supervisor import Supervisor
+    from pulsetrain.runtime.topology import Topology
 
     opts = DemoOptions(trains=None, frames=frames, data_dir=workdir, gui=False)
     url = f"sqlite:///{workdir / 'catalog.sqlite'}"

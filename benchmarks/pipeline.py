@@ -70,8 +70,8 @@ def bare_zmq(n: int) -> float:
 
 
 def _channel_sender(endpoint_q: mp.Queue, n: int) -> None:
-    from pulsetrain.channels import OutputChannel
     from pulsetrain.protocol import make_meta
+    from pulsetrain.runtime.channels import OutputChannel
 
     out = OutputChannel("bench:output", "tcp://127.0.0.1:0")
     endpoint_q.put(out.endpoints[0])
@@ -85,7 +85,7 @@ def _channel_sender(endpoint_q: mp.Queue, n: int) -> None:
 
 
 def pulsetrain_channel(n: int) -> float:
-    from pulsetrain.channels import EndOfStream, InputChannel
+    from pulsetrain.runtime.channels import EndOfStream, InputChannel
 
     q: mp.Queue = mp.Queue()
     p = mp.Process(target=_channel_sender, args=(q, n))
@@ -112,9 +112,9 @@ def pulsetrain_channel(n: int) -> float:
 
 
 def chain_latency(n_devices: int, seconds: float) -> dict:
-    from pulsetrain.channels import InputChannel
-    from pulsetrain.supervisor import Supervisor
-    from pulsetrain.topology import Topology
+    from pulsetrain.runtime.channels import InputChannel
+    from pulsetrain.runtime.supervisor import Supervisor
+    from pulsetrain.runtime.topology import Topology
 
     lines = ["[servers.src]"]
     lines += [f"[servers.w{i}]" for i in range(n_devices)]

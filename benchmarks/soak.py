@@ -24,7 +24,7 @@ import psutil
 
 def shm_mb(pids: set[int]) -> float:
     """Megabytes of pulsetrain shared-memory segments that these processes own."""
-    from pulsetrain import shmem
+    from pulsetrain.runtime import shmem
 
     total = 0
     for name in os.listdir(shmem.SHM_DIR):
@@ -48,9 +48,9 @@ def main(quick: bool = False, minutes: float | None = None, frames: int = 4) -> 
         prepare_catalog,
         warm_kernels,
     )
-    from pulsetrain.ports import free_port
-    from pulsetrain.supervisor import Supervisor
-    from pulsetrain.topology import Topology
+    from pulsetrain.runtime.ports import free_port
+    from pulsetrain.runtime.supervisor import Supervisor
+    from pulsetrain.runtime.topology import Topology
 
     minutes = minutes or (2.0 if quick else 10.0)
     with tempfile.TemporaryDirectory() as tmp:

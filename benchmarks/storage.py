@@ -217,7 +217,7 @@ def replay_comparison(
     import subprocess
     import sys
 
-    from pulsetrain.ports import free_port
+    from pulsetrain.runtime.ports import free_port
 
     trains = 20 if quick else 60
     rounds = rounds or (1 if quick else 3)

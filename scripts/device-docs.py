@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pulsetrain.device import device_classes
+from pulsetrain.runtime.device import device_classes
 
 
 def main() -> None:

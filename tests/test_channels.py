@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import zmq
 
-from pulsetrain.channels import (
+from pulsetrain.errors import ConfigurationError
+from pulsetrain.protocol import make_meta
+from pulsetrain.runtime.channels import (
     EndOfStream,
     InputChannel,
     OutputChannel,
     free_tcp_endpoint,
     ipc_endpoint,
 )
-from pulsetrain.errors import ConfigurationError
-from pulsetrain.protocol import make_meta
 
 
 def train(i: int, size: int = 16) -> tuple[dict, dict]:

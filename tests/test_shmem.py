@@ -11,15 +11,15 @@ import time
 import numpy as np
 import pytest
 
-from pulsetrain import shmem
-from pulsetrain.channels import EndOfStream, InputChannel, free_tcp_endpoint
 from pulsetrain.errors import ProtocolError
+from pulsetrain.runtime import shmem
+from pulsetrain.runtime.channels import EndOfStream, InputChannel, free_tcp_endpoint
 
 pytestmark = pytest.mark.skipif(shmem.host_id() is None, reason="no usable /dev/shm here")
 
 PRODUCER = textwrap.dedent("""
     import sys, numpy as np
-    from pulsetrain.channels import OutputChannel
+    from pulsetrain.runtime.channels import OutputChannel
     from pulsetrain.protocol import make_meta
     endpoint, n, allocate = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
     out = OutputChannel("prod:output", endpoint, shm_slots=6)

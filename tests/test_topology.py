@@ -12,9 +12,9 @@ import time
 import pytest
 
 from pulsetrain.errors import ConfigurationError, PulsetrainError
-from pulsetrain.ports import free_port
-from pulsetrain.supervisor import Supervisor
-from pulsetrain.topology import Topology
+from pulsetrain.runtime.ports import free_port
+from pulsetrain.runtime.supervisor import Supervisor
+from pulsetrain.runtime.topology import Topology
 from waiting import wait_until
 
 PIPELINE = """

@@ -13,15 +13,23 @@ __version__ = "0.1.0"
 
 #: Name → module of the public names offered at the top of the package.
 _EXPORTS = {
-    "Device": "pulsetrain.device",
-    "ProducerDevice": "pulsetrain.device",
-    "Property": "pulsetrain.device",
-    "State": "pulsetrain.device",
-    "slot": "pulsetrain.device",
-    "register_device_class": "pulsetrain.device",
+    "Device": "pulsetrain.runtime.device",
+    "ProducerDevice": "pulsetrain.runtime.device",
+    "Property": "pulsetrain.runtime.device",
+    "State": "pulsetrain.runtime.device",
+    "slot": "pulsetrain.runtime.device",
+    "register_device_class": "pulsetrain.runtime.device",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "Device",
+    "ProducerDevice",
+    "Property",
+    "State",
+    "__version__",
+    "register_device_class",
+    "slot",
+]
 
 
 def __getattr__(name: str) -> Any:

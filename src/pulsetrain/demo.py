@@ -46,8 +46,8 @@ from typing import Any
 import numpy as np
 
 from pulsetrain.errors import ChannelError, ConfigurationError, PulsetrainError
-from pulsetrain.lifetime import StopSignals
-from pulsetrain.ports import port_problem
+from pulsetrain.runtime.lifetime import StopSignals
+from pulsetrain.runtime.ports import port_problem
 
 __all__ = [
     "DemoOptions",
@@ -300,7 +300,7 @@ class _Tap(threading.Thread):
 
     def __init__(self, endpoint: str):
         super().__init__(daemon=True, name="demo:latency-tap")
-        from pulsetrain.channels import InputChannel
+        from pulsetrain.runtime.channels import InputChannel
 
         self.inp = InputChannel("demo:latency-tap", on_slowness="drop")
         self.inp.connect(endpoint)
@@ -308,7 +308,7 @@ class _Tap(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        from pulsetrain.channels import EndOfStream
+        from pulsetrain.runtime.channels import EndOfStream
 
         while not self.stop.is_set():
             try:
@@ -340,7 +340,7 @@ class _StartProgress(threading.Thread):
         self.done = threading.Event()
 
     def run(self) -> None:
-        from pulsetrain.control import Client
+        from pulsetrain.runtime.control import Client
 
         clients = {
             n: Client(sp.control, token=self.sup.token, timeout=0.5)
@@ -534,8 +534,8 @@ class _Demo:
         return self._finish()
 
     def _start_servers(self, url: str) -> None:
-        from pulsetrain.supervisor import Supervisor
-        from pulsetrain.topology import Topology
+        from pulsetrain.runtime.supervisor import Supervisor
+        from pulsetrain.runtime.topology import Topology
 
         opts = self.opts
         path = opts.data_dir / "demo-topology.toml"
@@ -749,7 +749,7 @@ class _Demo:
                 self.s["run_closed"] = daq_server not in killed
         _reap_children(timeout=max(0.3, deadline - time.monotonic()))
         with contextlib.suppress(Exception):
-            from pulsetrain import shmem
+            from pulsetrain.runtime import shmem
 
             shmem.remove_stale_segments()
         self.s["stop_s"] = time.monotonic() - t
@@ -925,8 +925,8 @@ def demo_succeeded(s: dict[str, Any]) -> bool:
 
 
 def _start_gui(sup: Any, opts: DemoOptions, say: Say) -> Any:
-    from pulsetrain.control import TopologyClient
     from pulsetrain.gui import GuiServer
+    from pulsetrain.runtime.control import TopologyClient
 
     scenes_dir = Path(__file__).resolve().parents[2] / "examples" / "scenes"
     scenes = [p for p in (scenes_dir / "detector.toml", scenes_dir / "operator.yaml") if p.exists()]

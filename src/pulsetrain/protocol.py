@@ -16,7 +16,7 @@ Two protocol versions are implemented, byte-compatible with karabo-bridge-py:
     One msgpack map ``{source: {key: value, ..., 'metadata': meta}}`` with arrays encoded as
     msgpack-numpy maps.  Receiving copies each array once (msgpack returns ``bytes``).
 
-Nothing here touches sockets; :mod:`pulsetrain.bridge` and :mod:`pulsetrain.channels` do.
+Nothing here touches sockets; :mod:`pulsetrain.bridge` and :mod:`pulsetrain.runtime.channels` do.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Run a device in a real device server inside this process: the harness for device tests.
 
-:class:`DeviceHarness` starts a :class:`~pulsetrain.server.DeviceServer` in a background
+:class:`DeviceHarness` starts a :class:`~pulsetrain.runtime.server.DeviceServer` in a background
 thread, creates one device in it through the control plane (exactly as ``pulsetrain run``
 does), connects an output channel of the harness to each of the device's inputs and an input
 channel of the harness to each of its outputs, and then lets a test feed trains, read what the
@@ -13,10 +13,10 @@ device writes, and get, set and call through the control plane::
         data, meta = dev.receive()
         assert dev.get("processedTrains") == 1
 
-A :class:`~pulsetrain.device.ProducerDevice` with ``autostart`` starts producing only once the
+A :class:`~pulsetrain.runtime.device.ProducerDevice` with ``autostart`` starts producing only once the
 harness is connected to its outputs, so the test sees its first train.  The device class need
 not be installed: the harness registers it in this process (see
-:func:`pulsetrain.device.register_device_class`).  The project's own device tests use this
+:func:`pulsetrain.runtime.device.register_device_class`).  The project's own device tests use this
 module.
 """
 
@@ -27,18 +27,18 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from pulsetrain import control
-from pulsetrain.channels import EndOfStream, InputChannel, OutputChannel
-from pulsetrain.device import (
+from pulsetrain.errors import DeviceError
+from pulsetrain.protocol import make_meta
+from pulsetrain.runtime import control
+from pulsetrain.runtime.channels import EndOfStream, InputChannel, OutputChannel
+from pulsetrain.runtime.device import (
     Device,
     ProducerDevice,
     State,
     find_device_class,
     register_device_class,
 )
-from pulsetrain.errors import DeviceError
-from pulsetrain.protocol import make_meta
-from pulsetrain.server import DeviceServer
+from pulsetrain.runtime.server import DeviceServer
 
 __all__ = ["DeviceHarness"]
 
@@ -70,7 +70,7 @@ class DeviceHarness:
     ----------
     server : DeviceServer
         The server hosting the device.
-    client : pulsetrain.control.Client
+    client : pulsetrain.runtime.control.Client
         A control client of that server.
     device : Device
         The device object itself (for assertions; drive it through the methods below).

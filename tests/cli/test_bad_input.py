@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pulsetrain.cli import main
-from pulsetrain.ports import free_port
+from pulsetrain.runtime.ports import free_port
 
 # A small valid topology; the cases below break one thing in it each.
 GOOD = """

@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from pulsetrain.topology import free_port
+from pulsetrain.runtime.topology import free_port
 
 
 def _demo(*args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -129,7 +129,7 @@ def test_stop_signals_interrupt_once_then_only_record():
     import os
     import signal
 
-    from pulsetrain.lifetime import StopSignals
+    from pulsetrain.runtime.lifetime import StopSignals
 
     before = signal.getsignal(signal.SIGTERM)
     signals = StopSignals()

@@ -11,7 +11,7 @@ import pytest
 
 from pulsetrain.cli import main
 from pulsetrain.errors import TopologyError
-from pulsetrain.topology import Topology
+from pulsetrain.runtime.topology import Topology
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -359,7 +359,7 @@ def test_resolve_refuses_a_topology_with_problems(tmp_path):
 
 
 def test_run_check_exit_codes_and_nothing_started(tmp_path, monkeypatch, capsys):
-    from pulsetrain.supervisor import Supervisor
+    from pulsetrain.runtime.supervisor import Supervisor
 
     def no_process(self, *args, **kwargs):
         raise AssertionError("a server process was started")

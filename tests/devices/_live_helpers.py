@@ -6,10 +6,10 @@ import time
 
 import numpy as np
 
-from pulsetrain import control
-from pulsetrain.channels import EndOfStream, InputChannel, OutputChannel
 from pulsetrain.protocol import make_meta
-from pulsetrain.server import DeviceServer
+from pulsetrain.runtime import control
+from pulsetrain.runtime.channels import EndOfStream, InputChannel, OutputChannel
+from pulsetrain.runtime.server import DeviceServer
 from waiting import wait_until  # noqa: F401  (re-exported for the device tests)
 
 TOKEN = "device-test-token"

@@ -10,10 +10,10 @@ import pytest
 from pulsetrain.bootstrap import store_truth_constants
 from pulsetrain.calibration import AGIPDConstants, correct_agipd
 from pulsetrain.catalog import Catalog
-from pulsetrain.channels import InputChannel
+from pulsetrain.runtime.channels import InputChannel
+from pulsetrain.runtime.supervisor import Supervisor
+from pulsetrain.runtime.topology import Topology
 from pulsetrain.sim import DetectorSimulator
-from pulsetrain.supervisor import Supervisor
-from pulsetrain.topology import Topology
 
 CELLS = 16
 

@@ -8,9 +8,6 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from pulsetrain import control
-from pulsetrain.channels import InputChannel, OutputChannel
-from pulsetrain.device import Device, Property, register_device_class, slot
 from pulsetrain.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -19,7 +16,10 @@ from pulsetrain.errors import (
     ProtocolError,
 )
 from pulsetrain.protocol import make_meta
-from pulsetrain.server import DeviceServer
+from pulsetrain.runtime import control
+from pulsetrain.runtime.channels import InputChannel, OutputChannel
+from pulsetrain.runtime.device import Device, Property, register_device_class, slot
+from pulsetrain.runtime.server import DeviceServer
 from waiting import wait_until
 
 TOKEN = "test-token"

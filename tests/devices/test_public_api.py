@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import pulsetrain.devices
-from pulsetrain import device as device_module
-from pulsetrain.device import Device, ProducerDevice, Property, State, slot
 from pulsetrain.errors import ConfigurationError, PropertyError
+from pulsetrain.runtime import device as device_module
+from pulsetrain.runtime.device import Device, ProducerDevice, Property, State, slot
 from pulsetrain.testing import DeviceHarness
 from waiting import wait_until
 
@@ -243,7 +243,7 @@ def test_register_device_class_and_find_it():
 
 def test_module_class_from_a_search_path(tmp_path):
     (tmp_path / "pt_searched_devs.py").write_text(
-        "from pulsetrain.device import Device\n\nclass Here(Device):\n    pass\n"
+        "from pulsetrain.runtime.device import Device\n\nclass Here(Device):\n    pass\n"
     )
     with pytest.raises(ConfigurationError, match="cannot import"):
         device_module.find_device_class("pt_searched_devs_missing:Here", [tmp_path])
@@ -277,7 +277,7 @@ def test_a_slot_may_not_replace_a_device_method_but_may_take_its_name():
 def test_the_device_api_is_importable_from_the_package():
     import pulsetrain
     from pulsetrain import Device, ProducerDevice, Property, State, register_device_class, slot
-    from pulsetrain import device as device_module
+    from pulsetrain.runtime import device as device_module
 
     assert (Device, ProducerDevice, Property, State, slot, register_device_class) == (
         device_module.Device,
@@ -295,8 +295,8 @@ def test_a_start_whose_output_cannot_bind_leaves_no_thread_or_port():
     import socket
     import threading
 
-    from pulsetrain.device import Device
-    from pulsetrain.ports import free_port
+    from pulsetrain.runtime.device import Device
+    from pulsetrain.runtime.ports import free_port
 
     class TwoOutputs(Device):
         outputs = ("first", "second")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import zmq
 
-from pulsetrain.ports import free_port
+from pulsetrain.runtime.ports import free_port
 
 
 def run_cli(*args, timeout=300):
@@ -228,9 +228,9 @@ def test_replay_through_correction_writes_a_valid_corr_run(sim_run, tmp_path):
 
     from pulsetrain.bootstrap import store_truth_constants
     from pulsetrain.catalog import Catalog
+    from pulsetrain.runtime.supervisor import Supervisor
+    from pulsetrain.runtime.topology import Topology
     from pulsetrain.sim import DetectorSimulator
-    from pulsetrain.supervisor import Supervisor
-    from pulsetrain.topology import Topology
 
     url = f"sqlite:///{tmp_path / 'cat.sqlite'}"
     cat = Catalog(url)

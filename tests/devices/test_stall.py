@@ -36,7 +36,7 @@ def ctl_list(dev: DeviceHarness) -> dict:
 # `python -m pulsetrain ctl ...` with its imports done before it is told to go: on a loaded
 # machine starting Python takes seconds, longer than the stall this test looks at.
 WARM_CTL = (
-    "import runpy, sys; import pulsetrain.cli, pulsetrain.cli.ctl, pulsetrain.control; "
+    "import runpy, sys; import pulsetrain.cli, pulsetrain.cli.ctl, pulsetrain.runtime.control; "
     "print('ready', flush=True); sys.stdin.readline(); "
     "runpy.run_module('pulsetrain', run_name='__main__', alter_sys=True)"
 )
@@ -65,7 +65,7 @@ class WarmCtl:
 
 
 def test_a_device_slow_on_one_train_is_marked_stalled_then_cleared(caplog):
-    caplog.set_level(logging.INFO, logger="pulsetrain.device")
+    caplog.set_level(logging.INFO, logger="pulsetrain.runtime.device")
     config = {"fault": "stall", "stall_s": TRAIN_S, "armed": True, "stall_warning": 1.0}
     with DeviceHarness("FaultInjector", config, device_id="TEST/SLOW/1") as dev:
         assert dev.get("stall_timeout") == 30.0  # the ERROR limit is separate and not reached

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import pulsetrain
-from pulsetrain.control import TopologyClient
+from pulsetrain.runtime.control import TopologyClient
 from waiting import wait_until
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "writing-a-device.md"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pulsetrain.device import Device, Property
+from pulsetrain.runtime.device import Device, Property
 
 __all__ = ["FailingInit"]
 

@@ -18,7 +18,7 @@ import time
 import psutil
 import pytest
 
-from pulsetrain.topology import free_port
+from pulsetrain.runtime.topology import free_port
 from waiting import wait_until
 
 pytestmark = pytest.mark.slow

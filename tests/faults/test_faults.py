@@ -23,8 +23,8 @@ import time
 import numpy as np
 import pytest
 
-from pulsetrain.supervisor import Supervisor
-from pulsetrain.topology import Topology
+from pulsetrain.runtime.supervisor import Supervisor
+from pulsetrain.runtime.topology import Topology
 
 pytestmark = pytest.mark.slow
 

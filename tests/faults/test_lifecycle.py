@@ -23,12 +23,12 @@ import psutil
 import pytest
 
 import pulsetrain
-from pulsetrain import lifetime, runstate, shmem
 from pulsetrain.bridge import Client as BridgeClient
-from pulsetrain.control import TopologyClient
 from pulsetrain.errors import AlreadyRunningError
 from pulsetrain.gui.backend import GuiBackend
-from pulsetrain.ports import free_port
+from pulsetrain.runtime import lifetime, runstate, shmem
+from pulsetrain.runtime.control import TopologyClient
+from pulsetrain.runtime.ports import free_port
 from waiting import wait_until
 
 HERE = Path(__file__).resolve().parent
@@ -445,8 +445,8 @@ def test_exit_codes_are_described():
 
 
 def test_a_state_file_of_a_dead_supervisor_is_not_a_running_topology(tmp_path, monkeypatch):
-    from pulsetrain.control import TopologyClient
     from pulsetrain.errors import PulsetrainError
+    from pulsetrain.runtime.control import TopologyClient
 
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -8,10 +8,10 @@ import extra_data
 import h5py
 import numpy as np
 import pytest
-from conftest import RAW_FRAMES, RAW_TRAINS, assert_valid, cli
 from extra_data.components import AGIPD1M
 from synthetic import CAMERA, FIRST_TRAIN, MOTOR, T0_NS, agipd_source, frames_for, make_train
 
+from conftest import RAW_FRAMES, RAW_TRAINS, assert_valid, cli
 from pulsetrain.errors import ConfigurationError, FileFormatError, TrainOrderError
 from pulsetrain.files import RunWriter, aggregator_by_patterns, iter_run_trains, make_meta
 

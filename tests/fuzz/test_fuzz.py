@@ -17,8 +17,9 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pulsetrain import control, protocol
+from pulsetrain import protocol
 from pulsetrain.errors import ProtocolError, PulsetrainError
+from pulsetrain.runtime import control
 
 FUZZ_CASES = int(os.environ.get("PULSETRAIN_FUZZ_CASES", "10000"))
 HYPOTHESIS_CASES = int(os.environ.get("PULSETRAIN_HYPOTHESIS_CASES", "500"))
@@ -117,7 +118,7 @@ def test_protocol_decoder_never_crashes(frames):
 
 @pytest.fixture(scope="module")
 def server():
-    from pulsetrain.server import DeviceServer
+    from pulsetrain.runtime.server import DeviceServer
 
     srv = DeviceServer("fuzz", token="tok").start()
     srv.instantiate("SimulatedMotor", "FUZZ/MOTOR")
@@ -224,8 +225,8 @@ def test_input_adapter_survives_mutated_pushes(tmp_path, server):
     """FUZZ_CASES mutated messages pushed (authenticated) into a BridgeInput: every one is
     accepted or counted as malformed/rejected; the device stays up and the next good train
     passes."""
-    from pulsetrain.channels import InputChannel
     from pulsetrain.devices.bridge_input import write_key_pair
+    from pulsetrain.runtime.channels import InputChannel
 
     _, server_secret = write_key_pair(tmp_path / "server", "bridge-input")
     allowed = tmp_path / "allowed"

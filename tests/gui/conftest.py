@@ -7,7 +7,7 @@ import os
 import pytest
 from gui_pipeline import PREVIEW, PREVIEW_OUTPUT, Collector, topology_text
 
-from pulsetrain.supervisor import Supervisor
+from pulsetrain.runtime.supervisor import Supervisor
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import os
 import threading
 from collections import OrderedDict
 
-from pulsetrain.channels import EndOfStream, InputChannel
+from pulsetrain.runtime.channels import EndOfStream, InputChannel
 
 MOTOR = "SPB_IRU_SAMPLE/MOTOR/X"
 DETECTOR = "SPB_DET_AGIPD1M-1/DET/SIM"

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from gui_pipeline import MOTOR, PREVIEW, PREVIEW_OUTPUT, PREVIEW_SOURCE, PULSES
 
-from pulsetrain.control import TopologyClient
 from pulsetrain.errors import AuthenticationError, DeviceError
 from pulsetrain.gui.backend import GuiBackend, flatten_numeric, lookup
+from pulsetrain.runtime.control import TopologyClient
 from waiting import wait_until
 
 

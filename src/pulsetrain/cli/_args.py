@@ -2,8 +2,8 @@
 
 Each converts one command-line string or raises :class:`argparse.ArgumentTypeError` with a
 message naming the bad value, so a mistake ends as one line before anything starts.  Port
-numbers are checked by :func:`pulsetrain.ports.port_arg` and
-:func:`pulsetrain.ports.port_or_zero_arg`.  Options that several sub-commands must spell and
+numbers are checked by :func:`pulsetrain.runtime.ports.port_arg` and
+:func:`pulsetrain.runtime.ports.port_or_zero_arg`.  Options that several sub-commands must spell and
 default alike (the catalogue, the detector, the operating conditions of the constants) are
 added by one function each.
 """
@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 
 from pulsetrain.errors import ConfigurationError
-from pulsetrain.ports import split_tcp_endpoint
+from pulsetrain.runtime.ports import split_tcp_endpoint
 
 __all__ = [
     "add_catalogue_arguments",

@@ -30,8 +30,8 @@ import numpy as np
 from pulsetrain.cli._args import frame_count, non_negative_float, non_negative_int, positive_int
 from pulsetrain.errors import ConfigurationError
 from pulsetrain.files.naming import corrected_source_name
-from pulsetrain.ports import port_or_zero_arg, port_problem, split_tcp_endpoint
 from pulsetrain.protocol import make_meta
+from pulsetrain.runtime.ports import port_or_zero_arg, port_problem, split_tcp_endpoint
 
 log = logging.getLogger(__name__)
 

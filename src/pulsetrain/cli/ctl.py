@@ -99,9 +99,9 @@ def _list(clients: dict[str, Any], servers: dict[str, dict[str, Any]]) -> dict[s
 
 
 def run(args: argparse.Namespace) -> int:
-    from pulsetrain import runstate
-    from pulsetrain.control import Client, TopologyClient
     from pulsetrain.errors import PulsetrainError
+    from pulsetrain.runtime import runstate
+    from pulsetrain.runtime.control import Client, TopologyClient
 
     if args.op in ("get", "set", "call", "schema") and not args.device:
         raise ConfigurationError(f"{args.op} needs a device ID")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pulsetrain.cli._args import frame_count, non_negative_int, output_directory, positive_int
 from pulsetrain.errors import ConfigurationError
-from pulsetrain.ports import port_arg, port_problem
+from pulsetrain.runtime.ports import port_arg, port_problem
 
 EPILOG = """examples:
   pulsetrain demo                              # GUI on http://127.0.0.1:5006, a minute or two
@@ -84,7 +84,7 @@ def check_ports(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pulsetrain.demo import DemoOptions, demo_succeeded, run_demo
-    from pulsetrain.lifetime import StopSignals
+    from pulsetrain.runtime.lifetime import StopSignals
 
     check_ports(args)
     logging.getLogger("pulsetrain").setLevel(logging.WARNING)

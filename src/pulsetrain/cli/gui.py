@@ -9,8 +9,8 @@ import time
 
 from pulsetrain.cli._args import existing_file
 from pulsetrain.errors import ConfigurationError
-from pulsetrain.lifetime import stop_signals
-from pulsetrain.ports import port_or_zero_arg, port_problem
+from pulsetrain.runtime.lifetime import stop_signals
+from pulsetrain.runtime.ports import port_or_zero_arg, port_problem
 
 EPILOG = """examples:
   pulsetrain run examples/scenes/gui-topology.toml &        # start a topology first

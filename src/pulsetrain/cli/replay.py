@@ -7,7 +7,7 @@ import time
 
 from pulsetrain.cli._args import non_negative_int, positive_float, run_directory
 from pulsetrain.errors import ConfigurationError
-from pulsetrain.ports import port_or_zero_arg, port_problem
+from pulsetrain.runtime.ports import port_or_zero_arg, port_problem
 
 EPILOG = """examples:
   pulsetrain replay data/raw/r0001 --port 4545                  # REP: every train once, in order

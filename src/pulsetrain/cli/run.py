@@ -10,7 +10,7 @@ from pulsetrain.cli._args import positive_float
 from pulsetrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from pulsetrain.supervisor import Supervisor
+    from pulsetrain.runtime.supervisor import Supervisor
 
 EPILOG = """examples:
   pulsetrain run examples/calibration-pipeline.toml
@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def check(path: str) -> int:
     """``run --check``: validate the topology file, start nothing; returns the exit code."""
-    from pulsetrain.topology import Topology
+    from pulsetrain.runtime.topology import Topology
 
     topology = Topology.load(path)
     topology.validate()  # TopologyError: one line per problem, exit code 2
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     device's configuration) is invalid, 1 if it could not start or already runs; 0 after a
     clean stop.
     """
-    from pulsetrain.supervisor import Supervisor
+    from pulsetrain.runtime.supervisor import Supervisor
 
     if args.check:
         return check(args.topology)

@@ -8,9 +8,9 @@ import os
 import sys
 import threading
 
-from pulsetrain import shmem
 from pulsetrain.cli._args import bind_endpoint, existing_file, positive_float, positive_int
-from pulsetrain.lifetime import EXIT_MEMORY_LIMIT, EXIT_ORPHANED, ServerLifetime
+from pulsetrain.runtime import shmem
+from pulsetrain.runtime.lifetime import EXIT_MEMORY_LIMIT, EXIT_ORPHANED, ServerLifetime
 
 EPILOG = """examples:
   # a server on another host, for a topology that names it with this endpoint
@@ -75,15 +75,15 @@ def _memory_watchdog(limit_mb: float, stop: threading.Event) -> None:
     while not stop.wait(0.2):
         rss = proc.memory_info().rss / 2**20
         if rss > limit_mb:
-            logging.getLogger("pulsetrain.server").critical(
+            logging.getLogger("pulsetrain.runtime.server").critical(
                 "resident memory %.0f MB exceeds the limit of %.0f MB: exiting", rss, limit_mb
             )
             os._exit(EXIT_MEMORY_LIMIT)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pulsetrain.control import token_from_env
-    from pulsetrain.server import DeviceServer
+    from pulsetrain.runtime.control import token_from_env
+    from pulsetrain.runtime.server import DeviceServer
 
     # First thing: a supervisor that died while starting us is noticed here.
     lifetime = ServerLifetime(args.parent_pid).start()
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
             target=_memory_watchdog, args=(args.memory_limit_mb, stop), daemon=True
         ).start()
     lifetime.stop_with(server.stop)  # on SIGTERM, SIGINT, or when the parent is gone
-    logging.getLogger("pulsetrain.server").info(
+    logging.getLogger("pulsetrain.runtime.server").info(
         "server %s: control %s, events %s",
         args.name,
         server.control_endpoint,

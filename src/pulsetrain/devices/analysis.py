@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from pulsetrain.analysis import AzimuthalIntegrator, HitRateMeter, count_peaks
-from pulsetrain.device import Device, Property, State, slot
 from pulsetrain.errors import ConfigurationError, DataShapeError, PropertyError
 from pulsetrain.protocol import train_id_of
+from pulsetrain.runtime.device import Device, Property, State, slot
 
 __all__ = ["AzimuthalIntegration", "HitFinder", "ModuleFrames", "source_regex"]
 

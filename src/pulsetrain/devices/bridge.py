@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 
 import zmq
 
-from pulsetrain.device import Device, Property, State, slot
 from pulsetrain.errors import ChannelError
+from pulsetrain.runtime.device import Device, Property, State, slot
 
 __all__ = ["Bridge"]
 

@@ -45,9 +45,9 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from pulsetrain.device import Device, Property, State, slot
 from pulsetrain.errors import AuthenticationError, ConfigurationError, ProtocolError
 from pulsetrain.protocol import deserialize, train_id_of
+from pulsetrain.runtime.device import Device, Property, State, slot
 
 __all__ = ["ZAP_DOMAIN", "BridgeInput", "parse_authorized_key"]
 

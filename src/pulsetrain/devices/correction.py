@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pulsetrain.device import Device, Property, State, slot
 from pulsetrain.errors import CalibrationError, CatalogError
 from pulsetrain.files.naming import corrected_source_name, module_number
+from pulsetrain.runtime.device import Device, Property, State, slot
 
 __all__ = ["AGIPDCorrection"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pulsetrain.device import Device, Property, State, slot
 from pulsetrain.errors import CatalogError, FileFormatError, StorageError
 from pulsetrain.files.recorder import RunRecorder
+from pulsetrain.runtime.device import Device, Property, State, slot
 
 __all__ = ["DAQWriter"]
 

@@ -8,8 +8,8 @@ import signal
 
 import numpy as np
 
-from pulsetrain.device import Device, Property, State, slot
 from pulsetrain.protocol import make_meta
+from pulsetrain.runtime.device import Device, Property, State, slot
 
 __all__ = ["FaultInjector"]
 

@@ -25,9 +25,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pulsetrain.device import Device, Property, State, slot
 from pulsetrain.errors import ConfigurationError, DeviceError, PropertyError
 from pulsetrain.feedback import Decision, FeedbackSettings, HitRateOptimizer, MoveRequest, Phase
+from pulsetrain.runtime.device import Device, Property, State, slot
 
 __all__ = ["FeedbackController"]
 

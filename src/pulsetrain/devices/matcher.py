@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from pulsetrain.device import Device, Property, State, slot
 from pulsetrain.pending import PendingTrains
 from pulsetrain.protocol import train_id_of
+from pulsetrain.runtime.device import Device, Property, State, slot
 
 __all__ = ["TrainMatcher"]
 

@@ -39,9 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from pulsetrain.device import Device, Property, State
 from pulsetrain.errors import ConfigurationError, PropertyError
 from pulsetrain.protocol import make_meta, train_id_of
+from pulsetrain.runtime.device import Device, Property, State
 
 __all__ = ["DEFAULT_SOURCE_PATTERN", "PreviewAssembler"]
 

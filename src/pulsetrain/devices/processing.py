@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from pulsetrain.device import Device, Property, State
+from pulsetrain.runtime.device import Device, Property, State
 
 __all__ = ["ModuleStatistics", "Passthrough"]
 

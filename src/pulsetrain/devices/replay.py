@@ -6,8 +6,8 @@ import fnmatch
 import time
 from collections.abc import Iterator
 
-from pulsetrain.device import ProducerDevice, Property, State, slot
 from pulsetrain.files.naming import module_number
+from pulsetrain.runtime.device import ProducerDevice, Property, State, slot
 
 __all__ = ["FileReplay", "parse_train_range"]
 

@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-from pulsetrain.device import Device, ProducerDevice, Property, State, slot
 from pulsetrain.protocol import make_meta
+from pulsetrain.runtime.device import Device, ProducerDevice, Property, State, slot
 from pulsetrain.sim import (
     CAMERA_SOURCE,
     DEFAULT_FIRST_TRAIN_ID,

@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 
-from pulsetrain.device import ProducerDevice, Property
 from pulsetrain.protocol import make_meta
+from pulsetrain.runtime.device import ProducerDevice, Property
 
 __all__ = ["TrainSource"]
 

@@ -33,12 +33,12 @@ from bokeh.models import Button, Div, InlineStyleSheet, PasswordInput
 from bokeh.server.server import Server
 from tornado.web import RequestHandler
 
-from pulsetrain.control import TopologyClient
 from pulsetrain.errors import ConfigurationError, PulsetrainError
 from pulsetrain.gui.backend import GuiBackend
 from pulsetrain.gui.panels import PanelBase, build_panel
 from pulsetrain.gui.scene import Scene, auto_scene, load_scene
-from pulsetrain.ports import free_port
+from pulsetrain.runtime.control import TopologyClient
+from pulsetrain.runtime.ports import free_port
 
 __all__ = ["STATIC_DIR", "GuiServer", "SceneSession"]
 

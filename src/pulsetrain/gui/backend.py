@@ -2,7 +2,7 @@
 
 One :class:`GuiBackend` serves every page and browser of a GUI process:
 
-* :class:`OutputTap` reads a pipeline output through an :class:`~pulsetrain.channels.InputChannel`
+* :class:`OutputTap` reads a pipeline output through an :class:`~pulsetrain.runtime.channels.InputChannel`
   with the ``drop`` policy and keeps only the latest train, so a slow GUI or browser never slows
   the pipeline (the output drops what the GUI is not ready for, and counts it).
 * A poller thread fetches every device's configuration (properties, state, channel counters)
@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from pulsetrain.channels import EndOfStream, InputChannel
-from pulsetrain.control import Client, TopologyClient
 from pulsetrain.errors import AuthenticationError, ChannelError, DeviceError, PulsetrainError
+from pulsetrain.runtime.channels import EndOfStream, InputChannel
+from pulsetrain.runtime.control import Client, TopologyClient
 
 __all__ = ["GuiBackend", "OutputTap", "TapFrame", "flatten_numeric"]
 

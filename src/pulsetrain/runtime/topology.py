@@ -41,9 +41,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pulsetrain.channels import DISTRIBUTIONS, SLOWNESS_POLICIES, validate_policy
 from pulsetrain.errors import ConfigurationError, PulsetrainError, TopologyError
-from pulsetrain.ports import check_port, free_port, port_problem, split_tcp_endpoint
+from pulsetrain.runtime.channels import DISTRIBUTIONS, SLOWNESS_POLICIES, validate_policy
+from pulsetrain.runtime.ports import check_port, free_port, port_problem, split_tcp_endpoint
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -251,7 +251,7 @@ class Topology:
         self._text = text
         self._read_problems = list(problems)
         #: Directory of the topology file: ``module:Class`` device classes are looked up there
-        #: first (see :func:`pulsetrain.device.find_device_class`).
+        #: first (see :func:`pulsetrain.runtime.device.find_device_class`).
         self.directory: Path | None = None
 
     # ------------------------------------------------------------ loading
@@ -482,7 +482,7 @@ class Topology:
 
     def _check_devices(self, report: _Report) -> dict[str, type]:
         """Servers known, classes importable, properties valid; returns id → class."""
-        from pulsetrain.device import Access, device_classes, find_device_class
+        from pulsetrain.runtime.device import Access, device_classes, find_device_class
 
         classes: dict[str, type] = {}
         for device in self.devices.values():
@@ -724,7 +724,7 @@ class Topology:
         TopologyError
             If the topology has problems (see :meth:`check`; fixed ports are not checked).
         """
-        from pulsetrain.device import find_device_class
+        from pulsetrain.runtime.device import find_device_class
 
         self.validate(ports=False)
 

@@ -306,11 +306,11 @@ class TopologyClient:
     @classmethod
     def for_topology(cls, name_or_file: str, token: str | None = None) -> TopologyClient:
         """Find the running topology named ``name_or_file`` (or of that topology file)."""
-        from pulsetrain import runstate
+        from pulsetrain.runtime import runstate
 
         name = name_or_file
         if os.path.exists(name_or_file) and name_or_file.endswith(".toml"):
-            from pulsetrain.topology import Topology
+            from pulsetrain.runtime.topology import Topology
 
             name = Topology.load(name_or_file).name
         path = runstate.state_path(name)
@@ -327,7 +327,7 @@ class TopologyClient:
     def refresh(self) -> None:
         """Re-read the servers' entries of the running topology's state file: pids, restart
         counts and last restart causes change while it runs (endpoints do not)."""
-        from pulsetrain import runstate
+        from pulsetrain.runtime import runstate
 
         name = self.state.get("topology")
         fresh = runstate.read_state(runstate.state_path(name)) if name else None

@@ -52,9 +52,10 @@ import msgpack
 import numpy as np
 import zmq
 
-from pulsetrain import protocol, shmem
+from pulsetrain import protocol
 from pulsetrain.errors import ChannelError, ConfigurationError, ProtocolError
-from pulsetrain.ports import free_port
+from pulsetrain.runtime import shmem
+from pulsetrain.runtime.ports import free_port
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -212,7 +213,7 @@ class OutputChannel:
     context : zmq.Context, optional
         Defaults to the process-wide context (needed for inproc).
     shm_slots, shm_bytes : int
-        Shared memory for inputs in other processes on this host (see :mod:`pulsetrain.shmem`):
+        Shared memory for inputs in other processes on this host (see :mod:`pulsetrain.runtime.shmem`):
         at most this many trains, and bytes, in flight that way; beyond that, trains go over
         the socket.  ``shm_slots=0`` switches it off for this output.
     bind_retry : float
@@ -748,7 +749,7 @@ class InputChannel:
         Seconds between repeated credit messages.
     shared_memory : bool
         Read large frames from shared memory when the output is another process on this host
-        (see :mod:`pulsetrain.shmem`; ``PULSETRAIN_SHM=0`` switches it off everywhere).
+        (see :mod:`pulsetrain.runtime.shmem`; ``PULSETRAIN_SHM=0`` switches it off everywhere).
     """
 
     def __init__(

@@ -9,7 +9,7 @@ temporary directory when that is not set; mode 700):
     server's control and events endpoints, pid and restart count, the devices and the output
     endpoints.  The supervisor writes it only once every device was created and none is in
     ERROR, rewrites it when a server is restarted, and removes it when it stops.  ``pulsetrain
-    ctl``, ``pulsetrain gui`` and :class:`pulsetrain.control.TopologyClient` read it.
+    ctl``, ``pulsetrain gui`` and :class:`pulsetrain.runtime.control.TopologyClient` read it.
 
 ``<name>.lock``, the *lock file*
     Locked (``flock``) by the supervisor for its whole life, so a second supervisor of the same
@@ -33,8 +33,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pulsetrain import shmem
 from pulsetrain.errors import AlreadyRunningError
+from pulsetrain.runtime import shmem
 
 __all__ = [
     "RunLock",

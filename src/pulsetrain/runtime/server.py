@@ -22,8 +22,6 @@ from typing import Any
 
 import zmq
 
-from pulsetrain import control
-from pulsetrain.device import Device, find_device_class
 from pulsetrain.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -31,6 +29,8 @@ from pulsetrain.errors import (
     ProtocolError,
     PulsetrainError,
 )
+from pulsetrain.runtime import control
+from pulsetrain.runtime.device import Device, find_device_class
 
 __all__ = ["DeviceServer"]
 
@@ -336,7 +336,7 @@ class DeviceServer:
                 for d, dev in list(self.devices.items())
             }
         if op == "classes":
-            from pulsetrain.device import device_classes, registered_device_classes
+            from pulsetrain.runtime.device import device_classes, registered_device_classes
 
             return sorted({*device_classes(), *registered_device_classes()})
         if op == "shutdown":

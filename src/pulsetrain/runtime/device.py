@@ -1,7 +1,7 @@
 """The :class:`Device` base class: typed properties, slots, a state, channels and data hooks.
 
 A device is one service of the control system: a simulated detector, a correction step, a
-matcher, a feedback controller.  It is hosted by a :mod:`device server <pulsetrain.server>`
+matcher, a feedback controller.  It is hosted by a :mod:`device server <pulsetrain.runtime.server>`
 and driven from outside through the control plane (get / set / call), and from upstream
 through its input channels (``on_data``).
 
@@ -63,7 +63,7 @@ Threads and time
     :attr:`~Device.stopping` (a stop was requested) and :meth:`~Device.wait_stop` (sleep, but
     wake up for a stop request), ``self.log`` (a logger naming the device).
 Other devices and the host
-    :attr:`~Device.server` (the hosting :class:`~pulsetrain.server.DeviceServer`, ``None``
+    :attr:`~Device.server` (the hosting :class:`~pulsetrain.runtime.server.DeviceServer`, ``None``
     outside a server) and :meth:`~Device.remote` (another device of the topology).
 Producers
     :class:`ProducerDevice`: write :meth:`~ProducerDevice.produce` (one train per call, paced at
@@ -103,19 +103,19 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from pulsetrain.channels import EndOfStream, InputChannel, OutputChannel
 from pulsetrain.errors import ConfigurationError, DeviceError, PropertyError, PulsetrainError
 from pulsetrain.protocol import train_id_of
+from pulsetrain.runtime.channels import EndOfStream, InputChannel, OutputChannel
 
 
 class HostingServer(Protocol):
-    """What a device uses of the server hosting it (a :class:`~pulsetrain.server.DeviceServer`;
+    """What a device uses of the server hosting it (a :class:`~pulsetrain.runtime.server.DeviceServer`;
     a protocol, so this module does not import the server module above it)."""
 
     request_timeout: float
 
     def client_for(self, device_id: str) -> Any:
-        """The control client (:class:`pulsetrain.control.Client`) of the server hosting
+        """The control client (:class:`pulsetrain.runtime.control.Client`) of the server hosting
         ``device_id``."""
         ...
 
@@ -418,7 +418,7 @@ class Device:
     def __init__(self, device_id: str, config: Mapping[str, Any] | None = None):
         self.device_id = device_id
         self.log = logging.LoggerAdapter(
-            logging.getLogger(f"pulsetrain.device.{type(self).__name__}"),
+            logging.getLogger(f"pulsetrain.runtime.device.{type(self).__name__}"),
             {"device_id": device_id},
         )
         self._values: dict[str, Any] = {}
@@ -757,7 +757,7 @@ class Device:
     # ------------------------------------------------------------ the hosting server
     @property
     def server(self) -> HostingServer | None:
-        """The :class:`~pulsetrain.server.DeviceServer` hosting this device (``None`` if none)."""
+        """The :class:`~pulsetrain.runtime.server.DeviceServer` hosting this device (``None`` if none)."""
         return self._hosting_server
 
     def attach_server(self, server: HostingServer) -> None:

@@ -1,7 +1,7 @@
 """Start, supervise and stop a topology: what ``pulsetrain run`` does.
 
 The supervisor takes the topology's run lock (one supervisor per topology and host; see
-:mod:`pulsetrain.runstate`), cleans what a run of it that died left behind, starts one process
+:mod:`pulsetrain.runtime.runstate`), cleans what a run of it that died left behind, starts one process
 per local server (``pulsetrain server``), instantiates every device through the control plane,
 and only when every device exists and none is in ERROR announces the topology (its state file).
 A start that fails part-way stops everything it started and raises one clear error.
@@ -12,7 +12,7 @@ configuration, so their peers reconnect by themselves.  Restarts are counted per
 their cause, in the state file and in the log (WARNING).
 
 Servers never outlive the supervisor: each is told the supervisor's pid and exits by itself when
-it is gone (:class:`pulsetrain.lifetime.ServerLifetime`), however the supervisor ended.
+it is gone (:class:`pulsetrain.runtime.lifetime.ServerLifetime`), however the supervisor ended.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from pulsetrain import lifetime, runstate, shmem
-from pulsetrain.control import Client, new_token
 from pulsetrain.errors import ConfigurationError, PulsetrainError, StartupError
-from pulsetrain.ports import free_port
-from pulsetrain.topology import Topology
+from pulsetrain.runtime import lifetime, runstate, shmem
+from pulsetrain.runtime.control import Client, new_token
+from pulsetrain.runtime.ports import free_port
+from pulsetrain.runtime.topology import Topology
 
 __all__ = ["Supervisor"]
 

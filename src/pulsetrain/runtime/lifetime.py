@@ -27,7 +27,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from pulsetrain import shmem
+from pulsetrain.runtime import shmem
 
 __all__ = [
     "EXIT_MEMORY_LIMIT",
