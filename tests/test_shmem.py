@@ -126,6 +126,24 @@ def test_retired_slot_is_never_handed_out_again():
         pool.close()
 
 
+def test_a_retired_slot_stays_readable_for_the_other_inputs_of_its_train():
+    pool = shmem.SegmentPool(max_slots=2, max_bytes=4 << 20)
+    try:
+        frame = np.ones(1 << 18, np.float32)
+        msg = pool.pack([b"h", frame.data])
+        assert msg is not None
+        assert pool.lease(msg.keys) and pool.lease(msg.keys)  # copied to two inputs
+        name = msg.keys[0][0]
+        pool.retire(msg.keys[0])  # one input vanished before the other mapped the train
+        assert (shmem.SHM_DIR / name).exists()  # the other one can still map it
+        again = pool.pack([b"h", frame.data])
+        assert again is not None and again.keys[0][0] != name  # but it is never reused
+        pool.release(msg.keys[0])  # the other input is done: now it goes
+        assert not (shmem.SHM_DIR / name).exists()
+    finally:
+        pool.close()
+
+
 def test_unusable_shared_memory_falls_back_to_the_socket(monkeypatch, tmp_path):
     monkeypatch.setattr(shmem, "SHM_DIR", tmp_path / "missing")
     pool = shmem.SegmentPool()

@@ -20,8 +20,10 @@ Life cycle, safe by construction (no slot is ever overwritten while anybody can 
   garbage (a ``weakref.finalize`` on the mapping's base array), the input sends ``free`` and the
   output drops the lease.
 * An input that disconnects or times out while holding leases does not get its slots back:
-  they are *retired* (unlinked and never reused), so a frozen consumer that wakes up still reads
-  its own data.
+  they are *retired*: never reused, so a frozen consumer that wakes up still reads its own
+  data, and unlinked once the other inputs that got the same train (copy distribution) have
+  released it too (unlinking earlier would lose that train for an input that has not mapped it
+  yet).
 * When no slot is free (consumers keep old trains, or the byte budget is used up) the train is
   sent over the socket as usual: slower, never wrong, never blocking.
 
@@ -196,6 +198,7 @@ class SegmentPool:
         self._tag = f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}-"
         self._count = 0
         self._slots: dict[str, _Slot] = {}
+        self._retired: dict[str, _Slot] = {}  # never reused; unlinked when no lease is left
         self._lock = threading.Lock()
         self.packed = 0  # trains sent through shared memory
         self.copied = 0  # of which some frames had to be copied in (not allocated there)
@@ -334,24 +337,40 @@ class SegmentPool:
     def release(self, key: tuple[str, int]) -> None:
         """An input is done with slot ``key`` of a message."""
         with self._lock:
-            slot = self._slots.get(key[0])
+            slot = self._slots.get(key[0]) or self._retired.get(key[0])
             if slot is not None and slot.gen == key[1] and slot.leases > 0:
                 slot.leases -= 1
+                if slot.leases == 0 and slot.name in self._retired:
+                    del self._retired[slot.name]
+                    slot.destroy()
 
     def retire(self, key: tuple[str, int]) -> None:
-        """An input vanished holding ``key``: never reuse that slot (it may still read it)."""
+        """An input vanished holding ``key``: never reuse that slot (it may still read it).
+
+        Its lease ends; the segment is unlinked at once if no other input holds the same
+        slot, else when the last of them releases it.
+        """
         with self._lock:
             slot = self._slots.get(key[0])
-            if slot is not None and slot.gen == key[1]:
-                del self._slots[slot.name]
+            if slot is None or slot.gen != key[1]:
+                slot = self._retired.get(key[0])
+                if slot is None or slot.gen != key[1]:
+                    return
+            self._slots.pop(slot.name, None)
+            slot.leases = max(0, slot.leases - 1)
+            if slot.leases == 0:
+                self._retired.pop(slot.name, None)
                 slot.destroy()
+            else:
+                self._retired[slot.name] = slot
 
     def close(self) -> None:
         """Remove every segment (inputs keep what they have mapped)."""
         with self._lock:
-            for slot in self._slots.values():
+            for slot in [*self._slots.values(), *self._retired.values()]:
                 slot.destroy()
             self._slots.clear()
+            self._retired.clear()
 
 
 class SegmentReader:
