@@ -50,6 +50,9 @@ def adapter(keys):
             "server_key_file": keys["server_key_file"],
             "authorized_keys_dir": keys["authorized_keys_dir"],
             "max_rate": 0.0,
+            # room for a whole burst of the tests' trains: with the default 4, a burst of 5
+            # on a loaded machine drops one by design (the queue limit is tested on its own)
+            "max_queue": 16,
         },
     )
     tap = live.tap(live.output(dev))
