@@ -14,6 +14,7 @@ fault the test checks:
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import statistics
@@ -23,8 +24,10 @@ import time
 import numpy as np
 import pytest
 
+from pulsetrain.errors import PulsetrainError
 from pulsetrain.runtime.supervisor import Supervisor
 from pulsetrain.runtime.topology import Topology
+from waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -105,15 +108,16 @@ def rate_of(sup, device, seconds=3.0) -> float:
 
 
 def wait(cond, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """:func:`wait_until` for a condition read from servers that may be restarting: a control
+    error or timeout counts as "not yet"."""
+
+    def test():
         try:
-            if cond():
-                return
-        except Exception:
-            pass
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
+            return cond()
+        except (PulsetrainError, TimeoutError):
+            return False
+
+    wait_until(test, timeout, what)
 
 
 def check_daq_lost_nothing(sup, tmp_path):
@@ -126,7 +130,7 @@ def check_daq_lost_nothing(sup, tmp_path):
     run = RunDirectory(summary["directory"])
     assert len(run.train_ids) == summary["trains"]
     ids = np.array(run.train_ids)
-    gaps = [(int(a), int(b)) for a, b in zip(ids[:-1], ids[1:]) if b - a != 1]
+    gaps = [(int(a), int(b)) for a, b in itertools.pairwise(ids) if b - a != 1]
     assert not gaps, (
         f"the DAQ lost trains it had accepted: gaps {gaps[:5]}; trainsIn {daq['trainsIn']}, "
         f"notRecorded {daq['notRecorded']}, lateData {daq['lateData']}, status {daq['status']!r}, "
