@@ -8,5 +8,6 @@ starts) and ``supervisor`` (``pulsetrain run``: starts, watches and stops a topo
 ``lifetime`` makes servers die with it, ``runstate`` is its state file and lock, ``ports``
 the one home of port choice and checks).
 
-Nothing here is imported by the package's ``__init__``: ``import pulsetrain`` stays cheap.
+The package's ``__init__`` imports nothing from here until a name such as ``Device`` is asked
+for (``from pulsetrain import Device``): ``import pulsetrain`` stays cheap.
 """
