@@ -6,16 +6,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from pulsetrain.catalog import (
-    Catalog,
-    CatalogError,
-    Conditions,
-    ConstantRecord,
-    RunRecord,
-)
 from pulsetrain.cli._args import positive_int
-from pulsetrain.errors import ConfigurationError
+from pulsetrain.errors import CatalogError, ConfigurationError
+
+if TYPE_CHECKING:  # the catalogue (SQLAlchemy, Alembic) loads only when this command runs
+    from pulsetrain.catalog import Catalog, Conditions, ConstantRecord, RunRecord
 
 EPILOG = """\
 examples:
@@ -339,6 +336,8 @@ def _show_run(catalog: Catalog, run_id: int) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``pulsetrain catalog``; returns the exit code."""
+    from pulsetrain.catalog import Catalog
+
     action = getattr(args, "catalog_action", None)
     if action is None:
         args._catalog_parser.print_help()
