@@ -2,7 +2,7 @@
 # Install everything the test suite needs and run all of it (what CI runs).
 #   - Debian packages: chromium (browser tests), postgresql (catalogue tests)
 #   - the package with its test extras
-#   - a throw-away PostgreSQL server on 127.0.0.1 for the catalogue tests
+#   - a throw-away PostgreSQL server on 127.0.0.1 for the catalogue tests (stopped at the end)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +19,15 @@ fi
 python3 -m pip install -q -e '.[test,postgres,slurm]'
 
 if [ -x .ci/postgres.sh ]; then
+    # A server this script starts is stopped when it ends, however it ends; one that was
+    # already running (a developer's) is reused and left alone.
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/${PULSETRAIN_PG_PORT:-54329}") 2>/dev/null; then
+        trap '.ci/postgres.sh stop >/dev/null 2>&1 || true' EXIT
+        trap 'exit 130' INT
+        trap 'exit 143' TERM
+        trap 'exit 129' HUP
+    fi
     eval "$(.ci/postgres.sh)"
 fi
 
-exec python3 -m pytest -q -p no:cacheprovider "$@"
+python3 -m pytest -q -p no:cacheprovider "$@"
