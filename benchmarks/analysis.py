@@ -13,9 +13,13 @@ of the rounds after warm-up (the machine is shared; ratios within a run are the 
 * ``PreviewAssembler.assemble`` against EXtra-geom ``position_modules`` with a reused output
   array, and the GUI path ``preview`` (assemble + 2x2 NaN-mean + log scale to uint8 in one
   kernel) against EXtra-geom + numpy (``position_modules``, ``nanmean`` of blocks, scaling);
-* per-pulse hit finding and pulse statistics per frame, against scipy.ndimage / numpy.
+* per-pulse hit finding and pulse statistics per frame, against scipy.ndimage / numpy;
+* the image analysis devices (``RoiAnalysis``, ``PixelHistogram``, ``ImageAverage``,
+  ``Correlator``) and the ``PreviewAssembler``, per train at the demo's size (16 corrected
+  modules x 8 frames): each device's whole ``on_data`` (its output write replaced by a no-op),
+  interleaved in rounds; the preview is the reference the others are compared with.
 
-Run ``python benchmarks/analysis.py [--quick]``.
+Run ``python benchmarks/analysis.py [--quick] [--devices]`` (``--devices``: only the last part).
 """
 
 from __future__ import annotations
@@ -66,14 +70,112 @@ def _time_rounds(funcs: dict[str, Callable[[], object]], rounds: int) -> dict[st
     return times
 
 
+DEMO_FRAMES = 8
+#: Budget of one device per train at 10 Hz: a tenth of a core.
+DEVICE_BUDGET_MS = 10.0
+
+
+def device_rows(rounds: int) -> list[dict]:
+    """Milliseconds per train of each image analysis device's ``on_data`` at the demo's size."""
+    from pulsetrain.devices.averaging import ImageAverage
+    from pulsetrain.devices.correlation import Correlator
+    from pulsetrain.devices.pixel_histogram import PixelHistogram
+    from pulsetrain.devices.preview import PreviewAssembler as PreviewDevice
+    from pulsetrain.devices.roi import RoiAnalysis
+    from pulsetrain.protocol import make_meta
+
+    rng = np.random.default_rng(4)
+    data, meta = {}, {}
+    for m in range(16):
+        src = f"SPB_DET_AGIPD1M-1/CORR/{m}CH0:output"
+        data[src] = {
+            "image.data": rng.gamma(2.0, 5.0, (DEMO_FRAMES, 512, 128)).astype(np.float32),
+            "image.pulseId": np.arange(DEMO_FRAMES, dtype=np.uint64),
+        }
+        meta[src] = make_meta(src, 1)
+    rois = {
+        "roi1": [300, 200, 200, 200],
+        "roi2": [600, 700, 200, 200],
+        "roi3": [100, 900, 100, 300],
+        "roi4": [500, 500, 100, 100],
+        "normaliser": "roi4",
+    }
+    devices = {
+        "PreviewAssembler (demo: 4 pulses, downsample 2)": (
+            PreviewDevice,
+            {"max_pulses": 4, "downsample": 2},
+        ),
+        "PreviewAssembler, all 8 pulses + float values": (
+            PreviewDevice,
+            {"max_pulses": 0, "downsample": 2, "send_values": True},
+        ),
+        "RoiAnalysis, 4 ROIs of 200x200..100x100 + ROI normaliser": (RoiAnalysis, rois),
+        "PixelHistogram, all pixels, per pulse, 100 bins, auto range": (
+            PixelHistogram,
+            {"per": "pulse"},
+        ),
+        "PixelHistogram, 200x200 region, fixed range": (
+            PixelHistogram,
+            {"region": [300, 200, 200, 200], "range": [0.0, 100.0]},
+        ),
+        "ImageAverage, 10 trains, downsample 2, all pulses": (ImageAverage, {"n_trains": 10}),
+    }
+    calls: dict[str, Callable[[], object]] = {}
+    for name, (cls, config) in devices.items():
+        dev = cls(f"BENCH/{cls.__name__}/{len(calls)}", config)
+        dev.write = lambda output, d, m, timeout=None: None
+        dev.initialize()
+        calls[name] = lambda dev=dev: dev.on_data(data, meta, "input")
+    corr = Correlator("BENCH/CORRELATOR", {"x": "M.x", "y": "R.y", "bins": 50})
+    corr.write = lambda output, d, m, timeout=None: None
+    corr.initialize()
+    corr_data = {"M": {"x": 0.0}, "R": {"y": np.arange(8.0)}}
+    for k in range(10000):  # a full window of points: the cost per train at its largest
+        corr_data["M"]["x"] = float(k % 97)
+        corr.on_data(corr_data, {"R": make_meta("R", k)}, "input")
+    calls["Correlator, 10000 points kept, 50 bins"] = lambda: corr.on_data(
+        corr_data, {"R": make_meta("R", 1)}, "input"
+    )
+    for func in calls.values():  # warm-up: numba compile / cache load, first allocations
+        func()
+        func()
+    times = _time_rounds(calls, rounds)
+    med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    ref_name = next(iter(devices))
+    print()
+    print(
+        f"image analysis devices, ms per train (16 corrected modules x {DEMO_FRAMES} frames), "
+        f"median of {rounds} interleaved rounds; load average {os.getloadavg()[0]:.2f}"
+    )
+    rows = []
+    for name, value in med.items():
+        print(f"{name:<64}{value:>9.2f}   min {min(times[name]) * 1e3:8.2f}")
+        rows.append(
+            {
+                "name": f"device {name} ms/train",
+                "value": value,
+                "unit": "ms",
+                "peer": ref_name if name != ref_name else None,
+                "ratio": med[ref_name] / value if name != ref_name else None,
+                "goal": None if name.startswith("PreviewAssembler") else DEVICE_BUDGET_MS,
+            }
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run the benchmark, print a table, return the result dicts."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and frames (for CI)")
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default 30)")
     parser.add_argument("--frames", type=int, default=None, help="frames per train (default 32)")
+    parser.add_argument(
+        "--devices", action="store_true", help="only the image analysis devices per train"
+    )
     args = parser.parse_args(argv)
     rounds = args.rounds or (8 if args.quick else 30)
+    if args.devices:
+        return device_rows(rounds)
     n_frames = args.frames or (8 if args.quick else 32)
 
     from pyFAI import version as pyfai_version
@@ -251,7 +353,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         }
 
     t_ours = ms("ours integrate")
-    return [
+    return device_rows(rounds) + [
         result(
             "analysis.integrate ms/frame",
             t_ours,

@@ -21,6 +21,7 @@ __all__ = [
     "bin_indices",
     "finite_moments",
     "finite_range",
+    "finite_scan",
     "histogram",
     "pulse_histograms",
 ]
@@ -108,10 +109,13 @@ def _finite_min_max(values):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _finite_moments(values):  # pragma: no cover - compiled
+def _finite_scan(values):  # pragma: no cover - compiled
+    """Count, sum, sum of squares, min and max of the finite values, in one pass."""
     n = 0
     s = 0.0
     s2 = 0.0
+    lo = np.inf
+    hi = -np.inf
     for p in range(values.shape[0]):
         for r in range(values.shape[1]):
             for j in range(values.shape[2]):
@@ -120,16 +124,24 @@ def _finite_moments(values):  # pragma: no cover - compiled
                     n += 1
                     s += v
                     s2 += v * v
-    return n, s, s2
+                    lo = min(lo, v)
+                    hi = max(hi, v)
+    return n, s, s2, lo, hi
+
+
+def finite_scan(values: np.ndarray) -> tuple[int, float, float, float, float]:
+    """``(count, sum, sum of squares, min, max)`` of the finite values (float64, one numba
+    pass, no copies); min > max when there is none."""
+    v = _as_3d(values)
+    if v.size == 0:
+        return 0, 0.0, 0.0, math.inf, -math.inf
+    n, s, s2, lo, hi = _finite_scan(v)
+    return int(n), float(s), float(s2), float(lo), float(hi)
 
 
 def finite_moments(values: np.ndarray) -> tuple[int, float, float]:
     """``(count, sum, sum of squares)`` of the finite values, in float64 (numba, no copies)."""
-    v = _as_3d(values)
-    if v.size == 0:
-        return 0, 0.0, 0.0
-    n, s, s2 = _finite_moments(v)
-    return int(n), float(s), float(s2)
+    return finite_scan(values)[:3]
 
 
 def _as_3d(values: np.ndarray) -> np.ndarray:

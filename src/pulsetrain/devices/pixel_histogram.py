@@ -13,12 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pulsetrain.analysis.histogram import (
-    bin_edges,
-    finite_moments,
-    finite_range,
-    pulse_histograms,
-)
+from pulsetrain.analysis.histogram import bin_edges, finite_scan, pulse_histograms
 from pulsetrain.analysis.roi import RegionGather
 from pulsetrain.devices.detector_image import DetectorImageDevice, TrainModules
 from pulsetrain.errors import ConfigurationError, PropertyError
@@ -85,26 +80,22 @@ class PixelHistogram(DetectorImageDevice):
             parts = [self._gather.gather(train.frames, n)]
         else:
             parts = [arr[:n] for arr in train.frames.values()]
+        scans = [finite_scan(p) for p in parts]
+        count = sum(c for c, *_ in scans)
+        total = sum(t for _, t, *_ in scans)
+        total_sq = sum(t2 for _, _, t2, *_ in scans)
         lo, hi = (float(v) for v in self.range)
         if (lo, hi) == (0.0, 0.0):
-            found = [r for r in (finite_range(p) for p in parts) if r is not None]
-            if found:
-                lo, hi = min(r[0] for r in found), max(r[1] for r in found)
+            if count:
+                lo, hi = min(sc[3] for sc in scans), max(sc[4] for sc in scans)
                 if lo == hi:
                     lo, hi = lo - 0.5, hi + 0.5
             else:
                 lo, hi = 0.0, 1.0
         edges = bin_edges(self.bins, (lo, hi))
         per_pulse = np.zeros((n, self.bins), dtype=np.int64)
-        total = 0.0
-        total_sq = 0.0
-        count = 0
         for part in parts:
             per_pulse += pulse_histograms(part, edges)
-            c, s, s2 = finite_moments(part)
-            count += c
-            total += s
-            total_sq += s2
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             mean = total / count if count else float("nan")

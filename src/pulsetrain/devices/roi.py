@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pulsetrain.analysis.histogram import auto_range, bin_edges, histogram
-from pulsetrain.analysis.roi import Rect, RegionGather, roi_statistics
+from pulsetrain.analysis.roi import Rect, RegionGather
 from pulsetrain.devices.detector_image import DetectorImageDevice, TrainModules
 from pulsetrain.devices.slow_values import SlowValues, ValueNotFound, parse_name
 from pulsetrain.errors import ConfigurationError, PropertyError
@@ -176,7 +176,7 @@ class RoiAnalysis(DetectorImageDevice):
         nan = np.full(n, np.nan)
         for name in ROI_NAMES:
             gather = self._gathers[name]
-            stats[name] = None if gather is None else roi_statistics(gather.gather(train.frames, n))
+            stats[name] = None if gather is None else gather.statistics(train.frames, n)
         sums = {name: (nan if s is None else s.sum) for name, s in stats.items()}
         norm = self._normaliser(data, tid, n, sums)
         rects = np.zeros((N_ROIS, 4), dtype=np.int32)
