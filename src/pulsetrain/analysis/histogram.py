@@ -64,48 +64,30 @@ def bin_edges(bins: int, value_range: tuple[float, float]) -> np.ndarray:
     return np.linspace(lo, hi, int(bins) + 1)
 
 
-@numba.njit(inline="always")
-def _index(v, edges, nb, lo, hi, denom):  # pragma: no cover - compiled
-    """numpy.histogram's bin of v (-1: outside or not finite)."""
-    if not (v >= lo and v <= hi):
-        return -1
-    i = int(((v - lo) / denom) * nb)
-    if i == nb:
-        i -= 1
-    if v < edges[i]:
-        i -= 1
-    elif i != nb - 1 and v >= edges[i + 1]:
-        i += 1
-    return i
-
-
 @numba.njit(cache=True, nogil=True)
 def _histogram_3d(values, edges, counts):  # pragma: no cover - compiled
-    """counts[p] += histogram of values[p] (3-D values, any strides, float64 comparisons)."""
+    """counts[p] += histogram of values[p] (3-D values, any strides, float64 comparisons).
+
+    The first guess of a bin multiplies by ``bins / (hi - lo)`` where numpy divides by
+    ``(hi - lo) / bins``; both are then corrected against the edges exactly as numpy does, so
+    both land in the bin whose edges hold the value.
+    """
     nb = edges.shape[0] - 1
     lo = edges[0]
     hi = edges[nb]
-    denom = hi - lo
+    scale = nb / (hi - lo)
     for p in range(values.shape[0]):
-        for r in range(values.shape[1]):
-            for j in range(values.shape[2]):
-                i = _index(np.float64(values[p, r, j]), edges, nb, lo, hi, denom)
-                if i >= 0:
-                    counts[p, i] += 1
-
-
-@numba.njit(cache=True, nogil=True)
-def _finite_min_max(values):  # pragma: no cover - compiled
-    lo = np.inf
-    hi = -np.inf
-    for p in range(values.shape[0]):
+        c = counts[p]
         for r in range(values.shape[1]):
             for j in range(values.shape[2]):
                 v = np.float64(values[p, r, j])
-                if math.isfinite(v):
-                    lo = min(lo, v)
-                    hi = max(hi, v)
-    return lo, hi
+                if v >= lo and v <= hi:
+                    i = min(int((v - lo) * scale), nb - 1)
+                    if v < edges[i]:
+                        i -= 1
+                    elif i != nb - 1 and v >= edges[i + 1]:
+                        i += 1
+                    c[i] += 1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -162,11 +144,8 @@ def _as_3d(values: np.ndarray) -> np.ndarray:
 
 def finite_range(values: np.ndarray) -> tuple[float, float] | None:
     """``(min, max)`` of the finite values, or None if there is none (numba, no copies)."""
-    v = _as_3d(values)
-    if v.size == 0:
-        return None
-    lo, hi = _finite_min_max(v)
-    return None if lo > hi else (float(lo), float(hi))
+    n, _, _, lo, hi = finite_scan(values)
+    return (lo, hi) if n else None
 
 
 def pulse_histograms(values: np.ndarray, edges: np.ndarray) -> np.ndarray:

@@ -404,9 +404,11 @@ class PreviewAssembler(Device):
         for p in range(n):
             for m, arr in modules.items():
                 frame[m] = arr[p]
-            img = self._assembler.preview(frame, vmin, vmax, self.scale, out=images[p])
-            if values is not None:
+            if values is not None:  # gather once: the values, then their uint8 levels
                 self._assembler.assemble(frame, out=values[p])
+                img = self._assembler.scale(values[p], vmin, vmax, self.scale, out=images[p])
+            else:
+                img = self._assembler.preview(frame, vmin, vmax, self.scale, out=images[p])
             # level 0 means "no detector pixel here"; data use 1..255
             np.maximum(img, 1, out=img)
             img.reshape(-1)[gaps] = 0

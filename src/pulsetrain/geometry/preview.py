@@ -304,6 +304,32 @@ class PreviewAssembler:
         out[~valid.any(axis=2)] = -1
         return out
 
+    def scale(
+        self,
+        image: np.ndarray,
+        vmin: float,
+        vmax: float,
+        scale: str = "linear",
+        *,
+        nan_value: int = 0,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Scale an already assembled float32 image to uint8 (as :meth:`preview` does).
+
+        For a caller that needs both the values and the uint8 image without gathering twice;
+        the levels can differ from :meth:`preview`'s by one where a block mean rounds to
+        float32 on a level boundary.
+        """
+        lo, inv_span, use_log = _scale_params(vmin, vmax, scale)
+        img = np.ascontiguousarray(image, dtype=np.float32)
+        if out is None:
+            out = np.empty(img.shape, dtype=np.uint8)
+        if use_log:
+            img = np.maximum(img, np.float32(_TINY))
+            np.log(img, out=img)
+        _scale_uint8(img, out, lo, inv_span, np.uint8(nan_value))
+        return out
+
     @property
     def pixel_size_mm(self) -> float:
         """Edge of one output pixel in mm (detector pixel × downsample)."""
