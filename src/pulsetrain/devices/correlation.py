@@ -58,7 +58,7 @@ class Correlator(Device):
         int,
         10,
         minimum=0,
-        maximum=1000,
+        maximum=255,
         description="train IDs a value from the slow input may be older than the train",
     )
     poll_interval = Property(

@@ -67,7 +67,7 @@ class RoiAnalysis(DetectorImageDevice):
         int,
         10,
         minimum=0,
-        maximum=1000,
+        maximum=255,
         description="train IDs a value from the slow input may be older than the train",
     )
 

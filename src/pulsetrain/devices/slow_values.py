@@ -25,6 +25,9 @@ __all__ = ["SlowValues", "ValueNotFound", "ValuePending", "parse_name", "train_v
 
 #: Trains of the slow input kept for look-ups.
 SLOW_BUFFER_TRAINS = 256
+#: Larger arrays of the slow input (camera images...) are not kept: a value to normalise or
+#: correlate with is a number or one number per pulse.
+MAX_SLOW_VALUE_SIZE = 10_000
 
 
 class ValueNotFound(LookupError):
@@ -93,7 +96,10 @@ class SlowValues:
             return
         merged = self._slow.setdefault(int(tid), {})
         for src, props in data.items():
-            merged.setdefault(src, {}).update(props)
+            keep = merged.setdefault(src, {})
+            for key, value in props.items():
+                if np.size(value) <= MAX_SLOW_VALUE_SIZE:
+                    keep[key] = value
         while len(self._slow) > SLOW_BUFFER_TRAINS:
             self._slow.popitem(last=False)
 
