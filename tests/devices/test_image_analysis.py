@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _live_helpers import LiveServer
 
 from pulsetrain.devices.averaging import ImageAverage
 from pulsetrain.devices.correlation import Correlator
@@ -17,6 +18,7 @@ from pulsetrain.devices.roi import RoiAnalysis
 from pulsetrain.devices.sim import SimulatedMotor
 from pulsetrain.errors import PropertyError
 from pulsetrain.geometry import PreviewAssembler, agipd1m_geometry
+from pulsetrain.protocol import make_meta
 from pulsetrain.runtime.device import register_device_class
 from pulsetrain.testing import DeviceHarness
 from waiting import wait_until
@@ -294,3 +296,46 @@ def test_correlator_scatter_binning_slow_and_control_plane():
         assert "no source or device 'NOWHERE'" in dev.get("status")
         dev.call("reset")
         assert dev.get("state") == "ON"
+
+
+def test_roi_to_correlator_chain_through_channels(full):
+    """RoiAnalysis -> Correlator in one server, wired by channels as a topology wires them."""
+    live = LiveServer()
+    try:
+        roi = live.add("pulsetrain.devices.roi:RoiAnalysis", "T/ROI", {"roi1": R1})
+        corr = live.add(
+            "pulsetrain.devices.correlation:Correlator",
+            "T/CORR",
+            {"x": "MOTOR.pos", "y": "SPB_DET_AGIPD1M-1/ROI.roi1.sumTrain", "bins": 3},
+        )
+        detector, slow = live.source(), live.source()
+        live.connect(detector.endpoints[0], roi)
+        live.connect(slow.endpoints[0], corr, "slow")
+        live.connect(live.output(roi), corr)
+        tap = live.tap(live.output(corr))
+        for ch in (detector, slow):
+            wait_until(lambda ch=ch: ch.wait_for_inputs(1, 0.1), what="inputs connected")
+        for dev_id, what in ((roi, "the correlator"), (corr, "the tap")):
+            out_ch = live.server.devices[dev_id].output_channels["output"]
+            wait_until(lambda out_ch=out_ch: out_ch.wait_for_inputs(1, 0.1), what=what)
+
+        x, y, w, h = R1
+        sums = []
+        received = live.server.devices[corr]
+        for k in range(3):  # one step at a time: the inputs' default policy drops when busy
+            data = train(20 + k)
+            slow.write({"MOTOR": {"pos": float(k)}}, {"MOTOR": make_meta("MOTOR", 50 + k)})
+            wait_until(lambda k=k: received.trainsIn == 2 * k + 1, what="the slow train")
+            detector.write(data, {s: make_meta(s, 50 + k) for s in data})
+            wait_until(lambda k=k: received.trainsIn == 2 * k + 2, what="the ROI train")
+            sums.append(np.nansum(assembled(full, data)[:, y : y + h, x : x + w], dtype=np.float64))
+        item = None
+        while item is None or len(item.data["SPB_DET_AGIPD1M-1/CORRELATION"]["correlation.x"]) < 3:
+            item = tap.get(timeout=30.0)
+        out = item.data["SPB_DET_AGIPD1M-1/CORRELATION"]
+        np.testing.assert_allclose(out["correlation.x"], [0.0, 1.0, 2.0])
+        np.testing.assert_allclose(out["correlation.y"], sums, rtol=1e-9)
+        assert out["correlation.trainIds"].tolist() == [50, 51, 52]
+        np.testing.assert_allclose(out["correlation.binMean"], sums, rtol=1e-9)
+    finally:
+        live.close()
