@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pulsetrain.analysis.averaging import TrainWindow, pulse_mean, pulse_slice
-from pulsetrain.analysis.binning import binned_statistics
+from pulsetrain.analysis.binning import ScatterPoints, binned_statistics
 from pulsetrain.analysis.histogram import (
     auto_range,
     bin_edges,
@@ -160,3 +160,19 @@ def test_averaging_helpers():
     assert (w.mean() == 2.0).all()
     with pytest.raises(ConfigurationError):
         pulse_slice(["a"], 3)
+
+
+def test_scatter_points_keep_the_newest_in_order():
+    pts = ScatterPoints(3)
+    for k in range(5):
+        pts.add(float(k), 2.0 * k, 100 + k)
+    x, y, tid = pts.arrays()
+    assert x.tolist() == [2.0, 3.0, 4.0] and y.tolist() == [4.0, 6.0, 8.0]
+    assert tid.tolist() == [102, 103, 104] and len(pts) == 3
+    pts.resize(2)
+    assert pts.arrays()[0].tolist() == [3.0, 4.0]
+    pts.resize(4)
+    pts.add(5.0, 0.0, 105)
+    assert pts.arrays()[0].tolist() == [3.0, 4.0, 5.0]
+    pts.clear()
+    assert len(pts) == 0 and pts.arrays()[0].size == 0

@@ -8,7 +8,7 @@ import numpy as np
 
 from pulsetrain.analysis.histogram import auto_range, bin_edges, bin_indices
 
-__all__ = ["BinnedStatistics", "binned_statistics"]
+__all__ = ["BinnedStatistics", "ScatterPoints", "binned_statistics"]
 
 
 @dataclass(frozen=True)
@@ -69,3 +69,55 @@ def binned_statistics(
         mean[b] = np.mean(values)
         std[b] = np.std(values)
     return BinnedStatistics(edges, count, mean, std)
+
+
+class ScatterPoints:
+    """The newest ``capacity`` points ``(x, y, train ID)`` in preallocated arrays.
+
+    Parameters
+    ----------
+    capacity : int
+        Points kept (>= 1); older ones are dropped first.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._alloc(int(capacity))
+
+    def _alloc(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._x = np.empty(capacity)
+        self._y = np.empty(capacity)
+        self._tid = np.empty(capacity, dtype=np.uint64)
+        self._n = 0
+        self._head = 0  # where the next point goes
+
+    def __len__(self) -> int:
+        return self._n
+
+    def add(self, x: float, y: float, train_id: int) -> None:
+        """Add a point (dropping the oldest when full)."""
+        i = self._head
+        self._x[i], self._y[i], self._tid[i] = x, y, train_id
+        self._head = (i + 1) % self.capacity
+        self._n = min(self._n + 1, self.capacity)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(x, y, train IDs)``, oldest first (new arrays)."""
+        if self._n < self.capacity:
+            return self._x[: self._n].copy(), self._y[: self._n].copy(), self._tid[: self._n].copy()
+        order = np.r_[self._head : self.capacity, 0 : self._head]
+        return self._x[order], self._y[order], self._tid[order]
+
+    def clear(self) -> None:
+        """Forget all points."""
+        self._n = 0
+        self._head = 0
+
+    def resize(self, capacity: int) -> None:
+        """Keep the newest ``capacity`` points."""
+        x, y, tid = self.arrays()
+        self._alloc(int(capacity))
+        for xi, yi, ti in zip(x[-capacity:], y[-capacity:], tid[-capacity:]):
+            self.add(float(xi), float(yi), int(ti))

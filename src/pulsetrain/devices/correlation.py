@@ -9,14 +9,13 @@ with :func:`pulsetrain.analysis.binning.binned_statistics`.  Keys: ``docs/analys
 
 from __future__ import annotations
 
-import collections
 import math
 import time
 from typing import Any
 
 import numpy as np
 
-from pulsetrain.analysis.binning import binned_statistics
+from pulsetrain.analysis.binning import ScatterPoints, binned_statistics
 from pulsetrain.devices.slow_values import (
     SlowValues,
     ValueNotFound,
@@ -93,9 +92,7 @@ class Correlator(Device):
         except PropertyError as exc:
             raise ConfigurationError(str(exc)) from None
         self.slow = SlowValues(self, self.slow_max_age, self.poll_interval)
-        self._points: collections.deque[tuple[float, float, int]] = collections.deque(
-            maxlen=self.max_points
-        )
+        self._points = ScatterPoints(self.max_points)
         self._problem = ""
         self.set_state(State.ON)
 
@@ -116,7 +113,7 @@ class Correlator(Device):
         elif key == "x_range":
             self._check_range(value)
         elif key == "max_points":
-            self._points = collections.deque(self._points, maxlen=int(value))
+            self._points.resize(int(value))
         elif key == "slow_max_age":
             self.slow.max_age = int(value)
         elif key == "poll_interval":
@@ -174,10 +171,8 @@ class Correlator(Device):
             self.set_state(State.PROCESSING, "values found again")
         elif self.state == State.ON.value:
             self.set_state(State.PROCESSING, "")
-        self._points.append((xv, yv, int(tid or 0)))
-        pts = np.asarray(self._points, dtype=np.float64).reshape(-1, 3)
-        xs, ys = pts[:, 0].copy(), pts[:, 1].copy()
-        tids = np.asarray([p[2] for p in self._points], dtype=np.uint64)
+        self._points.add(xv, yv, int(tid or 0))
+        xs, ys, tids = self._points.arrays()
         rng = tuple(float(v) for v in self.x_range)
         stats = binned_statistics(xs, ys, self.bins, None if rng == (0.0, 0.0) else rng)
         src = self.output_source
