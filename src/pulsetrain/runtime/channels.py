@@ -577,16 +577,24 @@ class OutputChannel:
             self._ready_shared.popleft()
         return None
 
-    def _give_shared(self, conn: _Connection, frames: list | None) -> None:
-        if self._send(conn, frames) and conn.credit <= 0:
-            try:
+    def _give_shared(self, conn: _Connection | None, frames: list | None) -> bool:
+        """Give a train to the ready shared input ``conn``; if it vanished, to the next ready
+        one.  Returns whether one took it (if not, the caller keeps the train)."""
+        while conn is not None:
+            if not self._send(conn, frames):  # gone (e.g. a replica that died): try the next
+                conn = self._next_ready_shared()
+                continue
+            if conn.credit <= 0:
+                try:
+                    self._ready_shared.remove(conn.identity)
+                except ValueError:
+                    pass
+            elif conn.identity in self._ready_shared:
+                # Move to the back: the next train goes to whoever was ready longest.
                 self._ready_shared.remove(conn.identity)
-            except ValueError:
-                pass
-        elif conn.credit > 0 and conn.identity in self._ready_shared:
-            # Move to the back: the next train goes to whoever was ready longest.
-            self._ready_shared.remove(conn.identity)
-            self._ready_shared.append(conn.identity)
+                self._ready_shared.append(conn.identity)
+            return True
+        return False
 
     def _progress(self) -> None:
         """Send what can be sent: queues first, then the current item, then new items."""
@@ -598,9 +606,9 @@ class OutputChannel:
                     self._send(conn, conn.queue.popleft())
             while self._shared_queue:
                 conn = self._next_ready_shared()
-                if conn is None:
+                if conn is None or not self._give_shared(conn, self._shared_queue[0]):
                     break
-                self._give_shared(conn, self._shared_queue.popleft())
+                self._shared_queue.popleft()
             while True:
                 if self._current is None:
                     if not self._inbox:
@@ -642,24 +650,24 @@ class OutputChannel:
                 conn.queue.append(frames)  # kept in order; sent when the input asks
             else:
                 conn.dropped += 1
-        if has_shared and not eos:
-            conn = self._next_ready_shared()
-            if conn is not None and not self._shared_queue:
-                self._give_shared(conn, frames)
+        if (
+            has_shared
+            and not eos
+            and (self._shared_queue or not self._give_shared(self._next_ready_shared(), frames))
+        ):
+            policy = self._shared_policy()
+            if policy == "drop":
+                self.shared_dropped += 1
             else:
-                policy = self._shared_policy()
-                if policy == "drop":
-                    self.shared_dropped += 1
+                maxq = max(
+                    (c.maxq for c in self._conns.values() if c.distribution == "shared"),
+                    default=2,
+                )
+                if policy == "wait" or len(self._shared_queue) < maxq:
+                    self._shared_queue.append(frames)
+                    cur.shared_open = policy == "wait"
                 else:
-                    maxq = max(
-                        (c.maxq for c in self._conns.values() if c.distribution == "shared"),
-                        default=2,
-                    )
-                    if policy == "wait" or len(self._shared_queue) < maxq:
-                        self._shared_queue.append(frames)
-                        cur.shared_open = policy == "wait"
-                    else:
-                        self.shared_dropped += 1
+                    self.shared_dropped += 1
 
     def _continue(self, cur: _Pending) -> None:
         if cur.waiting:
