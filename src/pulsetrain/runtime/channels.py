@@ -73,6 +73,25 @@ SLOWNESS_POLICIES = ("drop", "queueDrop", "wait")
 _STRICTNESS = {"drop": 0, "queueDrop": 1, "wait": 2}
 _pack = msgpack.Packer(use_bin_type=True).pack
 
+# A TCP link that goes silent (a cable pulled, a host gone) sends no RST: without these, ZeroMQ
+# would wait for the kernel's retransmission back-off (seconds to minutes) before it notices.
+# ZMTP heartbeats drop a connection that did not answer a PING for _HEARTBEAT_TIMEOUT_MS; an
+# input then reconnects every RECONNECT_IVL, each attempt given up after _CONNECT_TIMEOUT_MS
+# (a SYN lost on a dead link is otherwise retried by the kernel for minutes).  Both ends run
+# on ZeroMQ's I/O thread, so a busy Python process does not miss them.
+_HEARTBEAT_IVL_MS = 1000
+_HEARTBEAT_TIMEOUT_MS = 3000
+_CONNECT_TIMEOUT_MS = 1000
+
+
+def _set_liveness_options(sock: zmq.Socket) -> None:
+    """ZMTP heartbeats (and, for a connecting socket, a connect timeout) on ``sock``."""
+    if _HEARTBEAT_IVL_MS:
+        sock.setsockopt(zmq.HEARTBEAT_IVL, _HEARTBEAT_IVL_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, _HEARTBEAT_TIMEOUT_MS)
+    if _CONNECT_TIMEOUT_MS and sock.type == zmq.DEALER:
+        sock.setsockopt(zmq.CONNECT_TIMEOUT, _CONNECT_TIMEOUT_MS)
+
 
 def _unpack_ctl(buf: Any) -> dict:
     try:
@@ -99,7 +118,9 @@ def validate_policy(
             f"on_slowness must be one of {SLOWNESS_POLICIES}, not {on_slowness!r}"
         )
     if not isinstance(max_queue_length, int) or max_queue_length < 1:
-        raise ConfigurationError(f"max_queue_length must be an integer >= 1, not {max_queue_length!r}")
+        raise ConfigurationError(
+            f"max_queue_length must be an integer >= 1, not {max_queue_length!r}"
+        )
     return data_distribution, on_slowness, max_queue_length
 
 
@@ -252,6 +273,7 @@ class OutputChannel:
         self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._router.setsockopt(zmq.SNDHWM, 0)
         self._router.setsockopt(zmq.RCVHWM, 0)
+        _set_liveness_options(self._router)
         self.endpoints: list[str] = []
         try:
             for ep in [bind] if isinstance(bind, str) else list(bind):
@@ -383,7 +405,7 @@ class OutputChannel:
         if self._pool is not None:
             self._pool.close()
 
-    def __enter__(self) -> OutputChannel:
+    def __enter__(self) -> OutputChannel:  # noqa: PYI034 - Python 3.10 has no typing.Self
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -403,7 +425,9 @@ class OutputChannel:
         """Whether anything written is not yet confirmed received by its input."""
         with self._lock:
             return bool(
-                self._inbox or self._current or self._shared_queue
+                self._inbox
+                or self._current
+                or self._shared_queue
                 or any(c.queue or c.acked < c.sent for c in self._conns.values())
             )
 
@@ -487,11 +511,18 @@ class OutputChannel:
                     conn = _Connection(identity, msg, now)
                     self._conns[identity] = conn
                     self._update_may_wait()
-                    log.info("%s: input %s connected (%s, %s)", self.name, conn.input_id,
-                             conn.distribution, conn.slowness)
+                    log.info(
+                        "%s: input %s connected (%s, %s)",
+                        self.name,
+                        conn.input_id,
+                        conn.distribution,
+                        conn.slowness,
+                    )
                 conn.last_seen = now
                 shm = bool(
-                    self._pool is not None and msg.get("shm") and msg.get("host") == self._host
+                    self._pool is not None
+                    and msg.get("shm")
+                    and msg.get("host") == self._host
                     and msg.get("pid") != os.getpid()
                 )
                 if shm != conn.shm:
@@ -503,9 +534,12 @@ class OutputChannel:
                 received = int(msg.get("rcv", 0)) if msg.get("osess") == self.session else 0
                 conn.acked = max(conn.acked, received)
                 conn.allowed = max(conn.allowed, received + int(msg.get("win", 1)))
-                if conn.distribution == "shared" and conn.credit > 0:
-                    if identity not in self._ready_shared:
-                        self._ready_shared.append(identity)
+                if (
+                    conn.distribution == "shared"
+                    and conn.credit > 0
+                    and identity not in self._ready_shared
+                ):
+                    self._ready_shared.append(identity)
         except (ProtocolError, ConfigurationError, ValueError, TypeError) as exc:
             log.warning("%s: ignored bad message from an input: %s", self.name, exc)
 
@@ -673,9 +707,9 @@ class OutputChannel:
         if cur.waiting:
             # A waited-for train is done for an input once it left that input's queue.
             cur.waiting = {
-                ident for ident in cur.waiting
-                if ident in self._conns
-                and any(f is cur.entry for f in self._conns[ident].queue)
+                ident
+                for ident in cur.waiting
+                if ident in self._conns and any(f is cur.entry for f in self._conns[ident].queue)
             }
         if cur.shared_open:
             has_shared = any(c.distribution == "shared" for c in self._conns.values())
@@ -869,7 +903,7 @@ class InputChannel:
         if self._shm_reader is not None:
             self._shm_reader.close()
 
-    def __enter__(self) -> InputChannel:
+    def __enter__(self) -> InputChannel:  # noqa: PYI034 - Python 3.10 has no typing.Self
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -923,6 +957,7 @@ class InputChannel:
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        _set_liveness_options(sock)
         sock.setsockopt(zmq.ROUTING_ID, f"{self.name}#{self.session}#{len(self._ups)}".encode())
         try:
             sock.connect(endpoint)
@@ -990,7 +1025,7 @@ class InputChannel:
                     for up in list(self._ups.values()):
                         self._close_up(up, poller, goodbye=True)
                     return
-            for sock, _ in events.items():
+            for sock in events:
                 up = self._by_sock.get(sock)
                 if up is None:
                     continue
@@ -1054,8 +1089,9 @@ class InputChannel:
         except OSError as exc:
             # Not the same /dev/shm after all, or the segment is gone: ask for sockets only.
             self._shm_reader = None
-            raise ProtocolError(f"cannot map shared memory ({exc}); reading over the socket "
-                                f"from now on") from exc
+            raise ProtocolError(
+                f"cannot map shared memory ({exc}); reading over the socket from now on"
+            ) from exc
         up.shm_segments = desc[0][1].rsplit("-", 1)[0] + "-"
         self.shm_received += 1
         return body
