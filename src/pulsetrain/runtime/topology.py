@@ -905,6 +905,11 @@ class Topology:
             out_server, inproc = local[conn.output]
             same = out_server == self.devices[in_dev].server
             entry["connect"].append(inproc if same else endpoints[conn.output])
+        for conn in self.connections:  # a replica reads only once its consumers are there
+            out_dev, out_ch = _split_channel(conn.output, "output")
+            if self.devices[out_dev].replica_of:
+                entry = configs[out_dev]["outputs"][out_ch]
+                entry["expect_inputs"] = entry.get("expect_inputs", 0) + 1
         for device_id, n in merged.items():
             spec = self.devices[device_id]
             cls = find_device_class(spec.class_name, self._module_path())

@@ -1,7 +1,8 @@
 """Load-balanced replicas: topology expansion and checks, the matcher's reordering, and a run on
 one host (several local servers) where a replica is killed half-way.
 
-The same run across two test hosts (network namespaces) is ``tests/multihost/test_replicas.py``.
+The same run across two test hosts (network namespaces) is ``tests/multihost/test_replicas.py``
+(this file has another name: two test modules of one basename cannot be collected together).
 """
 
 from __future__ import annotations
@@ -68,9 +69,7 @@ def write(tmp_path, text, name="t.toml"):
 
 
 def replicated(tmp_path, name="replicas", n=200, rate=30.0, delay=0.05):
-    return Topology.load(
-        write(tmp_path, REPLICATED.format(name=name, n=n, rate=rate, delay=delay))
-    )
+    return Topology.load(write(tmp_path, REPLICATED.format(name=name, n=n, rate=rate, delay=delay)))
 
 
 # ------------------------------------------------------------------ topology
@@ -96,6 +95,10 @@ def test_replicas_expand_into_devices_and_connections(tmp_path):
         entry = configs[rid]["inputs"]["input"]
         assert entry["connect"] == [src] and entry["data_distribution"] == "shared"
     outs = {configs[r]["outputs"]["output"]["bind"][0] for r in ("R/WORK/1", "R/WORK/2")}
+    # a (restarted) replica reads its input only once the matcher reads its output
+    assert all(
+        configs[r]["outputs"]["output"]["expect_inputs"] == 1 for r in topo.replicas_of("R/WORK")
+    )
     assert set(configs["R/MATCH"]["inputs"]["input"]["connect"]) == outs and len(outs) == 2
     assert configs["R/MATCH"]["max_reorder"] == 8  # 4 per replica, unless configured
 
@@ -117,7 +120,7 @@ def test_replica_mistakes_are_one_line_each_naming_the_table(tmp_path):
     (line,) = problems(tmp_path, copy)
     assert line.startswith(f"{tmp_path / 't.toml'}:{line_of(copy, '[[connections]]')}: ")
     assert "[[connections]] #1 data_distribution: 'copy' would give every train to each " in line
-    assert 'replicas of \'R/WORK\': feed replicas with data_distribution = "shared"' in line
+    assert "replicas of 'R/WORK': feed replicas with data_distribution = \"shared\"" in line
 
     cases = {
         'servers = ["h1", "h1"]': "servers: 'h1' listed twice: each replica runs on its own server",
@@ -137,7 +140,7 @@ def test_replica_mistakes_are_one_line_each_naming_the_table(tmp_path):
     assert "replicas: 0 must be an integer 1-64" in found
     # a property problem is reported once, not once per replica
     (found,) = problems(tmp_path, base.replace("delay = 0.0", "delay = -1.0"))
-    assert "[devices.\"R/WORK\"] config.delay: -1.0 is below the minimum" in found
+    assert '[devices."R/WORK"] config.delay: -1.0 is below the minimum' in found
 
 
 # ------------------------------------------------------------------ matcher
@@ -269,24 +272,28 @@ def test_two_replicas_every_train_once_and_a_killed_replica_is_counted(tmp_path,
         assert set(got) <= set(range(FIRST, FIRST + n))
         assert got[-1] == FIRST + n - 1  # the last train came out
         lost = n - len(got)
-        per_replica = [sup.get(r, "processed") for r in ("R/WORK/1", "R/WORK/2")]
 
         def stats_show_the_loss() -> bool:
             matcher = sup.get("R/MATCH")  # the whole configuration
             gaps = matcher["trainGaps"] + matcher["incompleteTrains"]
-            return matcher["matchedTrains"] == len(got) and gaps == lost and (
-                matcher["sourceMissing"].get("MOD0", 0) == lost
+            return (
+                matcher["matchedTrains"] == len(got)
+                and gaps == lost
+                and (matcher["sourceMissing"].get("MOD0", 0) == lost)
             )
 
         wait_until(stats_show_the_loss, 20, "the matcher's statistics count the lost trains")
         assert sup.get("R/MATCH", "lateData") == 0 and sup.get("R/MATCH", "duplicateData") == 0
         if not kill:
             assert lost == 0
+            per_replica = [sup.get(r, "processed") for r in ("R/WORK/1", "R/WORK/2")]
             assert min(per_replica) > n // 5, f"load not shared: {per_replica}"
         else:
             # the replica died holding trains: lost, counted, and the others carried on
-            print(f"\nreplica killed after {killed_at} trains: {lost} lost, "
-                  f"{len(got)} of {n} out; restarts {sup.servers['h2'].restarts}")
+            print(
+                f"\nreplica killed after {killed_at} trains: {lost} lost, "
+                f"{len(got)} of {n} out; restarts {sup.servers['h2'].restarts}"
+            )
             assert 1 <= lost <= 8
             assert sum(1 for t in got if t >= FIRST + killed_at + 10) > 0
             assert sup.get("R/WORK/1", "processed") > n // 2 - 20
