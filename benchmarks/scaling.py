@@ -58,7 +58,7 @@ FULL_FRAMES = 352
 RATE_HZ = 10.0
 
 ZMQ_SENDER = textwrap.dedent("""
-    import sys, numpy as np, zmq
+    import json, sys, time, numpy as np, zmq
     ep, n, shape, dtype = sys.argv[1], int(sys.argv[2]), eval(sys.argv[3]), sys.argv[4]
     ctx = zmq.Context()
     s = ctx.socket(zmq.PUSH)
@@ -66,11 +66,14 @@ ZMQ_SENDER = textwrap.dedent("""
     s.bind(ep)
     arr = np.ones(shape, dtype)
     header = b'{"source": "DET/0CH0:output", "tid": 0}'
+    c0 = None
     for _ in range(n):
         s.send_multipart([header, arr.data], copy=False)
+        c0 = time.process_time() if c0 is None else c0
     s.send(b"")
     s.close(linger=-1)
     ctx.term()
+    print(json.dumps({"cpu": time.process_time() - c0}), flush=True)
 """)
 
 ZMQ_RECEIVER = textwrap.dedent("""
@@ -88,16 +91,16 @@ ZMQ_RECEIVER = textwrap.dedent("""
         arr = np.frombuffer(frames[1].buffer, dtype).reshape(shape)
         assert arr.flat[0] == 1
         if t0 is None:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
         else:
             got += 1
             nbytes += arr.nbytes
-    dt = time.perf_counter() - t0
-    print(json.dumps({"GBps": nbytes / dt / 1e9, "n": got}), flush=True)
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(json.dumps({"GBps": nbytes / dt / 1e9, "n": got, "cpu": cpu, "bytes": nbytes}))
 """)
 
 PT_SENDER = textwrap.dedent("""
-    import sys, numpy as np
+    import json, sys, time, numpy as np
     from pulsetrain.protocol import make_meta
     from pulsetrain.runtime.channels import OutputChannel
     ep, n, shape, dtype = sys.argv[1], int(sys.argv[2]), eval(sys.argv[3]), sys.argv[4]
@@ -105,10 +108,13 @@ PT_SENDER = textwrap.dedent("""
     assert out.wait_for_inputs(1, 60), "no input connected"
     arr = np.ones(shape, dtype)
     src = "SPB_DET_AGIPD1M-1/DET/0CH0:xtdf"
+    c0 = None
     for i in range(n):
         out.write({src: {"image.data": arr}}, {src: make_meta(src, i)})
+        c0 = time.process_time() if c0 is None else c0
     out.signal_eos(timeout=60)
     out.close()
+    print(json.dumps({"cpu": time.process_time() - c0}), flush=True)
 """)
 
 PT_RECEIVER = textwrap.dedent("""
@@ -125,12 +131,13 @@ PT_RECEIVER = textwrap.dedent("""
         arr = item.data["SPB_DET_AGIPD1M-1/DET/0CH0:xtdf"]["image.data"]
         assert arr.flat[0] == 1
         if t0 is None:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
         else:
             got += 1
             nbytes += arr.nbytes
-    dt = time.perf_counter() - t0
-    print(json.dumps({"GBps": nbytes / dt / 1e9, "n": got, "shm": inp.shm_received}), flush=True)
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(json.dumps({"GBps": nbytes / dt / 1e9, "n": got, "shm": inp.shm_received, "cpu": cpu,
+                      "bytes": nbytes}), flush=True)
     inp.close()
 """)
 
@@ -163,10 +170,14 @@ def _pair(
         text=True,
     )
     out, err = recv.communicate(timeout=600)
-    _, s_err = send.communicate(timeout=120)
+    s_out, s_err = send.communicate(timeout=120)
     if recv.returncode or send.returncode:
         raise RuntimeError(f"transfer failed:\n{err[-2000:]}\n{s_err[-2000:]}")
-    return json.loads(out.strip().splitlines()[-1])
+    result = json.loads(out.strip().splitlines()[-1])
+    sent = json.loads(s_out.strip().splitlines()[-1])
+    # CPU seconds of both ends per GB moved: what the transfer costs a host, whatever the load
+    result["cpu_per_GB"] = (result["cpu"] + sent["cpu"]) / (result["bytes"] / 1e9)
+    return result
 
 
 def channels(quick: bool) -> list[dict]:
@@ -183,33 +194,24 @@ def channels(quick: bool) -> list[dict]:
             n = max(20, int(budget // nbytes))
             runs: dict[str, list[float]] = {"zmq": [], "pt": [], "shm": []}
             shm_counts = []
+            cpu: dict[str, list[float]] = {"zmq": [], "pt": [], "shm": []}
             for _ in range(rounds):
-                port += 1
-                ep = f"tcp://{a.address}:{port}"
-                runs["zmq"].append(
-                    _pair(
-                        a,
-                        b,
-                        ZMQ_SENDER,
-                        ZMQ_RECEIVER,
-                        f"tcp://{a.address}:{port}",
-                        ep,
-                        n,
-                        shape,
-                        dtype,
-                    )["GBps"]
-                )
-                port += 1
-                ep = f"tcp://{a.address}:{port}"
-                r = _pair(a, b, PT_SENDER, PT_RECEIVER, ep, ep, n, shape, dtype)
-                assert r["shm"] == 0, "trains between hosts went through shared memory"
-                runs["pt"].append(r["GBps"])
-                port += 1
-                ep = f"tcp://{a.address}:{port}"
-                r = _pair(a, a, PT_SENDER, PT_RECEIVER, ep, ep, n, shape, dtype)
-                shm_counts.append(r["shm"])
-                runs["shm"].append(r["GBps"])
+                for kind, sender, receiver, dest in (
+                    ("zmq", ZMQ_SENDER, ZMQ_RECEIVER, b),
+                    ("pt", PT_SENDER, PT_RECEIVER, b),
+                    ("shm", PT_SENDER, PT_RECEIVER, a),
+                ):
+                    port += 1
+                    ep = f"tcp://{a.address}:{port}"
+                    r = _pair(a, dest, sender, receiver, ep, ep, n, shape, dtype)
+                    runs[kind].append(r["GBps"])
+                    cpu[kind].append(r["cpu_per_GB"])
+                    if kind == "pt":
+                        assert r["shm"] == 0, "trains between hosts went through shared memory"
+                    elif kind == "shm":
+                        shm_counts.append(r["shm"])
             med = {k: statistics.median(v) for k, v in runs.items()}
+            cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
             # rounds are interleaved: the ratio of each round's pair, then their median, is
             # what a machine whose load changes from round to round can still tell
             ratio = statistics.median(p / z for p, z in zip(runs["pt"], runs["zmq"]))
@@ -217,7 +219,9 @@ def channels(quick: bool) -> list[dict]:
                 f"{label}: {n} messages x {rounds} rounds; bare pyzmq "
                 f"{[round(x, 2) for x in runs['zmq']]}, pulsetrain tcp "
                 f"{[round(x, 2) for x in runs['pt']]}, pulsetrain shm "
-                f"{[round(x, 2) for x in runs['shm']]} GB/s; shm trains {shm_counts}",
+                f"{[round(x, 2) for x in runs['shm']]} GB/s; shm trains {shm_counts}; CPU s "
+                f"per GB (both ends) zmq {cpu_med['zmq']:.2f}, tcp {cpu_med['pt']:.2f}, shm "
+                f"{cpu_med['shm']:.2f}",
                 flush=True,
             )
             if min(shm_counts) < n // 2:
@@ -231,6 +235,15 @@ def channels(quick: bool) -> list[dict]:
                 {"name": f"{label}: pulsetrain channel, one host (shared memory)",
                  "value": med["shm"], "unit": "GB/s", "peer": "pulsetrain tcp between hosts",
                  "ratio": med["shm"] / med["pt"], "goal": None},
+                {"name": f"{label}: CPU of both ends per GB, bare pyzmq tcp",
+                 "value": cpu_med["zmq"], "unit": "CPU s/GB", "peer": "", "ratio": None,
+                 "goal": None},
+                {"name": f"{label}: CPU of both ends per GB, pulsetrain tcp",
+                 "value": cpu_med["pt"], "unit": "CPU s/GB", "peer": "bare pyzmq",
+                 "ratio": cpu_med["pt"] / cpu_med["zmq"], "goal": None, "lower_is_better": True},
+                {"name": f"{label}: CPU of both ends per GB, pulsetrain shared memory",
+                 "value": cpu_med["shm"], "unit": "CPU s/GB", "peer": "pulsetrain tcp",
+                 "ratio": cpu_med["shm"] / cpu_med["pt"], "goal": None},
             ]  # fmt: skip
     return rows
 
