@@ -31,6 +31,7 @@ One run measures, side by side:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -356,6 +357,16 @@ def bytes_per_stage() -> tuple[list[dict], dict]:
 
 
 # ------------------------------------------------------------------ 5: per-stage CPU
+@contextlib.contextmanager
+def _running(sup, timeout: float):
+    """Start ``sup`` with a start timeout of our own; stop it afterwards."""
+    sup.start(timeout)
+    try:
+        yield sup
+    finally:
+        sup.stop()
+
+
 def figure2_cpu(seconds: float) -> tuple[list[dict], dict]:
     import psutil
     from karabo_bridge import Client
@@ -388,8 +399,16 @@ def figure2_cpu(seconds: float) -> tuple[list[dict], dict]:
         warm_kernels(frames)
         old = os.environ.get("PULSETRAIN_CATALOG")
         os.environ["PULSETRAIN_CATALOG"] = url
+        # The servers import the catalogue and the kernels when Python starts, not in the
+        # correction devices' initialize() (which must answer within 10 s): on a machine
+        # shared with other jobs 16 devices importing at once did not.  Outside the window.
+        (work / "sitecustomize.py").write_text(
+            "import pulsetrain.catalog.agipd, pulsetrain.calibration  # noqa: F401\n"
+        )
+        path_env = os.pathsep.join(p for p in (str(work), os.environ.get("PYTHONPATH")) if p)
         try:
-            with Supervisor(topo, workdir=work / "run") as sup:
+            sup = Supervisor(topo, workdir=work / "run", env={"PYTHONPATH": path_env})
+            with _running(sup, timeout=300):
                 for m in range(MODULES):
                     sup.device_client(corr_id(m)).wait_for(corr_id(m), "constantsLoaded", True, 60)
                 sup.device_client(sim).wait_for(sim, "prepared", True, 120)
@@ -412,14 +431,23 @@ def figure2_cpu(seconds: float) -> tuple[list[dict], dict]:
                     return out
 
                 received = 0
-                with Client(f"tcp://127.0.0.1:{port}", timeout=30) as client:
+                # A busy machine may complete few trains: the client waits, never fails, and
+                # every stage is measured on the trains it handled itself.
+                with Client(f"tcp://127.0.0.1:{port}", timeout=2) as client:
+
+                    def ask() -> bool:
+                        try:
+                            client.next()
+                            return True
+                        except TimeoutError:
+                            return False
+
                     t_end = time.monotonic() + 5
                     while time.monotonic() < t_end:
-                        client.next()
+                        ask()
                     c0, u0, t0 = counters(), cpu(), time.monotonic()
                     while time.monotonic() - t0 < seconds:
-                        client.next()
-                        received += 1
+                        received += ask()
                     c1, u1, dt = counters(), cpu(), time.monotonic() - t0
         finally:
             if old is None:
@@ -489,7 +517,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows += byte_rows
     cpu_table: dict = {}
     if not args.skip_figure2:
-        cpu_rows, cpu_table = figure2_cpu(20.0 if args.quick else 60.0)
+        from pulsetrain.errors import StartupError
+
+        for attempt in (1, 2, 3):
+            try:
+                cpu_rows, cpu_table = figure2_cpu(20.0 if args.quick else 60.0)
+                break
+            except StartupError as exc:  # a busy machine: a device not created in time
+                print(f"figure 2 did not start (attempt {attempt}): {exc}", flush=True)
+        else:
+            raise SystemExit("figure 2 did not start three times")
         rows += cpu_rows
     elapsed = time.monotonic() - t0
     (HERE / ".scaling-last.json").write_text(
