@@ -220,9 +220,7 @@ class Host:
         """
         out = dict(os.environ if env is None else env)
         out[ENV_MARK] = self.mark
-        out.setdefault("XDG_RUNTIME_DIR", str(self.tmp))
-        if env is None:
-            out["XDG_RUNTIME_DIR"] = str(self.tmp)
+        out["XDG_RUNTIME_DIR"] = str(self.tmp)
         out["TMPDIR"] = str(self.tmp)
         return out
 

@@ -17,6 +17,7 @@ import pytest
 from services import (
     BRIDGE,
     BRIDGE_PORT,
+    DET,
     MATCHER,
     SIM,
     Service,
@@ -223,6 +224,70 @@ def test_link_down_for_5_s_and_up_again_resumes_without_restarts(pipeline):
     print(f"\nlink of host 2 down 5 s: complete trains again {resumed:.2f} s after it came back")
     print("before", before)
     print("after", after)
+    written = after["sim_written"] - before["sim_written"]
+    lost = {m: after["sim_dropped"][m] - before["sim_dropped"][m] for m in range(16)}
+    got = {m: after["corr_received"][m] - before["corr_received"][m] for m in modules}
+    others = [after["counts"][m] - before["counts"][m] for m in range(16) if m not in modules]
+    deficit = {m: min(others) - (after["counts"][m] - before["counts"][m]) for m in modules}
+    incomplete = after["incomplete"] - before["incomplete"]
+    print(
+        f"trains written by the detector meanwhile: {written}; lost for the modules of host 2 "
+        f"(dropped at the detector's outputs): {[lost[m] for m in modules]}; received by their "
+        f"corrections: {[got[m] for m in modules]}; trains the matcher could not complete: "
+        f"{incomplete}; per-source deficit at the matcher: {[deficit[m] for m in modules]}"
+    )
     assert resumed < 2.0
     assert len(pipeline.sup.restarts) == restarts  # no process restarted
     assert {name: svc.ping()["pid"] for name, svc in pipeline.services.items()} == pids
+    for m in modules:
+        # Every train the detector wrote for a module of host 2 was received or counted as
+        # dropped (a train or two may still be on its way when the counters are read).
+        assert 0 <= written - got[m] - lost[m] <= 3, (m, written, got[m], lost[m])
+        assert lost[m] >= 30  # about 5 s at 10 Hz
+        assert deficit[m] >= lost[m]  # the matcher's per-source statistics show the gap
+    assert incomplete >= max(lost.values())
+    assert max(lost[m] for m in range(16) if m not in modules) <= 5  # other hosts unaffected
+
+
+def test_a_host_that_never_comes_back_is_reported_and_the_rest_keeps_running(pipeline):
+    import json
+    import subprocess
+    import sys
+
+    host = pipeline.net[2]
+    modules = corr_modules(pipeline.text, "corr2")
+    host.link_down()  # for good
+    t0 = time.monotonic()
+    state = wait_until(
+        lambda: (s := pipeline.sup.state()["servers"]["corr2"])["reachable"] is False and s,
+        timeout=15,
+        what="host 2 reported unreachable",
+    )
+    print(f"\nhost 2 reported unreachable after {time.monotonic() - t0:.1f} s")
+    assert state["unreachable_since"] is not None
+    listing = subprocess.run(
+        [sys.executable, "-m", "pulsetrain", "ctl", pipeline.sup.topology.name, "list",
+         "--timeout", "1"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert listing.returncode == 0, listing.stderr
+    shown = json.loads(listing.stdout)
+    assert shown["corr2"]["reachable"] is False and "error" in shown["corr2"]["devices"]
+    assert shown["corr0"]["reachable"] is True
+    # The rest keeps running: the operator tells the matcher to match the modules it still has,
+    # and complete trains of those reach the bridge client.
+    rest = [m for m in range(16) if m not in modules]
+    pipeline.sup.set(MATCHER, "sources", [f"{DET}/CORR/{m}CH0:output" for m in rest])
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            data, _ = pipeline.client().next()
+        except TimeoutError:
+            assert time.monotonic() < deadline, "no train from the bridge"
+            continue
+        mods = sorted(int(s.split("/CORR/")[1].split("CH")[0]) for s in data if "/CORR/" in s)
+        if mods == rest:
+            break
+        assert time.monotonic() < deadline, mods
+    assert pipeline.sup.state()["servers"]["corr2"]["reachable"] is False
+    assert not pipeline.sup.restarts or all(r[1] != "corr2" for r in pipeline.sup.restarts)

@@ -630,7 +630,7 @@ class Supervisor:
     def _release_remote(self, server: str) -> None:
         """End this run's lease on a remote server: it stops the run's devices at once (an
         unreachable server does so by itself when the lease runs out)."""
-        with Client(self.servers[server].control, token=self.token, timeout=3.0) as client:
+        with Client(self.servers[server].control, token=self.token, timeout=10.0) as client:
             try:
                 client.release(self.owner)
             except (PulsetrainError, TimeoutError) as exc:
@@ -755,15 +755,35 @@ class Supervisor:
             self.restarts.append((sp.last_restart, sp.name, cause))
             log.warning("remote server %s %s: re-creating %d devices", sp.name, cause, len(missing))
             client.request("directory", value=self.directory())
-            for device_id in missing:
-                if self._stop.is_set():
-                    return
-                dev = self.topology.devices[device_id]
-                client.instantiate(dev.class_name, device_id, self.configs[device_id], self.owner)
+            self._recreate(sp, missing)
             changed = True
         sp.remote_pid = pid
         if changed:
             self._announce_quietly()
+
+    def _recreate(self, sp: _ServerProcess, device_ids: list[str]) -> None:
+        """Create devices on a remote server again, all at once (the server creates them in
+        parallel; one that takes long to initialise delays no other)."""
+        errors: list[str] = []
+
+        def create(device_id: str) -> None:
+            dev = self.topology.devices[device_id]
+            with Client(sp.control, token=self.token) as c:
+                try:
+                    c.instantiate(dev.class_name, device_id, self.configs[device_id], self.owner)
+                except (PulsetrainError, TimeoutError) as exc:
+                    errors.append(f"{device_id}: {exc}")
+
+        threads = [
+            threading.Thread(target=create, args=(d,), name=f"create:{d}", daemon=True)
+            for d in device_ids
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            log.warning("remote server %s: devices not re-created: %s", sp.name, "; ".join(errors))
 
     def _announce_quietly(self) -> None:
         """Update the state file (a failure to write it is logged, never raised)."""
