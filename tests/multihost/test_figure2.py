@@ -132,11 +132,15 @@ def pipeline(tmp_path_factory):
         pipe = Pipeline(net, services, sup, text)
         yield pipe
     finally:
-        if pipe is not None:
-            pipe.close()
-        if sup is not None:
-            sup.stop()
-        net.close()
+        try:
+            if pipe is not None:
+                pipe.close()
+        finally:
+            try:
+                if sup is not None:
+                    sup.stop()
+            finally:
+                net.close()
 
 
 def test_figure2_across_four_hosts_reaches_a_stock_bridge_client(pipeline):
