@@ -46,7 +46,12 @@ class Service:
         self.port = port
         self.token_file = token_file
         self.token = token_file.read_text().strip()
-        self.env = env
+        # as deploy/pulsetrain-server@.service sets them
+        self.env = {
+            **(os.environ if env is None else env),
+            "NUMBA_NUM_THREADS": "1",
+            "OMP_WAIT_POLICY": "PASSIVE",
+        }
         self.log = host.tmp / f"server-{name}.log"
         self.proc: subprocess.Popen | None = None
 

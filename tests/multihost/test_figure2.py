@@ -192,21 +192,21 @@ def test_remote_server_restarted_by_its_host_gets_its_devices_back(pipeline):
 
 
 def _figures(pipeline, modules):
+    """Counters of the detector's outputs (one snapshot), the corrections' inputs (read
+    before it) and the matcher."""
     sup = pipeline.sup
-    drops = {}
-    for m in range(16):
-        conns = pipeline.output_connections(SIM, f"module{m}")
-        drops[m] = sum(c["dropped"] for c in conns)
+    received = {m: sup.get(corr_id(m), "channels.inputs.input.received") for m in modules}
+    outputs = sup.get(SIM, "channels.outputs")
     counts = sup.get(MATCHER, "sourceCounts")
     return {
-        "sim_written": sup.get(SIM, "channels.outputs.module0.written"),
-        "sim_dropped": drops,
+        "sim_written": {m: outputs[f"module{m}"]["written"] for m in range(16)},
+        "sim_dropped": {
+            m: sum(c["dropped"] for c in outputs[f"module{m}"]["connections"]) for m in range(16)
+        },
         "matched": sup.get(MATCHER, "matchedTrains"),
         "incomplete": sup.get(MATCHER, "incompleteTrains"),
-        "counts": {m: counts.get(f"SPB_DET_AGIPD1M-1/CORR/{m}CH0:output", 0) for m in range(16)},
-        "corr_received": {
-            m: sup.get(corr_id(m), "channels.inputs.input.received") for m in modules
-        },
+        "counts": {m: counts.get(f"{DET}/CORR/{m}CH0:output", 0) for m in range(16)},
+        "corr_received": received,
     }
 
 
@@ -228,15 +228,15 @@ def test_link_down_for_5_s_and_up_again_resumes_without_restarts(pipeline):
     print(f"\nlink of host 2 down 5 s: complete trains again {resumed:.2f} s after it came back")
     print("before", before)
     print("after", after)
-    written = after["sim_written"] - before["sim_written"]
+    written = {m: after["sim_written"][m] - before["sim_written"][m] for m in range(16)}
     lost = {m: after["sim_dropped"][m] - before["sim_dropped"][m] for m in range(16)}
     got = {m: after["corr_received"][m] - before["corr_received"][m] for m in modules}
     others = [after["counts"][m] - before["counts"][m] for m in range(16) if m not in modules]
     deficit = {m: min(others) - (after["counts"][m] - before["counts"][m]) for m in modules}
     incomplete = after["incomplete"] - before["incomplete"]
     print(
-        f"trains written by the detector meanwhile: {written}; lost for the modules of host 2 "
-        f"(dropped at the detector's outputs): {[lost[m] for m in modules]}; received by their "
+        f"trains written by the detector meanwhile: {written[modules[0]]}; lost for the "
+        f"modules of host 2 (dropped at the detector's outputs): {[lost[m] for m in modules]}; received by their "
         f"corrections: {[got[m] for m in modules]}; trains the matcher could not complete: "
         f"{incomplete}; per-source deficit at the matcher: {[deficit[m] for m in modules]}"
     )
@@ -245,10 +245,11 @@ def test_link_down_for_5_s_and_up_again_resumes_without_restarts(pipeline):
     assert {name: svc.ping()["pid"] for name, svc in pipeline.services.items()} == pids
     for m in modules:
         # Every train the detector wrote for a module of host 2 was received or counted as
-        # dropped (a train or two may still be on its way when the counters are read).
-        assert 0 <= written - got[m] - lost[m] <= 3, (m, written, got[m], lost[m])
+        # dropped (a train or two may be on their way when the counters are read).
+        assert abs(written[m] - got[m] - lost[m]) <= 3, (m, written[m], got[m], lost[m])
         assert lost[m] >= 30  # about 5 s at 10 Hz
-        assert deficit[m] >= lost[m]  # the matcher's per-source statistics show the gap
+        # the matcher's per-source statistics show the gap (read a moment later: +- a train)
+        assert deficit[m] >= lost[m] - 3, (m, deficit[m], lost[m])
     assert incomplete >= max(lost.values())
     assert max(lost[m] for m in range(16) if m not in modules) <= 5  # other hosts unaffected
 

@@ -69,6 +69,7 @@ class _ServerProcess:
         self.reachable = True
         self.unreachable_since: float | None = None  # time.time() of the last good answer
         self.lease_problem: str | None = None
+        self.creating: set[str] = set()  # devices being created again on a remote server
         self.proc: subprocess.Popen | None = None
         self.started: float | None = None  # create time of the process (identifies the pid)
         self.restarts = 0
@@ -741,7 +742,7 @@ class Supervisor:
         missing = [
             d.device_id
             for d in self.topology.devices_on(sp.name)
-            if d.device_id not in status.get("devices", ())
+            if d.device_id not in status.get("devices", ()) and d.device_id not in sp.creating
         ]
         if missing:
             cause = (
@@ -755,35 +756,33 @@ class Supervisor:
             self.restarts.append((sp.last_restart, sp.name, cause))
             log.warning("remote server %s %s: re-creating %d devices", sp.name, cause, len(missing))
             client.request("directory", value=self.directory())
-            self._recreate(sp, missing)
+            self._recreate(sp, missing)  # in the background: the lease is renewed meanwhile
             changed = True
         sp.remote_pid = pid
         if changed:
             self._announce_quietly()
 
     def _recreate(self, sp: _ServerProcess, device_ids: list[str]) -> None:
-        """Create devices on a remote server again, all at once (the server creates them in
-        parallel; one that takes long to initialise delays no other)."""
-        errors: list[str] = []
+        """Create devices on a remote server again, all at once and in the background (the
+        server creates them in parallel, and the lease keeps being renewed while a device takes
+        long to initialise)."""
 
         def create(device_id: str) -> None:
             dev = self.topology.devices[device_id]
-            with Client(sp.control, token=self.token) as c:
-                try:
+            try:
+                with Client(sp.control, token=self.token) as c:
                     c.instantiate(dev.class_name, device_id, self.configs[device_id], self.owner)
-                except (PulsetrainError, TimeoutError) as exc:
-                    errors.append(f"{device_id}: {exc}")
+            except (PulsetrainError, TimeoutError) as exc:
+                if not self._stop.is_set():
+                    log.warning("remote server %s: %s not re-created: %s", sp.name, device_id, exc)
+            finally:
+                sp.creating.discard(device_id)
 
-        threads = [
-            threading.Thread(target=create, args=(d,), name=f"create:{d}", daemon=True)
-            for d in device_ids
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            log.warning("remote server %s: devices not re-created: %s", sp.name, "; ".join(errors))
+        for device_id in device_ids:
+            sp.creating.add(device_id)
+            threading.Thread(
+                target=create, args=(device_id,), name=f"create:{device_id}", daemon=True
+            ).start()
 
     def _announce_quietly(self) -> None:
         """Update the state file (a failure to write it is logged, never raised)."""
