@@ -250,7 +250,7 @@ def test_link_down_for_5_s_and_up_again_resumes_without_restarts(pipeline):
         assert lost[m] >= 30  # about 5 s at 10 Hz
         # the matcher's per-source statistics show the gap (read a moment later: +- a train)
         assert deficit[m] >= lost[m] - 3, (m, deficit[m], lost[m])
-    assert incomplete >= max(lost.values())
+    assert incomplete >= max(lost.values()) - 3  # every such train incomplete at the matcher
     assert max(lost[m] for m in range(16) if m not in modules) <= 5  # other hosts unaffected
 
 
