@@ -107,7 +107,7 @@ def check_available() -> None:
 
 
 def sweep_stale() -> list[str]:
-    """Remove interfaces and kill processes left by test-host creators that are dead.
+    """Remove interfaces, processes and directories left by test-host creators that are dead.
 
     Only names and environment marks of this module are considered, and only those whose
     creating process (the pid in the name) no longer exists, so concurrent sessions are safe.
@@ -136,6 +136,11 @@ def sweep_stale() -> list[str]:
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)
                     removed.append(f"pid {pid}")
+    for path in Path(tempfile.gettempdir()).glob("pt*-h*-*"):
+        m = _NAME_RE.match(path.name)
+        if m and path.is_dir() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(str(path))
     return removed
 
 
@@ -220,9 +225,7 @@ class Host:
         """
         out = dict(os.environ if env is None else env)
         out[ENV_MARK] = self.mark
-        out.setdefault("XDG_RUNTIME_DIR", str(self.tmp))
-        if env is None:
-            out["XDG_RUNTIME_DIR"] = str(self.tmp)
+        out["XDG_RUNTIME_DIR"] = str(self.tmp)
         out["TMPDIR"] = str(self.tmp)
         return out
 

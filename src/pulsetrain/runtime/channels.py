@@ -76,12 +76,15 @@ _pack = msgpack.Packer(use_bin_type=True).pack
 # A TCP link that goes silent (a cable pulled, a host gone) sends no RST: without these, ZeroMQ
 # would wait for the kernel's retransmission back-off (seconds to minutes) before it notices.
 # ZMTP heartbeats drop a connection that did not answer a PING for _HEARTBEAT_TIMEOUT_MS; an
-# input then reconnects every RECONNECT_IVL, each attempt given up after _CONNECT_TIMEOUT_MS
-# (a SYN lost on a dead link is otherwise retried by the kernel for minutes).  Both ends run
+# input then reconnects every RECONNECT_IVL (100 ms, backing off to _RECONNECT_IVL_MAX_MS),
+# each attempt given up after _CONNECT_TIMEOUT_MS (a SYN lost on a dead link is otherwise
+# retried by the kernel for minutes, first after 1 s), so a link that comes back is used again
+# within about a second.  Both ends run
 # on ZeroMQ's I/O thread, so a busy Python process does not miss them.
 _HEARTBEAT_IVL_MS = 1000
+_RECONNECT_IVL_MAX_MS = 500
 _HEARTBEAT_TIMEOUT_MS = 3000
-_CONNECT_TIMEOUT_MS = 1000
+_CONNECT_TIMEOUT_MS = 500
 
 
 def _set_liveness_options(sock: zmq.Socket) -> None:
@@ -169,6 +172,8 @@ class _Connection:
         "connected_at",
         "distribution",
         "dropped",
+        "epoch",
+        "gone_since",
         "identity",
         "input_id",
         "isess",
@@ -185,6 +190,8 @@ class _Connection:
         self.identity = identity
         self.input_id = str(msg.get("in", "?"))
         self.isess = msg.get("isess")
+        self.epoch = msg.get("ep", 0)  # the input's count of reconnections to this output
+        self.gone_since: float | None = None  # timed out: trains for it count as dropped
         dist, slow, maxq = validate_policy(
             msg.get("dist", "copy"), msg.get("slow", "drop"), int(msg.get("maxq", 2))
         )
@@ -265,6 +272,8 @@ class OutputChannel:
         self.name = name
         self.no_input_shared = no_input_shared
         self.liveness = liveness
+        #: Seconds a timed-out input is remembered (its drops counted) in case it comes back.
+        self.forget_after = 600.0
         self.session = uuid.uuid4().hex[:12]
         self._ctx = _context(context)
         self._router = self._ctx.socket(zmq.ROUTER)
@@ -291,6 +300,9 @@ class OutputChannel:
 
         self._lock = threading.Lock()
         self._conns: dict[bytes, _Connection] = {}
+        # Inputs that timed out (a link down, a frozen process) and may come back: trains
+        # written meanwhile are counted as dropped for them, and the count carries over.
+        self._gone: dict[bytes, _Connection] = {}
         self._ready_shared: collections.deque[bytes] = collections.deque()
         self._shared_queue: collections.deque = collections.deque()
         self._inbox: collections.deque[_Pending] = collections.deque()
@@ -363,7 +375,11 @@ class OutputChannel:
     def dropped(self) -> int:
         """Trains dropped for any input, summed over connections, plus shared-group drops."""
         with self._lock:
-            return self.shared_dropped + sum(c.dropped for c in self._conns.values())
+            return (
+                self.shared_dropped
+                + sum(c.dropped for c in self._conns.values())
+                + sum(c.dropped for c in self._gone.values())
+            )
 
     def wait_for_inputs(self, n: int = 1, timeout: float = 10.0) -> bool:
         """Wait until at least ``n`` inputs are connected; returns whether they are."""
@@ -492,6 +508,7 @@ class OutputChannel:
             with self._lock:
                 if kind == "bye":
                     self._remove(identity)
+                    self._gone.pop(identity, None)
                     return
                 if kind == "free":  # an input is done with a train it read from shared memory
                     conn = self._conns.get(identity)
@@ -505,10 +522,27 @@ class OutputChannel:
                 if kind != "credit":
                     raise ProtocolError(f"unknown message type {kind!r}")
                 conn = self._conns.get(identity)
-                if conn is None or conn.isess != msg.get("isess"):
+                received = int(msg.get("rcv", 0)) if msg.get("osess") == self.session else 0
+                if conn is None or conn.isess != msg.get("isess") or conn.epoch != msg.get("ep", 0):
+                    old = conn
                     if conn is not None:
                         self._remove(identity)
+                    old = self._gone.pop(identity, None) or old
                     conn = _Connection(identity, msg, now)
+                    if old is None:  # the same input in a new process (a re-created device)
+                        for ident, gone in list(self._gone.items()):
+                            if gone.input_id == conn.input_id:
+                                old = self._gone.pop(ident)
+                    # Counted from what the input says it received of this output session, so
+                    # its credit is its free slots (not all it ever received).
+                    conn.sent = conn.acked = received
+                    if old is not None:
+                        # The same input again: its count of lost trains goes on.  Reconnected
+                        # (same session), what it was sent and never got was lost with the old
+                        # connection and counts as dropped too.
+                        conn.dropped = old.dropped
+                        if old.isess == conn.isess:
+                            conn.dropped += max(0, old.sent - received)
                     self._conns[identity] = conn
                     self._update_may_wait()
                     log.info(
@@ -531,7 +565,6 @@ class OutputChannel:
                     for key in conn.leases:  # it gave up on shared memory: do not wait for it
                         self._pool.retire(key)  # type: ignore[union-attr]
                     conn.leases.clear()
-                received = int(msg.get("rcv", 0)) if msg.get("osess") == self.session else 0
                 conn.acked = max(conn.acked, received)
                 conn.allowed = max(conn.allowed, received + int(msg.get("win", 1)))
                 if (
@@ -574,6 +607,12 @@ class OutputChannel:
                 if now - conn.last_seen > self.liveness:
                     log.warning("%s: input %s timed out", self.name, conn.input_id)
                     self._remove(identity)
+                    if conn.distribution != "shared":
+                        conn.gone_since = now
+                        self._gone[identity] = conn
+            for identity, conn in list(self._gone.items()):
+                if now - (conn.gone_since or now) > self.forget_after:
+                    del self._gone[identity]
 
     def _send(self, conn: _Connection, entry: tuple | None) -> bool:
         """Send one queued entry ``(write_index, frames)`` (None = end of stream)."""
@@ -663,6 +702,9 @@ class OutputChannel:
             self._write_index += 1
         eos = frames is None
         has_shared = False
+        if not eos:
+            for conn in self._gone.values():
+                conn.dropped += 1
         for conn in list(self._conns.values()):
             if conn.distribution == "shared":
                 has_shared = True
@@ -744,12 +786,15 @@ class Item:
 
 class _Upstream:
     __slots__ = (
+        "connects",
         "endpoint",
         "eos",
+        "epoch",
         "heard",
         "last_credit_sent",
         "last_w",
         "missed",
+        "monitor",
         "osess",
         "outstanding",
         "received",
@@ -757,9 +802,12 @@ class _Upstream:
         "sock",
     )
 
-    def __init__(self, endpoint: str, sock: zmq.Socket):
+    def __init__(self, endpoint: str, sock: zmq.Socket, monitor: zmq.Socket | None = None):
         self.endpoint = endpoint
         self.sock = sock
+        self.monitor = monitor  # ZeroMQ's connection events of ``sock``
+        self.connects = 0  # TCP connections made
+        self.epoch = 0  # reconnections: the output starts a new connection record on each
         self.osess: str | None = None
         self.received = 0  # data messages received in the current output session
         self.outstanding = 0  # received but not yet consumed and released
@@ -927,6 +975,7 @@ class InputChannel:
             "t": "credit",
             "in": self.name,
             "isess": self.session,
+            "ep": up.epoch,
             "osess": up.osess,
             "rcv": up.received,
             "win": max(0, self.window - up.outstanding),
@@ -956,7 +1005,7 @@ class InputChannel:
         sock.setsockopt(zmq.SNDHWM, 16)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, _RECONNECT_IVL_MAX_MS)
         _set_liveness_options(sock)
         sock.setsockopt(zmq.ROUTING_ID, f"{self.name}#{self.session}#{len(self._ups)}".encode())
         try:
@@ -967,10 +1016,18 @@ class InputChannel:
             self.last_error = f"cannot connect to {endpoint!r}: {exc}"
             log.error("%s: %s", self.name, self.last_error)
             return
-        up = _Upstream(endpoint, sock)
+        monitor = None
+        if endpoint.startswith("tcp://"):
+            # A TCP connection that ZeroMQ made again (after a link was down) starts a new
+            # connection record at the output: trains lost with the old one are counted there.
+            monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED)
+        up = _Upstream(endpoint, sock, monitor)
         self._ups[endpoint] = up
         self._by_sock[sock] = up
         poller.register(sock, zmq.POLLIN)
+        if monitor is not None:
+            self._by_sock[monitor] = up
+            poller.register(monitor, zmq.POLLIN)
         self._send_credit(up)
 
     def _close_up(self, up: _Upstream, poller: zmq.Poller, goodbye: bool) -> None:
@@ -980,6 +1037,11 @@ class InputChannel:
             except zmq.ZMQError:
                 pass
         poller.unregister(up.sock)
+        if up.monitor is not None:
+            poller.unregister(up.monitor)
+            self._by_sock.pop(up.monitor, None)
+            up.sock.disable_monitor()
+            up.monitor.close(0)
         up.sock.close(0)
         self._ups.pop(up.endpoint, None)
         self._by_sock.pop(up.sock, None)
@@ -1029,6 +1091,9 @@ class InputChannel:
                 up = self._by_sock.get(sock)
                 if up is None:
                     continue
+                if sock is up.monitor:
+                    self._on_monitor_event(up)
+                    continue
                 for _ in range(64):
                     try:
                         frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -1039,6 +1104,21 @@ class InputChannel:
             for up in self._ups.values():
                 if now - up.last_credit_sent >= self.heartbeat:
                     self._send_credit(up)
+
+    def _on_monitor_event(self, up: _Upstream) -> None:
+        while True:
+            try:
+                frames = up.monitor.recv_multipart(zmq.NOBLOCK)  # type: ignore[union-attr]
+            except zmq.Again:
+                return
+            event = int.from_bytes(frames[0][:2], "little") if frames and frames[0] else 0
+            if event != zmq.EVENT_CONNECTED:
+                continue
+            up.connects += 1
+            if up.connects > 1:
+                up.epoch += 1
+                log.info("%s: reconnected to %s", self.name, up.endpoint)
+                self._send_credit(up)
 
     def _on_message(self, up: _Upstream, frames: list) -> None:
         counted = False

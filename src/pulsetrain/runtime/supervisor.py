@@ -69,6 +69,7 @@ class _ServerProcess:
         self.reachable = True
         self.unreachable_since: float | None = None  # time.time() of the last good answer
         self.lease_problem: str | None = None
+        self.creating: set[str] = set()  # devices being created again on a remote server
         self.proc: subprocess.Popen | None = None
         self.started: float | None = None  # create time of the process (identifies the pid)
         self.restarts = 0
@@ -630,7 +631,7 @@ class Supervisor:
     def _release_remote(self, server: str) -> None:
         """End this run's lease on a remote server: it stops the run's devices at once (an
         unreachable server does so by itself when the lease runs out)."""
-        with Client(self.servers[server].control, token=self.token, timeout=3.0) as client:
+        with Client(self.servers[server].control, token=self.token, timeout=10.0) as client:
             try:
                 client.release(self.owner)
             except (PulsetrainError, TimeoutError) as exc:
@@ -741,7 +742,7 @@ class Supervisor:
         missing = [
             d.device_id
             for d in self.topology.devices_on(sp.name)
-            if d.device_id not in status.get("devices", ())
+            if d.device_id not in status.get("devices", ()) and d.device_id not in sp.creating
         ]
         if missing:
             cause = (
@@ -755,15 +756,33 @@ class Supervisor:
             self.restarts.append((sp.last_restart, sp.name, cause))
             log.warning("remote server %s %s: re-creating %d devices", sp.name, cause, len(missing))
             client.request("directory", value=self.directory())
-            for device_id in missing:
-                if self._stop.is_set():
-                    return
-                dev = self.topology.devices[device_id]
-                client.instantiate(dev.class_name, device_id, self.configs[device_id], self.owner)
+            self._recreate(sp, missing)  # in the background: the lease is renewed meanwhile
             changed = True
         sp.remote_pid = pid
         if changed:
             self._announce_quietly()
+
+    def _recreate(self, sp: _ServerProcess, device_ids: list[str]) -> None:
+        """Create devices on a remote server again, all at once and in the background (the
+        server creates them in parallel, and the lease keeps being renewed while a device takes
+        long to initialise)."""
+
+        def create(device_id: str) -> None:
+            dev = self.topology.devices[device_id]
+            try:
+                with Client(sp.control, token=self.token) as c:
+                    c.instantiate(dev.class_name, device_id, self.configs[device_id], self.owner)
+            except (PulsetrainError, TimeoutError) as exc:
+                if not self._stop.is_set():
+                    log.warning("remote server %s: %s not re-created: %s", sp.name, device_id, exc)
+            finally:
+                sp.creating.discard(device_id)
+
+        for device_id in device_ids:
+            sp.creating.add(device_id)
+            threading.Thread(
+                target=create, args=(device_id,), name=f"create:{device_id}", daemon=True
+            ).start()
 
     def _announce_quietly(self) -> None:
         """Update the state file (a failure to write it is logged, never raised)."""
