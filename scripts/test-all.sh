@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs and run all of it (what CI runs).
-#   - Debian packages: chromium (browser tests), postgresql (catalogue tests)
+#   - Debian packages: chromium (browser tests), postgresql (catalogue tests), iproute2 (test
+#     hosts of the multihost tests; util-linux's unshare/nsenter/setpriv are always there)
 #   - the package with its test extras
 #   - a throw-away PostgreSQL server on 127.0.0.1 for the catalogue tests (stopped at the end)
 set -euo pipefail
@@ -9,6 +10,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)  # test hosts (multihost tests)
 if [ ${#need_apt[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -22,8 +22,9 @@ class PendingTrains(collections.OrderedDict[int, tuple[dict, dict]]):
         """
         entry = self.get(tid)
         if entry is None:
+            out_of_order = bool(self) and tid < next(reversed(self))
             entry = self[tid] = ({}, {})
-            if len(self) > 1 and tid < next(reversed(self)):
+            if out_of_order:
                 ordered = sorted(self.items())
                 self.clear()
                 self.update(ordered)

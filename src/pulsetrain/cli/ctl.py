@@ -82,7 +82,17 @@ def _restart_info(server: dict[str, Any]) -> dict[str, Any]:
     if last:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last.get("time", 0)))
         last = {"time": when, "cause": last.get("cause")}
-    return {"pid": server.get("pid"), "restarts": server.get("restarts", 0), "last_restart": last}
+    info = {"pid": server.get("pid"), "restarts": server.get("restarts", 0), "last_restart": last}
+    if server.get("remote"):  # started by its host: reachable or not, as the supervisor sees it
+        since = server.get("unreachable_since")
+        info.update(
+            remote_pid=server.get("remote_pid"),
+            reachable=server.get("reachable", True),
+            unreachable_since=(
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if since else None
+            ),
+        )
+    return info
 
 
 def _list(clients: dict[str, Any], servers: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
-from pulsetrain.cli._args import positive_float
+from pulsetrain.cli._args import existing_file, positive_float
 from pulsetrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -16,6 +16,7 @@ EPILOG = """examples:
   pulsetrain run examples/calibration-pipeline.toml
   pulsetrain run my-beamline.toml --workdir /tmp/run1 --duration 60
   pulsetrain run --check my-beamline.toml    # only check it: "ok", or every problem (exit 2)
+  pulsetrain run two-hosts.toml --token-file /etc/pulsetrain/token   # remote servers' token
 
 SIGINT (Ctrl-C), SIGTERM and SIGHUP stop the run cleanly: devices stopped, open runs closed,
 no server left behind (a server also exits by itself if this supervisor is killed).
@@ -35,6 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("topology", help="topology TOML file")
     p.add_argument("--workdir", help="directory for logs and the token file")
+    p.add_argument(
+        "--token-file",
+        type=existing_file,
+        help="control token of the run (the one the topology's remote servers hold; default: "
+        "$PULSETRAIN_TOKEN or $PULSETRAIN_TOKEN_FILE, else a fresh one for local servers only)",
+    )
     p.add_argument(
         "--duration",
         type=positive_float,
@@ -85,6 +92,12 @@ def run(args: argparse.Namespace) -> int:
         return check(args.topology)
     if args.workdir and os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
         raise ConfigurationError(f"--workdir {args.workdir!r} is a file, not a directory")
-    sup = Supervisor(args.topology, workdir=args.workdir)
+    token = None
+    if args.token_file:
+        with open(os.path.expanduser(args.token_file)) as f:
+            token = f.read().strip()
+        if not token:
+            raise ConfigurationError(f"--token-file {args.token_file!r} is empty")
+    sup = Supervisor(args.topology, workdir=args.workdir, token=token)
     sup.serve(duration=args.duration, on_started=_announce)
     return 0

@@ -16,6 +16,9 @@ EPILOG = """examples:
   # a server on another host, for a topology that names it with this endpoint
   PULSETRAIN_TOKEN=secret pulsetrain server --name gpu1 --bind tcp://0.0.0.0:7000
 
+  # under systemd: deploy/pulsetrain-server@.service (see docs/deploy.md)
+  pulsetrain server --name proc0 --bind tcp://10.0.0.5:7000 --token-file /etc/pulsetrain/token
+
   # a local server with its token in a file, stopped when it uses more than 4 GB
   pulsetrain server --name s1 --bind tcp://127.0.0.1:7000 --token-file ~/.pt-token \\
       --memory-limit-mb 4000
@@ -28,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run a device server process",
         description="Run a device server: hosts devices and answers the control plane. "
         "Devices are created by `pulsetrain run` (or `pulsetrain ctl`) through the control "
-        "endpoint.",
+        "endpoint.  A server started by systemd, SLURM or by hand holds a run's devices only "
+        "while that run's supervisor renews its lease, and waits for the next one after.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

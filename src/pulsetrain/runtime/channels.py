@@ -73,6 +73,28 @@ SLOWNESS_POLICIES = ("drop", "queueDrop", "wait")
 _STRICTNESS = {"drop": 0, "queueDrop": 1, "wait": 2}
 _pack = msgpack.Packer(use_bin_type=True).pack
 
+# A TCP link that goes silent (a cable pulled, a host gone) sends no RST: without these, ZeroMQ
+# would wait for the kernel's retransmission back-off (seconds to minutes) before it notices.
+# ZMTP heartbeats drop a connection that did not answer a PING for _HEARTBEAT_TIMEOUT_MS; an
+# input then reconnects every RECONNECT_IVL (100 ms, backing off to _RECONNECT_IVL_MAX_MS),
+# each attempt given up after _CONNECT_TIMEOUT_MS (a SYN lost on a dead link is otherwise
+# retried by the kernel for minutes, first after 1 s), so a link that comes back is used again
+# within about a second.  Both ends run
+# on ZeroMQ's I/O thread, so a busy Python process does not miss them.
+_HEARTBEAT_IVL_MS = 1000
+_RECONNECT_IVL_MAX_MS = 500
+_HEARTBEAT_TIMEOUT_MS = 3000
+_CONNECT_TIMEOUT_MS = 500
+
+
+def _set_liveness_options(sock: zmq.Socket) -> None:
+    """ZMTP heartbeats (and, for a connecting socket, a connect timeout) on ``sock``."""
+    if _HEARTBEAT_IVL_MS:
+        sock.setsockopt(zmq.HEARTBEAT_IVL, _HEARTBEAT_IVL_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, _HEARTBEAT_TIMEOUT_MS)
+    if _CONNECT_TIMEOUT_MS and sock.type == zmq.DEALER:
+        sock.setsockopt(zmq.CONNECT_TIMEOUT, _CONNECT_TIMEOUT_MS)
+
 
 def _unpack_ctl(buf: Any) -> dict:
     try:
@@ -99,7 +121,9 @@ def validate_policy(
             f"on_slowness must be one of {SLOWNESS_POLICIES}, not {on_slowness!r}"
         )
     if not isinstance(max_queue_length, int) or max_queue_length < 1:
-        raise ConfigurationError(f"max_queue_length must be an integer >= 1, not {max_queue_length!r}")
+        raise ConfigurationError(
+            f"max_queue_length must be an integer >= 1, not {max_queue_length!r}"
+        )
     return data_distribution, on_slowness, max_queue_length
 
 
@@ -148,6 +172,8 @@ class _Connection:
         "connected_at",
         "distribution",
         "dropped",
+        "epoch",
+        "gone_since",
         "identity",
         "input_id",
         "isess",
@@ -164,6 +190,8 @@ class _Connection:
         self.identity = identity
         self.input_id = str(msg.get("in", "?"))
         self.isess = msg.get("isess")
+        self.epoch = msg.get("ep", 0)  # the input's count of reconnections to this output
+        self.gone_since: float | None = None  # timed out: trains for it count as dropped
         dist, slow, maxq = validate_policy(
             msg.get("dist", "copy"), msg.get("slow", "drop"), int(msg.get("maxq", 2))
         )
@@ -244,6 +272,8 @@ class OutputChannel:
         self.name = name
         self.no_input_shared = no_input_shared
         self.liveness = liveness
+        #: Seconds a timed-out input is remembered (its drops counted) in case it comes back.
+        self.forget_after = 600.0
         self.session = uuid.uuid4().hex[:12]
         self._ctx = _context(context)
         self._router = self._ctx.socket(zmq.ROUTER)
@@ -252,6 +282,7 @@ class OutputChannel:
         self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._router.setsockopt(zmq.SNDHWM, 0)
         self._router.setsockopt(zmq.RCVHWM, 0)
+        _set_liveness_options(self._router)
         self.endpoints: list[str] = []
         try:
             for ep in [bind] if isinstance(bind, str) else list(bind):
@@ -269,6 +300,9 @@ class OutputChannel:
 
         self._lock = threading.Lock()
         self._conns: dict[bytes, _Connection] = {}
+        # Inputs that timed out (a link down, a frozen process) and may come back: trains
+        # written meanwhile are counted as dropped for them, and the count carries over.
+        self._gone: dict[bytes, _Connection] = {}
         self._ready_shared: collections.deque[bytes] = collections.deque()
         self._shared_queue: collections.deque = collections.deque()
         self._inbox: collections.deque[_Pending] = collections.deque()
@@ -341,7 +375,11 @@ class OutputChannel:
     def dropped(self) -> int:
         """Trains dropped for any input, summed over connections, plus shared-group drops."""
         with self._lock:
-            return self.shared_dropped + sum(c.dropped for c in self._conns.values())
+            return (
+                self.shared_dropped
+                + sum(c.dropped for c in self._conns.values())
+                + sum(c.dropped for c in self._gone.values())
+            )
 
     def wait_for_inputs(self, n: int = 1, timeout: float = 10.0) -> bool:
         """Wait until at least ``n`` inputs are connected; returns whether they are."""
@@ -383,7 +421,7 @@ class OutputChannel:
         if self._pool is not None:
             self._pool.close()
 
-    def __enter__(self) -> OutputChannel:
+    def __enter__(self) -> OutputChannel:  # noqa: PYI034 - Python 3.10 has no typing.Self
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -403,7 +441,9 @@ class OutputChannel:
         """Whether anything written is not yet confirmed received by its input."""
         with self._lock:
             return bool(
-                self._inbox or self._current or self._shared_queue
+                self._inbox
+                or self._current
+                or self._shared_queue
                 or any(c.queue or c.acked < c.sent for c in self._conns.values())
             )
 
@@ -468,6 +508,7 @@ class OutputChannel:
             with self._lock:
                 if kind == "bye":
                     self._remove(identity)
+                    self._gone.pop(identity, None)
                     return
                 if kind == "free":  # an input is done with a train it read from shared memory
                     conn = self._conns.get(identity)
@@ -481,17 +522,41 @@ class OutputChannel:
                 if kind != "credit":
                     raise ProtocolError(f"unknown message type {kind!r}")
                 conn = self._conns.get(identity)
-                if conn is None or conn.isess != msg.get("isess"):
+                received = int(msg.get("rcv", 0)) if msg.get("osess") == self.session else 0
+                if conn is None or conn.isess != msg.get("isess") or conn.epoch != msg.get("ep", 0):
+                    old = conn
                     if conn is not None:
                         self._remove(identity)
+                    old = self._gone.pop(identity, None) or old
                     conn = _Connection(identity, msg, now)
+                    if old is None:  # the same input in a new process (a re-created device)
+                        for ident, gone in list(self._gone.items()):
+                            if gone.input_id == conn.input_id:
+                                old = self._gone.pop(ident)
+                    # Counted from what the input says it received of this output session, so
+                    # its credit is its free slots (not all it ever received).
+                    conn.sent = conn.acked = received
+                    if old is not None:
+                        # The same input again: its count of lost trains goes on.  Reconnected
+                        # (same session), what it was sent and never got was lost with the old
+                        # connection and counts as dropped too.
+                        conn.dropped = old.dropped
+                        if old.isess == conn.isess:
+                            conn.dropped += max(0, old.sent - received)
                     self._conns[identity] = conn
                     self._update_may_wait()
-                    log.info("%s: input %s connected (%s, %s)", self.name, conn.input_id,
-                             conn.distribution, conn.slowness)
+                    log.info(
+                        "%s: input %s connected (%s, %s)",
+                        self.name,
+                        conn.input_id,
+                        conn.distribution,
+                        conn.slowness,
+                    )
                 conn.last_seen = now
                 shm = bool(
-                    self._pool is not None and msg.get("shm") and msg.get("host") == self._host
+                    self._pool is not None
+                    and msg.get("shm")
+                    and msg.get("host") == self._host
                     and msg.get("pid") != os.getpid()
                 )
                 if shm != conn.shm:
@@ -500,12 +565,14 @@ class OutputChannel:
                     for key in conn.leases:  # it gave up on shared memory: do not wait for it
                         self._pool.retire(key)  # type: ignore[union-attr]
                     conn.leases.clear()
-                received = int(msg.get("rcv", 0)) if msg.get("osess") == self.session else 0
                 conn.acked = max(conn.acked, received)
                 conn.allowed = max(conn.allowed, received + int(msg.get("win", 1)))
-                if conn.distribution == "shared" and conn.credit > 0:
-                    if identity not in self._ready_shared:
-                        self._ready_shared.append(identity)
+                if (
+                    conn.distribution == "shared"
+                    and conn.credit > 0
+                    and identity not in self._ready_shared
+                ):
+                    self._ready_shared.append(identity)
         except (ProtocolError, ConfigurationError, ValueError, TypeError) as exc:
             log.warning("%s: ignored bad message from an input: %s", self.name, exc)
 
@@ -540,6 +607,12 @@ class OutputChannel:
                 if now - conn.last_seen > self.liveness:
                     log.warning("%s: input %s timed out", self.name, conn.input_id)
                     self._remove(identity)
+                    if conn.distribution != "shared":
+                        conn.gone_since = now
+                        self._gone[identity] = conn
+            for identity, conn in list(self._gone.items()):
+                if now - (conn.gone_since or now) > self.forget_after:
+                    del self._gone[identity]
 
     def _send(self, conn: _Connection, entry: tuple | None) -> bool:
         """Send one queued entry ``(write_index, frames)`` (None = end of stream)."""
@@ -577,16 +650,24 @@ class OutputChannel:
             self._ready_shared.popleft()
         return None
 
-    def _give_shared(self, conn: _Connection, frames: list | None) -> None:
-        if self._send(conn, frames) and conn.credit <= 0:
-            try:
+    def _give_shared(self, conn: _Connection | None, frames: list | None) -> bool:
+        """Give a train to the ready shared input ``conn``; if it vanished, to the next ready
+        one.  Returns whether one took it (if not, the caller keeps the train)."""
+        while conn is not None:
+            if not self._send(conn, frames):  # gone (e.g. a replica that died): try the next
+                conn = self._next_ready_shared()
+                continue
+            if conn.credit <= 0:
+                try:
+                    self._ready_shared.remove(conn.identity)
+                except ValueError:
+                    pass
+            elif conn.identity in self._ready_shared:
+                # Move to the back: the next train goes to whoever was ready longest.
                 self._ready_shared.remove(conn.identity)
-            except ValueError:
-                pass
-        elif conn.credit > 0 and conn.identity in self._ready_shared:
-            # Move to the back: the next train goes to whoever was ready longest.
-            self._ready_shared.remove(conn.identity)
-            self._ready_shared.append(conn.identity)
+                self._ready_shared.append(conn.identity)
+            return True
+        return False
 
     def _progress(self) -> None:
         """Send what can be sent: queues first, then the current item, then new items."""
@@ -598,9 +679,9 @@ class OutputChannel:
                     self._send(conn, conn.queue.popleft())
             while self._shared_queue:
                 conn = self._next_ready_shared()
-                if conn is None:
+                if conn is None or not self._give_shared(conn, self._shared_queue[0]):
                     break
-                self._give_shared(conn, self._shared_queue.popleft())
+                self._shared_queue.popleft()
             while True:
                 if self._current is None:
                     if not self._inbox:
@@ -621,6 +702,9 @@ class OutputChannel:
             self._write_index += 1
         eos = frames is None
         has_shared = False
+        if not eos:
+            for conn in self._gone.values():
+                conn.dropped += 1
         for conn in list(self._conns.values()):
             if conn.distribution == "shared":
                 has_shared = True
@@ -642,32 +726,32 @@ class OutputChannel:
                 conn.queue.append(frames)  # kept in order; sent when the input asks
             else:
                 conn.dropped += 1
-        if has_shared and not eos:
-            conn = self._next_ready_shared()
-            if conn is not None and not self._shared_queue:
-                self._give_shared(conn, frames)
+        if (
+            has_shared
+            and not eos
+            and (self._shared_queue or not self._give_shared(self._next_ready_shared(), frames))
+        ):
+            policy = self._shared_policy()
+            if policy == "drop":
+                self.shared_dropped += 1
             else:
-                policy = self._shared_policy()
-                if policy == "drop":
-                    self.shared_dropped += 1
+                maxq = max(
+                    (c.maxq for c in self._conns.values() if c.distribution == "shared"),
+                    default=2,
+                )
+                if policy == "wait" or len(self._shared_queue) < maxq:
+                    self._shared_queue.append(frames)
+                    cur.shared_open = policy == "wait"
                 else:
-                    maxq = max(
-                        (c.maxq for c in self._conns.values() if c.distribution == "shared"),
-                        default=2,
-                    )
-                    if policy == "wait" or len(self._shared_queue) < maxq:
-                        self._shared_queue.append(frames)
-                        cur.shared_open = policy == "wait"
-                    else:
-                        self.shared_dropped += 1
+                    self.shared_dropped += 1
 
     def _continue(self, cur: _Pending) -> None:
         if cur.waiting:
             # A waited-for train is done for an input once it left that input's queue.
             cur.waiting = {
-                ident for ident in cur.waiting
-                if ident in self._conns
-                and any(f is cur.entry for f in self._conns[ident].queue)
+                ident
+                for ident in cur.waiting
+                if ident in self._conns and any(f is cur.entry for f in self._conns[ident].queue)
             }
         if cur.shared_open:
             has_shared = any(c.distribution == "shared" for c in self._conns.values())
@@ -702,12 +786,15 @@ class Item:
 
 class _Upstream:
     __slots__ = (
+        "connects",
         "endpoint",
         "eos",
+        "epoch",
         "heard",
         "last_credit_sent",
         "last_w",
         "missed",
+        "monitor",
         "osess",
         "outstanding",
         "received",
@@ -715,9 +802,12 @@ class _Upstream:
         "sock",
     )
 
-    def __init__(self, endpoint: str, sock: zmq.Socket):
+    def __init__(self, endpoint: str, sock: zmq.Socket, monitor: zmq.Socket | None = None):
         self.endpoint = endpoint
         self.sock = sock
+        self.monitor = monitor  # ZeroMQ's connection events of ``sock``
+        self.connects = 0  # TCP connections made
+        self.epoch = 0  # reconnections: the output starts a new connection record on each
         self.osess: str | None = None
         self.received = 0  # data messages received in the current output session
         self.outstanding = 0  # received but not yet consumed and released
@@ -861,7 +951,7 @@ class InputChannel:
         if self._shm_reader is not None:
             self._shm_reader.close()
 
-    def __enter__(self) -> InputChannel:
+    def __enter__(self) -> InputChannel:  # noqa: PYI034 - Python 3.10 has no typing.Self
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -885,6 +975,7 @@ class InputChannel:
             "t": "credit",
             "in": self.name,
             "isess": self.session,
+            "ep": up.epoch,
             "osess": up.osess,
             "rcv": up.received,
             "win": max(0, self.window - up.outstanding),
@@ -914,7 +1005,8 @@ class InputChannel:
         sock.setsockopt(zmq.SNDHWM, 16)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, _RECONNECT_IVL_MAX_MS)
+        _set_liveness_options(sock)
         sock.setsockopt(zmq.ROUTING_ID, f"{self.name}#{self.session}#{len(self._ups)}".encode())
         try:
             sock.connect(endpoint)
@@ -924,10 +1016,18 @@ class InputChannel:
             self.last_error = f"cannot connect to {endpoint!r}: {exc}"
             log.error("%s: %s", self.name, self.last_error)
             return
-        up = _Upstream(endpoint, sock)
+        monitor = None
+        if endpoint.startswith("tcp://"):
+            # A TCP connection that ZeroMQ made again (after a link was down) starts a new
+            # connection record at the output: trains lost with the old one are counted there.
+            monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED)
+        up = _Upstream(endpoint, sock, monitor)
         self._ups[endpoint] = up
         self._by_sock[sock] = up
         poller.register(sock, zmq.POLLIN)
+        if monitor is not None:
+            self._by_sock[monitor] = up
+            poller.register(monitor, zmq.POLLIN)
         self._send_credit(up)
 
     def _close_up(self, up: _Upstream, poller: zmq.Poller, goodbye: bool) -> None:
@@ -937,6 +1037,11 @@ class InputChannel:
             except zmq.ZMQError:
                 pass
         poller.unregister(up.sock)
+        if up.monitor is not None:
+            poller.unregister(up.monitor)
+            self._by_sock.pop(up.monitor, None)
+            up.sock.disable_monitor()
+            up.monitor.close(0)
         up.sock.close(0)
         self._ups.pop(up.endpoint, None)
         self._by_sock.pop(up.sock, None)
@@ -982,9 +1087,12 @@ class InputChannel:
                     for up in list(self._ups.values()):
                         self._close_up(up, poller, goodbye=True)
                     return
-            for sock, _ in events.items():
+            for sock in events:
                 up = self._by_sock.get(sock)
                 if up is None:
+                    continue
+                if sock is up.monitor:
+                    self._on_monitor_event(up)
                     continue
                 for _ in range(64):
                     try:
@@ -996,6 +1104,21 @@ class InputChannel:
             for up in self._ups.values():
                 if now - up.last_credit_sent >= self.heartbeat:
                     self._send_credit(up)
+
+    def _on_monitor_event(self, up: _Upstream) -> None:
+        while True:
+            try:
+                frames = up.monitor.recv_multipart(zmq.NOBLOCK)  # type: ignore[union-attr]
+            except zmq.Again:
+                return
+            event = int.from_bytes(frames[0][:2], "little") if frames and frames[0] else 0
+            if event != zmq.EVENT_CONNECTED:
+                continue
+            up.connects += 1
+            if up.connects > 1:
+                up.epoch += 1
+                log.info("%s: reconnected to %s", self.name, up.endpoint)
+                self._send_credit(up)
 
     def _on_message(self, up: _Upstream, frames: list) -> None:
         counted = False
@@ -1046,8 +1169,9 @@ class InputChannel:
         except OSError as exc:
             # Not the same /dev/shm after all, or the segment is gone: ask for sockets only.
             self._shm_reader = None
-            raise ProtocolError(f"cannot map shared memory ({exc}); reading over the socket "
-                                f"from now on") from exc
+            raise ProtocolError(
+                f"cannot map shared memory ({exc}); reading over the socket from now on"
+            ) from exc
         up.shm_segments = desc[0][1].rsplit("-", 1)[0] + "-"
         self.shm_received += 1
         return body

@@ -33,7 +33,9 @@ from pulsetrain.errors import DeviceError, ProtocolError, PulsetrainError
 __all__ = ["READ_OPS", "WRITE_OPS", "Client", "new_token", "pack", "token_from_env", "unpack"]
 
 READ_OPS = frozenset({"ping", "list", "get", "schema", "configuration", "classes"})
-WRITE_OPS = frozenset({"set", "call", "instantiate", "kill", "connect", "shutdown", "directory"})
+WRITE_OPS = frozenset(
+    {"set", "call", "instantiate", "kill", "connect", "shutdown", "directory", "lease", "release"}
+)
 
 
 def _default(obj: Any) -> Any:
@@ -201,11 +203,33 @@ class Client:
         """Properties, slots and channels of a device."""
         return self.request("schema", device=device)
 
-    def instantiate(self, class_name: str, device_id: str, config: dict | None = None) -> Any:
-        """Create and start a device on the server."""
+    def instantiate(
+        self,
+        class_name: str,
+        device_id: str,
+        config: dict | None = None,
+        owner: str | None = None,
+    ) -> Any:
+        """Create and start a device on the server (under lease ``owner``'s, if given)."""
+        fields: dict[str, Any] = {"owner": owner} if owner is not None else {}
         return self.request(
-            "instantiate", device=device_id, cls=class_name, config=config or {}, timeout=60
+            "instantiate",
+            device=device_id,
+            cls=class_name,
+            config=config or {},
+            timeout=60,
+            **fields,
         )
+
+    def lease(
+        self, owner: str, ttl: float, info: dict | None = None, timeout: float | None = None
+    ) -> dict:
+        """Take or renew the server's lease for run ``owner`` (see :mod:`.server`)."""
+        return self.request("lease", owner=owner, ttl=ttl, info=info or {}, timeout=timeout)
+
+    def release(self, owner: str, timeout: float | None = None) -> int:
+        """End run ``owner``'s lease: the server stops the run's devices at once."""
+        return self.request("release", owner=owner, timeout=timeout)
 
     def kill(self, device_id: str) -> Any:
         """Stop and remove a device."""

@@ -784,7 +784,14 @@ class Device:
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        """Start the worker thread, open the channels and run :meth:`initialize`."""
+        """Start the worker thread, open the channels and run :meth:`initialize`.
+
+        An output configured with ``expect_inputs = n`` (a topology gives it to the outputs of
+        replicas) holds the device's inputs back until ``n`` inputs are connected to it, for
+        at most :attr:`consumer_wait` seconds: a restarted replica would otherwise take trains
+        from its peers' shared output and write them to nobody.
+        """
+        connects: list[tuple[InputChannel, list[str]]] = []
         self._worker = threading.Thread(
             target=self._work, name=f"dev:{self.device_id}", daemon=True
         )
@@ -807,11 +814,25 @@ class Device:
                     window=int(cfg.get("window", 2)),
                 )
                 self.input_channels[name] = channel
-                for endpoint in cfg.get("connect", []):
-                    channel.connect(endpoint)
+                connects.append((channel, list(cfg.get("connect", []))))
         except BaseException:  # a channel that cannot bind: nothing of this start stays
             self._close_partial_start()
             raise
+        expected = {
+            name: int(self._output_cfg.get(name, {}).get("expect_inputs", 0))
+            for name in self.outputs
+        }
+        if any(expected.values()):  # take no train before the consumers are there
+            threading.Thread(
+                target=self._connect_inputs_when_consumed,
+                args=(connects, expected),
+                name=f"connect:{self.device_id}",
+                daemon=True,
+            ).start()
+        else:
+            for channel, endpoints in connects:
+                for endpoint in endpoints:
+                    channel.connect(endpoint)
         try:
             self.run_in_device(self._initialize, what="initialize()")
         except Exception as exc:  # noqa: BLE001 - any failure of device code: state ERROR
@@ -825,6 +846,27 @@ class Device:
             )
             t.start()
             self._input_threads.append(t)
+
+    #: Seconds a device waits for the inputs its outputs expect before reading its own inputs.
+    consumer_wait: float = 5.0
+
+    def _connect_inputs_when_consumed(
+        self, connects: list[tuple[InputChannel, list[str]]], expected: Mapping[str, int]
+    ) -> None:
+        deadline = time.monotonic() + self.consumer_wait
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            if all(
+                len(self.output_channels[name].connections()) >= n
+                for name, n in expected.items()
+                if name in self.output_channels
+            ):
+                break
+            time.sleep(0.02)
+        if self._stopping.is_set():
+            return
+        for channel, endpoints in connects:
+            for endpoint in endpoints:
+                channel.connect(endpoint)
 
     def _close_partial_start(self) -> None:
         """Close the channels a failed :meth:`start` opened and end the worker thread."""

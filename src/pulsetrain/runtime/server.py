@@ -5,6 +5,15 @@ The server binds a control endpoint (ROUTER; requests need the token) and an eve
 instantiate, kill) run on a small thread pool and reach the device through its own worker
 thread, so a device that hangs or raises never blocks the server or the other devices: the
 control endpoint keeps answering, and a request to the stuck device times out with a clear error.
+
+**Leases.**  A server started by something else than a supervisor (systemd, a SLURM job, by
+hand: a *remote* server of a topology) hosts a run's devices only while that run's supervisor
+holds its lease: the supervisor renews it (``lease`` request, every half second or so) and names
+itself as the lease's owner when it creates devices.  When the renewals stop for ``ttl`` seconds
+(the supervisor was killed, or its host is unreachable for that long) the server stops every
+device of the lease, as the supervisor's own stop would have, and waits for the next
+supervisor.  A second supervisor is refused while another one's lease runs
+(:class:`~pulsetrain.errors.AlreadyRunningError`).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from typing import Any
 import zmq
 
 from pulsetrain.errors import (
+    AlreadyRunningError,
     AuthenticationError,
     ConfigurationError,
     DeviceError,
@@ -106,6 +116,11 @@ class DeviceServer:
         #: Device ID → control endpoint of its server, for devices that talk to other devices.
         self.directory: dict[str, str] = {}
         self._remote_clients: dict[str, control.Client] = {}
+        #: The run holding this server: ``{'owner', 'ttl', 'info', 'deadline'}`` or None.
+        self.lease: dict[str, Any] | None = None
+        self._owned: dict[str, str] = {}  # device ID -> lease owner that created it
+        self._lease_lock = threading.Lock()
+        self.leases_expired = 0
 
     # ------------------------------------------------------------ devices
     def instantiate(self, class_name: str, device_id: str, config: Mapping | None = None) -> Device:
@@ -137,7 +152,88 @@ class DeviceServer:
         """Stop and remove a device."""
         device = self._device(device_id)
         self.devices.pop(device_id, None)
+        self._owned.pop(device_id, None)
         device.stop()
+
+    # ------------------------------------------------------------ leases
+    def take_lease(self, owner: str, ttl: float, info: Mapping | None = None) -> dict:
+        """Take or renew the lease for run ``owner`` for ``ttl`` seconds.
+
+        Raises
+        ------
+        AlreadyRunningError
+            Another run's lease is still running.
+        """
+        if not owner or not (0 < float(ttl) <= 3600):
+            raise ConfigurationError("a lease needs an owner and 0 < ttl <= 3600 s")
+        now = time.monotonic()
+        with self._lease_lock:
+            held = self.lease
+            if held is not None and held["owner"] != owner and held["deadline"] > now:
+                raise AlreadyRunningError(
+                    f"server {self.name} is held by another run ({_describe(held['info'])}) for "
+                    f"{held['deadline'] - now:.1f} s more"
+                )
+            if held is None or held["owner"] != owner:
+                log.info("%s: lease taken by %s", self.name, _describe(info or {}))
+            self.lease = {
+                "owner": owner,
+                "ttl": float(ttl),
+                "info": dict(info or {}),
+                "deadline": now + float(ttl),
+            }
+        return self.lease_status()
+
+    def release_lease(self, owner: str) -> int:
+        """End ``owner``'s lease now: its devices are stopped.  Returns how many."""
+        with self._lease_lock:
+            if self.lease is not None and self.lease["owner"] == owner:
+                self.lease = None
+        return self._drop_owned(owner)
+
+    def lease_status(self) -> dict:
+        """The lease as the ``ping`` and ``lease`` requests report it."""
+        lease = self.lease
+        if lease is None:
+            return {"owner": None, "pid": os.getpid(), "devices": sorted(self.devices)}
+        return {
+            "owner": lease["owner"],
+            "pid": os.getpid(),
+            "info": lease["info"],
+            "remaining": round(lease["deadline"] - time.monotonic(), 3),
+            "devices": sorted(self.devices),
+        }
+
+    def _check_lease(self) -> None:
+        with self._lease_lock:
+            lease = self.lease
+            if lease is None or lease["deadline"] > time.monotonic():
+                return
+            self.lease = None
+            self.leases_expired += 1
+        log.warning(
+            "%s: the lease of %s expired (no renewal for %.0f s): stopping its devices",
+            self.name,
+            _describe(lease["info"]),
+            lease["ttl"],
+        )
+        self._pool.submit(self._drop_owned, lease["owner"])
+
+    def _drop_owned(self, owner: str) -> int:
+        dropped = 0
+        for device_id in [d for d, o in list(self._owned.items()) if o == owner]:
+            try:
+                self.kill(device_id)
+                dropped += 1
+            except DeviceError:
+                self._owned.pop(device_id, None)
+            except Exception:
+                log.exception("%s: stopping %s failed", self.name, device_id)
+        if dropped:
+            log.info(
+                "%s: stopped %d devices of the run; waiting for a supervisor", self.name, dropped
+            )
+        return dropped
 
     def client_for(self, device_id: str) -> control.Client:
         """A control client for the server hosting ``device_id`` (from the directory)."""
@@ -151,6 +247,14 @@ class DeviceServer:
         if client is None:
             client = self._remote_clients[endpoint] = control.Client(endpoint, token=self.token)
         return client
+
+    def _check_owner(self, owner: str) -> None:
+        lease = self.lease
+        if lease is None or lease["owner"] != owner:
+            raise AlreadyRunningError(
+                f"server {self.name}: devices of a run are created only under its lease "
+                f"(held by {_describe(lease['info']) if lease else 'nobody'})"
+            )
 
     def _device(self, device_id: str | None) -> Device:
         try:
@@ -202,6 +306,7 @@ class DeviceServer:
                 next_beat = now + 1.0
                 for device in list(self.devices.values()):  # watchdog for stuck device code
                     device.check_stall(now)
+                self._check_lease()
                 self._publish("__heartbeat__", self._heartbeat())
         self._shutdown_devices()
 
@@ -268,7 +373,7 @@ class DeviceServer:
             rid = req.get("id")
             op = req.get("op")
             self._authorise(req.get("token"), op)
-            if op in ("set", "call", "instantiate", "kill", "connect", "directory"):
+            if op in ("set", "call", "instantiate", "kill", "connect", "directory", "release"):
                 future = self._pool.submit(self._execute, req)
                 future.add_done_callback(
                     lambda f, route=route, rid=rid: self._reply_later(route, rid, f)
@@ -323,7 +428,12 @@ class DeviceServer:
                 "devices": sorted(self.devices),
                 "events": self.events_endpoint,
                 "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "lease": self.lease_status(),
             }
+        if op == "lease":
+            return self.take_lease(str(req.get("owner") or ""), req.get("ttl", 0), req.get("info"))
+        if op == "release":
+            return self.release_lease(str(req.get("owner") or ""))
         if op == "list":
             return {
                 d: {
@@ -346,9 +456,14 @@ class DeviceServer:
             self.directory.update({str(k): str(v) for k, v in (req.get("value") or {}).items()})
             return len(self.directory)
         if op == "instantiate":
+            owner = req.get("owner")
+            if owner is not None:
+                self._check_owner(str(owner))
             device = self.instantiate(
                 str(req.get("cls")), str(req.get("device")), req.get("config") or {}
             )
+            if owner is not None:
+                self._owned[device.device_id] = str(owner)
             return {"state": device.state, "status": device.status}
         device_id = req.get("device")
         if op == "kill":
@@ -369,3 +484,13 @@ class DeviceServer:
             device.connect_input(str(req.get("input")), str(req.get("endpoint")))
             return True
         raise ProtocolError(f"unknown operation {op!r}")  # pragma: no cover
+
+
+def _describe(info: Mapping) -> str:
+    """A lease holder for messages: ``topology 'x' (supervisor pid 12 on host h)``."""
+    if not info:
+        return "an unnamed run"
+    return (
+        f"topology {info.get('topology', '?')!r} (supervisor pid {info.get('pid', '?')} on "
+        f"{info.get('host', '?')})"
+    )

@@ -13,6 +13,18 @@ their cause, in the state file and in the log (WARNING).
 
 Servers never outlive the supervisor: each is told the supervisor's pid and exits by itself when
 it is gone (:class:`pulsetrain.runtime.lifetime.ServerLifetime`), however the supervisor ended.
+
+*Remote* servers (a topology's ``[servers.x] endpoint = ...``) are started by something else -
+systemd, a SLURM job, a person - and wait.  The supervisor takes each one's *lease*
+(:mod:`pulsetrain.runtime.server`), renews it from a thread of its own per server every
+``supervise_interval`` and creates the server's devices under it.  A renewal that finds devices
+missing (the server was restarted by its host) creates them again with the same configuration;
+a server that does not answer for ``ping_timeout`` seconds is reported unreachable in the state
+file (``reachable: false``, ``unreachable_since``) and in the log, and the rest of the topology
+keeps running.  When the supervisor ends, however it ends, the remote servers stop the run's
+devices: at once when it stops cleanly (it releases the lease), after ``lease_ttl`` seconds
+without renewal when it is killed.  They need the supervisor's token: the one given, or
+``$PULSETRAIN_TOKEN`` / ``$PULSETRAIN_TOKEN_FILE``.
 """
 
 from __future__ import annotations
@@ -20,18 +32,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from pulsetrain.errors import ConfigurationError, PulsetrainError, StartupError
+from pulsetrain.errors import (
+    AlreadyRunningError,
+    ConfigurationError,
+    PulsetrainError,
+    StartupError,
+)
 from pulsetrain.runtime import lifetime, runstate, shmem
-from pulsetrain.runtime.control import Client, new_token
+from pulsetrain.runtime.control import Client, new_token, token_from_env
 from pulsetrain.runtime.ports import free_port
 from pulsetrain.runtime.topology import Topology
 
@@ -41,10 +60,16 @@ log = logging.getLogger(__name__)
 
 
 class _ServerProcess:
-    def __init__(self, name: str, control: str, events: str):
+    def __init__(self, name: str, control: str, events: str, remote: bool = False):
         self.name = name
         self.control = control
         self.events = events
+        self.remote = remote
+        self.remote_pid: int | None = None  # a remote server's pid on its host
+        self.reachable = True
+        self.unreachable_since: float | None = None  # time.time() of the last good answer
+        self.lease_problem: str | None = None
+        self.creating: set[str] = set()  # devices being created again on a remote server
         self.proc: subprocess.Popen | None = None
         self.started: float | None = None  # create time of the process (identifies the pid)
         self.restarts = 0
@@ -78,6 +103,9 @@ class Supervisor:
     may_fail : collection of str
         IDs of devices that may be in ERROR after the start (a test of that ERROR, say); any
         other device in ERROR fails the start.
+    lease_ttl : float
+        Seconds a remote server keeps this run's devices without hearing from the supervisor
+        (longer than any network outage the run should ride out).
     """
 
     def __init__(
@@ -90,11 +118,31 @@ class Supervisor:
         ping_timeout: float = 10.0,
         env: dict[str, str] | None = None,
         may_fail: Collection[str] = (),
+        lease_ttl: float = 10.0,
     ):
         self.topology = topology if isinstance(topology, Topology) else Topology.load(topology)
         runstate.RunLock.check_free(self.topology.name)  # before the ports it holds are checked
         self.topology.validate()
+        remote = sorted(n for n, spec in self.topology.servers.items() if not spec.local)
+        if remote:
+            token = token or token_from_env()
+            if not token:
+                raise ConfigurationError(
+                    f"topology {self.topology.name!r} has remote servers ({', '.join(remote)}): "
+                    "give their control token (--token-file, $PULSETRAIN_TOKEN or "
+                    "$PULSETRAIN_TOKEN_FILE)"
+                )
+        if not lease_ttl > 0:
+            raise ConfigurationError(f"lease_ttl must be > 0, not {lease_ttl!r}")
         self.token = token or new_token()
+        self.lease_ttl = float(lease_ttl)
+        #: Who holds the remote servers' leases: unique per supervisor.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.lease_info = {
+            "topology": self.topology.name,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="pulsetrain-run-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.token_file = self.workdir / "token"  # written by start(), once the run is ours
@@ -124,7 +172,8 @@ class Supervisor:
                     f"tcp://{host}:{free_port(host)}",
                 )
             else:
-                self.servers[spec.name] = _ServerProcess(spec.name, spec.endpoint, "")
+                self.servers[spec.name] = _ServerProcess(spec.name, spec.endpoint, "", remote=True)
+        self._watchers: list[threading.Thread] = []
 
     # ------------------------------------------------------------ access
     def client(self, server: str) -> Client:
@@ -300,6 +349,14 @@ class Supervisor:
                     else None
                 ),
             }
+            if sp.remote:
+                servers[name].update(
+                    remote=True,
+                    remote_pid=sp.remote_pid,
+                    reachable=sp.reachable,
+                    unreachable_since=sp.unreachable_since,
+                    lease_problem=sp.lease_problem,
+                )
         return {
             "topology": self.topology.name,
             "pid": os.getpid(),
@@ -328,6 +385,8 @@ class Supervisor:
                 self._spawn(sp)
         for sp in self.servers.values():
             self._wait_ping(sp, deadline)
+            if sp.remote:
+                self._take_lease(sp, deadline)
             self._send_directory(sp.name)
         self._instantiate_all(deadline)
         self._check_devices()
@@ -336,6 +395,13 @@ class Supervisor:
         self._announce()
         self._thread = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
         self._thread.start()
+        for sp in self.servers.values():
+            if sp.remote:
+                t = threading.Thread(
+                    target=self._watch_remote, args=(sp,), name=f"lease:{sp.name}", daemon=True
+                )
+                self._watchers.append(t)
+                t.start()
 
     def _announce(self) -> None:
         """Write the state file (the topology is reachable from now on)."""
@@ -409,6 +475,28 @@ class Supervisor:
                         f"(log: {self._server_log(sp.name)})"
                     ) from None
 
+    def _take_lease(self, sp: _ServerProcess, deadline: float) -> None:
+        """Take a remote server's lease, waiting while an earlier run's lease runs out."""
+        while True:
+            if self._stop.is_set():
+                raise _Stopping()
+            try:
+                status = self.client(sp.name).lease(
+                    self.owner, self.lease_ttl, self.lease_info, timeout=2.0
+                )
+                sp.remote_pid = status.get("pid")
+                return
+            except AlreadyRunningError as exc:
+                if time.monotonic() > deadline:
+                    raise StartupError(f"remote server {sp.name!r}: {exc}") from None
+                log.info("waiting for remote server %s: %s", sp.name, exc)
+                time.sleep(0.5)
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise StartupError(
+                        f"remote server {sp.name!r} does not answer on {sp.control}"
+                    ) from None
+
     def _send_directory(self, server: str) -> None:
         self.client(server).request("directory", value=self.directory())
 
@@ -424,7 +512,10 @@ class Supervisor:
                         return
                     try:
                         reply = client.instantiate(
-                            dev.class_name, dev.device_id, self.configs[dev.device_id]
+                            dev.class_name,
+                            dev.device_id,
+                            self.configs[dev.device_id],
+                            owner=self._owner_on(server),
                         )
                     except Exception as exc:  # noqa: BLE001 - reported as the start's failure
                         outcome[dev.device_id] = exc
@@ -460,6 +551,10 @@ class Supervisor:
                 f"devices not created in time: {', '.join(missing)} (see the server logs in "
                 f"{self.workdir})"
             )
+
+    def _owner_on(self, server: str) -> str | None:
+        """The lease under which devices are created on ``server`` (None: a local server)."""
+        return self.owner if self.servers[server].remote else None
 
     def _check_devices(self) -> None:
         """Raise for the first device that is not there or in ERROR."""
@@ -499,9 +594,9 @@ class Supervisor:
                 if (runstate.read_state(path) or {}).get("pid") == os.getpid():
                     path.unlink()
         remote = [
-            threading.Thread(target=self._kill_remote_devices, args=(name,), daemon=True)
-            for name, spec in self.topology.servers.items()
-            if not spec.local
+            threading.Thread(target=self._release_remote, args=(name,), daemon=True)
+            for name, sp in self.servers.items()
+            if sp.remote
         ]
         for t in remote:
             t.start()
@@ -521,22 +616,32 @@ class Supervisor:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(2.0)
         end = time.monotonic() + 1.0
-        for t in [*remote, *([self._thread] if self._thread else [])]:
+        threads = [*remote, *self._watchers, *([self._thread] if self._thread else [])]
+        for t in threads:
             t.join(max(0.0, end - time.monotonic()))
         for pid in sorted(self._pids):
             if not runstate.pid_alive(pid):
                 shmem.remove_segments_of(pid)  # of servers that had to be killed
-        if not any(t.is_alive() for t in [*remote, *([self._thread] if self._thread else [])]):
+        if not any(t.is_alive() for t in threads):
             for c in self._clients.values():
                 c.close()
         if self._run_lock is not None:
             self._run_lock.release()
 
-    def _kill_remote_devices(self, server: str) -> None:
-        with Client(self.servers[server].control, token=self.token, timeout=2.0) as client:
-            for dev in self.topology.devices_on(server):
-                with contextlib.suppress(Exception):
-                    client.kill(dev.device_id)
+    def _release_remote(self, server: str) -> None:
+        """End this run's lease on a remote server: it stops the run's devices at once (an
+        unreachable server does so by itself when the lease runs out)."""
+        with Client(self.servers[server].control, token=self.token, timeout=10.0) as client:
+            try:
+                client.release(self.owner)
+            except (PulsetrainError, TimeoutError) as exc:
+                log.warning(
+                    "remote server %s: lease not released (%s); it stops the run's devices "
+                    "within %.0f s by itself",
+                    server,
+                    exc,
+                    self.lease_ttl,
+                )
 
     # ------------------------------------------------------------ supervising
     def _restart(self, sp: _ServerProcess, cause: str) -> None:
@@ -557,44 +662,136 @@ class Supervisor:
     def _instantiate(self, server: str) -> None:
         client = self.client(server)
         for dev in self.topology.devices_on(server):
-            client.instantiate(dev.class_name, dev.device_id, self.configs[dev.device_id])
+            client.instantiate(
+                dev.class_name, dev.device_id, self.configs[dev.device_id], self._owner_on(server)
+            )
 
     def _supervise(self) -> None:
         while not self._stop.wait(self.supervise_interval):
             for sp in self.servers.values():
                 if self._stop.is_set():
                     return
-                local = self.topology.servers[sp.name].local
+                if sp.remote:
+                    continue  # watched by its own lease thread (_watch_remote)
                 try:
-                    if local and sp.proc is not None and sp.proc.poll() is not None:
+                    if sp.proc is not None and sp.proc.poll() is not None:
                         self._restart(sp, lifetime.describe_exit(sp.proc.returncode))
                         continue
-                    info = self.client(sp.name).request("ping", timeout=1.0)
+                    self.client(sp.name).request("ping", timeout=1.0)
                     sp.last_ok = time.monotonic()
-                    missing = [
-                        d.device_id
-                        for d in self.topology.devices_on(sp.name)
-                        if d.device_id not in info["devices"]
-                    ]
-                    if missing and not local:  # a remote server restarted on its own
-                        log.warning("server %s lost devices %s; re-creating", sp.name, missing)
-                        self._send_directory(sp.name)
-                        self._instantiate_missing(sp.name, missing)
                 except _Stopping:
                     return
                 except TimeoutError:
-                    if local and time.monotonic() - sp.last_ok > self.ping_timeout:
+                    if time.monotonic() - sp.last_ok > self.ping_timeout:
                         with contextlib.suppress(_Stopping, PulsetrainError, TimeoutError):
                             self._restart(sp, f"no answer for {self.ping_timeout:g} s")
                 except Exception:
                     if not self._stop.is_set():
                         log.exception("supervising %s failed", sp.name)
 
-    def _instantiate_missing(self, server: str, device_ids: list[str]) -> None:
-        client = self.client(server)
-        for device_id in device_ids:
+    def _watch_remote(self, sp: _ServerProcess) -> None:
+        """Renew a remote server's lease; re-create its devices when they are missing; report
+        it unreachable when it does not answer (one thread per remote server, so a server that
+        hangs delays no other)."""
+        with Client(sp.control, token=self.token) as client:
+            while not self._stop.wait(self.supervise_interval):
+                try:
+                    status = client.lease(self.owner, self.lease_ttl, self.lease_info, timeout=1.0)
+                except TimeoutError:
+                    if sp.reachable and time.monotonic() - sp.last_ok > self.ping_timeout:
+                        sp.reachable = False
+                        sp.unreachable_since = time.time() - (time.monotonic() - sp.last_ok)
+                        log.warning(
+                            "remote server %s does not answer on %s for %.0f s: unreachable "
+                            "(the rest of the topology keeps running)",
+                            sp.name,
+                            sp.control,
+                            self.ping_timeout,
+                        )
+                        self._announce_quietly()
+                    continue
+                except PulsetrainError as exc:  # another run took it after our lease ran out
+                    if sp.lease_problem != str(exc):
+                        sp.lease_problem = str(exc)
+                        log.error("remote server %s: %s", sp.name, exc)
+                        self._announce_quietly()
+                    continue
+                except Exception:
+                    if not self._stop.is_set():
+                        log.exception("watching remote server %s failed", sp.name)
+                    continue
+                try:
+                    self._on_lease_renewed(sp, client, status)
+                except (PulsetrainError, TimeoutError) as exc:
+                    if not self._stop.is_set():
+                        log.warning("remote server %s: re-creating devices: %s", sp.name, exc)
+
+    def _on_lease_renewed(self, sp: _ServerProcess, client: Client, status: dict) -> None:
+        sp.last_ok = time.monotonic()
+        changed = False
+        if not sp.reachable:
+            log.warning(
+                "remote server %s answers again (unreachable for %.1f s)",
+                sp.name,
+                time.time() - (sp.unreachable_since or time.time()),
+            )
+            sp.reachable, sp.unreachable_since, changed = True, None, True
+        if sp.lease_problem is not None:
+            sp.lease_problem, changed = None, True
+        pid = status.get("pid")
+        missing = [
+            d.device_id
+            for d in self.topology.devices_on(sp.name)
+            if d.device_id not in status.get("devices", ()) and d.device_id not in sp.creating
+        ]
+        if missing:
+            cause = (
+                f"restarted on its host (pid {sp.remote_pid} -> {pid})"
+                if pid != sp.remote_pid
+                else f"lost devices {', '.join(missing)}"
+            )
+            sp.restarts += 1
+            sp.last_cause = cause
+            sp.last_restart = time.time()
+            self.restarts.append((sp.last_restart, sp.name, cause))
+            log.warning("remote server %s %s: re-creating %d devices", sp.name, cause, len(missing))
+            client.request("directory", value=self.directory())
+            self._recreate(sp, missing)  # in the background: the lease is renewed meanwhile
+            changed = True
+        sp.remote_pid = pid
+        if changed:
+            self._announce_quietly()
+
+    def _recreate(self, sp: _ServerProcess, device_ids: list[str]) -> None:
+        """Create devices on a remote server again, all at once and in the background (the
+        server creates them in parallel, and the lease keeps being renewed while a device takes
+        long to initialise)."""
+
+        def create(device_id: str) -> None:
             dev = self.topology.devices[device_id]
-            client.instantiate(dev.class_name, device_id, self.configs[device_id])
+            try:
+                with Client(sp.control, token=self.token) as c:
+                    c.instantiate(dev.class_name, device_id, self.configs[device_id], self.owner)
+            except (PulsetrainError, TimeoutError) as exc:
+                if not self._stop.is_set():
+                    log.warning("remote server %s: %s not re-created: %s", sp.name, device_id, exc)
+            finally:
+                sp.creating.discard(device_id)
+
+        for device_id in device_ids:
+            sp.creating.add(device_id)
+            threading.Thread(
+                target=create, args=(device_id,), name=f"create:{device_id}", daemon=True
+            ).start()
+
+    def _announce_quietly(self) -> None:
+        """Update the state file (a failure to write it is logged, never raised)."""
+        if self._stop.is_set():
+            return
+        try:
+            self._announce()
+        except OSError as exc:
+            log.warning("state file not updated: %s", exc)
 
 
 def _create_time(pid: int) -> float | None:

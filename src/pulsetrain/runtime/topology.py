@@ -23,6 +23,14 @@ A topology is a TOML file::
     on_slowness = "drop"         # or queueDrop, wait
     max_queue_length = 2
 
+Replicas: a device with ``replicas = R`` and ``servers = ["a", "b", ...]`` (one server per
+replica) runs as R devices ``<ID>/1`` ... ``<ID>/R``, replica *k* on the *k*-th server.  A
+connection naming the device stands for one connection per replica: into the replicas it must
+be ``data_distribution = "shared"`` (each train goes to exactly one replica, the one ready
+first), out of them it merges the replicas' streams (as one source: they write the same source
+names).  A device that merges them and has a ``max_reorder`` property (the ``TrainMatcher``)
+gets ``max_reorder = 4 * R`` unless its config sets one: replicas finish trains out of order.
+
 :meth:`Topology.validate` checks the whole topology before anything starts and reports every
 problem, one line each, naming the file, the table and the key.  :meth:`Topology.resolve` gives every output a fixed endpoint (a free port on the loopback
 interface for local servers, ``port_base + n`` on ``data_host`` for remote ones) and turns the
@@ -50,10 +58,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Connection", "DeviceSpec", "ServerSpec", "Topology"]
+__all__ = ["Connection", "DeviceSpec", "ServerSpec", "Topology", "replica_id"]
 
 _SERVER_KEYS = ("endpoint", "data_host", "port_base", "memory_limit_mb", "env")
-_DEVICE_KEYS = ("class", "server", "config")
+_DEVICE_KEYS = ("class", "server", "servers", "replicas", "config")
+MAX_REPLICAS = 64
+#: ``max_reorder`` given to a device merging the streams of R replicas: R times this.
+REORDER_PER_REPLICA = 4
 _CONNECTION_KEYS = ("from", "to", "data_distribution", "on_slowness", "max_queue_length")
 
 
@@ -82,6 +93,13 @@ class DeviceSpec:
     class_name: str
     server: str
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    replica_of: str | None = None  # the device ID of the file, for a replica
+    replica: int = 0  # 1..R for a replica, 0 otherwise
+
+    @property
+    def declared(self) -> str:
+        """The device ID as the topology file declares it (a replica's device)."""
+        return self.replica_of or self.device_id
 
 
 @dataclasses.dataclass
@@ -93,6 +111,12 @@ class Connection:
     data_distribution: str = "copy"
     on_slowness: str = "drop"
     max_queue_length: int = 2
+    number: int = 0  # its place among the file's [[connections]] (1, 2, ...)
+
+
+def replica_id(device_id: str, k: int) -> str:
+    """The device ID of replica ``k`` (1, 2, ...) of ``device_id``: ``'<device_id>/<k>'``."""
+    return f"{device_id}/{k}"
 
 
 def _split_channel(ref: str, what: str) -> tuple[str, str]:
@@ -156,7 +180,9 @@ class _Report:
     def add(self, table: str, key: str | None, message: str) -> None:
         line = self._locate(table)
         where = f"{self.source}:{line}" if line else self.source
-        self.problems.append(f"{where}: {table}{' ' + key if key else ''}: {message}")
+        problem = f"{where}: {table}{' ' + key if key else ''}: {message}"
+        if problem not in self.problems:  # replicas of a device share its problems
+            self.problems.append(problem)
 
     def unknown_keys(self, table: str, spec: dict, known: Sequence[str]) -> None:
         """One problem for each key of ``spec`` not in ``known`` (with the nearest)."""
@@ -317,6 +343,7 @@ class Topology:
         servers = cls._read_servers(doc.pop("servers", {}), report)
         devices = cls._read_devices(doc.pop("devices", {}), report)
         connections = cls._read_connections(doc.pop("connections", []), report)
+        connections = cls._expand_replicas(devices, connections, report)
         return cls(
             name,
             servers,
@@ -391,7 +418,8 @@ class Topology:
             for key in ("class", "server"):
                 value = spec.get(key)
                 if value is None:
-                    report.add(where, key, "missing")
+                    if key == "class" or "servers" not in spec:
+                        report.add(where, key, "missing")
                 elif not isinstance(value, str) or not value:
                     report.add(where, key, f"must be a non-empty string, not {value!r}")
                     value = None
@@ -400,8 +428,112 @@ class Topology:
             if not isinstance(config, dict):
                 report.add(where, "config", f"must be a table, not a {_type_name(config)}")
                 config = {}
-            devices[device_id] = DeviceSpec(device_id, values[0], values[1], dict(config))
+            if "servers" not in spec and spec.get("replicas", 1) == 1:
+                devices[device_id] = DeviceSpec(device_id, values[0], values[1], dict(config))
+                continue
+            hosts = Topology._read_replica_servers(where, spec, report)
+            if not hosts:  # reported: still one device, so its connections are checked
+                devices[device_id] = DeviceSpec(device_id, values[0], "", dict(config))
+            for k, server in enumerate(hosts, 1):
+                rid = replica_id(device_id, k)
+                devices[rid] = DeviceSpec(rid, values[0], server, dict(config), device_id, k)
+        for spec in [d for d in devices.values() if d.replica_of and d.replica == 1]:
+            for rid in [d.device_id for d in devices.values() if d.replica_of == spec.replica_of]:
+                if rid in table:
+                    report.add(
+                        _table("devices", spec.replica_of),
+                        "replicas",
+                        f"replica {rid!r} has the ID of a device declared in the file",
+                    )
         return devices
+
+    @staticmethod
+    def _read_replica_servers(where: str, spec: dict, report: _Report) -> list[str]:
+        """The server of each replica of a device with ``replicas`` / ``servers`` ([] if
+        invalid; the problems are reported)."""
+        replicas = spec.get("replicas")
+        servers = spec.get("servers")
+        if replicas is not None and (
+            isinstance(replicas, bool)
+            or not isinstance(replicas, int)
+            or not 1 <= replicas <= MAX_REPLICAS
+        ):
+            report.add(where, "replicas", f"{replicas!r} must be an integer 1-{MAX_REPLICAS}")
+            return []
+        if "server" in spec and servers is not None:
+            report.add(
+                where,
+                "servers",
+                "give either server (one device) or servers (one per replica), not both",
+            )
+            return []
+        if servers is None:
+            report.add(
+                where,
+                "servers",
+                f"missing: replicas = {replicas} run each on its own server, e.g. "
+                f"servers = [{', '.join(repr(f'host{k}') for k in range(1, replicas + 1))}]"
+                if replicas and replicas > 1
+                else "missing: the servers of the replicas, e.g. servers = ['host1', 'host2']",
+            )
+            return []
+        if (
+            not isinstance(servers, list)
+            or not servers
+            or not all(isinstance(s, str) and s for s in servers)
+        ):
+            report.add(
+                where, "servers", f"must be a non-empty array of server names, not {servers!r}"
+            )
+            return []
+        if len(set(servers)) != len(servers):
+            twice = sorted({s for s in servers if servers.count(s) > 1})
+            report.add(
+                where,
+                "servers",
+                f"{', '.join(map(repr, twice))} listed twice: each replica runs on its own server",
+            )
+            return []
+        if replicas is not None and replicas != len(servers):
+            report.add(
+                where,
+                "replicas",
+                f"{replicas} replicas but {len(servers)} servers: give one server per replica",
+            )
+            return []
+        return list(servers)
+
+    @staticmethod
+    def _expand_replicas(
+        devices: dict[str, DeviceSpec], connections: list[Connection], report: _Report
+    ) -> list[Connection]:
+        """One connection per replica for each connection naming a replicated device."""
+        groups: dict[str, list[str]] = {}
+        for spec in devices.values():
+            if spec.replica_of:
+                groups.setdefault(spec.replica_of, []).append(spec.device_id)
+        if not groups:
+            return connections
+        out = []
+        for conn in connections:
+            src, out_ch = _split_channel(conn.output, "from")
+            dst, in_ch = _split_channel(conn.input, "to")
+            if dst in groups and conn.data_distribution != "shared":
+                report.add(
+                    f"[[connections]] #{conn.number}",
+                    "data_distribution",
+                    f"{conn.data_distribution!r} would give every train to each of the "
+                    f"{len(groups[dst])} replicas of {dst!r}: feed replicas with "
+                    'data_distribution = "shared"',
+                )
+            for out_dev in groups.get(src, [src]):
+                for in_dev in groups.get(dst, [dst]):
+                    out.append(
+                        dataclasses.replace(
+                            conn, output=f"{out_dev}:{out_ch}", input=f"{in_dev}:{in_ch}"
+                        )
+                    )
+        return out
 
     @staticmethod
     def _read_connections(items: Any, report: _Report) -> list[Connection]:
@@ -440,6 +572,7 @@ class Topology:
                 conn.max_queue_length = mql
             else:
                 report.add(where, "max_queue_length", f"must be an integer >= 1, not {mql!r}")
+            conn.number = i
             if len(ends) == 2:
                 conn.output, conn.input = ends
                 connections.append(conn)
@@ -486,11 +619,11 @@ class Topology:
 
         classes: dict[str, type] = {}
         for device in self.devices.values():
-            where = _table("devices", device.device_id)
+            where = _table("devices", device.declared)
             if device.server and device.server not in self.servers:
                 report.add(
                     where,
-                    "server",
+                    "servers" if device.replica_of else "server",
                     f"{device.server!r} is not in [servers] (has: "
                     f"{', '.join(self.servers) or 'none'})"
                     + _did_you_mean(device.server, self.servers),
@@ -553,7 +686,7 @@ class Topology:
         policies: dict[str, tuple] = {}
         seen: dict[tuple[str, str], int] = {}
         for i, conn in enumerate(self.connections, 1):
-            where = f"[[connections]] #{i}"
+            where = f"[[connections]] #{conn.number or i}"
             ends_ok = True
             for ref, key, kind in ((conn.output, "from", "outputs"), (conn.input, "to", "inputs")):
                 dev, ch = _split_channel(ref, key)
@@ -610,7 +743,7 @@ class Topology:
                     f"{conn.output} -> {conn.input} is connected twice "
                     f"(also [[connections]] #{seen[pair]})",
                 )
-            seen.setdefault(pair, i)
+            seen.setdefault(pair, conn.number or i)
             if ends_ok:
                 valid.add(i)
         return valid
@@ -625,7 +758,7 @@ class Topology:
             src = conn.output.rpartition(":")[0]
             dst = conn.input.rpartition(":")[0]
             if src in self.devices and dst in self.devices:
-                edges.setdefault(src, []).append((dst, i))
+                edges.setdefault(src, []).append((dst, conn.number or i))
         state: dict[str, int] = {}  # 1: on the path, 2: done
         path: list[str] = []
         reported: set[frozenset[str]] = set()
@@ -686,7 +819,7 @@ class Topology:
                 continue
             values = {k: p.default for k, p in cls.properties().items()}
             values.update(device.config)
-            where = _table("devices", device_id)
+            where = _table("devices", device.declared)
             for key, endpoint in _bind_endpoints(values):
                 shown = f"config.{key}" if key in device.config else f"{key} (default)"
                 if "://" not in endpoint:
@@ -756,8 +889,12 @@ class Topology:
                 endpoints[f"{device.device_id}:{name}"] = ep
                 local[f"{device.device_id}:{name}"] = (device.server, inproc)
             configs[device.device_id] = cfg
+        merged: dict[str, int] = {}  # device → most replicas of one device it merges
         for conn in self.connections:
             in_dev, in_ch = _split_channel(conn.input, "input")
+            out_spec = self.devices[_split_channel(conn.output, "output")[0]]
+            if out_spec.replica_of:
+                merged[in_dev] = max(merged.get(in_dev, 0), len(self.replicas_of(out_spec)))
             inputs = configs[in_dev].setdefault("inputs", {})
             entry = inputs.setdefault(in_ch, {"connect": []})
             entry.update(
@@ -768,7 +905,23 @@ class Topology:
             out_server, inproc = local[conn.output]
             same = out_server == self.devices[in_dev].server
             entry["connect"].append(inproc if same else endpoints[conn.output])
+        for conn in self.connections:  # a replica reads only once its consumers are there
+            out_dev, out_ch = _split_channel(conn.output, "output")
+            if self.devices[out_dev].replica_of:
+                entry = configs[out_dev]["outputs"][out_ch]
+                entry["expect_inputs"] = entry.get("expect_inputs", 0) + 1
+        for device_id, n in merged.items():
+            spec = self.devices[device_id]
+            cls = find_device_class(spec.class_name, self._module_path())
+            if "max_reorder" in cls.properties() and "max_reorder" not in spec.config:
+                configs[device_id]["max_reorder"] = REORDER_PER_REPLICA * n
         return configs
+
+    def replicas_of(self, device: DeviceSpec | str) -> list[str]:
+        """The IDs of the replicas of a device (of the file's ID, or of one replica's)."""
+        spec = device if isinstance(device, DeviceSpec) else self.devices.get(device)
+        base = device if spec is None else spec.declared
+        return [d.device_id for d in self.devices.values() if d.replica_of == base]
 
     def _module_path(self) -> list[Path]:
         return [self.directory] if self.directory is not None else []

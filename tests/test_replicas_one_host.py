@@ -1,0 +1,315 @@
+"""Load-balanced replicas: topology expansion and checks, the matcher's reordering, and a run on
+one host (several local servers) where a replica is killed half-way.
+
+The same run across two test hosts (network namespaces) is ``tests/multihost/test_replicas.py``
+(this file has another name: two test modules of one basename cannot be collected together).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+from pulsetrain.errors import ChannelError, PulsetrainError
+from pulsetrain.runtime.channels import EndOfStream, InputChannel
+from pulsetrain.runtime.supervisor import Supervisor
+from pulsetrain.runtime.topology import Topology
+from pulsetrain.testing import DeviceHarness
+from waiting import wait_until
+
+FIRST = 10_000_000  # TrainSource's first train ID
+
+REPLICATED = """
+[topology]
+name = "{name}"
+
+[servers.src]
+[servers.h1]
+[servers.h2]
+[servers.sink]
+
+[devices."R/SOURCE"]
+class = "TrainSource"
+server = "src"
+config = {{ rate = {rate}, n_trains = {n}, shape = [4, 32], source_prefix = "MOD", autostart = false }}
+
+[devices."R/WORK"]
+class = "Passthrough"
+replicas = 2
+servers = ["h1", "h2"]
+config = {{ delay = {delay} }}
+
+[devices."R/MATCH"]
+class = "TrainMatcher"
+server = "sink"
+config = {{ sources = ["MOD0"], buffer_size = 50 }}
+
+[[connections]]
+from = "R/SOURCE:output"
+to = "R/WORK:input"
+data_distribution = "shared"
+on_slowness = "wait"
+
+[[connections]]
+from = "R/WORK:output"
+to = "R/MATCH:input"
+on_slowness = "wait"
+"""
+
+
+def write(tmp_path, text, name="t.toml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def replicated(tmp_path, name="replicas", n=200, rate=30.0, delay=0.05):
+    return Topology.load(write(tmp_path, REPLICATED.format(name=name, n=n, rate=rate, delay=delay)))
+
+
+# ------------------------------------------------------------------ topology
+def test_replicas_expand_into_devices_and_connections(tmp_path):
+    topo = replicated(tmp_path)
+    assert topo.check() == []
+    work = {d: (s.server, s.replica_of, s.replica) for d, s in topo.devices.items()}
+    assert work["R/WORK/1"] == ("h1", "R/WORK", 1)
+    assert work["R/WORK/2"] == ("h2", "R/WORK", 2)
+    assert "R/WORK" not in topo.devices
+    assert topo.replicas_of("R/WORK") == ["R/WORK/1", "R/WORK/2"]
+    pairs = sorted((c.output, c.input, c.number) for c in topo.connections)
+    assert pairs == [
+        ("R/SOURCE:output", "R/WORK/1:input", 1),
+        ("R/SOURCE:output", "R/WORK/2:input", 1),
+        ("R/WORK/1:output", "R/MATCH:input", 2),
+        ("R/WORK/2:output", "R/MATCH:input", 2),
+    ]
+    configs = topo.resolve()
+    # one output feeds both replicas (shared); the matcher reads both replicas' outputs
+    src = configs["R/SOURCE"]["outputs"]["output"]["bind"][0]
+    for rid in ("R/WORK/1", "R/WORK/2"):
+        entry = configs[rid]["inputs"]["input"]
+        assert entry["connect"] == [src] and entry["data_distribution"] == "shared"
+    outs = {configs[r]["outputs"]["output"]["bind"][0] for r in ("R/WORK/1", "R/WORK/2")}
+    # a (restarted) replica reads its input only once the matcher reads its output
+    assert all(
+        configs[r]["outputs"]["output"]["expect_inputs"] == 1 for r in topo.replicas_of("R/WORK")
+    )
+    assert set(configs["R/MATCH"]["inputs"]["input"]["connect"]) == outs and len(outs) == 2
+    assert configs["R/MATCH"]["max_reorder"] == 8  # 4 per replica, unless configured
+
+
+WORK_TABLE = '[devices."R/WORK"]'
+
+
+def line_of(text: str, table: str) -> int:
+    return 1 + text.splitlines().index(table)
+
+
+def problems(tmp_path, text):
+    return Topology.load(write(tmp_path, text)).check(ports=False)
+
+
+def test_replica_mistakes_are_one_line_each_naming_the_table(tmp_path):
+    base = REPLICATED.format(name="bad", n=0, rate=10.0, delay=0.0)
+    copy = base.replace('data_distribution = "shared"', 'data_distribution = "copy"')
+    (line,) = problems(tmp_path, copy)
+    assert line.startswith(f"{tmp_path / 't.toml'}:{line_of(copy, '[[connections]]')}: ")
+    assert "[[connections]] #1 data_distribution: 'copy' would give every train to each " in line
+    assert "replicas of 'R/WORK': feed replicas with data_distribution = \"shared\"" in line
+
+    cases = {
+        'servers = ["h1", "h1"]': "servers: 'h1' listed twice: each replica runs on its own server",
+        'servers = ["h1", "nowhere"]': "servers: 'nowhere' is not in [servers]",
+        'servers = ["h1"]': "replicas: 2 replicas but 1 servers: give one server per replica",
+        'server = "h1"': "servers: missing: replicas = 2 run each on its own server",
+        'servers = ["h1", "h2"]\nserver = "h1"': "give either server (one device) or servers",
+        'servers = "h1"': "servers: must be a non-empty array of server names",
+    }
+    for replacement, expected in cases.items():
+        text = base.replace('servers = ["h1", "h2"]', replacement)
+        found = problems(tmp_path, text)
+        assert len(found) == 1 and expected in found[0], (replacement, found)
+        where = f"{tmp_path / 't.toml'}:{line_of(text, WORK_TABLE)}"
+        assert found[0].startswith(f'{where}: [devices."R/WORK"] ')
+    (found,) = problems(tmp_path, base.replace("replicas = 2", "replicas = 0"))
+    assert "replicas: 0 must be an integer 1-64" in found
+    # a property problem is reported once, not once per replica
+    (found,) = problems(tmp_path, base.replace("delay = 0.0", "delay = -1.0"))
+    assert '[devices."R/WORK"] config.delay: -1.0 is below the minimum' in found
+
+
+# ------------------------------------------------------------------ matcher
+A, B = "SRC/A:out", "SRC/B:out"
+
+
+def send(dev, source, tid):
+    dev.send({source: {"v": np.array([float(tid)]), "trainId": tid}}, train_id=tid)
+
+
+def tid_of(meta):
+    (tid,) = {m["timestamp.tid"] for m in meta.values()}
+    return tid
+
+
+def test_matcher_reorders_replicated_sources_and_counts_gaps():
+    """Replicas deliver out of order: trains still go out in order, each once; a train no
+    source delivered is given up once a train more than ``max_reorder`` newer is complete."""
+    with DeviceHarness(
+        "TrainMatcher", {"sources": [A], "max_reorder": 3}, device_id="TEST/MATCH/R"
+    ) as dev:
+        for tid in (1, 3, 2):  # replica 2 finished 3 before replica 1 finished 2
+            send(dev, A, tid)
+        assert [tid_of(dev.receive()[1]) for _ in range(3)] == [1, 2, 3]
+        for tid in (5, 6, 7):  # train 4 was lost (a replica died with it): held back ...
+            send(dev, A, tid)
+        send(dev, A, 8)  # ... until 8 - 4 > 3: 4 is given up
+        assert [tid_of(dev.receive()[1]) for _ in range(4)] == [5, 6, 7, 8]
+        dev.wait_for("trainGaps", 1)
+        dev.wait_for("sourceMissing", {A: 1})
+        send(dev, A, 4)  # it turns up after all: late, never sent twice
+        dev.wait_for("lateData", 1)
+        for tid in (10, 11):  # 9 lost, and then the stream pauses: no train is held for ever
+            send(dev, A, tid)
+        assert [tid_of(dev.receive(timeout=10)[1]) for _ in range(2)] == [10, 11]
+        dev.wait_for("trainGaps", 2)
+        assert dev.get("matchedTrains") == 9 and dev.get("incompleteTrains") == 0
+        assert dev.get("duplicateData") == 0
+
+
+def test_matcher_gives_up_an_incomplete_train_only_beyond_max_reorder():
+    with DeviceHarness(
+        "TrainMatcher", {"sources": [A, B], "max_reorder": 2}, device_id="TEST/MATCH/R2"
+    ) as dev:
+        send(dev, A, 1)  # B of train 1 is still on its way (another replica)
+        for tid in (2, 3):
+            send(dev, A, tid)
+            send(dev, B, tid)
+        send(dev, B, 1)
+        assert [tid_of(dev.receive()[1]) for _ in range(3)] == [1, 2, 3]
+        send(dev, A, 4)  # B of 4 never comes
+        for tid in (5, 6, 7):
+            send(dev, A, tid)
+            send(dev, B, tid)
+        assert [tid_of(dev.receive()[1]) for _ in range(3)] == [5, 6, 7]
+        dev.wait_for("incompleteTrains", 1)
+        dev.wait_for("sourceMissing", {B: 1})
+
+
+# ------------------------------------------------------------------ a run
+class Reader:
+    """Reads train IDs from an input channel in a thread (the test must keep reading: the
+    pipeline waits for it) until train ``last`` or end of stream."""
+
+    def __init__(self, endpoint: str, last: int):
+        self.tap = InputChannel("test:tap", on_slowness="wait", window=8)
+        self.tap.connect(endpoint)
+        self.last = last
+        self.got: list[int] = []
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self.done.is_set():
+            try:
+                item = self.tap.get(timeout=0.2)
+            except TimeoutError:
+                continue
+            except ChannelError:
+                return
+            if isinstance(item, EndOfStream):
+                break
+            self.got.append(tid_of(item.meta))
+            if self.got[-1] >= self.last:
+                break
+        self.done.set()
+
+    def close(self) -> None:
+        self.done.set()
+        self._thread.join(5)
+        self.tap.close()
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["all-alive", "one-killed"])
+def test_two_replicas_every_train_once_and_a_killed_replica_is_counted(tmp_path, kill):
+    n = 200
+    topo = replicated(tmp_path, name=f"replicas-{int(kill)}", n=n)
+    sup = Supervisor(topo, workdir=tmp_path / "run", supervise_interval=0.2)
+    with sup:
+        reader = Reader(sup.endpoints()["R/MATCH:output"], FIRST + n - 1)
+        wait_until(
+            lambda: len(sup.get("R/MATCH", "channels.outputs.output.connections")) == 1,
+            20,
+            "the test reads the matcher",
+        )
+        try:
+            sup.call("R/SOURCE", "start_acquisition")
+            killed_at = None
+            if kill:  # half-way: kill -9 the server of replica 2
+                wait_until(
+                    lambda: sup.get("R/SOURCE", "sentTrains") >= n // 2, 60, "half the trains"
+                )
+
+                def busy() -> bool:  # it holds a train: killing it now loses that train
+                    values = sup.get("R/WORK/2")
+                    return values["trainsIn"] > values["processed"]
+
+                wait_until(busy, 20, "replica 2 busy with a train")
+                os.kill(sup.pid("h2"), signal.SIGKILL)
+                killed_at = sup.get("R/SOURCE", "sentTrains")
+            wait_until(reader.done.is_set, 90, f"train {FIRST + n - 1} out of the matcher")
+        finally:
+            reader.close()
+        got = reader.got
+
+        assert len(got) == len(set(got)), "a train came out twice"
+        assert got == sorted(got), "trains out of order"
+        assert set(got) <= set(range(FIRST, FIRST + n))
+        assert got[-1] == FIRST + n - 1  # the last train came out
+        lost = n - len(got)
+
+        def stats_show_the_loss() -> bool:
+            matcher = sup.get("R/MATCH")  # the whole configuration
+            gaps = matcher["trainGaps"] + matcher["incompleteTrains"]
+            return (
+                matcher["matchedTrains"] == len(got)
+                and gaps == lost
+                and (matcher["sourceMissing"].get("MOD0", 0) == lost)
+            )
+
+        wait_until(stats_show_the_loss, 20, "the matcher's statistics count the lost trains")
+        assert sup.get("R/MATCH", "lateData") == 0 and sup.get("R/MATCH", "duplicateData") == 0
+        if not kill:
+            assert lost == 0
+            per_replica = [sup.get(r, "processed") for r in ("R/WORK/1", "R/WORK/2")]
+            assert min(per_replica) > n // 5, f"load not shared: {per_replica}"
+        else:
+            # the replica died holding trains: lost, counted, and the others carried on
+            print(
+                f"\nreplica killed after {killed_at} trains: {lost} lost, "
+                f"{len(got)} of {n} out; restarts {sup.servers['h2'].restarts}"
+            )
+            assert 1 <= lost <= 8
+            assert sum(1 for t in got if t >= FIRST + killed_at + 10) > 0
+            assert sup.get("R/WORK/1", "processed") > n // 2 - 20
+
+
+def test_replica_ids_are_what_ctl_and_the_state_file_show(tmp_path):
+    """``ctl list`` shows each replica under its server as ``<ID>/<k>``; get/set reach it."""
+    topo = replicated(tmp_path, name="replicas-ids", n=0)
+    with Supervisor(topo, workdir=tmp_path / "run") as sup:
+        state = sup.state()
+        assert state["devices"]["R/WORK/1"] == {"class": "Passthrough", "server": "h1"}
+        assert state["devices"]["R/WORK/2"] == {"class": "Passthrough", "server": "h2"}
+        assert "R/WORK" not in state["devices"]
+        listing = sup.client("h2").list()
+        assert list(listing) == ["R/WORK/2"]
+        try:
+            assert sup.get("R/WORK/2", "delay") == 0.05
+        except PulsetrainError as exc:  # pragma: no cover - reported with the reason
+            pytest.fail(str(exc))
