@@ -18,7 +18,8 @@ Interfaces are named ``pt<pid><letter>...`` after the creating process, and ever
 started in a host carries ``PULSETRAIN_TESTHOST=<tag>`` in its environment: a new
 :class:`HostNetwork` first sweeps what a dead creator left behind (interfaces and processes),
 and the holders and everything started through :meth:`Host.popen` die with their creator
-(``setpriv --pdeathsig``), even when it is killed.
+(``setpriv --pdeathsig``), even when it is killed.  (The kernel ties that signal to the
+creating *thread*: make hosts from a thread that outlives them, e.g. the main thread.)
 
 Plain Python (no pytest): ``benchmarks/`` imports it with ``tests/`` on ``sys.path``.
 The pytest fixture is in ``tests/multihost/conftest.py``.

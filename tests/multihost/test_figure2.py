@@ -248,9 +248,10 @@ def test_link_down_for_5_s_and_up_again_resumes_without_restarts(pipeline):
         # dropped (a train or two may be on their way when the counters are read).
         assert abs(written[m] - got[m] - lost[m]) <= 3, (m, written[m], got[m], lost[m])
         assert lost[m] >= 30  # about 5 s at 10 Hz
-        # the matcher's per-source statistics show the gap (read a moment later: +- a train)
-        assert deficit[m] >= lost[m] - 3, (m, deficit[m], lost[m])
-    assert incomplete >= max(lost.values()) - 3  # every such train incomplete at the matcher
+        # The matcher's per-source statistics show the gap, up to the trains still on their
+        # way through two hops (queue of 4 + window of 2 each) when the counters are read.
+        assert deficit[m] >= lost[m] - 8, (m, deficit[m], lost[m])
+    assert incomplete >= max(lost.values()) - 8  # every such train incomplete at the matcher
     assert max(lost[m] for m in range(16) if m not in modules) <= 5  # other hosts unaffected
 
 
