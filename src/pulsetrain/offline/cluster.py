@@ -34,11 +34,14 @@ __all__ = [
     "ClusterConfig",
     "SlurmOptions",
     "add_cluster_arguments",
+    "cancel_jobs_named",
+    "check_job_script",
     "cluster_config_from_args",
     "local_cluster_settings",
     "numba_threads",
     "open_client",
     "run_tasks",
+    "sbatch_path",
     "set_numba_threads",
     "slurm_cluster",
 ]
@@ -164,16 +167,30 @@ def slurm_cluster(options: SlurmOptions, *, python: str | None = None, **kwargs:
     ConfigurationError
         dask-jobqueue is not installed (``pip install 'pulsetrain[slurm]'``).
     """
+    import signal
+    import threading
+
+    sigint = signal.getsignal(signal.SIGINT)
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError as exc:  # pragma: no cover - installed with the slurm extra
         raise ConfigurationError(
             "SLURM needs dask-jobqueue: pip install 'pulsetrain[slurm]'"
         ) from exc
+    finally:
+        # Importing dask_jobqueue (its runner module) makes Ctrl-C call sys.exit(): the command
+        # would end with status 0 as if it had succeeded.  Keep the handler we had.
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is not sigint
+            and sigint is not None
+        ):
+            signal.signal(signal.SIGINT, sigint)
     extra = list(options.job_extra)
     if options.account:
         extra.append(f"-A {options.account}")
-    kwargs.setdefault("scheduler_options", {"dashboard_address": None})
+    # The scheduler runs in this process; its HTTP server on any free port, no dashboard.
+    kwargs.setdefault("scheduler_options", {"dashboard_address": ":0", "dashboard": False})
     return SLURMCluster(
         queue=options.queue,
         cores=int(options.cores),
@@ -183,9 +200,122 @@ def slurm_cluster(options: SlurmOptions, *, python: str | None = None, **kwargs:
         job_extra_directives=extra,
         log_directory=options.log_directory,
         python=python or sys.executable,
-        job_name="pulsetrain",
-        **kwargs,
+        **{"job_name": "pulsetrain", **kwargs},
     )
+
+
+#: Seconds ``sbatch --test-only`` may take to answer (it retries an unreachable controller).
+SBATCH_CHECK_TIMEOUT = 60.0
+
+
+def sbatch_path() -> str:
+    """Where ``sbatch`` is; raises unless jobs can be submitted from this machine at all.
+
+    Raises
+    ------
+    ConfigurationError
+        No ``sbatch`` on ``PATH`` (not a SLURM submit host).
+    """
+    import shutil
+
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        raise ConfigurationError(
+            "SLURM: sbatch not found on PATH: run on a SLURM submit host (or without --slurm)"
+        )
+    return sbatch
+
+
+def check_job_script(script: str, sbatch: str = "sbatch") -> None:
+    """Ask SLURM whether it would accept ``script`` (``sbatch --test-only``), submitting nothing.
+
+    Catches what would otherwise only show as workers that never come: a partition or account
+    that does not exist, more memory or cores than any node has, a time limit over the
+    partition's.
+
+    Raises
+    ------
+    ConfigurationError
+        SLURM refused the script (its own words, on one line) or did not answer.
+    """
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            [sbatch, "--test-only"],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=SBATCH_CHECK_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ConfigurationError(
+            f"SLURM: sbatch --test-only did not answer within {SBATCH_CHECK_TIMEOUT:.0f} s "
+            "(is slurmctld reachable?)"
+        ) from None
+    except OSError as exc:
+        raise ConfigurationError(f"SLURM: cannot run {sbatch}: {exc}") from exc
+    if done.returncode != 0:
+        lines = [
+            line.strip().removeprefix("sbatch: error: ").removeprefix("sbatch: ")
+            for line in (done.stderr + done.stdout).splitlines()
+            if line.strip()
+        ]
+        reason = "; ".join(dict.fromkeys(lines)) or f"exit code {done.returncode}"
+        raise ConfigurationError(f"SLURM refused the worker job: {reason}")
+    log.debug("sbatch --test-only: %s", done.stderr.strip())
+
+
+def cancel_jobs_named(name: str) -> None:
+    """Cancel this user's SLURM jobs called ``name`` (``scancel --name``); errors are logged."""
+    import getpass
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["scancel", "--name", name, "--user", getpass.getuser()],
+            capture_output=True,
+            text=True,
+            timeout=SBATCH_CHECK_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("could not cancel the SLURM jobs %s: %s", name, exc)
+        return
+    if done.returncode != 0:
+        log.warning("scancel --name %s: %s", name, done.stderr.strip())
+
+
+class _Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived while SLURM jobs were out (handled as Ctrl-C)."""
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """While in this block, SIGTERM and SIGHUP interrupt the main thread like Ctrl-C does.
+
+    Python's default for them ends the process without unwinding, which would leave the SLURM
+    jobs queued or running until their workers' ``--death-timeout`` (60 s without a
+    scheduler); raised as :class:`KeyboardInterrupt`, they unwind through the cluster's close,
+    which cancels the jobs.  Only in the main thread (elsewhere signals cannot be handled).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise _Interrupted(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -223,11 +353,32 @@ def open_client(config: ClusterConfig | None = None, client: Any = None) -> Iter
         return
     if config.kind == "slurm":
         assert config.slurm is not None
-        cluster = slurm_cluster(config.slurm, **config.extra)
-        log.info("SLURM job script:\n%s", cluster.job_script())
-        cluster.scale(jobs=int(config.slurm.jobs))
-        with cluster, Client(cluster) as c:
-            yield c
+        submit = sbatch_path()  # before anything starts
+        extra = dict(config.extra)
+        if config.dashboard:
+            extra.setdefault("scheduler_options", {"dashboard_address": config.dashboard})
+        # A name of this command's own, to find every job it submitted.
+        extra.setdefault("job_name", f"pulsetrain-{os.getpid()}-{os.urandom(3).hex()}")
+        with _quiet_distributed(), _signals_interrupt():
+            cluster = slurm_cluster(config.slurm, **extra)
+            try:
+                # Closing the cluster (leaving this block, however) cancels its jobs.
+                with cluster:
+                    log.info("SLURM job script:\n%s", cluster.job_script())
+                    check_job_script(cluster.job_script(), submit)
+                    cluster.scale(jobs=int(config.slurm.jobs))
+                    log.info(
+                        "submitting %d SLURM jobs (%s) of %d workers",
+                        config.slurm.jobs,
+                        extra["job_name"],
+                        config.slurm.cores,
+                    )
+                    with Client(cluster) as c:
+                        yield c
+            finally:
+                # dask-jobqueue cancels the jobs whose IDs it has; one whose sbatch was still
+                # under way when the command was interrupted is found by its name.
+                cancel_jobs_named(extra["job_name"])
         return
     workers = int(config.workers or os.cpu_count() or 1)
     extra = dict(config.extra)
