@@ -43,9 +43,14 @@ def _free_block(host: str, n: int) -> int:
     raise AssertionError(f"no {n} consecutive free ports on {host}")
 
 
-def _submit(name: str, job: str, port: int, *, token: Path, announce: Path, partition: str):
+def _submit(
+    name: str, job: str, port: int, *, token: Path, announce: Path, partition: str, catalog: str
+):
+    preload = str(Path(__file__).with_name("preload"))  # see preload/sitecustomize.py
     env = {
         **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [preload, os.environ.get("PYTHONPATH")])),
+        "PULSETRAIN_TEST_PRELOAD_CATALOG": catalog,
         "PULSETRAIN_SERVER_NAME": name,
         "PULSETRAIN_SERVER_PORT": str(port),
         "PULSETRAIN_TOKEN_FILE": str(token),
@@ -168,6 +173,7 @@ def test_figure2_on_servers_started_by_slurm(slurm_partition, tmp_path):
                 token=token,
                 announce=announce,
                 partition=slurm_partition,
+                catalog=catalog,
             )
         servers = {}
         for name, job in jobs.items():
