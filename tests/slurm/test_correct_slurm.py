@@ -241,3 +241,35 @@ def test_jobs_are_cancelled_when_the_command_is_stopped(
             proc.kill()
             proc.communicate()
         cancel(jobs | (set(squeue(JOB_PREFIX)) - before))
+
+
+def test_jobs_that_end_without_workers_stop_the_command(raw_and_catalog, slurm_partition, tmp_path):
+    """Jobs whose workers cannot start (here: a Python that cannot start on the node) end
+    without a worker ever joining: the command stops with one line instead of waiting forever,
+    and leaves no job behind."""
+    raw, url = raw_and_catalog
+    before = set(squeue())
+    options = [*_slurm_options(slurm_partition), "--job-extra=--export=ALL,PYTHONHOME=/nonexistent"]
+    proc = subprocess.Popen(
+        _correct(raw, url, tmp_path / "out", *options),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        cancel(set(squeue(JOB_PREFIX)) - before)
+    assert proc.returncode == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("pulsetrain correct: error: the SLURM jobs pulsetrain-"), err
+    assert "ended and no Dask worker is connected" in lines[0]
+    # the jobs really ran, and failed for the reason given
+    logs = [p.read_text() for p in tmp_path.glob("slurm-*.out")]
+    assert len(logs) == 2 and all("encodings" in text for text in logs), logs
+    assert not set(squeue(JOB_PREFIX)) - before

@@ -40,6 +40,7 @@ __all__ = [
     "local_cluster_settings",
     "numba_threads",
     "open_client",
+    "queued_jobs_named",
     "run_tasks",
     "sbatch_path",
     "set_numba_threads",
@@ -287,6 +288,102 @@ def cancel_jobs_named(name: str) -> None:
         log.warning("scancel --name %s: %s", name, done.stderr.strip())
 
 
+def queued_jobs_named(name: str) -> list[str] | None:
+    """IDs of this user's jobs called ``name`` in the SLURM queue (any state), or None if
+    ``squeue`` did not answer."""
+    import getpass
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["squeue", "-h", "--name", name, "--user", getpass.getuser(), "-o", "%i"],
+            capture_output=True,
+            text=True,
+            timeout=SBATCH_CHECK_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.split() if done.returncode == 0 else None
+
+
+class _SlurmWatch:
+    """Notices that a command's SLURM jobs are all gone while no Dask worker is connected.
+
+    Jobs end without a worker when SLURM cancels them (an administrator, preemption, the time
+    limit) or when their workers cannot start or reach the scheduler; the tasks would then
+    wait forever.  Checked every ``interval`` seconds once the jobs are submitted (the
+    cluster knows their IDs) or seen in the queue; seen twice in a row, every task of the
+    client is cancelled, so :func:`run_tasks` stops with an error, and :attr:`failure` says
+    why.
+    """
+
+    def __init__(self, client: Any, name: str, cluster: Any = None, interval: float = 5.0):
+        import threading
+
+        self.client = client
+        self.name = name
+        self.cluster = cluster
+        self.interval = interval
+        self.failure: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"watch:{name}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 5)
+
+    def _run(self) -> None:
+        import time
+
+        start = time.monotonic()
+        seen = False
+        strikes = 0
+        while not self._stop.wait(self.interval):
+            jobs = queued_jobs_named(self.name)
+            try:
+                workers = len(self.client.scheduler_info().get("workers", {}))
+            except Exception:  # noqa: BLE001 - the client is closing: nothing to watch
+                return
+            if jobs is None:  # squeue did not answer: cannot tell
+                continue
+            seen = seen or bool(jobs) or self._submitted()
+            if jobs or workers or (not seen and time.monotonic() - start < 60):
+                strikes = 0
+                continue
+            strikes += 1
+            if strikes < 2:
+                continue
+            self.failure = (
+                f"the SLURM jobs {self.name} ended and no Dask worker is connected (cancelled, "
+                "over their time limit, or their workers could not start or reach this host: "
+                "see the jobs' output files, slurm-<job>.out)"
+            )
+            log.info("%s", self.failure)
+            self._cancel_all()
+            return
+
+    def _submitted(self) -> bool:
+        """Whether the cluster has job IDs for all its jobs (sbatch answered)."""
+        try:
+            jobs = list(self.cluster.workers.values())
+            return bool(jobs) and all(getattr(j, "job_id", None) for j in jobs)
+        except Exception:  # noqa: BLE001 - not a dask-jobqueue cluster, or closing
+            return False
+
+    def _cancel_all(self) -> None:
+        from distributed import Future
+
+        try:
+            futures = [Future(key, self.client) for key in list(self.client.futures)]
+            self.client.cancel(futures, msg=self.failure)
+        except Exception:  # the client is closing anyway
+            log.debug("cancelling the tasks failed", exc_info=True)
+
+
 class _Interrupted(KeyboardInterrupt):
     """SIGTERM or SIGHUP arrived while SLURM jobs were out (handled as Ctrl-C)."""
 
@@ -374,7 +471,16 @@ def open_client(config: ClusterConfig | None = None, client: Any = None) -> Iter
                         config.slurm.cores,
                     )
                     with Client(cluster) as c:
-                        yield c
+                        watch = _SlurmWatch(c, extra["job_name"], cluster)
+                        watch.start()
+                        try:
+                            yield c
+                        except BatchJobError as exc:
+                            if watch.failure:  # the tasks were cancelled because of it
+                                raise BatchJobError(watch.failure) from exc
+                            raise
+                        finally:
+                            watch.stop()
             finally:
                 # dask-jobqueue cancels the jobs whose IDs it has; one whose sbatch was still
                 # under way when the command was interrupted is found by its name.
