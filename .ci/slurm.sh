@@ -91,9 +91,20 @@ if ! command -v slurmctld >/dev/null 2>&1 || ! command -v slurmd >/dev/null 2>&1
     say "SLURM or MUNGE not found; installing the Debian packages slurm-wlm and munge"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q >&2
-    # The packages' own services are not started (no systemd, or policy-rc.d); ours are.
+    # The packages' own services (system-wide munged, slurmctld, slurmd with /etc/slurm) must
+    # not start: ours run with their own key and configuration.  A policy-rc.d that denies
+    # every start does that under systemd and SysV init alike; it is removed again unless it
+    # was there before.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=""
+    if [[ ! -e "$policy" ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
+    fi
+    status=0
     apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 \
-        slurm-wlm munge >&2
+        slurm-wlm munge >&2 || status=$?
+    [[ -z "$own_policy" ]] || rm -f "$policy"
+    [[ $status -eq 0 ]] || die "apt-get install slurm-wlm munge failed (status $status)"
     command -v slurmctld >/dev/null 2>&1 || die "slurm-wlm installed but no slurmctld found"
 fi
 
