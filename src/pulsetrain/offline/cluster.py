@@ -19,6 +19,7 @@ progress bar.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import functools
 import logging
@@ -459,32 +460,38 @@ def open_client(config: ClusterConfig | None = None, client: Any = None) -> Iter
         with _quiet_distributed(), _signals_interrupt():
             cluster = slurm_cluster(config.slurm, **extra)
             try:
-                # Closing the cluster (leaving this block, however) cancels its jobs.
-                with cluster:
-                    log.info("SLURM job script:\n%s", cluster.job_script())
-                    check_job_script(cluster.job_script(), submit)
-                    cluster.scale(jobs=int(config.slurm.jobs))
-                    log.info(
-                        "submitting %d SLURM jobs (%s) of %d workers",
-                        config.slurm.jobs,
-                        extra["job_name"],
-                        config.slurm.cores,
-                    )
-                    with Client(cluster) as c:
-                        watch = _SlurmWatch(c, extra["job_name"], cluster)
-                        watch.start()
-                        try:
-                            yield c
-                        except BatchJobError as exc:
-                            if watch.failure:  # the tasks were cancelled because of it
-                                raise BatchJobError(watch.failure) from exc
-                            raise
-                        finally:
-                            watch.stop()
+                log.info("SLURM job script:\n%s", cluster.job_script())
+                check_job_script(cluster.job_script(), submit)
+                cluster.scale(jobs=int(config.slurm.jobs))
+                log.info(
+                    "submitting %d SLURM jobs (%s) of %d workers",
+                    config.slurm.jobs,
+                    extra["job_name"],
+                    config.slurm.cores,
+                )
+                with Client(cluster) as c:
+                    watch = _SlurmWatch(c, extra["job_name"], cluster)
+                    watch.start()
+                    try:
+                        yield c
+                    except BatchJobError as exc:
+                        if watch.failure:  # the tasks were cancelled because of it
+                            raise BatchJobError(watch.failure) from exc
+                        raise
+                    finally:
+                        watch.stop()
             finally:
-                # dask-jobqueue cancels the jobs whose IDs it has; one whose sbatch was still
-                # under way when the command was interrupted is found by its name.
-                cancel_jobs_named(extra["job_name"])
+                # Closing the cluster cancels the jobs whose IDs dask-jobqueue has.  Interrupted
+                # while the client was still connecting, distributed may fail to close it
+                # (asyncio cancellation inside its sync()); that must neither hide why the
+                # command ended nor leave jobs: every job of this command's name is cancelled
+                # in any case, including one whose sbatch was still under way.
+                try:
+                    cluster.close()
+                except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - see above
+                    log.info("closing the SLURM cluster failed: %s: %s", type(exc).__name__, exc)
+                finally:
+                    cancel_jobs_named(extra["job_name"])
         return
     workers = int(config.workers or os.cpu_count() or 1)
     extra = dict(config.extra)
