@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs and run all of it (what CI runs).
-#   - Debian packages: chromium (browser tests), postgresql (catalogue tests); .ci/slurm.sh
-#     installs slurm-wlm and munge itself
+#   - Debian packages: chromium (browser tests), postgresql (catalogue tests)
 #   - the package with its test extras
 #   - a throw-away PostgreSQL server on 127.0.0.1 for the catalogue tests (stopped at the end)
-#   - a throw-away one-node SLURM cluster for the `slurm` tests (stopped at the end)
+#   - a throw-away one-node SLURM cluster for the `slurm` tests (stopped at the end; .ci/slurm.sh
+#     installs Debian's slurm-wlm and munge itself)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
