@@ -4,6 +4,8 @@
 #     hosts of the multihost tests; util-linux's unshare/nsenter/setpriv are always there)
 #   - the package with its test extras
 #   - a throw-away PostgreSQL server on 127.0.0.1 for the catalogue tests (stopped at the end)
+#   - a throw-away one-node SLURM cluster for the `slurm` tests (stopped at the end; .ci/slurm.sh
+#     installs Debian's slurm-wlm and munge itself)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,16 +22,31 @@ fi
 
 python3 -m pip install -q -e '.[test,postgres,slurm]'
 
+# What this script starts is stopped when it ends, however it ends.
+cleanup=()
+on_exit() {
+    local c
+    for c in "${cleanup[@]}"; do $c >/dev/null 2>&1 || true; done
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
 if [ -x .ci/postgres.sh ]; then
-    # A server this script starts is stopped when it ends, however it ends; one that was
-    # already running (a developer's) is reused and left alone.
+    # A PostgreSQL server that was already running (a developer's) is reused and left alone.
     if ! (exec 3<>"/dev/tcp/127.0.0.1/${PULSETRAIN_PG_PORT:-54329}") 2>/dev/null; then
-        trap '.ci/postgres.sh stop >/dev/null 2>&1 || true' EXIT
-        trap 'exit 130' INT
-        trap 'exit 143' TERM
-        trap 'exit 129' HUP
+        cleanup+=(".ci/postgres.sh stop")
     fi
     eval "$(.ci/postgres.sh)"
+fi
+
+if [ -x .ci/slurm.sh ]; then
+    # Likewise a SLURM cluster of .ci/slurm.sh that was already running.
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/${PULSETRAIN_SLURM_PORT:-16817}") 2>/dev/null; then
+        cleanup+=(".ci/slurm.sh stop")
+    fi
+    eval "$(.ci/slurm.sh)"
 fi
 
 python3 -m pytest -q -p no:cacheprovider "$@"

@@ -19,6 +19,7 @@ progress bar.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import functools
 import logging
@@ -34,11 +35,15 @@ __all__ = [
     "ClusterConfig",
     "SlurmOptions",
     "add_cluster_arguments",
+    "cancel_jobs_named",
+    "check_job_script",
     "cluster_config_from_args",
     "local_cluster_settings",
     "numba_threads",
     "open_client",
+    "queued_jobs_named",
     "run_tasks",
+    "sbatch_path",
     "set_numba_threads",
     "slurm_cluster",
 ]
@@ -164,16 +169,30 @@ def slurm_cluster(options: SlurmOptions, *, python: str | None = None, **kwargs:
     ConfigurationError
         dask-jobqueue is not installed (``pip install 'pulsetrain[slurm]'``).
     """
+    import signal
+    import threading
+
+    sigint = signal.getsignal(signal.SIGINT)
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError as exc:  # pragma: no cover - installed with the slurm extra
         raise ConfigurationError(
             "SLURM needs dask-jobqueue: pip install 'pulsetrain[slurm]'"
         ) from exc
+    finally:
+        # Importing dask_jobqueue (its runner module) makes Ctrl-C call sys.exit(): the command
+        # would end with status 0 as if it had succeeded.  Keep the handler we had.
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is not sigint
+            and sigint is not None
+        ):
+            signal.signal(signal.SIGINT, sigint)
     extra = list(options.job_extra)
     if options.account:
         extra.append(f"-A {options.account}")
-    kwargs.setdefault("scheduler_options", {"dashboard_address": None})
+    # The scheduler runs in this process; its HTTP server on any free port, no dashboard.
+    kwargs.setdefault("scheduler_options", {"dashboard_address": ":0", "dashboard": False})
     return SLURMCluster(
         queue=options.queue,
         cores=int(options.cores),
@@ -183,9 +202,218 @@ def slurm_cluster(options: SlurmOptions, *, python: str | None = None, **kwargs:
         job_extra_directives=extra,
         log_directory=options.log_directory,
         python=python or sys.executable,
-        job_name="pulsetrain",
-        **kwargs,
+        **{"job_name": "pulsetrain", **kwargs},
     )
+
+
+#: Seconds ``sbatch --test-only`` may take to answer (it retries an unreachable controller).
+SBATCH_CHECK_TIMEOUT = 60.0
+
+
+def sbatch_path() -> str:
+    """Where ``sbatch`` is; raises unless jobs can be submitted from this machine at all.
+
+    Raises
+    ------
+    ConfigurationError
+        No ``sbatch`` on ``PATH`` (not a SLURM submit host).
+    """
+    import shutil
+
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        raise ConfigurationError(
+            "SLURM: sbatch not found on PATH: run on a SLURM submit host (or without --slurm)"
+        )
+    return sbatch
+
+
+def check_job_script(script: str, sbatch: str = "sbatch") -> None:
+    """Ask SLURM whether it would accept ``script`` (``sbatch --test-only``), submitting nothing.
+
+    Catches what would otherwise only show as workers that never come: a partition or account
+    that does not exist, more memory or cores than any node has, a time limit over the
+    partition's.
+
+    Raises
+    ------
+    ConfigurationError
+        SLURM refused the script (its own words, on one line) or did not answer.
+    """
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            [sbatch, "--test-only"],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=SBATCH_CHECK_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ConfigurationError(
+            f"SLURM: sbatch --test-only did not answer within {SBATCH_CHECK_TIMEOUT:.0f} s "
+            "(is slurmctld reachable?)"
+        ) from None
+    except OSError as exc:
+        raise ConfigurationError(f"SLURM: cannot run {sbatch}: {exc}") from exc
+    if done.returncode != 0:
+        lines = [
+            line.strip().removeprefix("sbatch: error: ").removeprefix("sbatch: ")
+            for line in (done.stderr + done.stdout).splitlines()
+            if line.strip()
+        ]
+        reason = "; ".join(dict.fromkeys(lines)) or f"exit code {done.returncode}"
+        raise ConfigurationError(f"SLURM refused the worker job: {reason}")
+    log.debug("sbatch --test-only: %s", done.stderr.strip())
+
+
+def cancel_jobs_named(name: str) -> None:
+    """Cancel this user's SLURM jobs called ``name`` (``scancel --name``); errors are logged."""
+    import getpass
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["scancel", "--name", name, "--user", getpass.getuser()],
+            capture_output=True,
+            text=True,
+            timeout=SBATCH_CHECK_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("could not cancel the SLURM jobs %s: %s", name, exc)
+        return
+    if done.returncode != 0:
+        log.warning("scancel --name %s: %s", name, done.stderr.strip())
+
+
+def queued_jobs_named(name: str) -> list[str] | None:
+    """IDs of this user's jobs called ``name`` in the SLURM queue (any state), or None if
+    ``squeue`` did not answer."""
+    import getpass
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["squeue", "-h", "--name", name, "--user", getpass.getuser(), "-o", "%i"],
+            capture_output=True,
+            text=True,
+            timeout=SBATCH_CHECK_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.split() if done.returncode == 0 else None
+
+
+class _SlurmWatch:
+    """Notices that a command's SLURM jobs are all gone while no Dask worker is connected.
+
+    Jobs end without a worker when SLURM cancels them (an administrator, preemption, the time
+    limit) or when their workers cannot start or reach the scheduler; the tasks would then
+    wait forever.  Checked every ``interval`` seconds once the jobs are submitted (the
+    cluster knows their IDs) or seen in the queue; seen twice in a row, every task of the
+    client is cancelled, so :func:`run_tasks` stops with an error, and :attr:`failure` says
+    why.
+    """
+
+    def __init__(self, client: Any, name: str, cluster: Any = None, interval: float = 5.0):
+        import threading
+
+        self.client = client
+        self.name = name
+        self.cluster = cluster
+        self.interval = interval
+        self.failure: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"watch:{name}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 5)
+
+    def _run(self) -> None:
+        import time
+
+        start = time.monotonic()
+        seen = False
+        strikes = 0
+        while not self._stop.wait(self.interval):
+            jobs = queued_jobs_named(self.name)
+            try:
+                workers = len(self.client.scheduler_info().get("workers", {}))
+            except Exception:  # noqa: BLE001 - the client is closing: nothing to watch
+                return
+            if jobs is None:  # squeue did not answer: cannot tell
+                continue
+            seen = seen or bool(jobs) or self._submitted()
+            if jobs or workers or (not seen and time.monotonic() - start < 60):
+                strikes = 0
+                continue
+            strikes += 1
+            if strikes < 2:
+                continue
+            self.failure = (
+                f"the SLURM jobs {self.name} ended and no Dask worker is connected (cancelled, "
+                "over their time limit, or their workers could not start or reach this host: "
+                "see the jobs' output files, slurm-<job>.out)"
+            )
+            log.info("%s", self.failure)
+            self._cancel_all()
+            return
+
+    def _submitted(self) -> bool:
+        """Whether the cluster has job IDs for all its jobs (sbatch answered)."""
+        try:
+            jobs = list(self.cluster.workers.values())
+            return bool(jobs) and all(getattr(j, "job_id", None) for j in jobs)
+        except Exception:  # noqa: BLE001 - not a dask-jobqueue cluster, or closing
+            return False
+
+    def _cancel_all(self) -> None:
+        from distributed import Future
+
+        try:
+            futures = [Future(key, self.client) for key in list(self.client.futures)]
+            self.client.cancel(futures, msg=self.failure)
+        except Exception:  # the client is closing anyway
+            log.debug("cancelling the tasks failed", exc_info=True)
+
+
+class _Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived while SLURM jobs were out (handled as Ctrl-C)."""
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """While in this block, SIGTERM and SIGHUP interrupt the main thread like Ctrl-C does.
+
+    Python's default for them ends the process without unwinding, which would leave the SLURM
+    jobs queued or running until their workers' ``--death-timeout`` (60 s without a
+    scheduler); raised as :class:`KeyboardInterrupt`, they unwind through the cluster's close,
+    which cancels the jobs.  Only in the main thread (elsewhere signals cannot be handled).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise _Interrupted(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -223,11 +451,47 @@ def open_client(config: ClusterConfig | None = None, client: Any = None) -> Iter
         return
     if config.kind == "slurm":
         assert config.slurm is not None
-        cluster = slurm_cluster(config.slurm, **config.extra)
-        log.info("SLURM job script:\n%s", cluster.job_script())
-        cluster.scale(jobs=int(config.slurm.jobs))
-        with cluster, Client(cluster) as c:
-            yield c
+        submit = sbatch_path()  # before anything starts
+        extra = dict(config.extra)
+        if config.dashboard:
+            extra.setdefault("scheduler_options", {"dashboard_address": config.dashboard})
+        # A name of this command's own, to find every job it submitted.
+        extra.setdefault("job_name", f"pulsetrain-{os.getpid()}-{os.urandom(3).hex()}")
+        with _quiet_distributed(), _signals_interrupt():
+            cluster = slurm_cluster(config.slurm, **extra)
+            try:
+                log.info("SLURM job script:\n%s", cluster.job_script())
+                check_job_script(cluster.job_script(), submit)
+                cluster.scale(jobs=int(config.slurm.jobs))
+                log.info(
+                    "submitting %d SLURM jobs (%s) of %d workers",
+                    config.slurm.jobs,
+                    extra["job_name"],
+                    config.slurm.cores,
+                )
+                with Client(cluster) as c:
+                    watch = _SlurmWatch(c, extra["job_name"], cluster)
+                    watch.start()
+                    try:
+                        yield c
+                    except BatchJobError as exc:
+                        if watch.failure:  # the tasks were cancelled because of it
+                            raise BatchJobError(watch.failure) from exc
+                        raise
+                    finally:
+                        watch.stop()
+            finally:
+                # Closing the cluster cancels the jobs whose IDs dask-jobqueue has.  Interrupted
+                # while the client was still connecting, distributed may fail to close it
+                # (asyncio cancellation inside its sync()); that must neither hide why the
+                # command ended nor leave jobs: every job of this command's name is cancelled
+                # in any case, including one whose sbatch was still under way.
+                try:
+                    cluster.close()
+                except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - see above
+                    log.info("closing the SLURM cluster failed: %s: %s", type(exc).__name__, exc)
+                finally:
+                    cancel_jobs_named(extra["job_name"])
         return
     workers = int(config.workers or os.cpu_count() or 1)
     extra = dict(config.extra)
