@@ -834,7 +834,9 @@ class Device:
                 for endpoint in endpoints:
                     channel.connect(endpoint)
         try:
-            self.run_in_device(self._initialize, what="initialize()")
+            self.run_in_device(
+                self._initialize, timeout=self.initialize_timeout, what="initialize()"
+            )
         except Exception as exc:  # noqa: BLE001 - any failure of device code: state ERROR
             self.set_error(f"initialisation failed: {exc}")
         for name, channel in self.input_channels.items():
@@ -910,6 +912,9 @@ class Device:
 
     #: Seconds a set or slot call may wait for the device's thread before failing.
     request_timeout: float = 10.0
+    #: Seconds :meth:`initialize` may take (loading constants from a catalogue on a busy host
+    #: can take longer than a property set) before the device goes to ERROR.
+    initialize_timeout: float = 45.0
 
     def run_in_device(
         self,
