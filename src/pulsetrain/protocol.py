@@ -269,9 +269,7 @@ def _frame_buffer(frame: Any) -> memoryview:
 
 def _unpack(buf: memoryview, what: str, **kwargs: Any) -> Any:
     try:
-        return msgpack.unpackb(
-            buf, raw=False, max_bin_len=_MAX_BIN, strict_map_key=False, **kwargs
-        )
+        return msgpack.unpackb(buf, raw=False, max_bin_len=_MAX_BIN, strict_map_key=False, **kwargs)
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises several unrelated types
@@ -347,7 +345,9 @@ def _deserialize_v1(buf: memoryview) -> tuple[Data, Meta]:
             raise ProtocolError(f"protocol 1.0 entry {src!r} is not a source map")
         data[src] = props
         m = props.get("metadata", {})
-        meta[src] = m if isinstance(m, dict) else {}
+        if not isinstance(m, dict):
+            raise ProtocolError(f"metadata of source {src!r} is a {type(m).__name__}, not a map")
+        meta[src] = m
     return data, meta
 
 
@@ -398,7 +398,11 @@ def deserialize(frames: Sequence[Any]) -> tuple[Data, Meta]:
                 raise ProtocolError(f"data frame {i + 1} of {source!r} is not a map")
             data[source] = props
             m = header.get("metadata", {})
-            meta[source] = m if isinstance(m, dict) else {}
+            if not isinstance(m, dict):
+                raise ProtocolError(
+                    f"header frame {i} of {source!r}: metadata is a {type(m).__name__}, not a map"
+                )
+            meta[source] = m
         elif content == "array":
             path = header.get("path")
             where = f"array {path!r} of {source!r} (frame {i + 1})"
