@@ -107,6 +107,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# Values msgpack packs as they are (exact types: subclasses go the long way).
+_NATIVE = frozenset({int, float, str, bytes, bool, type(None)})
+
+# str(dtype) of the array headers, cached: numpy builds the name anew each time.
+_DTYPE_NAMES: dict[np.dtype, str] = {}
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype)
+    return name
+
+
 def _split_source(
     props: Mapping[str, Any], prefix: str, plain: dict[str, Any], arrays: list
 ) -> None:
@@ -117,7 +131,9 @@ def _split_source(
     """
     for key, value in props.items():
         path = f"{prefix}{key}"
-        if isinstance(value, np.ndarray):
+        if type(value) in _NATIVE:  # the common case, checked first: no conversion
+            plain[path] = value
+        elif isinstance(value, np.ndarray):
             if value.dtype.hasobject:
                 raise ProtocolError(f"cannot send object array at {path!r}: no wire dtype")
             arrays.append((path, value))
@@ -238,7 +254,7 @@ def serialize(
                             "source": src,
                             "content": "array",
                             "path": path,
-                            "dtype": str(array.dtype),
+                            "dtype": _dtype_name(array.dtype),
                             "shape": array.shape,
                         }
                     )
