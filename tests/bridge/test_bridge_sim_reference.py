@@ -209,3 +209,23 @@ def test_per_module_layout_stays_available():
     args = build_parser().parse_args(["bridge-sim", "--layout", "reference", "--modules", "0"])
     with pytest.raises(ConfigurationError, match="per-module layout"):
         choose_layout(args)
+
+
+@pytest.mark.parametrize("sock", ["REP", "PUSH"])
+def test_karabo_bridge_glimpse_works_against_it(sock):
+    port = free_port()
+    sim = Process(
+        pulsetrain_cmd(
+            "bridge-sim", str(port), "-z", sock, "-d", "AGIPDModule", "-r", "-g", "zeros",
+            "--rate", "0",
+        )
+    )  # fmt: skip
+    try:
+        glimpse = Process(["karabo-bridge-glimpse", f"tcp://127.0.0.1:{port}", "-z", sock, "-v"])
+        code = glimpse.wait(120)
+    finally:
+        sim.stop()
+    out = glimpse.output
+    assert code == 0, out
+    assert "Train ID: 10000000000" in out, out
+    assert "SPB_DET_AGIPD1M-1/DET/0CH0:xtdf" in out and "image.data" in out, out
