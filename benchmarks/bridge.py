@@ -19,7 +19,11 @@ threads, ZeroMQ's I/O thread included), which is less sensitive to a busy machin
 Goals: (c) >= 0.8 x (a) and >= 1.0 x (b).  No allocator tuning (``MALLOC_*``) is applied to
 any contender.
 
-    python benchmarks/bridge.py [--quick] [--trains N] [--repeats R]
+Simulators (issue #18): ``pulsetrain bridge-sim`` in the reference layout at its default 64
+pulses against ``karabo-bridge-server-sim`` with the same command line, trains/s to the stock
+client (goal >= 1 x); see :func:`simulator_comparison`.
+
+    python benchmarks/bridge.py [--quick] [--trains N] [--repeats R] [--simulators-only]
 """
 
 from __future__ import annotations
@@ -313,10 +317,86 @@ def main(quick: bool = False, trains: int | None = None, repeats: int | None = N
     return results
 
 
+def _simulator_rate(cmd: list[str], port: int, n: int) -> float:
+    """Trains/s a stock karabo_bridge REQ client receives from a simulator command, over
+    trains 2..n (start-up and the first train excluded)."""
+    import subprocess
+
+    from karabo_bridge import Client
+
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+    )
+    try:
+        with Client(f"tcp://127.0.0.1:{port}", timeout=600) as client:
+            client.next()
+            t0 = time.perf_counter()
+            for _ in range(n - 1):
+                client.next()
+            return (n - 1) / (time.perf_counter() - t0)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def simulator_comparison(quick: bool = False, trains: int | None = None, repeats=None) -> dict:
+    """``pulsetrain bridge-sim`` in the reference layout against ``karabo-bridge-server-sim``
+    with the same command line (``PORT -z REP -d AGIPD -g random``: one corrected AGIPD source,
+    16 x 128 x 512 x 64 float32, 268 MB a train), trains/s to a stock ``karabo_bridge.Client``
+    (REQ); goal >= 1 x.  Our simulator makes its random trains before binding and sends them in
+    turn (``--rate 0``: as fast as the client takes them); the reference makes each train's
+    random data when it is asked for."""
+    import sys
+
+    from pulsetrain.runtime.ports import free_port
+
+    trains = trains or (3 if quick else 8)
+    repeats = repeats or (1 if quick else 3)
+    common = ["-z", "REP", "-d", "AGIPD", "-p", "2.2", "-g", "random"]
+    rates: dict[str, list[float]] = {"pulsetrain": [], "reference": []}
+    for r in range(repeats):
+        for name in ("pulsetrain", "reference") if r % 2 == 0 else ("reference", "pulsetrain"):
+            port = free_port()
+            if name == "pulsetrain":
+                cmd = [sys.executable, "-m", "pulsetrain", "bridge-sim", str(port), *common,
+                       "--rate", "0"]  # fmt: skip
+            else:
+                cmd = ["karabo-bridge-server-sim", str(port), *common]
+            rates[name].append(_simulator_rate(cmd, port, trains))
+    ours = statistics.median(rates["pulsetrain"])
+    peer = statistics.median(rates["reference"])
+    print(
+        f"\nsimulators, reference layout (AGIPD corrected, 64 pulses, -g random, REP), "
+        f"{trains} trains, {repeats} round(s), load average {os.getloadavg()[0]:.1f}:"
+    )
+    for name, label in (
+        ("pulsetrain", "pulsetrain bridge-sim"),
+        ("reference", "karabo-bridge-server-sim"),
+    ):
+        rounds = " ".join(f"{x:.2f}" for x in rates[name])
+        print(f"  {label:28s} {statistics.median(rates[name]):6.2f} trains/s   {rounds}")
+    print(f"  pulsetrain / karabo-bridge-server-sim = {ours / peer:.2f} x (goal >= 1)")
+    return {
+        "name": "pulsetrain bridge-sim reference layout, 64 pulses, to the stock client",
+        "value": ours,
+        "unit": "trains/s",
+        "peer": "karabo-bridge-server-sim (same command line)",
+        "ratio": ours / peer,
+        "goal": 1.0,
+    }
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 trains, 1 round")
     parser.add_argument("--trains", type=int, help="trains timed per contender and round")
     parser.add_argument("--repeats", type=int, help="rounds over all contenders")
+    parser.add_argument(
+        "--simulators-only",
+        action="store_true",
+        help="only pulsetrain bridge-sim against karabo-bridge-server-sim",
+    )
     args = parser.parse_args()
-    main(args.quick, args.trains, args.repeats)
+    if not args.simulators_only:
+        main(args.quick, args.trains, args.repeats)
+    simulator_comparison(args.quick, args.trains, args.repeats)

@@ -20,8 +20,13 @@ the same simulated run, the same REP pattern and the same stock ``karabo_bridge.
 the run's first train sent from memory again and again (no file reading at all), to the same
 client over the same socket - no replay server can deliver more than that.
 
+Small-train replay (issue #18): EXtra-data's FXE mock run with only its XGM sources selected
+(``--source '*XGM*'`` on both), where the cost per train dominates, against serve-files with the
+same selection and a REQ/REP ceiling of the same train from memory (goal >= 5 x serve-files);
+see :func:`small_train_comparison`.
+
 Run ``python benchmarks/storage.py [--quick] [--compression lzf] [--dir DIR] [--replay-only]
-[--no-cold]``.
+[--small-only] [--no-cold]``.
 """
 
 from __future__ import annotations
@@ -309,6 +314,99 @@ def replay_comparison(
     return results
 
 
+def serve_small_train_forever(run: str, port: int, source: str) -> None:
+    """The small-train ceiling: the first train of *source* (a glob) read once, then sent again
+    and again from memory by a pulsetrain bridge server (REP): the same sizes as a replay of
+    that selection, no file read."""
+    from pulsetrain.bridge import BridgeServer
+    from pulsetrain.files.reader import BridgeRun
+
+    with BridgeRun(run, sources=[source]) as bridge_run:
+        _tid, data, meta = next(iter(bridge_run.trains()))
+    with BridgeServer(f"tcp://127.0.0.1:{port}", "REP", "2.2", maxlen=2) as server:
+        while True:
+            server.feed(data, meta, block=True)
+
+
+def small_train_comparison(quick: bool, where: str | None, rounds: int | None = None) -> list[dict]:
+    """Replay of small trains, where the cost per train dominates: EXtra-data's FXE mock run
+    (``make_fxe_run``) with only its XGM sources selected (``--source '*XGM*'`` on both: 2
+    control sources of ~70 scalar keys, 2 instrument sources of 6 arrays of 1000 float32;
+    about 50 kB a train), ``pulsetrain replay`` against ``karabo-bridge-serve-files``, and a
+    REQ/REP ceiling sending the first such train from memory; all to a stock
+    ``karabo_bridge.Client`` (REQ).  Goal: >= 5 x serve-files."""
+    import sys
+
+    from extra_data.tests.make_examples import make_fxe_run
+
+    from pulsetrain.runtime.ports import free_port
+
+    trains = 150 if quick else 400
+    rounds = rounds or (1 if quick else 3)
+    glob = "*XGM*"
+    base = Path(tempfile.mkdtemp(prefix="pt-bench-small-", dir=where))
+    rates: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    loads = [os.getloadavg()[0]]
+    try:
+        run = str(base / "fxe")
+        os.mkdir(run)
+        make_fxe_run(run)
+        for r in range(rounds):
+            order = ("pulsetrain", "serve-files", "memory")
+            for name in order if r % 2 == 0 else order[::-1]:
+                port = free_port()
+                if name == "pulsetrain":
+                    cmd = [sys.executable, "-m", "pulsetrain", "replay", run, str(port),
+                           "--source", glob]  # fmt: skip
+                elif name == "memory":
+                    cmd = [sys.executable, __file__, "--serve-small-train", run, str(port), glob]
+                else:
+                    cmd = ["karabo-bridge-serve-files", run, str(port), "--source", glob]
+                rate, cpu_ms = _replay_rate(cmd, port, trains)
+                rates.setdefault(name, []).append(rate)
+                cpu.setdefault(name, []).append(cpu_ms)
+                loads.append(os.getloadavg()[0])
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    print()
+    print(
+        f"small-train replay: EXtra-data's FXE mock run, --source '{glob}', {trains} trains, "
+        f"REP to a karabo_bridge REQ client, {rounds} round(s); load average "
+        f"{min(loads):.2f}-{max(loads):.2f} on {os.cpu_count()} cores"
+    )
+    print(f"{'server':<40}{'trains/s':>9}{'server CPU ms/train':>21}   rounds (trains/s)")
+    for name, label in (
+        ("pulsetrain", "pulsetrain replay"),
+        ("serve-files", "karabo-bridge-serve-files"),
+        ("memory", "ceiling: one train from memory"),
+    ):
+        rounds_txt = " ".join(f"{x:.0f}" for x in rates[name])
+        print(
+            f"{label:<40}{statistics.median(rates[name]):>9.0f}"
+            f"{statistics.median(cpu[name]):>21.3f}   {rounds_txt}"
+        )
+    ours = statistics.median(rates["pulsetrain"])
+    peer = statistics.median(rates["serve-files"])
+    ceiling = statistics.median(rates["memory"])
+    print(
+        f"  pulsetrain / serve-files = {ours / peer:.2f} x trains/s (goal >= 5); "
+        f"ceiling / serve-files = {ceiling / peer:.2f} x; pulsetrain reaches "
+        f"{ours / ceiling:.2f} of the ceiling"
+    )
+    return [
+        {
+            "name": "storage.replay_small_trains_per_s[REP,XGM]",
+            "value": round(ours, 1),
+            "unit": "trains/s",
+            "peer": "karabo-bridge-serve-files --source '*XGM*' (EXtra-data); "
+            f"ceiling from memory {ceiling:.0f} trains/s",
+            "ratio": round(ours / peer, 3),
+            "goal": 5.0,
+        }
+    ]
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run the benchmark, print a table, return the result dicts."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -324,11 +422,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="only the replay comparison (rounds: --rounds, default 3)",
     )
     parser.add_argument(
+        "--small-only",
+        action="store_true",
+        help="only the small-train replay comparison (rounds: --rounds, default 3)",
+    )
+    parser.add_argument(
         "--no-cold",
         action="store_true",
         help="replay comparison only with the run in the page cache (not read from disk)",
     )
     args = parser.parse_args(argv)
+    if args.small_only:
+        return small_train_comparison(args.quick, args.dir, args.rounds)
     if args.replay_only:
         return replay_comparison(args.quick, args.dir, args.rounds, cold=not args.no_cold)
     trains = args.trains or (8 if args.quick else 24)
@@ -383,6 +488,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"{cpu_ratio:.2f} x by CPU time"
     )
     replay = replay_comparison(args.quick, args.dir, cold=not args.no_cold)
+    replay += small_train_comparison(args.quick, args.dir)
     return replay + [
         {
             "name": f"storage.writer_GBps[{args.compression}]",
@@ -406,5 +512,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve-one-train"]:
         serve_one_train_forever(sys.argv[2], int(sys.argv[3]))
+    elif sys.argv[1:2] == ["--serve-small-train"]:
+        serve_small_train_forever(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     else:
         main(sys.argv[1:])

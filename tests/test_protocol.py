@@ -385,6 +385,14 @@ def test_v1_message_not_a_map():
         deserialize([msgpack.packb([1, 2, 3])])
 
 
+def test_metadata_not_a_map():
+    header = msgpack.packb({"source": "S", "content": "msgpack", "metadata": [1]})
+    with pytest.raises(ProtocolError, match="metadata is a list, not a map"):
+        deserialize([header, msgpack.packb({})])
+    with pytest.raises(ProtocolError, match="metadata of source 'S' is a int, not a map"):
+        deserialize([msgpack.packb({"S": {"metadata": 3}})])
+
+
 def test_v1_array_does_not_fit():
     frame = bytes(
         serialize({"s": {"x": np.zeros(4, np.uint32)}}, {"s": make_meta("s", 1)}, "1.0")[0]

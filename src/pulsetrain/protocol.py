@@ -107,6 +107,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# Values msgpack packs as they are (exact types: subclasses go the long way).
+_NATIVE = frozenset({int, float, str, bytes, bool, type(None)})
+
+# str(dtype) of the array headers, cached: numpy builds the name anew each time.
+_DTYPE_NAMES: dict[np.dtype, str] = {}
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype)
+    return name
+
+
 def _split_source(
     props: Mapping[str, Any], prefix: str, plain: dict[str, Any], arrays: list
 ) -> None:
@@ -117,7 +131,9 @@ def _split_source(
     """
     for key, value in props.items():
         path = f"{prefix}{key}"
-        if isinstance(value, np.ndarray):
+        if type(value) in _NATIVE:  # the common case, checked first: no conversion
+            plain[path] = value
+        elif isinstance(value, np.ndarray):
             if value.dtype.hasobject:
                 raise ProtocolError(f"cannot send object array at {path!r}: no wire dtype")
             arrays.append((path, value))
@@ -238,7 +254,7 @@ def serialize(
                             "source": src,
                             "content": "array",
                             "path": path,
-                            "dtype": str(array.dtype),
+                            "dtype": _dtype_name(array.dtype),
                             "shape": array.shape,
                         }
                     )
@@ -269,9 +285,7 @@ def _frame_buffer(frame: Any) -> memoryview:
 
 def _unpack(buf: memoryview, what: str, **kwargs: Any) -> Any:
     try:
-        return msgpack.unpackb(
-            buf, raw=False, max_bin_len=_MAX_BIN, strict_map_key=False, **kwargs
-        )
+        return msgpack.unpackb(buf, raw=False, max_bin_len=_MAX_BIN, strict_map_key=False, **kwargs)
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises several unrelated types
@@ -347,7 +361,9 @@ def _deserialize_v1(buf: memoryview) -> tuple[Data, Meta]:
             raise ProtocolError(f"protocol 1.0 entry {src!r} is not a source map")
         data[src] = props
         m = props.get("metadata", {})
-        meta[src] = m if isinstance(m, dict) else {}
+        if not isinstance(m, dict):
+            raise ProtocolError(f"metadata of source {src!r} is a {type(m).__name__}, not a map")
+        meta[src] = m
     return data, meta
 
 
@@ -398,7 +414,11 @@ def deserialize(frames: Sequence[Any]) -> tuple[Data, Meta]:
                 raise ProtocolError(f"data frame {i + 1} of {source!r} is not a map")
             data[source] = props
             m = header.get("metadata", {})
-            meta[source] = m if isinstance(m, dict) else {}
+            if not isinstance(m, dict):
+                raise ProtocolError(
+                    f"header frame {i} of {source!r}: metadata is a {type(m).__name__}, not a map"
+                )
+            meta[source] = m
         elif content == "array":
             path = header.get("path")
             where = f"array {path!r} of {source!r} (frame {i + 1})"

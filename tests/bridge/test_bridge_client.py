@@ -35,6 +35,8 @@ MALFORMED = [
     ([b"\xc1 this is not msgpack"], "not valid msgpack"),
     (good(0)[2:], "arrived before the source's msgpack header"),  # frames missing
     ([b"\x92\x01\x02", b"x"], "header frame 0 is a list"),
+    (_set_header(good(0), 0, metadata=[1, 2]), "metadata is a list, not a map"),
+    (_set_header(good(0), 0, metadata="tid 0"), "metadata is a str, not a map"),
 ]
 
 

@@ -193,11 +193,9 @@ class Client:
             else:
                 wait_ms = max(0.0, (deadline - time.monotonic()) * 1000)
             events = dict(self._poller.poll(wait_ms))
-            if self._monitor in events and self._disconnected():
-                # The server went away while our request was pending: the request is lost with
-                # it.  Ask again (REQ_RELAXED); a stale reply would be discarded (REQ_CORRELATE).
-                log.info("connection to %s dropped; sending the request again", self.endpoint)
-                self._socket.send(_NEXT)
+            # The reply first: a server that sends its last train and closes (a replay at its
+            # end) makes the reply and the disconnection arrive together.  Asking again before
+            # reading would make REQ_CORRELATE discard that reply: the last train would be lost.
             if self._socket in events:
                 try:
                     frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -206,6 +204,16 @@ class Client:
                 else:
                     self._pending = False
                     return frames
+            if (
+                self._monitor in events
+                and self._disconnected()
+                and not self._socket.poll(0, zmq.POLLIN)
+            ):
+                # The server went away while our request was pending and no reply came: the
+                # request is lost with it.  Ask again (REQ_RELAXED); a stale reply to the old
+                # request would be discarded (REQ_CORRELATE).
+                log.info("connection to %s dropped; sending the request again", self.endpoint)
+                self._socket.send(_NEXT)
             if deadline is not None and time.monotonic() >= deadline:
                 raise self._timeout_error()
 

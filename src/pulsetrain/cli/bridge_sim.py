@@ -1,8 +1,16 @@
 """``pulsetrain bridge-sim``: serve simulated detector trains over the Karabo bridge protocol.
 
-A drop-in for ``karabo-bridge-server-sim``: any Karabo bridge client (``karabo_bridge.Client``,
-EXtra-foam, OnDA, ``pulsetrain monitor``) can connect.  The trains come from
-:class:`pulsetrain.sim.SimulatedExperiment` (deterministic with ``--seed``).
+A drop-in for ``karabo-bridge-server-sim``: it takes the same command line
+(``PORT -z REP|PUB|PUSH -d AGIPD|AGIPDModule|LPD -p 1.0|2.2 -r -n N -g random|zeros
+--data-like online|file --debug``) and, in the default *reference layout*
+(:class:`ReferenceLayoutSource`), sends the same sources, keys, shapes, dtypes, axis orders and
+train IDs.  Its data come from our detector simulator unless ``-g random`` or ``-g zeros`` is
+asked.  The *per-module layout* (``--layout modules``, implied by ``--modules``,
+``--all-sources`` and JUNGFRAU) sends one source per module as the DAQ and the correction
+pipeline see them.  Any Karabo bridge client (``karabo_bridge.Client``, EXtra-foam, OnDA,
+``pulsetrain monitor``) can connect.  The trains come from
+:class:`pulsetrain.sim.SimulatedExperiment` (deterministic with ``--seed``); the first train is
+made before the port is bound, so a client connecting is served at once.
 
 Corrected mode (the default, as in karabo-bridge-py) turns each raw module into the corrected
 keys of a calibration pipeline, using the simulator's own per-cell constants (its ground
@@ -38,15 +46,17 @@ log = logging.getLogger(__name__)
 EPILOG = """\
 examples:
   pulsetrain bridge-sim                       # REP on tcp://127.0.0.1:4545, AGIPD corrected
-  pulsetrain bridge-sim --port 4600 --pattern PUB --raw --frames 64
+  pulsetrain bridge-sim 4545 -z PUSH -p 1.0 -d LPD -r -g random   # karabo-bridge-server-sim's
+  pulsetrain bridge-sim 4545 -d AGIPDModule -r --data-like file   # command line, its layout
+  pulsetrain bridge-sim --port 4600 --pattern PUB --raw --layout modules --frames 64
   pulsetrain bridge-sim --port 0 --trains 20 --rate 0   # free port, 20 trains, full speed
-  pulsetrain bridge-sim --detector JUNGFRAU --frames 4 --bind 0.0.0.0
-  pulsetrain bridge-sim 4545 -z PUSH -p 1.0 -r   # karabo-bridge-server-sim style options
+  pulsetrain bridge-sim --detector JUNGFRAU --frames 4 --bind 0.0.0.0   # per-module layout
 
 then, e.g.:  pulsetrain monitor tcp://127.0.0.1:4545 --trains 10
 """
 
-DETECTORS = ("AGIPD", "LPD", "JUNGFRAU")
+DETECTORS = ("AGIPD", "AGIPDMODULE", "LPD", "JUNGFRAU")
+LAYOUTS = ("reference", "modules")
 # Per-frame keys a correction carries from raw to corrected sources.
 _CARRIED = {
     "image": ("image.cellId", "image.pulseId", "image.trainId"),
@@ -182,6 +192,214 @@ class SimulatedSource:
         return out
 
 
+# ----------------------------------------------------------------------------------------------
+# The layout of karabo-bridge-server-sim
+# ----------------------------------------------------------------------------------------------
+
+
+class _RefDetector:
+    """Geometry and names of one detector of ``karabo-bridge-server-sim``."""
+
+    def __init__(self, modules, ss, fs, pulses, corrected, raw, sim, follows_data_like):
+        self.modules = modules  # 1: no module axis
+        self.ss, self.fs = ss, fs  # pixels of a module: slow scan (y), fast scan (x)
+        self.pulses = pulses
+        self.sources = {False: corrected, True: raw}  # by raw
+        self.sim = sim  # our simulator's detector
+        self.follows_data_like = follows_data_like  # LPD is always sent online-like
+
+
+REFERENCE_DETECTORS = {
+    "AGIPD": _RefDetector(
+        16,
+        128,
+        512,
+        64,
+        "SPB_DET_AGIPD1M-1/CAL/APPEND_CORRECTED",
+        "SPB_DET_AGIPD1M-1/CAL/APPEND_RAW",
+        "AGIPD",
+        True,
+    ),
+    "AGIPDMODULE": _RefDetector(
+        1, 128, 512, 64, None, "SPB_DET_AGIPD1M-1/DET/0CH0:xtdf", "AGIPD", True
+    ),
+    "LPD": _RefDetector(
+        16,
+        256,
+        256,
+        300,
+        "FXE_DET_LPD1M-1/CAL/APPEND_CORRECTED",
+        "FXE_DET_LPD1M-1/CAL/APPEND_RAW",
+        "LPD",
+        False,
+    ),
+}
+
+#: First train ID of ``karabo-bridge-server-sim``.
+REFERENCE_FIRST_TRAIN = 10_000_000_000
+#: Distinct trains made before binding and sent in turn (``sim`` and ``random`` data).
+POOL = 2
+
+
+class ReferenceLayoutSource:
+    """Trains in the layout of ``karabo-bridge-server-sim``: one source per detector with the
+    modules stacked, its keys, shapes, dtypes, axis orders and train IDs.
+
+    Parameters
+    ----------
+    detector : {'AGIPD', 'AGIPDModule', 'LPD'}
+        As the reference's ``-d``.  AGIPDModule is raw only, as there.
+    raw : bool
+        Raw (uint16) rather than corrected (float32) data.
+    nsources : int
+        Sources sent (copies named ``<source>-1`` ... when more than one), as ``-n``.
+    gen : {'sim', 'random', 'zeros'}
+        ``sim``: our detector simulator (:class:`SimulatedSource`: raw ADU, or corrected keV);
+        ``random``: uniform 1500-1600 as the reference; ``zeros``.
+    data_like : {'online', 'file'}
+        Axis order: ``online`` (modules, ss, fs, pulses) as the reference names it
+        ``(modules, fs, ss, pulses)``; ``file`` (pulses, modules, fs, ss).  LPD ignores it and
+        is always online-like, as in the reference.
+    pulses : int, optional
+        Pulses (frames) per train; default the reference's (64 AGIPD, 300 LPD).
+    seed : int
+        Seed of the simulation and of the random data.
+
+    Notes
+    -----
+    ``sim`` and ``random`` data are made for :data:`POOL` trains when the source is created and
+    then sent in turn, each with its own train ID, timestamps and ``image.trainId``: making a
+    megapixel train costs more than sending it.
+    """
+
+    def __init__(
+        self,
+        detector: str = "AGIPD",
+        raw: bool = False,
+        nsources: int = 1,
+        gen: str = "sim",
+        data_like: str = "online",
+        pulses: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        key = detector.upper()
+        if key not in REFERENCE_DETECTORS:
+            raise ConfigurationError(f"detector {detector!r} has no reference layout")
+        det = REFERENCE_DETECTORS[key]
+        source = det.sources[bool(raw)]
+        if source is None:
+            raise ConfigurationError(
+                f"{detector} is raw only in the reference layout (as in "
+                "karabo-bridge-server-sim): add -r"
+            )
+        if gen not in ("sim", "random", "zeros"):
+            raise ConfigurationError(f"unknown generator {gen!r}: sim, random or zeros")
+        if data_like not in ("online", "file"):
+            raise ConfigurationError(f"unknown --data-like {data_like!r}: online or file")
+        if int(nsources) < 1:
+            raise ConfigurationError(f"nsources must be at least 1, not {nsources}")
+        self.det = det
+        self.raw = bool(raw)
+        self.source = source
+        self.pulses = int(pulses or det.pulses)
+        self.online = data_like == "online" or not det.follows_data_like
+        self.dtype = np.dtype(np.uint16 if raw else np.float32)
+        self.names = (
+            [source] if nsources == 1 else [f"{source}-{i + 1}" for i in range(int(nsources))]
+        )
+        self._next_tid = REFERENCE_FIRST_TRAIN
+        self._pool = self._make_pool(gen, seed)
+        self._turn = 0
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of ``image.data``."""
+        det = self.det
+        mods = () if det.modules == 1 else (det.modules,)
+        if self.online:
+            return (*mods, det.ss, det.fs, self.pulses)
+        return (self.pulses, *mods, det.fs, det.ss)
+
+    def _arrange(self, frames: np.ndarray, out: np.ndarray, module: int) -> None:
+        """Put one module's frames (pulses, fs, ss) -- our simulator's (frames, 512, 128) for
+        AGIPD -- into the stacked array."""
+        if self.online:
+            target = out if self.det.modules == 1 else out[module]
+            target[...] = frames.transpose(2, 1, 0)
+        elif self.det.modules == 1:
+            out[...] = frames
+        else:
+            out[:, module] = frames
+
+    def _make_pool(self, gen: str, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        det = self.det
+        gain_shape = (det.ss, det.fs, self.pulses)
+        if gen == "zeros":
+            return [(np.zeros(self.shape, self.dtype), np.zeros(gain_shape, np.uint16))]
+        pool = []
+        if gen == "random":
+            rng = np.random.default_rng(seed)
+            for _ in range(POOL):
+                data = np.empty(self.shape, self.dtype)
+                flat = data.reshape(-1)
+                step = 1 << 22  # in pieces: no float64 copy of a whole train
+                for a in range(0, flat.size, step):
+                    flat[a : a + step] = rng.uniform(1500, 1600, min(step, flat.size - a))
+                pool.append((data, np.zeros(gain_shape, np.uint16)))
+            return pool
+        sim = SimulatedSource(
+            det.sim, self.pulses, seed, modules=list(range(det.modules)), corrected=not self.raw
+        )
+        modules = sorted(sim._module_of.items(), key=lambda kv: kv[1])
+        for _ in range(POOL):
+            _, data, _ = sim.next_train()
+            image = np.empty(self.shape, self.dtype)
+            gain = np.zeros(gain_shape, np.uint16)
+            for raw_name, m in modules:
+                props = data.get(corrected_source_name(raw_name) if not self.raw else raw_name)
+                frames = np.asarray(props["image.data"])
+                if frames.ndim == 4:  # raw (frames, 2 or 1, ss, fs): the analog plane
+                    stage = frames[:, 1] if frames.shape[1] > 1 else None
+                    frames = frames[:, 0]
+                else:
+                    stage = props.get("image.gain")
+                self._arrange(frames.astype(self.dtype, copy=False), image, m)
+                if m == 0 and stage is not None:  # the reference's gain: one module's
+                    gain[...] = np.asarray(stage).transpose(2, 1, 0)
+            pool.append((image, gain))
+        return pool
+
+    def next_train(self) -> tuple[int, dict[str, dict], dict[str, dict]]:
+        """The next train as ``(train_id, data, meta)``."""
+        tid = self._next_tid
+        self._next_tid += 1
+        image, gain = self._pool[self._turn % len(self._pool)]
+        self._turn += 1
+        det = self.det
+        props: dict[str, Any] = {
+            "image.data": image,
+            "image.cellId": np.arange(self.pulses, dtype=np.uint16),
+        }
+        if not self.raw:
+            domain = self.source.partition("/")[0]
+            props["image.passport"] = [
+                f"{domain}/CAL/THRESHOLDING_Q1M1",
+                f"{domain}/CAL/OFFSET_CORR_Q1M1",
+                f"{domain}/CAL/RELGAIN_CORR_Q1M1",
+            ]
+        if det.modules > 1:
+            base = self.source.rpartition("/")[0]
+            props["sources"] = [f"{base}/{i}CH0:xtdf" for i in range(det.modules)]
+            props["modulesPresent"] = [True] * det.modules
+        props["image.gain"] = gain
+        props["image.pulseId"] = np.arange(self.pulses, dtype=np.uint64)
+        props["image.trainId"] = np.full(self.pulses, tid, dtype=np.uint64)
+        now = time.time()
+        data = {name: props for name in self.names}
+        meta = {name: make_meta(name, tid, now) for name in self.names}
+        return tid, data, meta
+
+
 def _mask_of(truth, flags) -> np.ndarray:
     """uint32 bad-pixel mask (ss, fs) of a module's truth: dead and noisy pixels have
     ``NOISE_OUT_OF_THRESHOLD``, hot pixels ``OFFSET_OUT_OF_THRESHOLD``."""
@@ -265,8 +483,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="detector to simulate (default AGIPD)",
     )
     p.add_argument(
-        "--frames", "-f", type=frame_count, default=16, help="frames per train (default 16)"
+        "--frames",
+        "-f",
+        type=frame_count,
+        default=None,
+        help="frames per train (default: the reference's 64 for AGIPD, 300 for LPD; 16 in the "
+        "per-module layout)",
     )
+    p.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default=None,
+        help="reference: karabo-bridge-server-sim's (one source, modules stacked; the default); "
+        "modules: one source per module (implied by --modules, --all-sources, JUNGFRAU)",
+    )
+    p.add_argument(
+        "--nsources",
+        "-n",
+        type=positive_int,
+        default=1,
+        help="reference layout: copies of the detector source sent (default 1)",
+    )
+    p.add_argument(
+        "--gen",
+        "-g",
+        choices=("sim", "random", "zeros"),
+        default="sim",
+        help="reference layout: data from our simulator (default), uniform random 1500-1600 "
+        "as karabo-bridge-server-sim, or zeros",
+    )
+    p.add_argument(
+        "--data-like",
+        choices=("online", "file"),
+        default="online",
+        help="reference layout: axis order online (modules, fs, ss, pulses) or file "
+        "(pulses, modules, ss, fs), as karabo-bridge-server-sim names them (LPD: always online)",
+    )
+    p.add_argument(
+        "--serialisation",
+        "-s",
+        choices=("msgpack",),
+        default="msgpack",
+        help="message serialisation (msgpack only, as karabo-bridge-server-sim)",
+    )
+    p.add_argument("--debug", action="store_true", help="print a line for every train sent")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--raw", "-r", dest="corrected", action="store_false", help="send raw data")
     mode.add_argument(
@@ -337,19 +597,35 @@ def run(args: argparse.Namespace) -> int:
     problem = port_problem(host, port)
     if problem:
         raise ConfigurationError(f"cannot serve on {_endpoint(args)}: {problem}")
-    source = SimulatedSource(
-        args.detector,
-        args.frames,
-        args.seed,
-        modules=args.modules,
-        corrected=args.corrected,
-        all_sources=args.all_sources,
-    )
+    layout = choose_layout(args)
+    if layout == "reference":
+        source = ReferenceLayoutSource(
+            args.detector,
+            raw=not args.corrected,
+            nsources=args.nsources,
+            gen=args.gen,
+            data_like=args.data_like,
+            pulses=args.frames,
+            seed=args.seed,
+        )
+        frames = source.pulses
+    else:
+        frames = args.frames or 16
+        source = SimulatedSource(
+            args.detector,
+            frames,
+            args.seed,
+            modules=args.modules,
+            corrected=args.corrected,
+            all_sources=args.all_sources,
+        )
+    # The first train is made before binding: a client that connects is served at once.
+    first = source.next_train()
     server = BridgeServer(_endpoint(args), args.pattern, args.protocol, maxlen=args.maxlen)
     kind = "corrected" if args.corrected else "raw"
     print(
         f"pulsetrain bridge-sim: serving on {server.endpoint} ({args.pattern}, protocol "
-        f"{args.protocol}, {args.detector} {kind}, {args.frames} frames, "
+        f"{args.protocol}, {args.detector} {kind}, {frames} frames, {layout} layout, "
         f"{'unlimited' if not args.rate else f'{args.rate:g} Hz'})",
         flush=True,
     )
@@ -357,7 +633,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     try:
         server.start()
-        feed_trains(server, source, args.trains, args.rate)
+        feed_trains(server, source, args.trains, args.rate, first=first, debug=args.debug)
         if args.trains is not None:
             server.flush()
             server.stop(linger=5.0)
@@ -375,15 +651,46 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def feed_trains(server, source: SimulatedSource, trains: int | None, rate: float) -> None:
+def choose_layout(args: argparse.Namespace) -> str:
+    """The layout asked for: ``--layout``, else per-module when a per-module option or
+    JUNGFRAU is given, else the reference layout."""
+    per_module = args.modules is not None or args.all_sources or args.detector == "JUNGFRAU"
+    layout = args.layout or ("modules" if per_module else "reference")
+    if layout == "reference" and per_module:
+        raise ConfigurationError(
+            "--modules, --all-sources and JUNGFRAU need the per-module layout (--layout modules)"
+        )
+    if layout == "modules":
+        if args.detector == "AGIPDMODULE":
+            raise ConfigurationError("AGIPDModule is a reference-layout detector; use AGIPD")
+        if args.nsources != 1 or args.gen != "sim" or args.data_like != "online":
+            raise ConfigurationError(
+                "--nsources, --gen and --data-like apply to the reference layout only"
+            )
+    return layout
+
+
+def feed_trains(
+    server,
+    source,
+    trains: int | None,
+    rate: float,
+    *,
+    first: tuple | None = None,
+    debug: bool = False,
+) -> None:
     """Feed ``trains`` trains (None: forever) at ``rate`` Hz (0: as fast as the clients take
-    them), stamping each train's metadata with the time it is fed."""
+    them), stamping each train's metadata with the time it is fed; ``first`` is a train
+    already made."""
     period = 1.0 / rate if rate else 0.0
     due = time.monotonic()
     last_report = due
     n = 0
     while trains is None or n < trains:
-        tid, data, _ = source.next_train()
+        if first is not None:
+            (tid, data, _), first = first, None
+        else:
+            tid, data, _ = source.next_train()
         if period:  # never faster than the rate; after a delay, no burst to catch up
             now = time.monotonic()
             if now < due:
@@ -392,6 +699,8 @@ def feed_trains(server, source: SimulatedSource, trains: int | None, rate: float
         now = time.time()
         meta = {src: make_meta(src, tid, now) for src in data}
         server.feed(data, meta)
+        if debug:
+            print(f"pulsetrain bridge-sim: fed train {tid}", flush=True)
         n += 1
         if time.monotonic() - last_report >= 10:
             last_report = time.monotonic()

@@ -26,6 +26,12 @@ Conventions of the yielded data (the same as the writer takes):
 - ``meta[source]`` carries the train's timestamp from ``INDEX/timestamp`` of the file holding
   the source's data; where files have none (format 0.5) it is derived: 100 ms per train from the nearest known timestamp, or from
   the file's creation date, or from the first file's modification time.
+
+:class:`BridgeRun` reads a run for the Karabo bridge instead, in the conventions of EXtra-data's
+``karabo-bridge-serve-files`` (what its clients expect): every selected source in every train
+(with only its ``metadata`` when it has no data there), strings as the ``bytes`` stored,
+``count == 1`` rows without their train axis, arrays of Python objects left out.  See
+``docs/bridge-compatibility.md``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from __future__ import annotations
 import calendar
 import fnmatch
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -48,7 +55,15 @@ from pulsetrain.files.mapped import Column, FileMaps
 from pulsetrain.files.naming import default_frame_group
 from pulsetrain.files.timestamps import TRAIN_PERIOD_NS, make_meta
 
-__all__ = ["BLOCK_BYTES", "RunInfo", "iter_run_trains", "open_run_dir", "run_info"]
+__all__ = [
+    "BLOCK_BYTES",
+    "PRELOAD_BYTES",
+    "BridgeRun",
+    "RunInfo",
+    "iter_run_trains",
+    "open_run_dir",
+    "run_info",
+]
 
 log = logging.getLogger(__name__)
 
@@ -505,3 +520,337 @@ def _parse_stamp(value: Any) -> int | None:
     except ValueError:
         return None
     return calendar.timegm(t) * 1_000_000_000
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading for the Karabo bridge (the conventions of karabo-bridge-serve-files)
+# ----------------------------------------------------------------------------------------------
+
+#: Datasets up to this size (bytes, per file) are read whole when a :class:`BridgeRun` opens,
+#: so that a train of small sources costs no HDF5 read at all; larger ones are read per train.
+PRELOAD_BYTES = 16 << 20
+
+
+class _BridgeKey:
+    """One key of one source in one file: preloaded whole, or read per train."""
+
+    __slots__ = ("drop_one", "name", "objects", "read", "scalars", "values")
+
+    def __init__(self, name: str, ds: h5py.Dataset, nrows: int, preload: bool, maps: FileMaps):
+        self.name = name
+        row_shape = tuple(ds.shape[1:])
+        # Variable-length data (strings) comes as arrays of Python objects, which serve-files
+        # leaves out: rows with a shape always, scalar rows when a train has several.
+        self.objects = ds.dtype.hasobject or h5py.check_vlen_dtype(ds.dtype) is not None
+        self.drop_one = self.objects and bool(row_shape)
+        self.values: np.ndarray | None = None
+        self.scalars: list | None = None
+        self.read: Callable[[int, int], Any] | None = None
+        if preload:
+            self.values = ds[:nrows]
+            if not row_shape:
+                # The Python value of each single row, converted once: what numpy's .item()
+                # gives, and so what the serialiser would send for it.
+                self.scalars = self.values.tolist()
+        elif not self.objects:
+            self.read = Column(ds, maps).rows
+        else:
+            self.read = lambda a, b, ds=ds: ds[a:b]
+
+    def one(self, row: int) -> Any:
+        """The value of a train with one row: the row, without a train axis."""
+        if self.scalars is not None:
+            return self.scalars[row]
+        if self.values is not None:
+            return self.values[row]
+        return self.read(row, row + 1)[0]
+
+    def many(self, first: int, count: int) -> Any:
+        """The rows of a train with several."""
+        if self.values is not None:
+            return self.values[first : first + count]
+        return self.read(first, first + count)
+
+
+class _BridgeFile:
+    """One source in one file: train IDs and timestamps, and per key group its INDEX."""
+
+    __slots__ = ("groups", "stamps", "tids")
+
+    def __init__(self, tids: np.ndarray, stamps: np.ndarray) -> None:
+        self.tids = tids
+        self.stamps = stamps
+        # (firsts, counts, keys) per key group; control sources have the single group ''
+        self.groups: list[tuple[list[int], list[int], list[_BridgeKey]]] = []
+
+
+class _BridgeSource:
+    """One selected source: its files, and for each train of the run where its data is."""
+
+    __slots__ = ("control", "file_no", "file_pos", "files", "name")
+
+    def __init__(self, name: str, control: bool, files: list[_BridgeFile], train_ids) -> None:
+        self.name = name
+        self.control = control
+        self.files = files
+        # The first file (in EXtra-data's order) that has each train, and the train's position
+        # there; -1: no file has it.
+        file_no = np.full(train_ids.size, -1, dtype=np.int64)
+        file_pos = np.zeros(train_ids.size, dtype=np.int64)
+        for i, bf in enumerate(files):
+            if bf.tids.size == 0:
+                continue
+            order = np.argsort(bf.tids, kind="stable")
+            stids = bf.tids[order]
+            at = np.minimum(np.searchsorted(stids, train_ids), stids.size - 1)
+            hit = (stids[at] == train_ids) & (file_no < 0)
+            file_no[hit] = i
+            file_pos[hit] = order[at[hit]]
+        self.file_no: list[int] = file_no.tolist()
+        self.file_pos: list[int] = file_pos.tolist()
+
+
+def _is_compound(dtype: np.dtype) -> bool:
+    return dtype.names is not None or (
+        dtype.subdtype is not None and dtype.subdtype[0].names is not None
+    )
+
+
+class BridgeRun:
+    """A run directory read for the Karabo bridge, as ``karabo-bridge-serve-files`` sends it.
+
+    Opening checks the selection: every source glob must match a source, every key glob a key
+    of a selected source, and no selected key may hold a compound (structured) dtype, which the
+    bridge protocol cannot describe.  Small datasets (up to ``preload_bytes`` per file) are read
+    whole here; larger ones train by train (uncompressed numeric data as views on a memory map
+    of the file).
+
+    Parameters
+    ----------
+    run_dir : path-like
+        Run directory (any EXDF version EXtra-data reads).
+    sources : list of str, optional
+        Source globs (``'*XGM*'``), like serve-files' ``--source``; default all sources.
+    keys : list of str, optional
+        Key globs (``'data.*'``), like serve-files' ``--key``; default all keys.  As in
+        EXtra-data, a glob ending neither in ``.value`` nor in ``*`` selects ``<glob>.value`` of
+        control sources.
+    preload_bytes : int
+        Largest dataset read whole when opening.
+    zero_copy : bool
+        Serve large uncompressed numeric datasets from a memory map of the files (see
+        :mod:`pulsetrain.files.mapped`) instead of reading them through HDF5.
+
+    Raises
+    ------
+    pulsetrain.errors.ConfigurationError
+        A glob matches nothing, or selected keys have a compound dtype (they are named).
+    pulsetrain.errors.FileFormatError
+        No usable run files.
+
+    Examples
+    --------
+    >>> with BridgeRun("r0001", sources=["*XGM*"]) as run:  # doctest: +SKIP
+    ...     for tid, data, meta in run.trains():
+    ...         server.feed(data, meta)
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        *,
+        sources: list[str] | tuple[str, ...] | None = None,
+        keys: list[str] | tuple[str, ...] | None = None,
+        preload_bytes: int = PRELOAD_BYTES,
+        zero_copy: bool = True,
+    ) -> None:
+        self.run_dir = str(run_dir)
+        self._maps = FileMaps(enabled=zero_copy)
+        self._run = open_run_dir(run_dir)
+        try:
+            self._open(list(sources or ["*"]), list(keys or ["*"]), int(preload_bytes))
+        except BaseException:
+            self.close()
+            raise
+
+    def _select(self, source_globs: list[str], key_globs: list[str]):
+        """EXtra-data's selection of the (source glob, key glob) pairs that match something."""
+        run = self._run
+        everything = sorted(run.control_sources | run.instrument_sources)
+        for glob in source_globs:
+            if not any(fnmatch.fnmatchcase(s, glob) for s in everything):
+                more = ", ..." if len(everything) > 8 else ""
+                raise ConfigurationError(
+                    f"no source of {self.run_dir} matches {glob!r} "
+                    f"(sources: {', '.join(everything[:8])}{more})"
+                )
+        pairs, unmatched = [], set(key_globs)
+        for src_glob in source_globs:
+            for key_glob in key_globs:
+                try:
+                    run.select(src_glob, key_glob)
+                except Exception:  # noqa: BLE001, S112 - EXtra-data's "no match" (several types)
+                    continue
+                pairs.append((src_glob, key_glob))
+                unmatched.discard(key_glob)
+        if unmatched:
+            globs = ", ".join(repr(g) for g in sorted(unmatched))
+            raise ConfigurationError(f"no key of the selected sources matches {globs}")
+        return run.select(pairs)
+
+    def _open(self, source_globs: list[str], key_globs: list[str], preload_bytes: int) -> None:
+        import warnings
+
+        sel = self._select(source_globs, key_globs)
+        self.train_ids = np.asarray(sel.train_ids, dtype=np.uint64)
+        self.sources: list[_BridgeSource] = []
+        compound: dict[str, set[str]] = {}
+        for name in sorted(sel.control_sources | sel.instrument_sources):
+            control = name in sel.control_sources
+            with warnings.catch_warnings():  # legacy (alias) names warn; serve-files sends them
+                warnings.simplefilter("ignore")
+                keys = sorted(sel.keys_for_source(name))
+                file_access = list(sel._sources_data[name].files)
+            groups: dict[str, list[str]] = {}
+            for k in keys:
+                groups.setdefault("" if control else k.split(".", 1)[0], []).append(k)
+            section = "CONTROL" if control else "INSTRUMENT"
+            files = []
+            for fa in file_access:
+                tids = np.asarray(fa.train_ids, dtype=np.uint64)
+                f = fa.file
+                if "INDEX/timestamp" in f:
+                    stamps = np.asarray(f["INDEX/timestamp"][: tids.size], dtype=np.uint64)
+                else:
+                    stamps = np.zeros(tids.size, dtype=np.uint64)
+                bf = _BridgeFile(tids, stamps)
+                datasets = _datasets_of(f, f"{section}/{name}")
+                for group, group_keys in groups.items():
+                    firsts, counts = (np.asarray(a, np.int64) for a in fa.get_index(name, group))
+                    nrows = int((firsts + counts).max(initial=0))
+                    entries = []
+                    for k in group_keys:
+                        ds = datasets.get(k)
+                        if ds is None:
+                            continue
+                        if _is_compound(ds.dtype):
+                            compound.setdefault(name, set()).add(k)
+                            continue
+                        nbytes = nrows * ds.dtype.itemsize * math.prod(ds.shape[1:])
+                        preload = nbytes <= preload_bytes
+                        entries.append(_BridgeKey(k, ds, nrows, preload, self._maps))
+                    bf.groups.append((firsts.tolist(), counts.tolist(), entries))
+                files.append(bf)
+            self.sources.append(_BridgeSource(name, control, files, self.train_ids))
+        if compound:
+            listed = "; ".join(f"{s}: {', '.join(sorted(k))}" for s, k in sorted(compound.items()))
+            raise ConfigurationError(
+                "arrays of compound (structured) dtype cannot be sent through the Karabo "
+                f"bridge: {listed}; leave them out with --key"
+            )
+
+    @property
+    def n_trains(self) -> int:
+        """Trains of the run."""
+        return int(self.train_ids.size)
+
+    def count(self, trains: TrainSelection = None) -> int:
+        """How many trains :meth:`trains` yields for the selection *trains*."""
+        return int(_select_trains(self.train_ids, trains).size)
+
+    def trains(
+        self, trains: TrainSelection = None
+    ) -> Iterator[tuple[int, dict[str, dict[str, Any]], dict[str, dict[str, Any]]]]:
+        """Yield ``(train_id, data, meta)`` for the selected trains, in order.
+
+        Parameters
+        ----------
+        trains : slice or (int, int), optional
+            As for :func:`iter_run_trains`.
+
+        Yields
+        ------
+        tuple
+            ``data[source]`` holds every selected source, with its keys that have data in the
+            train and ``'metadata'``: ``{'source', 'timestamp.tid'}``, exactly as serve-files
+            sends it.  ``meta[source]`` adds the timestamp of the train from ``INDEX/timestamp``
+            of the file holding the source's data, where that file has one.
+        """
+        positions = _select_trains(self.train_ids, trains).tolist()
+        tids = self.train_ids.tolist()
+        sources = [(s.name, s.files, s.file_no, s.file_pos) for s in self.sources]
+        for p in positions:
+            tid = tids[p]
+            data: dict[str, dict[str, Any]] = {}
+            meta: dict[str, dict[str, Any]] = {}
+            for name, files, file_no, file_pos in sources:
+                m = {"source": name, "timestamp.tid": tid}
+                props: dict[str, Any] = {"metadata": m}
+                data[name] = props
+                fno = file_no[p]
+                if fno < 0:
+                    meta[name] = m
+                    continue
+                bf = files[fno]
+                row = file_pos[p]
+                ns = int(bf.stamps[row])
+                meta[name] = make_meta(name, tid, ns) if ns else m
+                dropped = False
+                for firsts, counts, entries in bf.groups:
+                    count = counts[row]
+                    if not count:
+                        continue
+                    first = firsts[row]
+                    if count == 1:
+                        for e in entries:
+                            if e.scalars is not None:
+                                props[e.name] = e.scalars[first]
+                            elif e.drop_one:
+                                dropped = True
+                            else:
+                                props[e.name] = e.one(first)
+                    else:
+                        for e in entries:
+                            if e.objects:
+                                dropped = True
+                            else:
+                                props[e.name] = e.many(first, count)
+                if dropped:
+                    _drop_timestamps_of_dropped(props, bf, row)
+            yield tid, data, meta
+
+    def close(self) -> None:
+        """Close the run's files."""
+        run, self._run = getattr(self, "_run", None), None
+        if run is not None:
+            run.__exit__(None, None, None)  # DataCollection closes its files on leaving `with`
+
+    def __enter__(self) -> BridgeRun:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _datasets_of(f: h5py.File, base: str) -> dict[str, h5py.Dataset]:
+    """The datasets of a source group by key (one walk: a lookup per key costs far more)."""
+    found: dict[str, h5py.Dataset] = {}
+    if base not in f:
+        return found
+
+    def visit(name: str, obj: object) -> None:
+        if isinstance(obj, h5py.Dataset):
+            found[name.replace("/", ".")] = obj
+
+    f[base].visititems(visit)
+    return found
+
+
+def _drop_timestamps_of_dropped(props: dict[str, Any], bf: _BridgeFile, row: int) -> None:
+    """serve-files leaves out ``<key>.timestamp`` with a left-out ``<key>.value``."""
+    for _, counts, entries in bf.groups:
+        if not counts[row]:
+            continue
+        for e in entries:
+            if e.objects and e.name.endswith(".value") and e.name not in props:
+                props.pop(e.name[: -len(".value")] + ".timestamp", None)
