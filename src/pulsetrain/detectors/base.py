@@ -255,6 +255,11 @@ class Detector(abc.ABC):
         match = re.match(r"^[^/]+/(?:DET|CORR)/(\d+)CH0:(?:xtdf|output)$", source)
         return int(match.group(1)) if match else None
 
+    def raw_module_of(self, source: str) -> int | None:
+        """Module number of a raw module source of this detector type (``None``: not one)."""
+        match = re.match(r"^[^/]+/DET/(\d+)CH0:xtdf$", source)
+        return int(match.group(1)) if match else None
+
     def corrected_source(self, raw_source: str) -> str:
         """The CORR source name of a raw module source."""
         from pulsetrain.files.naming import corrected_source_name
