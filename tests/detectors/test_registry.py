@@ -94,6 +94,26 @@ def test_a_fourth_detector_is_registered_without_touching_shared_code():
     assert resolve_detector("XYZ_DET_TOY-1")[0].name == "TOYDET"
 
 
+def test_a_plugin_may_bring_its_own_simulator_spec():
+    import dataclasses
+
+    from pulsetrain.sim.detectors import DETECTORS, detector_spec
+
+    spec = dataclasses.replace(DETECTORS["AGIPD"], name="TOYSIM", key=99, n_modules=2)
+
+    class ToySim(AGIPD):
+        name = "TOYSIM"
+        default_detector_id = "XYZ_DET_TOYSIM-1"
+
+        def sim_spec(self):
+            return spec
+
+    register_detector(ToySim)
+    assert detector_spec("toysim") is spec
+    with pytest.raises(ConfigurationError, match="unknown detector 'NOPE'"):
+        detector_spec("NOPE")
+
+
 def test_gain_stage_decoding_of_agipd():
     agipd = get_detector("AGIPD")
     thr = np.zeros((2, 2, 512, 128), np.float32)
