@@ -265,8 +265,11 @@ class DetectorCorrection(Device):
 
 
 class AGIPDCorrection(DetectorCorrection):
-    """:class:`DetectorCorrection` of an AGIPD module (the name topologies used before
-    detector plug-ins); ``detector`` defaults to ``SPB_DET_AGIPD1M-1``."""
+    """Offset, gain-stage, relative-gain and bad-pixel correction of one AGIPD module.
+
+    A :class:`DetectorCorrection` whose ``detector`` defaults to ``SPB_DET_AGIPD1M-1`` (the name
+    topologies used before detector plug-ins).
+    """
 
     detector = Property(
         str, "SPB_DET_AGIPD1M-1", access="init", description="detector type or catalogue name"
