@@ -161,6 +161,10 @@ class Detector(abc.ABC):
     carried_keys
         Per-frame keys copied from the raw source to the corrected one (flattened to
         ``(frames,)``).
+    frame_groups
+        Index groups of the raw and corrected module sources whose arrays have one row per
+        entry of the first axis (``INDEX/<source>/<group>/count`` counts them), as files store
+        them.
     correction_options
         Names of the keyword options :meth:`correct` accepts besides the steps (AGIPD:
         ``bad_to_nan``, ``force_mg_threshold``, ...); callers drop the others.
@@ -186,6 +190,7 @@ class Detector(abc.ABC):
         "image.mask": "uint32",
     }
     carried_keys: ClassVar[tuple[str, ...]] = ()
+    frame_groups: ClassVar[tuple[str, ...]] = ("image",)
     correction_options: ClassVar[tuple[str, ...]] = ()
     extra_geom_class: ClassVar[str | None] = None
     extra_data_component: ClassVar[str | None] = None

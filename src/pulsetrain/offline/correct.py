@@ -549,6 +549,7 @@ def _write_index_and_small_keys(
         run_metadata=dict(task.run_metadata),
         flush_trains=None,
         flush_interval=None,
+        frame_groups=functools.partial(_frame_group, out_source, frozenset(plugin.frame_groups)),
     ) as writer:
         for block in reader.blocks(keys, max_block_bytes=1 << 62):
             carried = {
@@ -564,6 +565,11 @@ def _write_index_and_small_keys(
             frames += block.frames
     produced = staging / run_file_name("CORR", task.run_number, default_aggregator(out_source), 0)
     return (produced if produced.exists() else None), trains, frames
+
+
+def _frame_group(module_source: str, groups: frozenset[str], source: str, group: str) -> bool:
+    """Per-frame index groups of the CORR file: the detector's, of its module source."""
+    return source == module_source and group in groups
 
 
 def _write_corrected_frames(
