@@ -144,3 +144,10 @@ def test_offset_only_online_equals_offline(raw_run, dark_only):
         status = dev.get("status")
         assert f"module {m}" in status and "RelativeGain" in status
         assert dev.get("appliedCorrections") == ""
+
+
+def test_steps_without_constants_need_the_memory_cells(raw_run, tmp_path):
+    code, _, err = correct(raw_run, "--out", tmp_path / "d", "--corrections", "commonmode")
+    assert code == 2 and "Traceback" not in err
+    assert "the steps commonmode use no constants: give the number of memory cells" in err
+    assert not (tmp_path / "d").exists()

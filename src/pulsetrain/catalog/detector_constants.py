@@ -110,4 +110,6 @@ def load_constants(
     """
     records = find_constant_records(catalog, plugin, detector, module, conditions, at, steps)
     arrays = {ctype: catalog.load_array(rec) for ctype, rec in records.items()}
-    return plugin.prepare_constants(arrays, steps), records
+    if not isinstance(conditions, Conditions):
+        conditions = Conditions.from_dict(conditions)
+    return plugin.prepare_constants(arrays, steps, conditions.memory_cells), records

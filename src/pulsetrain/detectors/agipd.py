@@ -76,7 +76,12 @@ class AGIPD(Detector):
         return np.where(d < thr[0], 0, np.where(d < thr[1], 1, 2)).astype(np.uint8)
 
     # ------------------------------------------------------------------ constants, correction
-    def prepare_constants(self, arrays: Mapping[str, np.ndarray], steps: Collection[str]):
+    def prepare_constants(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        steps: Collection[str],
+        memory_cells: int | None = None,
+    ):
         """An :class:`~pulsetrain.calibration.AGIPDConstants` with the steps off folded in."""
         from pulsetrain.calibration import AGIPDConstants
 
@@ -84,7 +89,7 @@ class AGIPD(Detector):
         missing = [t for t in self.required_constants(steps) if t not in arrays]
         if missing:
             raise CalibrationError(f"AGIPD constants missing for the steps: {', '.join(missing)}")
-        cells = _memory_cells(arrays)
+        cells = _memory_cells(arrays, memory_cells)
         staged = (len(self.gain_stages), cells, *self.module_shape)
         offset = arrays["Offset"] if "offset" in steps else _filled(staged, "float32", 0.0)
         if "gainstage" in steps:
@@ -171,13 +176,15 @@ def _filled(shape: tuple[int, ...], dtype: str, value: float) -> np.ndarray:
     return np.full(shape, value, np.dtype(dtype))
 
 
-def _memory_cells(arrays: Mapping[str, np.ndarray]) -> int:
+def _memory_cells(arrays: Mapping[str, np.ndarray], memory_cells: int | None) -> int:
     for name in ("Offset", "ThresholdsDark", "BadPixelsDark", "RelativeGain"):
         if name in arrays:
             return int(np.shape(arrays[name])[1])
+    if memory_cells:
+        return int(memory_cells)
     raise CalibrationError(
-        "AGIPD constants: none of Offset, ThresholdsDark, BadPixelsDark, "
-        "RelativeGain given (the number of memory cells is unknown)"
+        "AGIPD constants: none of Offset, ThresholdsDark, BadPixelsDark, RelativeGain given "
+        "and no memory_cells: the number of memory cells is unknown"
     )
 
 

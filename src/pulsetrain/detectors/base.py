@@ -311,12 +311,18 @@ class Detector(abc.ABC):
 
     # ------------------------------------------------------------------ constants, correction
     @abc.abstractmethod
-    def prepare_constants(self, arrays: Mapping[str, np.ndarray], steps: Collection[str]) -> Any:
+    def prepare_constants(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        steps: Collection[str],
+        memory_cells: int | None = None,
+    ) -> Any:
         """The object :meth:`correct` reads, from ``{constant type: array}`` of one module.
 
         ``arrays`` holds at least :meth:`required_constants` of ``steps`` (others may be
-        present and are ignored unless useful).  Called once per module and constant set, so
-        it may precompute.
+        present and are ignored unless useful).  ``memory_cells`` is the number of cells the
+        constants must cover when no array tells (steps that need no constants).  Called once
+        per module and constant set, so it may precompute.
         """
 
     @abc.abstractmethod

@@ -287,10 +287,15 @@ def find_constant_ids(query: ConstantsQuery, modules: Sequence[int]) -> dict[int
     from pulsetrain.offline.missing_constants import missing_constants_error
 
     required = query.plugin().required_constants(query.steps)
-    catalog = _catalog(query.catalog_url)
     modules = list(modules)
     if not required:
+        if dict(query.conditions).get("memory_cells") is None:
+            raise ConfigurationError(
+                f"the steps {','.join(query.steps) or '(none)'} use no constants: give the "
+                "number of memory cells (--memory-cells)"
+            )
         return {m: {} for m in modules}
+    catalog = _catalog(query.catalog_url)
     conditions, at = query.conditions_obj(), query.at_datetime()
     records = catalog.find_constants_of_modules(
         query.detector, modules, conditions, at, types=required, missing_ok=True
@@ -327,7 +332,8 @@ def _load_constants(query: ConstantsQuery, module: int, ids: dict[str, int]):
             return hit
         cat = _catalog(catalog_url)
         arrays = {t: cat.load_array(cat.get_constant(i)) for t, i in ids.items()}
-        constants = query.plugin().prepare_constants(arrays, query.steps)
+        cells = dict(query.conditions).get("memory_cells")
+        constants = query.plugin().prepare_constants(arrays, query.steps, cells)
         LOAD_COUNTS[(catalog_url, detector, module)] += 1
         _CACHE[key] = constants
         total = sum(_nbytes(c) for c in _CACHE.values())
