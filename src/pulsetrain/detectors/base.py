@@ -320,9 +320,9 @@ class Detector(abc.ABC):
         """The object :meth:`correct` reads, from ``{constant type: array}`` of one module.
 
         ``arrays`` holds at least :meth:`required_constants` of ``steps`` (others may be
-        present and are ignored unless useful).  ``memory_cells`` is the number of cells the
-        constants must cover when no array tells (steps that need no constants).  Called once
-        per module and constant set, so it may precompute.
+        present and are ignored unless useful).  ``memory_cells`` (keyword) is given only when
+        ``arrays`` is empty (steps that need no constants): the number of cells the prepared
+        constants must cover.  Called once per module and constant set, so it may precompute.
         """
 
     @abc.abstractmethod

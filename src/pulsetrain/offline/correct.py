@@ -332,8 +332,9 @@ def _load_constants(query: ConstantsQuery, module: int, ids: dict[str, int]):
             return hit
         cat = _catalog(catalog_url)
         arrays = {t: cat.load_array(cat.get_constant(i)) for t, i in ids.items()}
-        cells = dict(query.conditions).get("memory_cells")
-        constants = query.plugin().prepare_constants(arrays, query.steps, cells)
+        # steps that need no constants: only the conditions tell the number of memory cells
+        extra = {} if arrays else {"memory_cells": dict(query.conditions).get("memory_cells")}
+        constants = query.plugin().prepare_constants(arrays, query.steps, **extra)
         LOAD_COUNTS[(catalog_url, detector, module)] += 1
         _CACHE[key] = constants
         total = sum(_nbytes(c) for c in _CACHE.values())
