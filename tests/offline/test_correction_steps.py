@@ -132,7 +132,7 @@ def test_offset_only_online_equals_offline(raw_run, dark_only):
         assert dev.get("appliedCorrections") == DARK_STEPS
         assert set(dev.get("constantIds")) == {"Offset", "Noise", "ThresholdsDark", "BadPixelsDark"}
         dev.send(data, train_id=tid)
-        out, _ = dev.receive()
+        out, _ = dev.receive(timeout=300)  # the first call compiles the kernel (cold cache)
         corrected = out[f"{DETECTOR}/CORR/{m}CH0:output"]
         props = data[raw_src]
         want = expected_offset_only(props["image.data"], props["image.cellId"], truth[m])
