@@ -18,7 +18,7 @@ def test_steps_without_constants_and_a_malformed_module_source(tmp_path):
     cells = np.array([0, 1, 1], np.uint16)
     config = {"catalog": f"sqlite:///{tmp_path / 'empty.sqlite'}", "detector": "AGIPD",
               "module": 2, "memory_cells": 2, "corrections": "commonmode"}  # fmt: skip
-    with DeviceHarness(DetectorCorrection, config) as dev:
+    with DeviceHarness(DetectorCorrection, config, request_timeout=60.0) as dev:
         assert dev.get("constantsLoaded") is True and dev.get("constantIds") == {}
         assert dev.get("appliedCorrections") == "commonmode"
         dev.send({RAW: {"image.data": raw, "image.cellId": cells}}, train_id=10)
@@ -34,6 +34,6 @@ def test_steps_without_constants_and_a_malformed_module_source(tmp_path):
         assert meta[CORR]["source"] == CORR
 
         dev.send({RAW: {"image.data": raw[:, 0], "image.cellId": cells}}, train_id=11)
-        dev.wait_for("state", "ERROR")
+        dev.wait_for("state", "ERROR", timeout=120.0)
         status = dev.get("status")
         assert f"{RAW}: not AGIPD raw data (image.data is uint16 (3, 512, 128)" in status

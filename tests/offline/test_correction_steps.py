@@ -127,7 +127,7 @@ def test_offset_only_online_equals_offline(raw_run, dark_only):
     tid, data, _ = next(iter_run_trains(raw_run, sources=[raw_src]))
     config = {"catalog": url, "detector": "AGIPD", "module": m, "memory_cells": CELLS,
               "corrections": DARK_STEPS}  # fmt: skip
-    with DeviceHarness(DetectorCorrection, config) as dev:
+    with DeviceHarness(DetectorCorrection, config, request_timeout=60.0) as dev:
         assert dev.get("constantsLoaded") is True
         assert dev.get("appliedCorrections") == DARK_STEPS
         assert set(dev.get("constantIds")) == {"Offset", "Noise", "ThresholdsDark", "BadPixelsDark"}
@@ -140,7 +140,7 @@ def test_offset_only_online_equals_offline(raw_run, dark_only):
         np.testing.assert_array_equal(corrected["image.mask"], want.mask)
         # the default steps need RelativeGain, which is not there: ERROR naming it and the module
         dev.set("corrections", "")
-        dev.wait_for("state", "ERROR")
+        dev.wait_for("state", "ERROR", timeout=120.0)
         status = dev.get("status")
         assert f"module {m}" in status and "RelativeGain" in status
         assert dev.get("appliedCorrections") == ""
