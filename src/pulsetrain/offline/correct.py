@@ -47,7 +47,6 @@ import numpy as np
 from pulsetrain.errors import ConfigurationError, FileFormatError
 from pulsetrain.files.naming import (
     FORMAT_VERSIONS,
-    default_aggregator,
     parse_file_name,
     run_file_name,
 )
@@ -543,6 +542,7 @@ def _write_index_and_small_keys(
     from pulsetrain.files import RunWriter, make_meta
 
     plugin = task.query.plugin()
+    per_train = _per_train(plugin)
     keys = [k for k in plugin.carried_keys if reader.has_key(k)]
     if plugin.cell_key is not None and plugin.cell_key not in keys:
         raise FileFormatError(f"{reader.path.name}: {task.source} has no key {plugin.cell_key!r}")
@@ -557,21 +557,38 @@ def _write_index_and_small_keys(
         flush_trains=None,
         flush_interval=None,
         frame_groups=functools.partial(_frame_group, out_source, frozenset(plugin.frame_groups)),
+        aggregator_of=plugin.aggregator,
     ) as writer:
         for block in reader.blocks(keys, max_block_bytes=1 << 62):
             carried = {
-                k: v.reshape(v.shape[0]) if v.ndim == 2 else v for k, v in block.arrays.items()
+                k: v.reshape(v.shape[0]) if v.ndim == 2 and v.shape[1] == 1 else v
+                for k, v in block.arrays.items()
             }
             for i, tid in enumerate(block.train_ids.tolist()):
                 a, c = int(block.starts[i]), int(block.counts[i])
-                values: dict[str, Any] = {k: v[a : a + c] for k, v in carried.items()}
+                if per_train and c != 1:
+                    if c == 0:
+                        continue  # no entry of the module in this train
+                    raise FileFormatError(
+                        f"{reader.path.name}: {task.source} has {c} entries in train {tid}, "
+                        "expected one (its frames are stored per train)"
+                    )
+                values: dict[str, Any] = {
+                    k: (v[a] if per_train else v[a : a + c]) for k, v in carried.items()
+                }
                 values["calibration.corrected"] = True
                 meta = make_meta(out_source, tid, int(block.timestamps[i]))
                 writer.write_train({out_source: values}, {out_source: meta})
             trains += int(block.train_ids.size)
             frames += block.frames
-    produced = staging / run_file_name("CORR", task.run_number, default_aggregator(out_source), 0)
+    produced = staging / run_file_name("CORR", task.run_number, plugin.aggregator(out_source), 0)
     return (produced if produced.exists() else None), trains, frames
+
+
+def _per_train(plugin: Any) -> bool:
+    """Whether the detector's files hold one entry per train with the frames inside (its raw
+    data's index group is not one of its ``frame_groups``: JUNGFRAU) rather than one per frame."""
+    return plugin.raw_keys[0].key.split(".", 1)[0] not in plugin.frame_groups
 
 
 def _frame_group(module_source: str, groups: frozenset[str], source: str, group: str) -> bool:
@@ -598,13 +615,18 @@ def _write_corrected_frames(
     plugin = query.plugin()
     pool = _thread_buffers()
     dtypes = plugin.corrected_keys
+    first = plugin.raw_keys[0]
+    # frames per entry: () when each entry is a frame; (cells,) when an entry is a train
+    raw_entry = reader.file[f"INSTRUMENT/{reader.source}/{first.key.replace('.', '/')}"].shape[1:]
+    inner = tuple(raw_entry[: len(raw_entry) - len(first.frame_shape)])
+    per_entry = int(np.prod(inner, dtype=np.int64))
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # placed in the file now: see below
     datasets = {
         key: group.create_dataset(
             key.replace(".", "/"),
-            shape=(frames, *plugin.module_shape),
+            shape=(frames, *inner, *plugin.module_shape),
             dtype=np.dtype(dtype),
             dcpl=dcpl,
         )
@@ -619,13 +641,18 @@ def _write_corrected_frames(
         n = block.frames
         if n == 0:
             continue
+        m = n * per_entry  # frames in the block
+        arrays = block.arrays
+        if inner:  # entries are trains: their frames one after the other
+            arrays = {k: v.reshape(m, *v.shape[1 + len(inner) :]) for k, v in arrays.items()}
         buffers = pool.get(pool_key)
-        if buffers is None or len(next(iter(buffers.values()))) < n:
-            buffers = pool[pool_key] = plugin.allocate(n)
-        out = {k: v[:n] for k, v in buffers.items()}
-        corrected = plugin.correct(block.arrays, constants, query.steps, out=out, **options)
+        if buffers is None or len(next(iter(buffers.values()))) < m:
+            buffers = pool[pool_key] = plugin.allocate(m)
+        out = {k: v[:m] for k, v in buffers.items()}
+        corrected = plugin.correct(arrays, constants, query.steps, out=out, **options)
         for key, ds in datasets.items():
-            ds.write_direct(corrected[key], dest_sel=np.s_[row : row + n])
+            value = corrected[key].reshape(n, *inner, *plugin.module_shape)
+            ds.write_direct(value, dest_sel=np.s_[row : row + n])
         row += n
     if row != frames:
         raise FileFormatError(
@@ -868,7 +895,8 @@ def _module_tasks(
     fmt = layout.format_version if layout.format_version in FORMAT_VERSIONS else "1.3"
     for source in sorted(layout.module_sources, key=layout.module_sources.get):
         module = layout.module_sources[source]
-        aggregator = default_aggregator(query.plugin().corrected_source(source))
+        plugin = query.plugin()
+        aggregator = plugin.aggregator(plugin.corrected_source(source))
         for path in layout.module_files[source]:
             seq = parse_file_name(path)[3]
             yield ModuleTask(
