@@ -32,7 +32,7 @@ def test_cli_session(catalog_url, tmp_path, capsys, dark_conditions):
     common = ["--catalog", catalog_url, "--store", store]
     code, out, _ = run_cli(capsys, *common, "init", "--detector", DETECTOR, "--modules", "4")
     assert code == 0
-    assert "revision 0002 (newest)" in out and f"{DETECTOR} (AGIPD, 4 modules)" in out
+    assert "revision 0003 (newest)" in out and f"{DETECTOR} (AGIPD, 4 modules)" in out
     assert store in out
 
     with Catalog(catalog_url, store_dir=store) as cat:

@@ -82,7 +82,7 @@ def test_concurrent_first_open(catalog_url, tmp_path, spawn_pool):
     print("open + register seconds per process:", [round(t, 2) for _, _, t in outcomes])
     ids = {det_id for det_id, _, _ in outcomes}
     assert len(ids) == 1, "every process sees the same detector"
-    assert {rev for _, rev, _ in outcomes} == {"0002"}
+    assert {rev for _, rev, _ in outcomes} == {"0003"}
     with Catalog(catalog_url, store_dir=store) as cat:
         assert [d.name for d in cat.detectors()] == [DETECTOR]
 

@@ -28,14 +28,14 @@ def engine(catalog_url):
 def test_packaged_revisions():
     script = ScriptDirectory.from_config(migrate.alembic_config())
     revisions = [s.revision for s in reversed(list(script.walk_revisions()))]
-    assert revisions == ["0001", "0002"]
-    assert migrate.head_revision() == "0002"
+    assert revisions == ["0001", "0002", "0003"]
+    assert migrate.head_revision() == "0003"
     assert (migrate.MIGRATIONS_DIR / "script.py.mako").is_file()
 
 
 def test_fresh_catalogue_is_at_head(catalog, engine):
     assert catalog.revision == migrate.head_revision()
-    assert migrate.current_revision(engine) == "0002"
+    assert migrate.current_revision(engine) == "0003"
 
 
 def test_models_match_migrations(catalog, engine):
@@ -125,7 +125,7 @@ def test_upgrade_existing_database_keeps_data(catalog_url, engine, tmp_path):
     old.close()
 
     cat = Catalog(catalog_url, store_dir=tmp_path / "store")  # upgrades on open
-    assert cat.revision == "0002"
+    assert cat.revision == "0003"
     rec = cat.find_constant(
         DETECTOR,
         "M1",
@@ -137,11 +137,12 @@ def test_upgrade_existing_database_keeps_data(catalog_url, engine, tmp_path):
     np.testing.assert_array_equal(cat.load_array(rec), array)
     assert [c.id for c in cat.constants_of_run(corr_id)] == [const_id]
     assert cat.get_run(raw_id).files[0].size == 42
+    assert cat.get_run(corr_id).corrections == ()  # runs from before 0003: none recorded
     new = cat.add_constant(DETECTOR, 0, "Noise", array, Conditions(), T0, comment="after upgrade")
     assert cat.get_constant(new.id).comment == "after upgrade"
     cat.close()
 
-    # and back down: 0002 -> 0001 keeps rows and links (SQLite rebuilds the table for this)
+    # and back down: 0003 -> 0001 keeps rows and links (SQLite rebuilds the table for this)
     migrate.downgrade(engine, "0001")
     assert migrate.current_revision(engine) == "0001"
     with engine.connect() as c:
@@ -149,7 +150,7 @@ def test_upgrade_existing_database_keeps_data(catalog_url, engine, tmp_path):
         assert c.execute(text("SELECT count(*) FROM run_constants")).scalar_one() == 1
         assert c.execute(text("SELECT count(*) FROM constant_sources")).scalar_one() == 1
     again = Catalog(catalog_url, store_dir=tmp_path / "store")
-    assert again.revision == "0002"
+    assert again.revision == "0003"
     assert [c.id for c in again.constants_of_run(corr_id)] == [const_id]
     again.close()
     migrate.downgrade(engine, "base")

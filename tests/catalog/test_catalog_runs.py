@@ -165,3 +165,13 @@ def test_run_constant_links(agipd, dark_conditions, tmp_path):
         agipd.link_run_constants(4242, consts)
     agipd.unlink_run_constants(corr)
     assert agipd.constants_of_run(corr) == []
+
+
+def test_corrections_of_a_corr_run_are_recorded(catalog, tmp_path):
+    rec = catalog.add_run(
+        900003, 7, tmp_path / "corr", data_category="CORR", run_type="corr",
+        corrections=("offset", "gainstage", "badpixels"),
+    )  # fmt: skip
+    assert rec.corrections == ("offset", "gainstage", "badpixels")
+    assert catalog.get_run(rec.id).corrections == ("offset", "gainstage", "badpixels")
+    assert catalog.add_run(900003, 7, tmp_path / "raw").corrections == ()

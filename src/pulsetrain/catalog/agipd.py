@@ -1,9 +1,8 @@
-"""AGIPD constants in the catalogue: the constant types a dark run and a gain export produce,
-and loading the set a correction device needs.
+"""AGIPD constants in the catalogue (kept for callers of the names before detector plug-ins).
 
-Arrays are stored in pulsetrain's own layout ``(gain stage, memory cell, 512, 128)`` (CalCat
-uses ``(fast scan, slow scan, cell, gain)``; we never need to convert because both the writer and
-the reader are ours).
+The generic functions are :mod:`pulsetrain.catalog.detector_constants`; the constant types and
+what each correction step needs are the AGIPD plug-in's
+(:class:`pulsetrain.detectors.agipd.AGIPD`).
 """
 
 from __future__ import annotations
@@ -17,8 +16,8 @@ import numpy as np
 from pulsetrain.calibration import AGIPDConstants, DarkResult
 from pulsetrain.catalog.catalog import Catalog
 from pulsetrain.catalog.conditions import Conditions
+from pulsetrain.catalog.detector_constants import load_constants, store_constants
 from pulsetrain.catalog.records import ConstantRecord
-from pulsetrain.errors import ConstantNotFoundError
 
 __all__ = [
     "DARK_TYPES",
@@ -38,7 +37,7 @@ DARK_TYPES = {
 }
 #: Relative gain: keV per offset-subtracted ADU, per gain stage and cell.
 GAIN_TYPES = {"RelativeGain": "rel_gain"}
-#: What a correction needs.
+#: What a correction with the default steps needs.
 REQUIRED_TYPES = ("Offset", "ThresholdsDark", "BadPixelsDark", "RelativeGain")
 
 
@@ -54,19 +53,11 @@ def store_dark(
     store: str = "file",
 ) -> dict[str, ConstantRecord]:
     """Store the four dark constants of one module; returns ``{type: record}``."""
-    return {
-        ctype: catalog.add_constant(
-            detector,
-            module,
-            ctype,
-            np.asarray(getattr(dark, attr)),
-            conditions,
-            valid_from,
-            store=store,
-            source_runs=source_runs,
-        )
-        for ctype, attr in DARK_TYPES.items()
-    }
+    arrays = {ctype: getattr(dark, attr) for ctype, attr in DARK_TYPES.items()}
+    return store_constants(
+        catalog, detector, module, arrays, conditions, valid_from,
+        source_runs=source_runs, store=store,
+    )  # fmt: skip
 
 
 def store_rel_gain(
@@ -81,16 +72,10 @@ def store_rel_gain(
     comment: str | None = None,
 ) -> ConstantRecord:
     """Store the relative gain ``(3, cells, 512, 128)`` of one module."""
-    return catalog.add_constant(
-        detector,
-        module,
-        "RelativeGain",
-        np.asarray(rel_gain, dtype=np.float32),
-        conditions,
-        valid_from,
-        store=store,
-        comment=comment,
-    )
+    arrays = {"RelativeGain": np.asarray(rel_gain, dtype=np.float32)}
+    return store_constants(
+        catalog, detector, module, arrays, conditions, valid_from, store=store, comment=comment
+    )["RelativeGain"]
 
 
 def load_agipd_constants(
@@ -100,28 +85,14 @@ def load_agipd_constants(
     conditions: Conditions | Mapping[str, Any],
     at: datetime | None = None,
 ) -> tuple[AGIPDConstants, dict[str, ConstantRecord]]:
-    """Find and load the constants a correction of ``module`` needs at time ``at``.
+    """Find and load the constants a correction of ``module`` with the default steps needs.
 
     Raises
     ------
     ConstantNotFoundError
         Naming every missing type and why the candidates did not match.
     """
-    records = catalog.find_constants(detector, module, conditions, at, types=REQUIRED_TYPES)
-    try:
-        noise_rec = catalog.find_constant(detector, module, "Noise", conditions, at)
-        noise = catalog.load_array(noise_rec)
-        records["Noise"] = noise_rec
-    except ConstantNotFoundError:
-        noise = None
-    arrays = {
-        ctype: catalog.load_array(rec) for ctype, rec in records.items() if ctype in REQUIRED_TYPES
-    }
-    constants = AGIPDConstants(
-        offset=arrays["Offset"],
-        rel_gain=arrays["RelativeGain"],
-        thresholds=arrays["ThresholdsDark"],
-        bad_pixels=arrays["BadPixelsDark"],
-        noise=noise,
-    )
-    return constants, records
+    from pulsetrain.detectors import get_detector
+
+    plugin = get_detector("AGIPD")
+    return load_constants(catalog, plugin, detector, module, conditions, at, plugin.default_steps)

@@ -393,6 +393,7 @@ class Catalog:
         start_time: datetime | None = None,
         end_time: datetime | None = None,
         replace: bool = False,
+        corrections: Iterable[str] | None = None,
     ) -> RunRecord:
         """Record a run.
 
@@ -419,6 +420,8 @@ class Catalog:
         replace : bool
             Overwrite an existing record of the same run instead of raising ``CatalogError``
             (:class:`pulsetrain.catalog.runs.OnExisting`).
+        corrections : iterable of str, optional
+            The correction steps a CORR run was made with (``RunRecord.corrections``).
         """
         return _runs.add_run(
             self._db,
@@ -433,6 +436,7 @@ class Catalog:
             start_time=start_time,
             end_time=end_time,
             on_existing=OnExisting.REPLACE if replace else OnExisting.REFUSE,
+            corrections=corrections,
         )
 
     def update_run(

@@ -88,6 +88,13 @@ KNOWN_CONSTANT_TYPES = (
 )
 
 
+def _plugin_constant_types() -> set[str]:
+    """Constant types of every detector plug-in (``pulsetrain.detectors``)."""
+    from pulsetrain.detectors import detector_names, get_detector
+
+    return {c.name for n in detector_names() for c in get_detector(n).constant_types}
+
+
 class Storage(str, enum.Enum):
     """Where a constant's array is kept: an HDF5 file in the store directory, or the database."""
 
@@ -133,7 +140,7 @@ def _check_new_constant(
     storage = Storage.coerce(store)
     if not isinstance(ctype, str) or not ctype:
         raise ConfigurationError(f"constant type must be a non-empty string, not {ctype!r}")
-    if ctype not in KNOWN_CONSTANT_TYPES:
+    if ctype not in KNOWN_CONSTANT_TYPES and ctype not in _plugin_constant_types():
         log.warning("constant type %r is not one of the known types", ctype)
     if not isinstance(conditions, Conditions):
         conditions = Conditions.from_dict(conditions)

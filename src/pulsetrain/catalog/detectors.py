@@ -24,6 +24,12 @@ __all__ = ["KNOWN_DETECTOR_TYPES", "add_detector", "get_detector", "list_detecto
 KNOWN_DETECTOR_TYPES = ("AGIPD", "LPD", "JUNGFRAU", "DSSC", "EPIX100", "PNCCD")
 
 
+def _plugin_names() -> list[str]:
+    from pulsetrain.detectors import detector_names
+
+    return detector_names()
+
+
 def _module_names(
     n_modules: int, module_names: Sequence[str | None] | Mapping[int, str] | None
 ) -> dict[int, str | None]:
@@ -57,7 +63,7 @@ def add_detector(
     if not isinstance(n_modules, (int, np.integer)) or n_modules < 1:
         raise ConfigurationError(f"n_modules must be a positive integer, not {n_modules!r}")
     detector_type = str(detector_type).strip().upper()
-    if detector_type not in KNOWN_DETECTOR_TYPES:
+    if detector_type not in KNOWN_DETECTOR_TYPES and detector_type not in _plugin_names():
         log.warning(
             "detector type %r is not one of %s", detector_type, ", ".join(KNOWN_DETECTOR_TYPES)
         )

@@ -182,6 +182,8 @@ class RunRow(Base):
     start_time: Mapped[datetime | None] = mapped_column()
     end_time: Mapped[datetime | None] = mapped_column()
     created: Mapped[datetime] = mapped_column(default=utc_now)
+    #: Correction steps of a CORR run, comma-separated (``offset,badpixels``); else NULL.
+    corrections: Mapped[str | None] = mapped_column(String(256))
 
     files: Mapped[list[RunFileRow]] = relationship(
         back_populates="run", order_by="RunFileRow.name", cascade="all, delete-orphan"

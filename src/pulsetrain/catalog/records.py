@@ -126,6 +126,8 @@ class RunRecord:
         Number of trains.
     start_time, end_time, created : datetime
         UTC times (start/end may be unknown).
+    corrections : tuple of str
+        Correction steps a CORR run was made with (empty for other runs).
     """
 
     id: int
@@ -140,6 +142,7 @@ class RunRecord:
     end_time: datetime | None
     created: datetime
     files: tuple[RunFile, ...] = field(default=())
+    corrections: tuple[str, ...] = field(default=())
 
     @property
     def total_size(self) -> int:

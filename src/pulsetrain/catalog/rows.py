@@ -147,6 +147,7 @@ def run_record(row: RunRow) -> RunRecord:
         end_time=row.end_time,
         created=row.created,
         files=tuple(RunFile(f.name, f.size) for f in row.files),
+        corrections=tuple(s for s in (row.corrections or "").split(",") if s),
     )
 
 

@@ -139,6 +139,7 @@ def add_run(
     start_time: datetime | None = None,
     end_time: datetime | None = None,
     on_existing: OnExisting = OnExisting.REFUSE,
+    corrections: Iterable[str] | None = None,
 ) -> RunRecord:
     """Record a run; see :meth:`pulsetrain.catalog.Catalog.add_run`."""
     run_path = Path(path).expanduser().resolve()
@@ -151,6 +152,7 @@ def add_run(
         "n_trains": None if n_trains is None else int(n_trains),
         "start_time": to_utc(start_time) if start_time is not None else None,
         "end_time": to_utc(end_time) if end_time is not None else None,
+        "corrections": None if corrections is None else ",".join(map(str, corrections)),
     }
     with db.session() as session:
         row = _recorded_run(session, proposal, run_number, data_category)
