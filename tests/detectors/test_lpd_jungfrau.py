@@ -51,8 +51,8 @@ def _random_constants(det, cells: int, rng: np.random.Generator) -> dict[str, np
         "RelativeGain": rng.uniform(0.01, 2, shape).astype(np.float32),
         "BadPixelsDark": (rng.random(shape) < 0.01).astype(np.uint32),
     }
-    if "FFMap" in [c.name for c in det.constant_types]:
-        arrays["FFMap"] = rng.uniform(0.9, 1.1, shape[1:]).astype(np.float32)
+    if "FlatField" in [c.name for c in det.constant_types]:
+        arrays["FlatField"] = rng.uniform(0.9, 1.1, shape[1:]).astype(np.float32)
     return arrays
 
 
@@ -173,7 +173,7 @@ def test_corrected_train_matches_the_deposited_energy(name):
     sim = _sim(name, cells)
     arrays = dict(_dark(name))
     truth_arrays = det.truth_constants(sim.truth(0))
-    for ctype in ("RelativeGain", "FFMap"):
+    for ctype in ("RelativeGain", "FlatField"):
         if ctype in truth_arrays:
             arrays[ctype] = truth_arrays[ctype]
     prepared = det.prepare_constants(arrays, det.default_steps)

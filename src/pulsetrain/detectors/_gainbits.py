@@ -782,7 +782,7 @@ class GainBitsDetector(Detector):
     """The plug-in part shared by LPD and JUNGFRAU; subclasses set the class attributes.
 
     Constant types: ``Offset``, ``Noise``, ``BadPixelsDark`` (from the dark procedure),
-    ``RelativeGain`` and, if the detector has a flat field, ``FFMap``.  Subclasses say how
+    ``RelativeGain`` and, if the detector has a flat field, ``FlatField``.  Subclasses say how
     ``RelativeGain`` turns into the kernel's factor (:meth:`gain_factor`) and what it is in
     the simulator's truth (:meth:`truth_gain`).
     """
@@ -805,7 +805,9 @@ class GainBitsDetector(Detector):
             ConstantType("RelativeGain", _STAGES, "float32", ("relgain",)),
         ]
         if flat_field:
-            types.append(ConstantType("FFMap", ("cells", "ss", "fs"), "float32", ("flatfield",)))
+            types.append(
+                ConstantType("FlatField", ("cells", "ss", "fs"), "float32", ("flatfield",))
+            )
         del gain_unit  # documented by the subclass
         return tuple(types)
 
@@ -838,7 +840,7 @@ class GainBitsDetector(Detector):
             offset=arrays.get("Offset"),
             noise=arrays.get("Noise"),
             gain=None if gain is None else self.gain_factor(np.asarray(gain, np.float32)),
-            flat_field=arrays.get("FFMap") if self.has_flat_field else None,
+            flat_field=arrays.get("FlatField") if self.has_flat_field else None,
             bad_pixels=arrays.get("BadPixelsDark"),
         )
 
@@ -917,7 +919,7 @@ class GainBitsDetector(Detector):
         ``BadPixelsDark`` flags the truth's bad pixels in every stage and cell: dead ones
         ``NOISE_OUT_OF_THRESHOLD | WRONG_GAIN_VALUE`` (no noise, gain stuck in stage 0),
         noisy ones ``NOISE_OUT_OF_THRESHOLD``, hot ones ``OFFSET_OUT_OF_THRESHOLD``.
-        ``FFMap`` is 1 (the simulated response has no separate flat-field term).
+        ``FlatField`` is 1 (the simulated response has no separate flat-field term).
         """
         bad2d = np.zeros(truth.dead.shape, np.uint32)
         bad2d[truth.dead] |= np.uint32(BadPixels.NOISE_OUT_OF_THRESHOLD) | _WRONG_GAIN
@@ -931,5 +933,5 @@ class GainBitsDetector(Detector):
             "RelativeGain": self.truth_gain(truth.slope, truth.dead).astype(np.float32),
         }
         if self.has_flat_field:
-            result["FFMap"] = np.ones(shape[1:], np.float32)
+            result["FlatField"] = np.ones(shape[1:], np.float32)
         return result

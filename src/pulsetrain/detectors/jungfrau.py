@@ -70,6 +70,8 @@ class JUNGFRAU(GainBitsDetector):
         "data.frameNumber",
         "data.timestamp",
     )
+    extra_geom_class: ClassVar[str | None] = "JUNGFRAUGeometry"
+    extra_data_component: ClassVar[str | None] = "JUNGFRAU"
     layout = LAYOUT
     data_key = "data.adc"
 

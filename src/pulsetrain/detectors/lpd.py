@@ -11,9 +11,9 @@ Facts (EXtra-data's ``LPD1M`` component, EuXFEL calibration):
 * the gain stage is read from the data (no thresholds), so the dark procedure is one dark run
   per stage with the gain forced to it, giving offset and noise per memory cell, stage and
   pixel and the dark bad pixels;
-* correction: ``(adc - Offset[g, cell]) * RelativeGain[g, cell] * FFMap[cell]``, masked with
+* correction: ``(adc - Offset[g, cell]) * RelativeGain[g, cell] * FlatField[cell]``, masked with
   ``BadPixelsDark[g, cell]``.  ``RelativeGain`` is in keV per ADU (per stage: it includes the
-  ratio between the stages' amplifications), ``FFMap`` the relative flat field per pixel;
+  ratio between the stages' amplifications), ``FlatField`` the relative flat field per pixel;
 * geometry: EXtra-geom's ``LPD_1MGeometry`` from the four quadrant positions (FXE's standard
   positions by default).
 """
@@ -64,6 +64,8 @@ class LPD(GainBitsDetector):
     default_steps: ClassVar[tuple[str, ...]] = steps
     constant_types = GainBitsDetector._constant_types("keV/ADU", flat_field=True)
     carried_keys: ClassVar[tuple[str, ...]] = ("image.cellId", "image.pulseId", "image.trainId")
+    extra_geom_class: ClassVar[str | None] = "LPD_1MGeometry"
+    extra_data_component: ClassVar[str | None] = "LPD1M"
     layout = LAYOUT
     data_key = "image.data"
     has_flat_field = True
