@@ -59,6 +59,7 @@ STEPS = ("offset", "gainstage", "relgain", "flatfield", "badpixels")
 CHUNK = 4096
 _INVALID = np.uint8(255)
 _WRONG_GAIN = np.uint32(BadPixels.WRONG_GAIN_VALUE)
+_LOW_BYTES = np.uint64(0x0202020202020202)  # stage 2 in any byte of a uint64 word
 MAD_TO_SIGMA = 1.4826
 
 
@@ -303,40 +304,93 @@ def allocate_output(frames: int, module_shape: tuple[int, int]) -> CorrectedFram
 
 
 @njit(inline="always")
-def _pixel(w, shift, adc_mask, lut, use_stage, off, fac, bad, c, x, bad_to_nan):  # pragma: no cover
-    st = lut[w >> shift]
-    k = 0
-    if use_stage:
-        k = st if st < 3 else 2
-    v = (np.float32(w & adc_mask) - off[k, c, x]) * fac[k, c, x]
-    m = bad[k, c, x]
-    if st > 2:
-        m |= _WRONG_GAIN
-        st = 2
-    if bad_to_nan and m != 0:
-        v = np.float32(np.nan)
-    return v, st, m
+def _stage0(r, o0, k0, b0, bad_to_nan, od, og, om):  # pragma: no cover - compiled
+    """Words all with gain code 0: stage 0's tables only; vectorises."""
+    nan = np.float32(np.nan)
+    for x in range(r.shape[0]):
+        v = (np.float32(r[x]) - o0[x]) * k0[x]
+        m = b0[x]
+        if bad_to_nan:
+            v = nan if m != 0 else v
+        od[x] = v
+        og[x] = 0
+        om[x] = m
+
+
+@njit(inline="always")
+def _mixed(
+    r, shift, c1, c2, use_stage, o0, o1, k0, k1, b0, b1, bad_to_nan, od, og, om
+):  # pragma: no cover - compiled  # fmt: skip
+    """Any codes: stage of each word, data and mask as far as stage 1 (branch-free selects).
+
+    Words in stage 2 (or with a code that is no stage, treated as stage 2 and flagged) get
+    their stage here but data and mask from stage 1's tables; :func:`_fix_low` redoes them.
+    Returns how many there are.  Without ``use_stage`` stage 0's tables serve every word.
+    """
+    nan = np.float32(np.nan)
+    adc_mask = np.uint16((1 << shift) - 1)
+    n_low = 0
+    for x in range(r.shape[0]):
+        w = r[x]
+        code = w >> shift
+        invalid = (code != 0) & (code != c1) & (code != c2)
+        medium = code != 0
+        low = (code == c2) | invalid
+        sel = medium & use_stage
+        o = o1[x] if sel else o0[x]
+        k = k1[x] if sel else k0[x]
+        m = b1[x] if sel else b0[x]
+        m = m | (_WRONG_GAIN if invalid else np.uint32(0))
+        v = (np.float32(w & adc_mask) - o) * k
+        if bad_to_nan:
+            v = nan if m != 0 else v
+        od[x] = v
+        og[x] = np.uint8(medium) + np.uint8(low)
+        om[x] = m
+        n_low += low & use_stage
+    return n_low
+
+
+@njit(inline="always")
+def _fix_low(r, shift, c1, c2, o2, k2, b2, bad_to_nan, od, og, om):  # pragma: no cover
+    """Redo the stage-2 words with stage 2's tables, testing the stage bytes 8 at a time."""
+    nan = np.float32(np.nan)
+    adc_mask = np.uint16((1 << shift) - 1)
+    words = og.view(np.uint64)
+    for q in range(words.shape[0]):
+        if not words[q] & _LOW_BYTES:
+            continue
+        for x in range(8 * q, 8 * q + 8):
+            if og[x] == 2:
+                w = r[x]
+                code = w >> shift
+                m = b2[x]
+                if (code != 0) & (code != c1) & (code != c2):
+                    m |= _WRONG_GAIN
+                v = (np.float32(w & adc_mask) - o2[x]) * k2[x]
+                if bad_to_nan:
+                    v = nan if m != 0 else v
+                od[x] = v
+                om[x] = m
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def correct_kernel(
-    raw, cells, order, group_starts, lut, shift, use_stage, off, fac, bad, bad_to_nan, data,
+    raw, cells, order, group_starts, shift, c1, c2, use_stage, off, fac, bad, bad_to_nan, data,
     gain, mask,
 ):  # pragma: no cover - compiled  # fmt: skip
     """Stage, offset, factor and mask of every pixel, one pass.
 
-    ``raw`` (frames, pixels) uint16; tables (3, cells, pixels).  One parallel item is a chunk
-    of :data:`CHUNK` pixels of all frames of one memory cell (``order`` / ``group_starts``
-    as in the AGIPD kernel), so a cell's constants are read once per chunk.  A chunk whose
-    words all have gain code 0 (the usual case) takes a loop that reads stage 0's tables only
-    and vectorises; other chunks gather per pixel.
+    ``raw`` (frames, pixels) uint16; tables (3, cells, pixels); ``c1``/``c2`` the gain codes
+    of stages 1 and 2 (stage 0's is 0).  One parallel item is a chunk of :data:`CHUNK` pixels
+    of all frames of one memory cell (``order`` / ``group_starts`` as in the AGIPD kernel), so
+    a cell's tables are read once per chunk.  A chunk whose words all have gain code 0 (the
+    usual case) reads stage 0's tables only; other chunks select between stages 0 and 1
+    without branches and then fix the few stage-2 words.
     """
     n_pixels = raw.shape[1]
     n_chunks = n_pixels // CHUNK
     n_groups = group_starts.shape[0] - 1
-    adc_mask = np.uint16((1 << shift) - 1)
-    code0_stage = lut[0]
-    nan = np.float32(np.nan)
     for item in prange(n_groups * n_chunks):
         grp = item // n_chunks
         s = (item - grp * n_chunks) * CHUNK
@@ -345,33 +399,24 @@ def correct_kernel(
             f = order[p]
             c = cells[f]
             r = raw[f, s:e]
+            od = data[f, s:e]
+            og = gain[f, s:e]
+            om = mask[f, s:e]
             high = np.uint16(0)
             for x in range(CHUNK):
                 high |= r[x] >> shift
-            if high == 0 and code0_stage == 0:
-                o0 = off[0, c, s:e]
-                k0 = fac[0, c, s:e]
-                b0 = bad[0, c, s:e]
-                od = data[f, s:e]
-                og = gain[f, s:e]
-                om = mask[f, s:e]
-                for x in range(CHUNK):
-                    v = (np.float32(r[x]) - o0[x]) * k0[x]
-                    m = b0[x]
-                    if bad_to_nan:
-                        v = nan if m != 0 else v
-                    od[x] = v
-                    og[x] = 0
-                    om[x] = m
-            else:
-                for x in range(s, e):
-                    v, st, m = _pixel(
-                        raw[f, x], shift, adc_mask, lut, use_stage, off, fac, bad, c, x,
-                        bad_to_nan,
-                    )  # fmt: skip
-                    data[f, x] = v
-                    gain[f, x] = st
-                    mask[f, x] = m
+            if high == 0:
+                _stage0(r, off[0, c, s:e], fac[0, c, s:e], bad[0, c, s:e], bad_to_nan, od, og, om)
+                continue
+            n_low = _mixed(
+                r, shift, c1, c2, use_stage, off[0, c, s:e], off[1, c, s:e], fac[0, c, s:e],
+                fac[1, c, s:e], bad[0, c, s:e], bad[1, c, s:e], bad_to_nan, od, og, om,
+            )  # fmt: skip
+            if n_low:
+                _fix_low(
+                    r, shift, c1, c2, off[2, c, s:e], fac[2, c, s:e], bad[2, c, s:e],
+                    bad_to_nan, od, og, om,
+                )  # fmt: skip
 
 
 def _cell_groups(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -479,8 +524,9 @@ def correct(
         cells,
         order,
         starts,
-        layout.code_to_stage,
         np.int64(layout.adc_bits),
+        np.uint16(layout.stage_codes[1]),
+        np.uint16(layout.stage_codes[2]),
         bool(tables.use_stage),
         tables.offset,
         tables.factor,
