@@ -17,6 +17,7 @@ from pulsetrain.cli._args import (
 
 EPILOG = """examples:
   pulsetrain correct data/raw/r0001 --out data/proc/r0001 --catalog cat.sqlite
+  pulsetrain correct raw/r0002 --out proc/r0002 --detector LPD --corrections offset,gainstage
   pulsetrain correct raw/r0001 --out proc/r0001 --workers 2 --memory-cells 64 --common-mode
   pulsetrain correct raw/r0001 --out proc/r0001 --scheduler tcp://10.0.0.5:8786
   pulsetrain correct raw/r0001 --out proc/r0001 --slurm --queue upex --cores 32 \\
@@ -41,6 +42,19 @@ def _constants_time(text: str) -> str:
             f"{text!r} is not 'now' or an ISO time such as 2026-01-31T12:00:00"
         ) from None
     return text
+
+
+def _steps(text: str) -> str:
+    """Comma-separated step names (checked against the detector in :func:`run`)."""
+    from pulsetrain.detectors import STEPS
+
+    names = [t.strip().lower() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in STEPS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown step(s) {', '.join(unknown)}; the steps are {', '.join(STEPS)}"
+        )
+    return ",".join(names)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -74,7 +88,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="ISO time the constants must be valid at, or 'now' (default: the run's first train)",
     )
-    o = p.add_argument_group("correction options (as the online device)")
+    o = p.add_argument_group("correction steps and options (as the online device)")
+    o.add_argument(
+        "--corrections",
+        type=_steps,
+        default="",
+        metavar="STEP,...",
+        help="correction steps, comma-separated: offset, gainstage, relgain, flatfield, "
+        "commonmode, badpixels (default: the detector's defaults; AGIPD: "
+        "offset,gainstage,relgain,badpixels)",
+    )
     o.add_argument("--bad-to-nan", action="store_true", help="masked pixels become NaN")
     o.add_argument("--common-mode", action="store_true")
     o.add_argument("--force-mg-threshold", type=finite_float, default=None, metavar="ADU")
@@ -121,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
             common_mode=args.common_mode,
             force_mg_threshold=args.force_mg_threshold,
             force_hg_threshold=args.force_hg_threshold,
+            corrections=args.corrections,
         )
         report = correct_run(
             args.run_dir,

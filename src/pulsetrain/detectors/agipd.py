@@ -52,6 +52,13 @@ class AGIPD(Detector):
         ConstantType("FlatField", ("cells", "ss", "fs"), "float32", ("flatfield",)),
     )
     carried_keys = ("image.cellId", "image.pulseId", "image.trainId")
+    correction_options = (
+        "bad_to_nan",
+        "force_mg_threshold",
+        "force_hg_threshold",
+        "common_mode_threshold",
+        "common_mode_min_pixels",
+    )
     extra_geom_class = "AGIPD_1MGeometry"
     extra_data_component = "AGIPD1M"
 

@@ -161,6 +161,9 @@ class Detector(abc.ABC):
     carried_keys
         Per-frame keys copied from the raw source to the corrected one (flattened to
         ``(frames,)``).
+    correction_options
+        Names of the keyword options :meth:`correct` accepts besides the steps (AGIPD:
+        ``bad_to_nan``, ``force_mg_threshold``, ...); callers drop the others.
     extra_geom_class, extra_data_component
         Names of the EXtra-geom geometry class and the EXtra-data component of the detector
         (``"AGIPD_1MGeometry"``, ``"AGIPD1M"``), for documentation and interoperability tests.
@@ -183,6 +186,7 @@ class Detector(abc.ABC):
         "image.mask": "uint32",
     }
     carried_keys: ClassVar[tuple[str, ...]] = ()
+    correction_options: ClassVar[tuple[str, ...]] = ()
     extra_geom_class: ClassVar[str | None] = None
     extra_data_component: ClassVar[str | None] = None
 
@@ -249,6 +253,11 @@ class Detector(abc.ABC):
     def module_of(self, source: str) -> int | None:
         """Module number of a raw or corrected source of this detector type (``None``: not one)."""
         match = re.match(r"^[^/]+/(?:DET|CORR)/(\d+)CH0:(?:xtdf|output)$", source)
+        return int(match.group(1)) if match else None
+
+    def raw_module_of(self, source: str) -> int | None:
+        """Module number of a raw module source of this detector type (``None``: not one)."""
+        match = re.match(r"^[^/]+/DET/(\d+)CH0:xtdf$", source)
         return int(match.group(1)) if match else None
 
     def corrected_source(self, raw_source: str) -> str:
@@ -336,6 +345,10 @@ class Detector(abc.ABC):
         dict
             :attr:`corrected_keys` and :attr:`carried_keys` (those present).
         """
+
+    def select_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The entries of ``options`` that :meth:`correct` of this detector accepts."""
+        return {k: v for k, v in options.items() if k in self.correction_options}
 
     def allocate(self, frames: int) -> dict[str, np.ndarray]:
         """Empty output arrays ``{key: array}`` of :attr:`corrected_keys` for ``frames``."""

@@ -1,4 +1,5 @@
-"""``AGIPDCorrection``: correct one AGIPD module's stream with constants from the catalogue."""
+"""``DetectorCorrection``: correct one detector module's stream with constants from the
+catalogue, for any detector type with a plug-in (``AGIPDCorrection``: the AGIPD default)."""
 
 from __future__ import annotations
 
@@ -9,35 +10,45 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pulsetrain.errors import CalibrationError, CatalogError
-from pulsetrain.files.naming import corrected_source_name, module_number
+from pulsetrain.errors import CalibrationError, CatalogError, ConfigurationError
 from pulsetrain.runtime.device import Device, Property, State, slot
 
-__all__ = ["AGIPDCorrection"]
+__all__ = ["AGIPDCorrection", "DetectorCorrection"]
 
 
-class AGIPDCorrection(Device):
-    """Offset, gain-stage, relative-gain and bad-pixel correction of one AGIPD module.
+class DetectorCorrection(Device):
+    """The chosen correction steps of one module of any detector type.
 
-    At start (and on ``reload_constants``) the device asks the catalogue for the newest constants
-    valid at ``constants_time`` (default: now) whose operating conditions match its own.  Each
-    raw module-train (``image.data`` (frames, 2, 512, 128) uint16) becomes a corrected one
-    (``image.data`` float32 (frames, 512, 128), ``image.gain`` uint8, ``image.mask`` uint32)
-    under the CORR source name.  Missing or mismatched constants put the device in ERROR with a
-    message naming what is missing — or, with ``on_missing_constants = 'passthrough'``, raw data
-    are forwarded flagged ``calibration.corrected = False``.  Running without constants is a
-    fault the operator must see: it is logged once at WARNING (when the look-up fails), the
-    status says so and how many trains went out uncorrected, and ``uncorrectedTrains`` counts
-    them (one per train, whatever the number of module sources in it).
+    ``detector`` names the detector: a type (``AGIPD``, ``LPD``, ``JUNGFRAU``: its default
+    catalogue name) or a catalogue name (``SPB_DET_AGIPD1M-1``; its type from the name or the
+    catalogue).  Its plug-in (``docs/detectors.md``) says which raw sources are the module's,
+    which constants the chosen ``corrections`` need and how to apply them.
+
+    At start (and on ``reload_constants``, or when a condition or ``corrections`` changes) the
+    device asks the catalogue for the newest constants valid at ``constants_time`` (default:
+    now) whose operating conditions match its own.  Each raw module-train becomes a corrected
+    one (for AGIPD ``image.data`` float32, ``image.gain`` uint8, ``image.mask`` uint32) under
+    the CORR source name.  Missing or mismatched constants put the device in ERROR with a
+    message naming the missing types and the module — or, with ``on_missing_constants =
+    'passthrough'``, raw data are forwarded flagged ``calibration.corrected = False``.  Running
+    without constants is a fault the operator must see: it is logged once at WARNING (when the
+    look-up fails), the status says so and how many trains went out uncorrected, and
+    ``uncorrectedTrains`` counts them (one per train, whatever the number of module sources).
     """
 
     inputs: ClassVar[dict[str, dict[str, Any]]] = {"input": {}}
     outputs = ("output",)
 
     catalog = Property(str, "", access="init", description="catalogue URL (empty: default)")
-    detector = Property(str, "SPB_DET_AGIPD1M-1", access="init")
-    module = Property(int, 0, minimum=0, maximum=15, access="init")
-    memory_cells = Property(int, 64, minimum=1, maximum=352)
+    detector = Property(str, "AGIPD", access="init", description="detector type or catalogue name")
+    module = Property(int, 0, minimum=0, maximum=63, access="init")
+    corrections = Property(
+        str,
+        "",
+        description="correction steps, comma-separated: offset, gainstage, relgain, flatfield, "
+        "commonmode, badpixels (empty: the detector's defaults)",
+    )
+    memory_cells = Property(int, 64, minimum=1, maximum=1024)
     bias_voltage = Property(float, 300.0, unit="V")
     acquisition_rate = Property(float, 1.1, unit="MHz")
     gain_setting = Property(int, 0, minimum=0, maximum=1)
@@ -47,12 +58,15 @@ class AGIPDCorrection(Device):
     constants_time = Property(str, "", description="ISO time for the constant lookup (empty: now)")
     on_missing_constants = Property(str, "error", options=("error", "passthrough"))
     bad_to_nan = Property(bool, False, description="set masked pixels to NaN")
-    common_mode = Property(bool, False)
+    common_mode = Property(bool, False, description="also apply the step commonmode")
     force_mg_threshold = Property(
-        float, 0.0, minimum=0.0, unit="ADU", description="0: off (see docs/calibration.md)"
+        float, 0.0, minimum=0.0, unit="ADU", description="AGIPD, 0: off (docs/calibration.md)"
     )
-    force_hg_threshold = Property(float, 0.0, minimum=0.0, unit="ADU")
+    force_hg_threshold = Property(float, 0.0, minimum=0.0, unit="ADU", description="AGIPD")
 
+    appliedCorrections = Property(
+        str, "", access="readonly", description="the steps applied to the data sent"
+    )
     constantsLoaded = Property(bool, False, access="readonly")
     constantIds = Property(dict, {}, access="readonly", description="catalogue IDs in use")
     framesPerSecond = Property(float, 0.0, access="readonly", unit="Hz")
@@ -78,6 +92,8 @@ class AGIPDCorrection(Device):
 
     def initialize(self) -> None:
         self.constants = None
+        self.plugin = None
+        self.steps: tuple[str, ...] = ()
         self._missing = ""
         self._shown_uncorrected = 0
         self._lat: collections.deque = collections.deque(maxlen=100)
@@ -96,11 +112,31 @@ class AGIPDCorrection(Device):
             "photon_energy": self.photon_energy,
         }
 
+    def _options(self) -> dict[str, Any]:
+        return self.plugin.select_options(
+            {
+                "bad_to_nan": self.bad_to_nan,
+                "force_mg_threshold": self.force_mg_threshold or None,
+                "force_hg_threshold": self.force_hg_threshold or None,
+            }
+        )
+
+    def _resolve(self, cat) -> tuple[Any, str]:
+        """The plug-in and catalogue name of ``detector`` (the catalogue knows the type of a
+        name the registry cannot tell)."""
+        from pulsetrain.detectors import resolve_detector
+
+        try:
+            return resolve_detector(self.detector)
+        except ConfigurationError:
+            record = cat.get_detector(self.detector)  # CatalogError if it is not there either
+            return resolve_detector(self.detector, record.detector_type)
+
     @slot(description="Look the constants up again and load them")
     def reload_constants(self) -> None:
         """Look the constants up again in the catalogue and load them."""
         from pulsetrain.catalog import Catalog
-        from pulsetrain.catalog.agipd import load_agipd_constants
+        from pulsetrain.catalog.detector_constants import load_constants
 
         at = None
         if self.constants_time:
@@ -110,15 +146,24 @@ class AGIPDCorrection(Device):
         try:
             cat = Catalog(self.catalog or None)
             try:
-                constants, records = load_agipd_constants(
-                    cat, self.detector, self.module, self._conditions(), at
+                plugin, name = self._resolve(cat)
+                if self.module >= plugin.n_modules:
+                    raise ConfigurationError(
+                        f"{plugin.name} has modules 0..{plugin.n_modules - 1}, not {self.module}"
+                    )
+                steps = plugin.parse_steps(self.corrections)
+                if self.common_mode and "commonmode" in plugin.steps:
+                    steps = plugin.parse_steps((*steps, "commonmode"))
+                self.plugin, self.steps = plugin, steps
+                constants, records = load_constants(
+                    cat, plugin, name, self.module, self._conditions(), at, steps
                 )
             finally:
                 cat.close()
-        except (CatalogError, CalibrationError) as exc:
+        except (CatalogError, CalibrationError, ConfigurationError) as exc:
             self.constants = None
-            self.update(constantsLoaded=False, constantIds={})
-            if self.on_missing_constants == "passthrough":
+            self.update(constantsLoaded=False, constantIds={}, appliedCorrections="")
+            if self.on_missing_constants == "passthrough" and self.plugin is not None:
                 self._missing = str(exc)
                 self.log.warning(
                     "module %d: no constants, raw data will pass through uncorrected: %s",
@@ -131,30 +176,36 @@ class AGIPDCorrection(Device):
             return
         self.constants = constants
         self._missing = ""
-        self.update(constantsLoaded=True, constantIds={k: int(r.id) for k, r in records.items()})
+        self.update(
+            constantsLoaded=True,
+            constantIds={k: int(r.id) for k, r in records.items()},
+            appliedCorrections=",".join(self.steps),
+        )
         self.set_state(
             State.PROCESSING,
-            f"constants loaded: {', '.join(f'{k}#{r.id}' for k, r in records.items())}",
+            f"{','.join(self.steps) or 'no steps'}; constants loaded: "
+            + (", ".join(f"{k}#{r.id}" for k, r in records.items()) or "none needed"),
         )
 
     def on_set(self, key: str, value: object) -> None:
-        if key in self._conditions() or key == "constants_time":
+        if key in self._conditions() or key in ("constants_time", "corrections", "common_mode"):
             self.reload_constants()
 
     def on_data(self, data: dict, meta: dict, channel: str) -> None:
-        from pulsetrain.calibration import correct_module_data
-
+        plugin = self.plugin
+        if plugin is None:
+            raise CalibrationError(f"module {self.module}: no detector ({self.status})")
         t0 = time.perf_counter()
         out, out_meta = {}, {}
         frames = 0
         for src, props in data.items():
-            raw = props.get("image.data")
-            if not isinstance(raw, np.ndarray) or raw.ndim != 4:
+            if plugin.check_raw(props) is not None:
                 continue
-            number = module_number(src, "DET")
+            number = plugin.module_of(src)
             if number is not None and number != self.module:
                 continue  # another module's data (e.g. a replay of all modules): not ours
-            name = corrected_source_name(src)
+            name = plugin.corrected_source(src)
+            n = int(np.shape(props[plugin.raw_keys[0].key])[0])
             if self.constants is None:
                 if self.on_missing_constants != "passthrough":
                     raise CalibrationError(
@@ -162,23 +213,19 @@ class AGIPDCorrection(Device):
                     )
                 out[name] = {**props, "calibration.corrected": False}
             else:
-                shape = (raw.shape[0], *raw.shape[2:])
-                buffers = self.allocate(  # in shared memory when that saves a copy downstream
-                    "output", (shape, np.float32), (shape, np.uint8), (shape, np.uint32)
+                shape = (n, *plugin.module_shape)
+                keys = list(plugin.corrected_keys)
+                arrays = self.allocate(  # in shared memory when that saves a copy downstream
+                    "output", *((shape, np.dtype(plugin.corrected_keys[k])) for k in keys)
                 )
-                out[name] = correct_module_data(
-                    props,
-                    self.constants,
-                    bad_to_nan=self.bad_to_nan,
-                    common_mode=self.common_mode,
-                    force_mg_threshold=self.force_mg_threshold or None,
-                    force_hg_threshold=self.force_hg_threshold or None,
-                    out=buffers,
-                )
+                out[name] = plugin.correct(
+                    props, self.constants, self.steps, out=dict(zip(keys, arrays)),
+                    **self._options(),
+                )  # fmt: skip
                 out[name]["calibration.corrected"] = True
                 self.count("correctedTrains")
             out_meta[name] = {**meta.get(src, {}), "source": name}
-            frames += raw.shape[0]
+            frames += n
         if not out:
             return
         if self.constants is None:
@@ -215,3 +262,13 @@ class AGIPDCorrection(Device):
             values["latencyP99"] = float(np.percentile(arr, 99))
         if values:
             self.update(**values)
+
+
+class AGIPDCorrection(DetectorCorrection):
+    """:class:`DetectorCorrection` of an AGIPD module (the name topologies used before
+    detector plug-ins); ``detector`` defaults to ``SPB_DET_AGIPD1M-1``."""
+
+    detector = Property(
+        str, "SPB_DET_AGIPD1M-1", access="init", description="detector type or catalogue name"
+    )
+    module = Property(int, 0, minimum=0, maximum=15, access="init")

@@ -11,10 +11,11 @@ once (valid at the run's start, matching the given operating conditions):
    (an LRU cache in the worker process; modules are dealt out to the workers);
 3. writes ``CORR-R{run}-AGIPD{m}-S{seq}.h5`` (the same sequence split as the raw
    run), staged and then renamed into place: :class:`pulsetrain.files.RunWriter` writes
-   METADATA, INDEX and the small per-train keys, then the raw frames are read a block of
-   trains at a time, corrected with :func:`pulsetrain.calibration.correct_module_data` — the
-   function and options the online ``AGIPDCorrection`` device uses, so the results are
-   identical — and written into preallocated ``image.data/gain/mask`` datasets.
+   METADATA (with the steps applied: ``METADATA/calibrationCorrections``), INDEX and the small
+   per-train keys, then the raw frames are read a block of trains at a time, corrected by the
+   detector plug-in's ``correct`` with the chosen steps — the function and options the online
+   ``DetectorCorrection`` device uses, so the results are identical — and written into
+   preallocated datasets (AGIPD: ``image.data/gain/mask``).
 
 Files without module data (slow data, cameras: ``DA01``) are copied byte for byte as
 ``CORR-R{run}-DA01-S{seq}.h5``, so the CORR run is complete on its own.  The catalogue then
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import dataclasses
 import functools
 import logging
 import os
@@ -45,7 +47,6 @@ import numpy as np
 from pulsetrain.errors import ConfigurationError, FileFormatError
 from pulsetrain.files.naming import (
     FORMAT_VERSIONS,
-    corrected_source_name,
     default_aggregator,
     parse_file_name,
     run_file_name,
@@ -112,21 +113,32 @@ class CorrectionOptions:
         Per-ASIC common-mode correction of high-gain pixels.
     force_mg_threshold, force_hg_threshold : float, optional
         Hard gain thresholds in ADU (None: off), see ``docs/calibration.md``.
+    corrections : str
+        Correction steps, comma-separated (``"offset,badpixels"``); empty: the detector's
+        default steps.  ``common_mode`` adds ``commonmode``.
     """
 
     bad_to_nan: bool = False
     common_mode: bool = False
     force_mg_threshold: float | None = None
     force_hg_threshold: float | None = None
+    corrections: str = ""
 
     def kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`pulsetrain.calibration.correct_module_data`."""
+        """Keyword options of a detector plug-in's ``correct`` (each plug-in takes those it
+        knows: :meth:`~pulsetrain.detectors.base.Detector.select_options`)."""
         return {
             "bad_to_nan": bool(self.bad_to_nan),
-            "common_mode": bool(self.common_mode),
             "force_mg_threshold": self.force_mg_threshold or None,
             "force_hg_threshold": self.force_hg_threshold or None,
         }
+
+    def steps(self, plugin: Any) -> tuple[str, ...]:
+        """The steps these options choose for the detector ``plugin``."""
+        steps = plugin.parse_steps(self.corrections)
+        if self.common_mode and "commonmode" not in steps:
+            steps = plugin.parse_steps((*steps, "commonmode"))
+        return steps
 
 
 @dataclass(frozen=True)
@@ -137,6 +149,14 @@ class ConstantsQuery:
     detector: str
     conditions: tuple[tuple[str, Any], ...]
     at: str
+    detector_type: str = "AGIPD"
+    steps: tuple[str, ...] = ()
+
+    def plugin(self):
+        """The detector plug-in of ``detector_type``."""
+        from pulsetrain.detectors import get_detector
+
+        return get_detector(self.detector_type)
 
     def conditions_obj(self):
         from pulsetrain.catalog import Conditions
@@ -264,33 +284,42 @@ def find_constant_ids(query: ConstantsQuery, modules: Sequence[int]) -> dict[int
         nearest constants in the catalogue differ (see
         :func:`~pulsetrain.offline.missing_constants.missing_constants_error`).
     """
-    from pulsetrain.catalog.agipd import REQUIRED_TYPES
     from pulsetrain.offline.missing_constants import missing_constants_error
 
+    required = query.plugin().required_constants(query.steps)
     catalog = _catalog(query.catalog_url)
     modules = list(modules)
+    if not required:
+        return {m: {} for m in modules}
     conditions, at = query.conditions_obj(), query.at_datetime()
     records = catalog.find_constants_of_modules(
-        query.detector, modules, conditions, at, types=REQUIRED_TYPES, missing_ok=True
+        query.detector, modules, conditions, at, types=required, missing_ok=True
     )
     error = missing_constants_error(
-        catalog, query.detector, records, modules, REQUIRED_TYPES, conditions, at
+        catalog, query.detector, records, modules, required, conditions, at
     )
     if error is not None:
         raise error
     return {m: {t: int(r.id) for t, r in found.items()} for m, found in records.items()}
 
 
-def _load_constants(catalog_url: str, detector: str, module: int, ids: dict[str, int]):
-    """The module's constants with these IDs, from the worker's cache or the catalogue.
+def _nbytes(constants: Any) -> int:
+    """Memory held by prepared constants (their ``nbytes``, or the sum over their arrays)."""
+    if hasattr(constants, "nbytes"):
+        return int(constants.nbytes)
+    values = constants.values() if isinstance(constants, Mapping) else vars(constants).values()
+    return sum(v.nbytes for v in values if isinstance(v, np.ndarray))
 
-    The arrays are what :func:`pulsetrain.catalog.agipd.load_agipd_constants` (the online
-    device's loader) gives for the same records; ``Noise`` is not loaded (the correction does
-    not use it).
+
+def _load_constants(query: ConstantsQuery, module: int, ids: dict[str, int]):
+    """The module's constants with these IDs, prepared for the query's steps, from the
+    worker's cache or the catalogue.
+
+    The result is what :func:`pulsetrain.catalog.detector_constants.load_constants` (the online
+    device's loader) gives for the same records; ``Noise`` is not loaded (no step uses it).
     """
-    from pulsetrain.calibration import AGIPDConstants
-
-    key = (catalog_url, detector, module, tuple(sorted(ids.items())))
+    catalog_url, detector = query.catalog_url, query.detector
+    key = (catalog_url, detector, module, tuple(sorted(ids.items())), query.steps)
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
         if hit is not None:
@@ -298,19 +327,14 @@ def _load_constants(catalog_url: str, detector: str, module: int, ids: dict[str,
             return hit
         cat = _catalog(catalog_url)
         arrays = {t: cat.load_array(cat.get_constant(i)) for t, i in ids.items()}
-        constants = AGIPDConstants(
-            offset=arrays["Offset"],
-            rel_gain=arrays["RelativeGain"],
-            thresholds=arrays["ThresholdsDark"],
-            bad_pixels=arrays["BadPixelsDark"],
-        )
+        constants = query.plugin().prepare_constants(arrays, query.steps)
         LOAD_COUNTS[(catalog_url, detector, module)] += 1
         _CACHE[key] = constants
-        total = sum(c.nbytes for c in _CACHE.values())
+        total = sum(_nbytes(c) for c in _CACHE.values())
         while len(_CACHE) > 1 and total > CONSTANTS_CACHE_BYTES:
             _, old = _CACHE.popitem(last=False)
-            total -= old.nbytes
-        log.info("module %d: constants %s loaded (%.0f MB)", module, ids, constants.nbytes / 1e6)
+            total -= _nbytes(old)
+        log.info("module %d: constants %s loaded (%.0f MB)", module, ids, _nbytes(constants) / 1e6)
         return constants
 
 
@@ -329,12 +353,13 @@ def _verified(
     expect: dict[str, Any],
     verify: str,
     source: str | None = None,
+    frame_key: str = "image.data",
 ) -> bool:
     """Whether ``out_path`` is the complete output the sidecar describes, made from ``expect``.
 
     Always: same input, options and constants; same size and modification time as when it was
     made; its INDEX lists the recorded trains and (module outputs) as many frames as
-    ``image.data`` holds.  With ``verify="checksum"`` also the CRC-32 of the file's bytes.
+    ``frame_key`` (default ``image.data``) holds.  With ``verify="checksum"`` also the CRC-32 of the file's bytes.
     """
     if sidecar is None or sidecar.get("format") != _SIDECAR_FORMAT:
         return False
@@ -358,8 +383,10 @@ def _verified(
             ):
                 return False
             if source is not None:
-                counts = f[f"INDEX/{source}/image/count"][:]
-                if int(counts.sum()) != f[f"INSTRUMENT/{source}/image/data"].shape[0]:
+                group = frame_key.split(".", 1)[0]
+                counts = f[f"INDEX/{source}/{group}/count"][:]
+                path = f"INSTRUMENT/{source}/{frame_key.replace('.', '/')}"
+                if int(counts.sum()) != f[path].shape[0]:
                     return False
     except (OSError, KeyError, ValueError):
         return False
@@ -426,9 +453,11 @@ def correct_module_file(task: ModuleTask) -> dict[str, Any]:
         "seconds": 0.0,
         "worker_pid": os.getpid(),
     }
-    out_source = corrected_source_name(task.source)
+    plugin = task.query.plugin()
+    out_source = plugin.corrected_source(task.source)
     side = None if task.force else read_json(sidecar_path)
-    if side is not None and _verified(out_path, side, expect, task.verify, out_source):
+    frame_key = next(iter(plugin.corrected_keys))
+    if side is not None and _verified(out_path, side, expect, task.verify, out_source, frame_key):
         result.update(
             skipped=True,
             trains=side.get("trains", 0),
@@ -439,13 +468,14 @@ def correct_module_file(task: ModuleTask) -> dict[str, Any]:
         return result
 
     set_numba_threads(task.numba_threads)
-    constants = _load_constants(task.query.catalog_url, task.query.detector, task.module, ids)
-    options = task.options.kwargs()
+    constants = _load_constants(task.query, task.module, ids)
+    options = plugin.select_options(task.options.kwargs())
     _remove(sidecar_path)
     _remove(out_path)
     staging = out_dir / SIDECAR_DIR / f"tmp-{Path(task.output_name).stem}-{uuid.uuid4().hex[:8]}"
     try:
-        with ModuleFileReader(in_path, task.source) as reader:
+        group = plugin.raw_keys[0].key.split(".", 1)[0]
+        with ModuleFileReader(in_path, task.source, group=group) as reader:
             produced, trains, frames = _write_index_and_small_keys(
                 task, reader, staging, out_source
             )
@@ -457,8 +487,9 @@ def correct_module_file(task: ModuleTask) -> dict[str, Any]:
                 f["METADATA/sequenceNumber"][0] = np.uint32(task.sequence)
                 _write_corrected_frames(
                     reader,
-                    f[f"INSTRUMENT/{out_source}/image"],
+                    f[f"INSTRUMENT/{out_source}"],
                     frames,
+                    task.query,
                     constants,
                     options,
                     task.max_block_bytes,
@@ -478,7 +509,8 @@ def correct_module_file(task: ModuleTask) -> dict[str, Any]:
     return result
 
 
-#: Per-frame keys of the CORR source written block by block into preallocated datasets.
+#: Per-frame keys of the AGIPD CORR source written block by block into preallocated datasets
+#: (other detectors: their plug-in's ``corrected_keys``).
 FRAME_KEYS = ("image.data", "image.gain", "image.mask")
 _LOCAL = threading.local()
 
@@ -501,12 +533,12 @@ def _write_index_and_small_keys(
     through, ``calibration.corrected``), so the file's layout is the DAQ writer's.  The frames
     (:data:`FRAME_KEYS`) are added afterwards by :func:`_write_corrected_frames`.
     """
-    from pulsetrain.calibration.correction import CARRIED_KEYS
     from pulsetrain.files import RunWriter, make_meta
 
-    keys = [k for k in CARRIED_KEYS if reader.has_key(k)]
-    if "image.cellId" not in keys:
-        raise FileFormatError(f"{reader.path.name}: {task.source} has no key 'image.cellId'")
+    plugin = task.query.plugin()
+    keys = [k for k in plugin.carried_keys if reader.has_key(k)]
+    if plugin.cell_key is not None and plugin.cell_key not in keys:
+        raise FileFormatError(f"{reader.path.name}: {task.source} has no key {plugin.cell_key!r}")
     trains = frames = 0
     with RunWriter(
         staging,
@@ -538,45 +570,47 @@ def _write_corrected_frames(
     reader: ModuleFileReader,
     group: h5py.Group,
     frames: int,
+    query: ConstantsQuery,
     constants: Any,
     options: dict[str, Any],
     max_block_bytes: int,
 ) -> None:
-    """Correct the raw frames block by block into preallocated ``image.data/gain/mask``.
+    """Correct the raw frames block by block into preallocated datasets of the plug-in's
+    ``corrected_keys`` (AGIPD: ``image.data/gain/mask``).
 
     The datasets are contiguous, with their final size (the frames the INDEX lists) and no fill
     value written, so each block is one ``write`` per key straight from the correction's
     output buffers, which are reused from block to block and task to task.
     """
-    from pulsetrain.calibration import MODULE_SHAPE, allocate_output, correct_module_data
-
+    plugin = query.plugin()
     pool = _thread_buffers()
-    dtypes = {"image.data": np.float32, "image.gain": np.uint8, "image.mask": np.uint32}
+    dtypes = plugin.corrected_keys
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # placed in the file now: see below
     datasets = {
         key: group.create_dataset(
-            key.split(".", 1)[1], shape=(frames, *MODULE_SHAPE), dtype=dtype, dcpl=dcpl
+            key.replace(".", "/"),
+            shape=(frames, *plugin.module_shape),
+            dtype=np.dtype(dtype),
+            dcpl=dcpl,
         )
         for key, dtype in dtypes.items()
     }
     _reserve_blocks(group.file.filename, datasets.values())
     row = 0
-    for block in reader.blocks(
-        ("image.data", "image.cellId"),
-        max_block_bytes=max_block_bytes,
-        reuse=("image.data",),
-        buffers=pool,
-    ):
+    raw_keys = [rk.key for rk in plugin.raw_keys]
+    read = raw_keys + ([plugin.cell_key] if plugin.cell_key else [])
+    pool_key = f"corrected:{plugin.name}"
+    for block in reader.blocks(read, max_block_bytes=max_block_bytes, reuse=raw_keys, buffers=pool):
         n = block.frames
         if n == 0:
             continue
-        buffers = pool.get("corrected")
-        if buffers is None or len(buffers.data) < n:
-            buffers = pool["corrected"] = allocate_output(n)
-        out = (buffers.data[:n], buffers.gain[:n], buffers.mask[:n])
-        corrected = correct_module_data(block.arrays, constants, out=out, **options)
+        buffers = pool.get(pool_key)
+        if buffers is None or len(next(iter(buffers.values()))) < n:
+            buffers = pool[pool_key] = plugin.allocate(n)
+        out = {k: v[:n] for k, v in buffers.items()}
+        corrected = plugin.correct(block.arrays, constants, query.steps, out=out, **options)
         for key, ds in datasets.items():
             ds.write_direct(corrected[key], dest_sel=np.s_[row : row + n])
         row += n
@@ -688,6 +722,7 @@ def plan_correction(
     *,
     catalog: str | None = None,
     detector: str = "SPB_DET_AGIPD1M-1",
+    detector_type: str | None = None,
     conditions: Mapping[str, Any] | Any | None = None,
     constants_time: datetime | str | None = None,
     options: CorrectionOptions | None = None,
@@ -712,9 +747,12 @@ def plan_correction(
     """
     if verify not in ("index", "checksum"):
         raise ConfigurationError(f"verify must be 'index' or 'checksum', not {verify!r}")
-    layout = scan_run(raw_run, kind="DET", modules=modules)
+    options = options or CorrectionOptions()
+    plugin, name = _detector(catalog, detector, detector_type)
+    layout = scan_run(raw_run, kind="DET", modules=modules, module_of=plugin.raw_module_of)
     out = _output_dir(out_dir, layout)
-    query = _constants_query(layout, catalog, detector, conditions, constants_time)
+    query = _constants_query(layout, catalog, name, conditions, constants_time)
+    query = dataclasses.replace(query, detector_type=plugin.name, steps=options.steps(plugin))
     # Before any worker starts: MissingConstantsError names what is missing.
     constant_ids = find_constant_ids(query, layout.modules)
     out.mkdir(parents=True, exist_ok=True)
@@ -724,7 +762,7 @@ def plan_correction(
             layout,
             query,
             constant_ids,
-            options or CorrectionOptions(),
+            options,
             max_block_bytes=int(max_block_bytes),
             **common,
         )
@@ -732,6 +770,24 @@ def plan_correction(
     if copy_other:
         tasks += _copy_tasks(layout, **common)
     return layout, tasks, query
+
+
+def _detector(catalog: str | None, detector: str, detector_type: str | None):
+    """``(plug-in, catalogue name)`` of ``detector`` (a type or a catalogue name; the
+    catalogue is asked for the type of a name the registry cannot tell)."""
+    from pulsetrain.detectors import resolve_detector
+    from pulsetrain.errors import CatalogError
+
+    try:
+        return resolve_detector(detector, detector_type)
+    except ConfigurationError as exc:
+        from pulsetrain.catalog import resolve_url
+
+        try:
+            record = _catalog(resolve_url(catalog)).get_detector(detector)
+        except CatalogError:
+            raise exc from None
+        return resolve_detector(detector, record.detector_type)
 
 
 def _output_dir(out_dir: str | os.PathLike[str], layout: RunLayout) -> Path:
@@ -790,11 +846,16 @@ def _module_tasks(
 ) -> Iterable[ModuleTask]:
     """One task per module sequence file, module by module (a worker tends to meet the same
     module again)."""
-    run_metadata = (("run_type", layout.run_type), ("sample", layout.sample))
+    run_metadata = (
+        ("run_type", layout.run_type),
+        ("sample", layout.sample),
+        ("calibrationDetector", query.detector_type),
+        ("calibrationCorrections", ",".join(query.steps)),
+    )
     fmt = layout.format_version if layout.format_version in FORMAT_VERSIONS else "1.3"
     for source in sorted(layout.module_sources, key=layout.module_sources.get):
         module = layout.module_sources[source]
-        aggregator = default_aggregator(corrected_source_name(source))
+        aggregator = default_aggregator(query.plugin().corrected_source(source))
         for path in layout.module_files[source]:
             seq = parse_file_name(path)[3]
             yield ModuleTask(
@@ -841,6 +902,7 @@ def correct_run(
     *,
     catalog: str | None = None,
     detector: str = "SPB_DET_AGIPD1M-1",
+    detector_type: str | None = None,
     conditions: Mapping[str, Any] | Any | None = None,
     constants_time: datetime | str | None = None,
     options: CorrectionOptions | None = None,
@@ -865,7 +927,10 @@ def correct_run(
     catalog : str, optional
         Catalogue URL (default: the user's catalogue, ``$PULSETRAIN_CATALOG``).
     detector : str
-        Detector name in the catalogue.
+        Detector type (``"LPD"``: its default catalogue name) or name in the catalogue.
+    detector_type : str, optional
+        The detector type of a catalogue name whose type cannot be told from the name (by
+        default the catalogue's record is asked).
     conditions : mapping or Conditions, optional
         Operating conditions of the constant look-up; a mapping updates
         :data:`DEFAULT_CONDITIONS` (the online device's defaults; memory cells: any).
@@ -873,7 +938,8 @@ def correct_run(
         Time the constants must be valid at: a datetime, an ISO string or ``"now"``; default
         the timestamp of the run's first train.
     options : CorrectionOptions, optional
-        Correction options (default: none, as the online device's defaults).
+        Correction steps and options (default: the detector's default steps, as the online
+        device's defaults).
     modules : sequence of int, optional
         Correct only these modules.
     copy_other : bool
@@ -914,6 +980,7 @@ def correct_run(
         out_dir,
         catalog=catalog,
         detector=detector,
+        detector_type=detector_type,
         conditions=conditions,
         constants_time=constants_time,
         options=options,
@@ -1070,6 +1137,7 @@ def _record(layout: RunLayout, report: CorrectionReport, query: ConstantsQuery):
             n_trains=report.trains,
             start_time=layout.start_time,
             replace=True,
+            corrections=query.steps,
         )
         ids = sorted({i for per in report.constants.values() for i in per.values()})
         if ids:

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -108,6 +108,7 @@ def scan_run(
     *,
     kind: str = "DET",
     modules: Sequence[int] | None = None,
+    module_of: Callable[[str], int | None] | None = None,
 ) -> RunLayout:
     """Map a run's detector module sources to their sequence files.
 
@@ -119,6 +120,9 @@ def scan_run(
         Raw module sources (``…/DET/{m}CH0:xtdf``) or corrected ones (``…/CORR/{m}CH0:output``).
     modules : sequence of int, optional
         Only these modules (default: every module found).
+    module_of : callable, optional
+        ``module_of(source)``: the module number of a module source of the wanted kind, else
+        ``None`` (a detector plug-in's ``raw_module_of``); replaces the XTDF naming rule.
 
     Raises
     ------
@@ -132,15 +136,14 @@ def scan_run(
     if not run_dir.is_dir():
         raise FileFormatError(f"{run_dir} is not a directory")
     with open_run_dir(run_dir) as run:
-        found = _module_sources(run, run_dir, kind, modules)
+        found = _module_sources(run, run_dir, kind, modules, module_of)
         module_files = {
             src: sorted((Path(fa.filename) for fa in run[src].files), key=_sequence_key)
             for src in found
         }
         all_module_files = set()
         for src in run.instrument_sources:
-            mm = XTDF_SOURCE_PATTERN.match(src)
-            if mm and mm["kind"] == kind:
+            if _module_number(src, kind, module_of) is not None:
                 all_module_files.update(Path(fa.filename) for fa in run[src].files)
         other_files = sorted(
             (Path(fa.filename) for fa in run.files if Path(fa.filename) not in all_module_files),
@@ -174,15 +177,28 @@ def scan_run(
     )
 
 
+def _module_number(
+    src: str, kind: str, module_of: Callable[[str], int | None] | None
+) -> int | None:
+    if module_of is not None:
+        return module_of(src)
+    m = XTDF_SOURCE_PATTERN.match(src)
+    return int(m["module"]) if m and m["kind"] == kind else None
+
+
 def _module_sources(
-    run: Any, run_dir: Path, kind: str, modules: Sequence[int] | None
+    run: Any,
+    run_dir: Path,
+    kind: str,
+    modules: Sequence[int] | None,
+    module_of: Callable[[str], int | None] | None = None,
 ) -> dict[str, int]:
     """``{source: module}`` of the run's module sources of this kind (and these modules)."""
     found: dict[str, int] = {}
     for src in sorted(run.instrument_sources):
-        m = XTDF_SOURCE_PATTERN.match(src)
-        if m and m["kind"] == kind:
-            found[src] = int(m["module"])
+        number = _module_number(src, kind, module_of)
+        if number is not None:
+            found[src] = number
     if not found:
         kinds = {mm["kind"] for s in run.instrument_sources if (mm := XTDF_SOURCE_PATTERN.match(s))}
         hint = ""
