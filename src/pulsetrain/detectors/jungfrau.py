@@ -95,16 +95,35 @@ class JUNGFRAU(GainBitsDetector):
         """The truth's slope itself: ADU per keV per stage (0 for dead pixels)."""
         return np.asarray(slope_adu_per_kev, np.float32)
 
-    def geometry(self, n_modules: int = 8, centred: bool = True, **kwargs: Any) -> Any:
-        """``JUNGFRAUGeometry.example(n_modules)``, shifted so the beam hits its centre."""
+    def geometry(
+        self,
+        n_modules: int = 8,
+        *,
+        distance_m: float = 0.2,
+        beam_centre_px: Any = (0.0, 0.0),
+    ) -> Any:
+        """A :class:`pulsetrain.geometry.DetectorGeometry` of ``JUNGFRAUGeometry.example``.
+
+        EXtra-geom's example layout of ``n_modules`` modules, shifted so that its bounding
+        box is centred on the geometry origin (where the simulator puts the beam).
+
+        Parameters
+        ----------
+        n_modules : int
+            Modules in the layout (8 for the 4M).
+        distance_m : float
+            Sample-detector distance (default the simulator's, 0.2 m).
+        beam_centre_px : (float, float)
+            Beam position in pixels (75 um) from the geometry origin.
+        """
         from extra_geom import JUNGFRAUGeometry
 
-        geom = JUNGFRAUGeometry.example(n_modules=n_modules, **kwargs)
-        if centred:
-            pos = geom.get_pixel_positions()
-            shift = [-0.5 * (pos[..., a].min() + pos[..., a].max()) for a in (0, 1)]
-            geom = geom.offset((shift[0], shift[1]))
-        return geom
+        from pulsetrain.geometry import DetectorGeometry
+
+        geom = JUNGFRAUGeometry.example(n_modules=int(n_modules))
+        pos = geom.get_pixel_positions()
+        shift = tuple(-0.5 * (pos[..., a].min() + pos[..., a].max()) for a in (0, 1))
+        return DetectorGeometry(geom.offset(shift), distance_m, tuple(beam_centre_px))
 
 
 DETECTOR = JUNGFRAU

@@ -76,11 +76,32 @@ class LPD(GainBitsDetector):
             gain = np.where(slope_adu_per_kev > 0, 1.0 / slope_adu_per_kev, 0.0)
         return gain.astype(np.float32)
 
-    def geometry(self, quad_positions_mm: Any = FXE_QUAD_POSITIONS_MM, **kwargs: Any) -> Any:
-        """``LPD_1MGeometry`` from quadrant positions in mm (default: FXE's)."""
+    def geometry(
+        self,
+        quad_positions: Any = None,
+        *,
+        distance_m: float = 0.2,
+        beam_centre_px: Any = (0.0, 0.0),
+    ) -> Any:
+        """A :class:`pulsetrain.geometry.DetectorGeometry` of EXtra-geom's ``LPD_1MGeometry``.
+
+        Parameters
+        ----------
+        quad_positions : sequence of 4 (x, y), optional
+            Quadrant positions in mm (EXtra-geom's unit for LPD); default FXE's
+            (:data:`FXE_QUAD_POSITIONS_MM`, where the simulator puts the pixels).
+        distance_m : float
+            Sample-detector distance (default the simulator's, 0.2 m).
+        beam_centre_px : (float, float)
+            Beam position in pixels (500 um) from the geometry origin.
+        """
         from extra_geom import LPD_1MGeometry
 
-        return LPD_1MGeometry.from_quad_positions([tuple(p) for p in quad_positions_mm], **kwargs)
+        from pulsetrain.geometry import DetectorGeometry
+
+        quads = FXE_QUAD_POSITIONS_MM if quad_positions is None else quad_positions
+        geom = LPD_1MGeometry.from_quad_positions([tuple(map(float, q)) for q in quads])
+        return DetectorGeometry(geom, distance_m, tuple(beam_centre_px))
 
 
 DETECTOR = LPD
