@@ -836,6 +836,7 @@ class GainBitsDetector(Detector):
     layout: GainBitsLayout
     data_key: str
     has_flat_field: bool = False
+    correction_options = ("bad_to_nan",)
 
     @property
     def dark_stages(self) -> tuple[str, ...]:
