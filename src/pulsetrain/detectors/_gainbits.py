@@ -823,6 +823,12 @@ class Prepared(NamedTuple):
     tables: KernelTables
     steps: frozenset[str]
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the tables, in bytes."""
+        t = self.tables
+        return int(t.offset.nbytes + t.factor.nbytes + t.bad_pixels.nbytes)
+
 
 class GainBitsDetector(Detector):
     """The plug-in part shared by LPD and JUNGFRAU; subclasses set the class attributes.
