@@ -292,7 +292,7 @@ def test_library_raises_dark_run_error_before_storing(runs, tmp_path):
     with Catalog(tmp_path / "cat.sqlite") as cat:
         with pytest.raises(DarkRunError) as info:
             characterize_dark_runs([runs["HG"], runs["HG"]], cat, Conditions())
-        assert info.value.problems == ["need 3 dark runs (HG, MG, LG), got 2"]
+        assert info.value.problems == ["AGIPD needs 3 dark runs (HG, MG, LG, in this order), got 2"]
         assert cat.detectors() == []
 
 

@@ -11,10 +11,19 @@ from pulsetrain.detectors import (
     detector_names,
     get_detector,
     register_detector,
+    registry,
     resolve_detector,
 )
 from pulsetrain.detectors.agipd import AGIPD
 from pulsetrain.errors import ConfigurationError
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Detectors registered in a test are forgotten after it."""
+    monkeypatch.setattr(registry, "_REGISTERED", dict(registry._REGISTERED))
+    yield
+    registry._instance.cache_clear()
 
 
 def test_agipd_is_found_by_name_in_any_case():
@@ -83,7 +92,7 @@ def test_resolve_type_or_catalogue_name():
         resolve_detector("SOME_CAMERA")
 
 
-def test_a_fourth_detector_is_registered_without_touching_shared_code():
+def test_a_fourth_detector_is_registered_without_touching_shared_code(scratch_registry):
     class Toy(AGIPD):
         name = "TOYDET"
         default_detector_id = "XYZ_DET_TOY-1"
@@ -92,6 +101,26 @@ def test_a_fourth_detector_is_registered_without_touching_shared_code():
     assert isinstance(get_detector("toydet"), Toy)
     assert "TOYDET" in detector_names()
     assert resolve_detector("XYZ_DET_TOY-1")[0].name == "TOYDET"
+
+
+def test_a_plugin_may_bring_its_own_simulator_spec(scratch_registry):
+    import dataclasses
+
+    from pulsetrain.sim.detectors import DETECTORS, detector_spec
+
+    spec = dataclasses.replace(DETECTORS["AGIPD"], name="TOYSIM", key=99, n_modules=2)
+
+    class ToySim(AGIPD):
+        name = "TOYSIM"
+        default_detector_id = "XYZ_DET_TOYSIM-1"
+
+        def sim_spec(self):
+            return spec
+
+    register_detector(ToySim)
+    assert detector_spec("toysim") is spec
+    with pytest.raises(ConfigurationError, match="unknown detector 'NOPE'"):
+        detector_spec("NOPE")
 
 
 def test_gain_stage_decoding_of_agipd():

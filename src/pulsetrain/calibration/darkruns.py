@@ -1,4 +1,4 @@
-"""The dark-characterisation workflow: read three dark runs, check them, store the constants.
+"""The dark-characterisation workflow: read a detector's dark runs, check them, store the constants.
 
 This is the one module of :mod:`pulsetrain.calibration` that does I/O: it reads run
 directories (:mod:`pulsetrain.files`) and writes the catalogue (:mod:`pulsetrain.catalog`).
@@ -8,11 +8,15 @@ this module only feeds it and stores its result.  It is not imported by
 so the package must not import the catalogue back); import it as
 ``pulsetrain.calibration.darkruns``.
 
-:func:`characterize_dark_runs` first checks all three runs and refuses them, before anything
-is stored, when they are not dark runs of the stated gain stages: a run that cannot be read or
-has no detector modules, the same run given twice, a run recorded as a dark run of another
-stage, digital gain levels that do not rise from HG to MG to LG, pixels in another gain stage
-than the stated one, or illuminated frames.  The rules are those of ``docs/calibration.md``
+:func:`characterize_dark_runs` works for any detector plug-in
+(:class:`pulsetrain.detectors.base.Detector`): it takes the runs of the plug-in's
+``dark_stages`` (AGIPD: HG, MG, LG) in that order, reads them with its ``split_raw`` and hands
+each module's frames to its ``characterize_dark``.  It first checks all runs and refuses them,
+before anything is stored, when they are not dark runs of the stated gain stages: a run that
+cannot be read or has no detector modules, the same run given twice, a run recorded as a dark
+run of another stage, recorded gain values (AGIPD: the digital value; LPD, JUNGFRAU: the gain
+bits) that do not rise from stage to stage, pixels in another gain stage than the stated one,
+or illuminated frames.  The rules are those of ``docs/calibration.md``
 ("Which runs are dark runs"); :class:`DarkRunRules` holds their parameters.
 """
 
@@ -31,12 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from pulsetrain.calibration.dark import GAIN_NAMES, characterize_dark
 from pulsetrain.catalog import Catalog, Conditions, ConstantRecord, RunRecord
-from pulsetrain.catalog.agipd import store_dark, store_rel_gain
+from pulsetrain.catalog.detector_constants import store_constants
+from pulsetrain.detectors import Detector, get_detector, resolve_detector
 from pulsetrain.errors import DarkRunError, PulsetrainError
 from pulsetrain.files import iter_run_trains, run_info
-from pulsetrain.files.naming import XTDF_SOURCE_PATTERN
 
 __all__ = [
     "DarkRunRules",
@@ -55,8 +58,8 @@ log = logging.getLogger(__name__)
 _VALUES = 1 << 16
 #: Scale from the median absolute deviation to the standard deviation of a normal distribution.
 _MAD_TO_SIGMA = 1.4826
-#: ``run_type`` of a dark run as the DAQ writer records it (``dark-HG``, ...).
-_DARK_RUN_TYPE = re.compile(r"^dark-(HG|MG|LG)$", re.IGNORECASE)
+#: ``run_type`` of a dark run as the DAQ writer records it (``dark-HG``, ``dark-G0``, ...).
+_DARK_RUN_TYPE = re.compile(r"^dark-(\w+)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -151,10 +154,12 @@ class DarkRunSample:
 
     path: Path
     stage: str
+    detector: Detector = field(default_factory=lambda: get_detector("AGIPD"))
     proposal: int | None = None
     run_number: int | None = None
     run_type: str | None = None
     modules: tuple[int, ...] = ()
+    sources: dict[int, str] = field(default_factory=dict)
     n_trains: int = 0
     digital: np.ndarray = field(default_factory=lambda: np.zeros(_VALUES, np.int64))
     changes: dict[int, np.ndarray] = field(default_factory=dict)
@@ -178,28 +183,23 @@ class DarkRunSample:
         return _spread_of_histogram(self.digital)
 
 
-def _module_source(module: int) -> str:
-    return f"*/DET/{module}CH0:*"
-
-
-def _raw_modules(sources: Sequence[str]) -> tuple[int, ...]:
-    found = set()
-    for source in sources:
-        match = XTDF_SOURCE_PATTERN.match(source)
-        if match and match["kind"] == "DET":
-            found.add(int(match["module"]))
-    return tuple(sorted(found))
+def _raw_modules(detector: Detector, sources: Sequence[str]) -> dict[int, str]:
+    """``{module: raw source}`` of the detector's raw module sources among ``sources``."""
+    found = {}
+    for source in sorted(sources):
+        module = detector.raw_module_of(source)
+        if module is not None:
+            found.setdefault(module, source)
+    return found
 
 
 def _module_frames(
-    run_dir: Path, module: int, trains: slice | None = None
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(raw (n, 2, 512, 128), cellIds (n,))`` of one module, train by train."""
-    for _tid, data, _meta in iter_run_trains(
-        run_dir, sources=[_module_source(module)], trains=trains
-    ):
+    detector: Detector, run_dir: Path, source: str, trains: slice | None = None
+) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+    """``(module data {key: array}, cellIds (n,))`` of one module source, train by train."""
+    for _tid, data, _meta in iter_run_trains(run_dir, sources=[source], trains=trains):
         for props in data.values():
-            yield props["image.data"], np.asarray(props["image.cellId"]).reshape(-1)
+            yield props, detector.cell_ids(props)
 
 
 def _first_cells(cells: np.ndarray, n: int) -> np.ndarray:
@@ -220,13 +220,16 @@ def _sample_module(sample: DarkRunSample, module: int, rules: DarkRunRules) -> N
     chosen: np.ndarray | None = None
     changes = np.zeros(_VALUES, np.int64)
     trains = slice(0, rules.sample_trains)
-    for index, (raw, cells) in enumerate(_module_frames(sample.path, module, trains)):
-        if raw.ndim != 4 or raw.shape[1] != 2 or raw.dtype != np.uint16:
+    detector = sample.detector
+    frames = _module_frames(detector, sample.path, sample.sources[module], trains)
+    for index, (props, cells) in enumerate(frames):
+        why = detector.check_raw(props)
+        if why is not None:
             sample.problems.append(
-                f"{sample.label}: module {module} is not AGIPD raw data (image.data "
-                f"{raw.dtype} {raw.shape}, expected uint16 (frames, 2, 512, 128))"
+                f"{sample.label}: module {module} is not {detector.name} raw data ({why})"
             )
             return
+        adc, gain_raw = detector.split_raw(props)
         if not cells.size:
             continue
         if index == 0:
@@ -235,8 +238,8 @@ def _sample_module(sample: DarkRunSample, module: int, rules: DarkRunRules) -> N
         if chosen is None:
             chosen = _first_cells(cells, rules.sample_cells)
         keep = np.isin(cells, chosen)
-        sample.digital += np.bincount(raw[keep, 1].ravel(), minlength=_VALUES)
-        for frame, cell in zip(raw[keep, 0], cells[keep].tolist()):
+        sample.digital += np.bincount(gain_raw[keep].ravel(), minlength=_VALUES)
+        for frame, cell in zip(adc[keep], cells[keep].tolist()):
             analog = frame.astype(np.int32)
             if cell in previous:
                 changes += np.bincount(np.abs(analog - previous[cell]).ravel(), minlength=_VALUES)
@@ -253,14 +256,16 @@ def sample_dark_run(
     *,
     modules: Sequence[int] | None = None,
     rules: DarkRunRules = DarkRunRules(),
+    detector: Detector | str = "AGIPD",
 ) -> DarkRunSample:
     """Read the first trains of a run given as a dark run of ``stage``.
 
     Problems that make it unusable (unreadable, no raw detector module sources, a requested
-    module missing, not AGIPD raw data, no frames) are listed in ``problems``; the checks
+    module missing, not raw data of the detector, no frames) are listed in ``problems``; the checks
     between runs are :func:`check_dark_runs`'.
     """
-    sample = DarkRunSample(path=Path(path).expanduser().resolve(), stage=stage)
+    plugin = get_detector(detector)
+    sample = DarkRunSample(path=Path(path).expanduser().resolve(), stage=stage, detector=plugin)
     try:
         info = run_info(path)
     except (PulsetrainError, OSError) as exc:
@@ -271,10 +276,11 @@ def sample_dark_run(
     sample.run_number = _int_or_none(metadata.get("runNumber"))
     sample.run_type = metadata.get("runType") or None
     sample.n_trains = len(info.train_ids)
-    sample.modules = _raw_modules(info.instrument_sources)
+    sample.sources = _raw_modules(plugin, info.instrument_sources)
+    sample.modules = tuple(sorted(sample.sources))
     if not sample.modules:
         sample.problems.append(
-            f"{sample.label}: no raw detector module sources (…/DET/<m>CH0:xtdf)"
+            f"{sample.label}: no raw {plugin.name} module sources (such as {plugin.raw_source(0)})"
         )
         return sample
     wanted = sample.modules if modules is None else tuple(modules)
@@ -330,7 +336,7 @@ def _duplicates(samples: Sequence[DarkRunSample]) -> list[str]:
 
 def _recorded_type(sample: DarkRunSample) -> list[str]:
     match = _DARK_RUN_TYPE.match(sample.run_type or "")
-    if match and match.group(1).upper() != sample.stage:
+    if match and match.group(1).upper() != sample.stage.upper():
         return [
             f"{sample.label}: recorded as a dark run of gain stage "
             + f"{match.group(1).upper()} (run type {sample.run_type!r})"
@@ -412,9 +418,9 @@ def _illuminated(samples: Sequence[DarkRunSample], rules: DarkRunRules) -> list[
 def check_dark_runs(
     samples: Sequence[DarkRunSample], rules: DarkRunRules = DarkRunRules()
 ) -> list[str]:
-    """Every reason, one line each, why the sampled runs are not dark runs of HG, MG and LG.
+    """Every reason, one line each, why the sampled runs are not dark runs of their stages.
 
-    ``samples`` are those of the HG, MG and LG runs, in that order.  An empty list means they
+    ``samples`` are those of the detector's dark stages (AGIPD: HG, MG, LG), in that order.  An empty list means they
     are.  The checks between runs run only when each run could be read.
     """
     problems = [p for s in samples for p in s.problems]
@@ -436,12 +442,13 @@ class RelativeGainSource:
     ----------
     rel_gain
         ``rel_gain(module, memory_cells)`` -> float32 ``(3, cells, 512, 128)`` or
-        ``(3, 512, 128)``, keV per ADU.
+        ``(3, 512, 128)``, keV per ADU, stored as ``RelativeGain``; or a dict
+        ``{constant type: array}`` of the gain constants to store (other detectors).
     comment
         Stored with each ``RelativeGain`` constant (how it was made).
     """
 
-    rel_gain: Callable[[int, int], np.ndarray]
+    rel_gain: Callable[[int, int], np.ndarray | dict[str, np.ndarray]]
     comment: str
 
 
@@ -465,7 +472,7 @@ class DarkRunsResult:
     conditions
         The conditions the constants were stored under.
     n_trains
-        Trains in the three runs together.
+        Trains in the dark runs together.
     source_runs
         The catalogue records of the runs (those that are catalogued), linked to the constants.
     """
@@ -482,6 +489,7 @@ def characterize_dark_runs(
     conditions: Conditions,
     *,
     detector: str = "SPB_DET_AGIPD1M-1",
+    detector_type: str | None = None,
     modules: Sequence[int] | None = None,
     valid_from: datetime | None = None,
     rel_gain: RelativeGainSource | None = None,
@@ -489,25 +497,29 @@ def characterize_dark_runs(
     progress: Callable[[int, str, int], None] | None = None,
     on_module: Callable[[ModuleDarkResult], None] | None = None,
 ) -> DarkRunsResult:
-    """Characterise three dark runs and store Offset, Noise, ThresholdsDark and BadPixelsDark.
+    """Characterise a detector's dark runs and store its dark constants (AGIPD: Offset, Noise,
+    ThresholdsDark and BadPixelsDark).
 
     Parameters
     ----------
     runs
-        The run directories taken with the gain forced to HG, MG and LG, in that order.
+        The run directories of the detector's ``dark_stages``, in that order (AGIPD: the gain
+        forced to HG, MG and LG).
     catalog
-        Where the constants go (the detector is added as a 16-module AGIPD if absent).
+        Where the constants go (the detector is added with its type's module count if absent).
     conditions
         Operating conditions of the constants; ``memory_cells=None`` takes the highest cellId
-        of the HG run's first train, plus one.
+        of the first run's first train, plus one.
     detector
-        Detector name in the catalogue.
+        Detector type (``"LPD"``: its default catalogue name) or name in the catalogue.
+    detector_type
+        The type of a catalogue name whose type cannot be told from the name.
     modules
-        Modules to characterise (default: every raw module source of the HG run).
+        Modules to characterise (default: every raw module source of the first run).
     valid_from
         Start of the constants' validity (default: now).
     rel_gain
-        Also store ``RelativeGain`` per module from this source.
+        Also store the gain constants (AGIPD: ``RelativeGain``) per module from this source.
     rules
         Parameters of the dark-run checks.
     progress
@@ -522,19 +534,24 @@ def characterize_dark_runs(
     Raises
     ------
     DarkRunError
-        The runs are not three dark runs of HG, MG and LG; its ``problems`` list every reason,
+        The runs are not dark runs of the detector's stages; its ``problems`` list every reason,
         one line each, naming the run.  Nothing has been stored.
     CalibrationError, CatalogError
         On malformed data found during the characterisation, or a catalogue error.
     """
-    samples = _checked_samples(runs, conditions.memory_cells, modules, rules)
+    try:
+        plugin, name = resolve_detector(detector, detector_type)
+    except PulsetrainError as exc:
+        raise DarkRunError([str(exc)]) from None
+    samples = _checked_samples(plugin, runs, conditions.memory_cells, modules, rules)
     chosen = list(samples[0].modules if modules is None else modules)
     if conditions.memory_cells is None:
         conditions = dataclasses.replace(conditions, memory_cells=samples[0].first_train_cells)
-    catalog.add_detector(detector, "AGIPD", 16)
+    catalog.add_detector(name, plugin.name, plugin.n_modules)
     target = _Target(
         catalog=catalog,
-        detector=detector,
+        detector=name,
+        plugin=plugin,
         conditions=conditions,
         valid_from=valid_from if valid_from is not None else datetime.now(timezone.utc),
         source_runs=tuple(rec for s in samples for rec in catalog.find_runs(path=s.path)),
@@ -555,19 +572,31 @@ def characterize_dark_runs(
 
 
 def _checked_samples(
+    plugin: Detector,
     runs: Sequence[str | os.PathLike],
     memory_cells: int | None,
     modules: Sequence[int] | None,
     rules: DarkRunRules,
 ) -> list[DarkRunSample]:
-    """The samples of the HG, MG and LG runs; ``DarkRunError`` listing every problem."""
-    if len(runs) != len(GAIN_NAMES):
-        raise DarkRunError([f"need {len(GAIN_NAMES)} dark runs (HG, MG, LG), got {len(runs)}"])
+    """The samples of the dark runs of each stage; ``DarkRunError`` listing every problem."""
+    stages = plugin.dark_stages
+    if len(runs) != len(stages):
+        order = ", ".join(stages)
+        raise DarkRunError(
+            [
+                f"{plugin.name} needs {len(stages)} dark runs ({order}, in this order), got {len(runs)}"
+            ]
+        )
     if modules is not None and not len(modules):
         raise DarkRunError(["no modules given to characterise"])
+    bad = sorted(m for m in modules or () if not 0 <= m < plugin.n_modules)
+    if bad:
+        raise DarkRunError(
+            [f"{plugin.name} has modules 0..{plugin.n_modules - 1}, not {', '.join(map(str, bad))}"]
+        )
     samples = [
-        sample_dark_run(path, stage, modules=modules, rules=rules)
-        for path, stage in zip(runs, GAIN_NAMES)
+        sample_dark_run(path, stage, modules=modules, rules=rules, detector=plugin)
+        for path, stage in zip(runs, stages)
     ]
     problems = check_dark_runs(samples, rules)
     if memory_cells is not None:
@@ -588,6 +617,7 @@ class _Target:
 
     catalog: Catalog
     detector: str
+    plugin: Detector
     conditions: Conditions
     valid_from: datetime
     source_runs: tuple[RunRecord, ...]
@@ -595,15 +625,15 @@ class _Target:
 
 
 def _counted(
-    frames: Iterator[tuple[np.ndarray, np.ndarray]],
+    frames: Iterator[tuple[dict[str, Any], np.ndarray]],
     module: int,
     stage: str,
     progress: Callable[[int, str, int], None] | None,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    for raw, cells in frames:
+) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+    for props, cells in frames:
         if progress is not None:
-            progress(module, stage, int(raw.shape[0]))
-        yield raw, cells
+            progress(module, stage, int(cells.shape[0]))
+        yield props, cells
 
 
 def _characterize_module(
@@ -612,24 +642,35 @@ def _characterize_module(
     target: _Target,
     progress: Callable[[int, str, int], None] | None,
 ) -> ModuleDarkResult:
-    """Characterise one module from the three runs and store its constants."""
+    """Characterise one module from the dark runs and store its constants."""
     cells = int(target.conditions.memory_cells)
-    hg, mg, lg = (
-        _counted(_module_frames(s.path, module), module, s.stage, progress) for s in samples
-    )
-    dark = characterize_dark(hg, mg, lg, memory_cells=cells)
+    plugin = target.plugin
+    runs = [
+        _counted(_module_frames(plugin, s.path, s.sources[module]), module, s.stage, progress)
+        for s in samples
+    ]
+    dark = plugin.characterize_dark(runs, memory_cells=cells)
     where = (target.catalog, target.detector, module)
-    records = store_dark(
+    records = store_constants(
         *where, dark, target.conditions, target.valid_from, source_runs=target.source_runs
     )
     if target.rel_gain is not None:
-        records["RelativeGain"] = store_rel_gain(
-            *where,
-            target.rel_gain.rel_gain(module, cells),
-            target.conditions,
-            target.valid_from,
-            comment=target.rel_gain.comment,
+        gain = target.rel_gain.rel_gain(module, cells)
+        if not isinstance(gain, dict):
+            gain = {"RelativeGain": np.asarray(gain, dtype=np.float32)}
+        records.update(
+            store_constants(
+                *where,
+                gain,
+                target.conditions,
+                target.valid_from,
+                comment=target.rel_gain.comment,
+            )
         )
-    bad = int(np.count_nonzero(dark.bad_pixels.any(axis=(0, 1))))
+    bad_types = [c.name for c in plugin.constant_types if c.from_dark and c.dtype == "uint32"]
+    bad = 0
+    for name in bad_types[:1]:
+        flags = np.asarray(dark[name])
+        bad = int(np.count_nonzero(flags.reshape(-1, *plugin.module_shape).any(axis=0)))
     log.info("module %d: stored %s; %d bad pixels", module, ", ".join(records), bad)
     return ModuleDarkResult(module=module, constants=records, bad_pixels=bad)

@@ -164,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
         )
     except MissingConstantsError as exc:
         print(f"pulsetrain correct: error: {exc}", file=sys.stderr)
-        print(_how_to_make(exc, args), file=sys.stderr)
+        hint = _how_to_make(exc, args)
+        if hint:
+            print(hint, file=sys.stderr)
         return 1
     except PulsetrainError as exc:
         print(f"pulsetrain correct: error: {exc}", file=sys.stderr)
@@ -186,19 +188,23 @@ def _conditions(args: argparse.Namespace) -> dict[str, float | int | None]:
     }
 
 
-#: Constant types ``pulsetrain dark`` stores from three dark runs.
-_DARK_TYPES = ("Offset", "Noise", "ThresholdsDark", "BadPixelsDark")
-
-
 def _how_to_make(exc, args: argparse.Namespace) -> str:
     """The ``pulsetrain dark`` command that would store the missing constants."""
     import shlex
     import textwrap
     from datetime import datetime, timezone
 
+    from pulsetrain.detectors import resolve_detector
+    from pulsetrain.errors import ConfigurationError
+
+    try:
+        plugin = resolve_detector(args.detector)[0]
+    except ConfigurationError:
+        return ""  # the error named what is missing; the type needed for the hint is unknown
     conditions = exc.conditions
     modules = sorted({m for ms in exc.missing.values() for m in ms})
-    command = ["pulsetrain", "dark", "DARK_HG", "DARK_MG", "DARK_LG"]
+    stages = plugin.dark_stages
+    command = ["pulsetrain", "dark", *(f"DARK_{s}" for s in stages)]
     if args.catalog:
         command += ["--catalog", args.catalog]
     command += ["--detector", exc.detector, "--modules", *map(str, modules)]
@@ -208,11 +214,13 @@ def _how_to_make(exc, args: argparse.Namespace) -> str:
         number = int(value) if isinstance(value, float) and value.is_integer() else value
         command += [f"--{name.replace('_', '-')}", str(number)]
     notes = []
-    if "RelativeGain" in exc.missing:
+    not_dark = [t for t in exc.missing if t not in plugin.dark_constants]
+    if not_dark:
         command.append("--rel-gain-from-sim")
         notes.append(
-            "note: --rel-gain-from-sim stores RelativeGain from the simulator's truth (simulated data "
-            "only: a real detector's relative gain comes from its gain characterisation)"
+            f"note: --rel-gain-from-sim stores {', '.join(not_dark)} from the simulator's truth "
+            "(simulated data only: a real detector's gain constants come from its gain "
+            "characterisation); or leave the steps that need them out of --corrections"
         )
     if conditions.gain_mode not in (None, 0):
         notes.append(
@@ -224,12 +232,14 @@ def _how_to_make(exc, args: argparse.Namespace) -> str:
             "--constants-time now"
         )
     what = ", ".join(exc.missing)
-    if not any(t in exc.missing for t in _DARK_TYPES):
+    if not any(t in exc.missing for t in plugin.dark_constants):
         what += " (and the dark constants again)"
+    simulate = ", ".join(stages)
     lines = [
         (
-            f"to make {what}: take three dark runs with the gain forced to high, medium and "
-            "low (simulated: pulsetrain simulate --dark HG, MG, LG), then run"
+            f"to make {what}: take {len(stages)} dark runs of {plugin.name} with the gain forced "
+            f"to {simulate} (simulated: pulsetrain simulate --detector {plugin.name} --dark "
+            f"{simulate}), then run"
         ),
         *notes,
     ]

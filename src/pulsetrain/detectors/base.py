@@ -386,6 +386,11 @@ class Detector(abc.ABC):
         """Name of the detector in :mod:`pulsetrain.sim` (``DetectorSimulator(name)``)."""
         return self.name
 
+    def sim_spec(self) -> Any:
+        """A :class:`pulsetrain.sim.detectors.DetectorSpec` for a detector the simulator does not
+        describe itself (``None``, the default: it does, under :attr:`sim_name`)."""
+        return None
+
     @abc.abstractmethod
     def truth_constants(self, truth: Any) -> dict[str, np.ndarray]:
         """Every constant type the simulator's truth of one module defines, ``{type: array}``

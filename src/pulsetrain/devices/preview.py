@@ -65,6 +65,9 @@ class PreviewAssembler(Device):
     inputs = ("input",)
     outputs = ("output",)
 
+    detector = Property(
+        str, "AGIPD", access="init", description="detector type (its plug-in: geometry, modules)"
+    )
     source_pattern = Property(
         str,
         DEFAULT_SOURCE_PATTERN,
@@ -174,15 +177,17 @@ class PreviewAssembler(Device):
         if self._source_re.groups < 1:
             raise ConfigurationError("source_pattern needs a group capturing the module number")
         self._check_percentiles(self.auto_percentiles)
-        from pulsetrain.geometry import agipd1m_geometry
+        from pulsetrain.detectors import get_detector
 
+        plugin = get_detector(self.detector)
+        self._n_modules, self._module_shape = plugin.n_modules, tuple(plugin.module_shape)
         quads = [tuple(map(float, q)) for q in self.quad_positions] or None
         if quads is not None and len(quads) != 4:
             raise ConfigurationError("quad_positions needs 4 (x, y) pairs")
         if len(self.beam_centre) != 2:
             raise ConfigurationError("beam_centre needs (x, y)")
-        self._geometry = agipd1m_geometry(
-            quads,
+        self._geometry = plugin.geometry(
+            **({"quad_positions": quads} if quads else {}),
             distance_m=self.detector_distance,
             beam_centre_px=tuple(map(float, self.beam_centre)),
         )
@@ -195,7 +200,7 @@ class PreviewAssembler(Device):
                 self._geometry, self.profile_bins, "q_A^-1", photon_energy_kev=self.photon_energy
             )
             self._radial = np.asarray(self._integrator.radial, dtype=np.float32)
-        self._frame = np.empty((N_MODULES, *MODULE_SHAPE), dtype=np.float32)
+        self._frame = np.empty((self._n_modules, *self._module_shape), dtype=np.float32)
         self._times: list[float] = []
         self.set_state(State.ON)
 
@@ -218,7 +223,7 @@ class PreviewAssembler(Device):
         """Flat indices of the output pixels no pixel of the ``present`` modules falls into."""
         gaps = self._gaps.get(present)
         if gaps is None:
-            probe = np.full((N_MODULES, *MODULE_SHAPE), np.nan, dtype=np.float32)
+            probe = np.full((self._n_modules, *self._module_shape), np.nan, dtype=np.float32)
             probe[list(present)] = 0.0
             gaps = np.flatnonzero(np.isnan(self._assembler.assemble(probe)))
             self._gaps[present] = gaps
@@ -247,13 +252,13 @@ class PreviewAssembler(Device):
             except ValueError:
                 continue
             arr = data[src].get(self.data_key)
-            if not isinstance(arr, np.ndarray) or not 0 <= module < N_MODULES:
+            if not isinstance(arr, np.ndarray) or not 0 <= module < self._n_modules:
                 continue
             if arr.ndim == 4:  # raw (frames, 2, 512, 128): one plane
                 arr = arr[:, self.raw_plane]
             elif arr.ndim == 2:  # a single frame
                 arr = arr[np.newaxis]
-            if arr.shape[-2:] != MODULE_SHAPE or arr.ndim != 3:
+            if arr.shape[-2:] != self._module_shape or arr.ndim != 3:
                 self.log.warning(
                     "%s: %s has shape %s, not (frames, 512, 128); skipped",
                     src,
@@ -275,7 +280,7 @@ class PreviewAssembler(Device):
         return vmin, vmax
 
     def _auto_levels(self, modules: dict[int, np.ndarray], n: int) -> tuple[float, float]:
-        total = len(modules) * n * MODULE_SHAPE[0] * MODULE_SHAPE[1]
+        total = len(modules) * n * self._module_shape[0] * self._module_shape[1]
         s = max(1, math.ceil(math.sqrt(total / _LEVEL_SAMPLE)))
         sample = np.concatenate(
             [np.asarray(a[:n, ::s, ::s], dtype=np.float32).ravel() for a in modules.values()]
@@ -309,7 +314,7 @@ class PreviewAssembler(Device):
         if self._integrator is not None:
             profile = np.empty((n, len(self._radial)), dtype=np.float32)
         frame = self._frame
-        missing = [m for m in range(N_MODULES) if m not in modules]
+        missing = [m for m in range(self._n_modules) if m not in modules]
         frame[missing] = np.nan
         gaps = self._gap_index(tuple(sorted(modules)))
         for p in range(n):
@@ -324,7 +329,7 @@ class PreviewAssembler(Device):
         tid = train_id_of(meta)
         if tid is None:
             tid = int(np.asarray(first.get("image.trainId", [0])).reshape(-1)[0])
-        present = np.zeros(N_MODULES, dtype=bool)
+        present = np.zeros(self._n_modules, dtype=bool)
         present[list(modules)] = True
         out = {
             "preview.images": images,

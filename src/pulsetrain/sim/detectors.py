@@ -140,10 +140,20 @@ DETECTORS: dict[str, DetectorSpec] = {d.name: d for d in (_AGIPD, _LPD, _JUNGFRA
 
 
 def detector_spec(name: str) -> DetectorSpec:
-    """Return the :class:`DetectorSpec` called ``name`` (case-insensitive)."""
+    """Return the :class:`DetectorSpec` called ``name`` (case-insensitive).
+
+    Detector types described here come first; another detector plug-in
+    (:mod:`pulsetrain.detectors`) may bring its own spec (``Detector.sim_spec``).
+    """
+    spec = DETECTORS.get(str(name).upper())
+    if spec is not None:
+        return spec
+    from pulsetrain.detectors import get_detector
+
     try:
-        return DETECTORS[str(name).upper()]
-    except KeyError:
-        raise ConfigurationError(
-            f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}"
-        ) from None
+        spec = get_detector(name).sim_spec()
+    except ConfigurationError:
+        spec = None
+    if not isinstance(spec, DetectorSpec):
+        raise ConfigurationError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
+    return spec
