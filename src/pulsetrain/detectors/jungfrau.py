@@ -41,6 +41,7 @@ LAYOUT = GainBitsLayout(
 )
 
 _MODULE = re.compile(r"^[^/]+/(?:DET|CORR)/JNGFR(\d+):(?:daqOutput|output)$")
+_RAW_MODULE = re.compile(r"^[^/]+/DET/JNGFR(\d+):daqOutput$")
 
 
 class JUNGFRAU(GainBitsDetector):
@@ -83,6 +84,11 @@ class JUNGFRAU(GainBitsDetector):
     def module_of(self, source: str) -> int | None:
         """0-based module of a raw or corrected JUNGFRAU source (``None``: not one)."""
         match = _MODULE.match(source)
+        return int(match.group(1)) - 1 if match else None
+
+    def raw_module_of(self, source: str) -> int | None:
+        """0-based module of a raw JUNGFRAU source (``None``: not one)."""
+        match = _RAW_MODULE.match(source)
         return int(match.group(1)) - 1 if match else None
 
     # -- constants ------------------------------------------------------------------------------
