@@ -127,12 +127,12 @@ def test_offset_only_online_equals_offline(raw_run, dark_only):
     tid, data, _ = next(iter_run_trains(raw_run, sources=[raw_src]))
     config = {"catalog": url, "detector": "AGIPD", "module": m, "memory_cells": CELLS,
               "corrections": DARK_STEPS}  # fmt: skip
-    with DeviceHarness(DetectorCorrection, config) as dev:
+    with DeviceHarness(DetectorCorrection, config, request_timeout=60.0) as dev:
         assert dev.get("constantsLoaded") is True
         assert dev.get("appliedCorrections") == DARK_STEPS
         assert set(dev.get("constantIds")) == {"Offset", "Noise", "ThresholdsDark", "BadPixelsDark"}
         dev.send(data, train_id=tid)
-        out, _ = dev.receive()
+        out, _ = dev.receive(timeout=300)  # the first call compiles the kernel (cold cache)
         corrected = out[f"{DETECTOR}/CORR/{m}CH0:output"]
         props = data[raw_src]
         want = expected_offset_only(props["image.data"], props["image.cellId"], truth[m])
@@ -140,7 +140,14 @@ def test_offset_only_online_equals_offline(raw_run, dark_only):
         np.testing.assert_array_equal(corrected["image.mask"], want.mask)
         # the default steps need RelativeGain, which is not there: ERROR naming it and the module
         dev.set("corrections", "")
-        dev.wait_for("state", "ERROR")
+        dev.wait_for("state", "ERROR", timeout=120.0)
         status = dev.get("status")
         assert f"module {m}" in status and "RelativeGain" in status
         assert dev.get("appliedCorrections") == ""
+
+
+def test_steps_without_constants_need_the_memory_cells(raw_run, tmp_path):
+    code, _, err = correct(raw_run, "--out", tmp_path / "d", "--corrections", "commonmode")
+    assert code == 2 and "Traceback" not in err
+    assert "the steps commonmode use no constants: give the number of memory cells" in err
+    assert not (tmp_path / "d").exists()

@@ -110,4 +110,9 @@ def load_constants(
     """
     records = find_constant_records(catalog, plugin, detector, module, conditions, at, steps)
     arrays = {ctype: catalog.load_array(rec) for ctype, rec in records.items()}
-    return plugin.prepare_constants(arrays, steps), records
+    if arrays:
+        return plugin.prepare_constants(arrays, steps), records
+    if not isinstance(conditions, Conditions):
+        conditions = Conditions.from_dict(conditions)
+    # steps that need no constants: only the conditions tell the number of memory cells
+    return plugin.prepare_constants(arrays, steps, memory_cells=conditions.memory_cells), records

@@ -165,7 +165,12 @@ def existing_file(text: str) -> str:
 def add_catalogue_arguments(parser: argparse.ArgumentParser) -> None:
     """``--catalog`` and ``--detector``: where constants are stored and of which detector."""
     parser.add_argument("--catalog", default="", help="catalogue URL (default: the user's SQLite)")
-    parser.add_argument("--detector", default="SPB_DET_AGIPD1M-1")
+    parser.add_argument(
+        "--detector",
+        default="SPB_DET_AGIPD1M-1",
+        help="detector type (AGIPD, LPD, JUNGFRAU, ...: its default name) or the detector's "
+        "name in the catalogue (default: SPB_DET_AGIPD1M-1)",
+    )
 
 
 def add_condition_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -11,6 +11,7 @@ the same arrays as before the plug-in existed (bit for bit; tested against a fix
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -75,7 +76,12 @@ class AGIPD(Detector):
         return np.where(d < thr[0], 0, np.where(d < thr[1], 1, 2)).astype(np.uint8)
 
     # ------------------------------------------------------------------ constants, correction
-    def prepare_constants(self, arrays: Mapping[str, np.ndarray], steps: Collection[str]):
+    def prepare_constants(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        steps: Collection[str],
+        memory_cells: int | None = None,
+    ):
         """An :class:`~pulsetrain.calibration.AGIPDConstants` with the steps off folded in."""
         from pulsetrain.calibration import AGIPDConstants
 
@@ -83,18 +89,18 @@ class AGIPD(Detector):
         missing = [t for t in self.required_constants(steps) if t not in arrays]
         if missing:
             raise CalibrationError(f"AGIPD constants missing for the steps: {', '.join(missing)}")
-        cells = _memory_cells(arrays)
+        cells = _memory_cells(arrays, memory_cells)
         staged = (len(self.gain_stages), cells, *self.module_shape)
-        offset = arrays["Offset"] if "offset" in steps else np.zeros(staged, np.float32)
+        offset = arrays["Offset"] if "offset" in steps else _filled(staged, "float32", 0.0)
         if "gainstage" in steps:
             thresholds = arrays["ThresholdsDark"]
         else:  # every pixel in high gain: digital < +inf
-            thresholds = np.full((staged[0] - 1, *staged[1:]), np.inf, np.float32)
-        rel_gain = arrays["RelativeGain"] if "relgain" in steps else np.ones(staged, np.float32)
+            thresholds = _filled((staged[0] - 1, *staged[1:]), "float32", np.inf)
+        rel_gain = arrays["RelativeGain"] if "relgain" in steps else _filled(staged, "float32", 1.0)
         if "flatfield" in steps:
             flat = np.asarray(arrays["FlatField"], np.float32)
             rel_gain = np.asarray(rel_gain, np.float32) * flat[None]
-        bad = arrays["BadPixelsDark"] if "badpixels" in steps else np.zeros(staged, np.uint32)
+        bad = arrays["BadPixelsDark"] if "badpixels" in steps else _filled(staged, "uint32", 0)
         noise = arrays.get("Noise")
         return AGIPDConstants(
             offset=offset, rel_gain=rel_gain, thresholds=thresholds, bad_pixels=bad, noise=noise
@@ -163,13 +169,22 @@ class AGIPD(Detector):
         }
 
 
-def _memory_cells(arrays: Mapping[str, np.ndarray]) -> int:
+@functools.lru_cache(maxsize=8)
+def _filled(shape: tuple[int, ...], dtype: str, value: float) -> np.ndarray:
+    """A constant array standing for a step that is off, shared by every module of a process
+    (at 352 cells one is 277 MB; the kernel only reads it)."""
+    return np.full(shape, value, np.dtype(dtype))
+
+
+def _memory_cells(arrays: Mapping[str, np.ndarray], memory_cells: int | None) -> int:
     for name in ("Offset", "ThresholdsDark", "BadPixelsDark", "RelativeGain"):
         if name in arrays:
             return int(np.shape(arrays[name])[1])
+    if memory_cells:
+        return int(memory_cells)
     raise CalibrationError(
-        "AGIPD constants: none of Offset, ThresholdsDark, BadPixelsDark, "
-        "RelativeGain given (the number of memory cells is unknown)"
+        "AGIPD constants: none of Offset, ThresholdsDark, BadPixelsDark, RelativeGain given "
+        "and no memory_cells: the number of memory cells is unknown"
     )
 
 

@@ -161,6 +161,10 @@ class Detector(abc.ABC):
     carried_keys
         Per-frame keys copied from the raw source to the corrected one (flattened to
         ``(frames,)``).
+    frame_groups
+        Index groups of the raw and corrected module sources whose arrays have one row per
+        entry of the first axis (``INDEX/<source>/<group>/count`` counts them), as files store
+        them.
     correction_options
         Names of the keyword options :meth:`correct` accepts besides the steps (AGIPD:
         ``bad_to_nan``, ``force_mg_threshold``, ...); callers drop the others.
@@ -186,6 +190,7 @@ class Detector(abc.ABC):
         "image.mask": "uint32",
     }
     carried_keys: ClassVar[tuple[str, ...]] = ()
+    frame_groups: ClassVar[tuple[str, ...]] = ("image",)
     correction_options: ClassVar[tuple[str, ...]] = ()
     extra_geom_class: ClassVar[str | None] = None
     extra_data_component: ClassVar[str | None] = None
@@ -306,12 +311,18 @@ class Detector(abc.ABC):
 
     # ------------------------------------------------------------------ constants, correction
     @abc.abstractmethod
-    def prepare_constants(self, arrays: Mapping[str, np.ndarray], steps: Collection[str]) -> Any:
+    def prepare_constants(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        steps: Collection[str],
+        memory_cells: int | None = None,
+    ) -> Any:
         """The object :meth:`correct` reads, from ``{constant type: array}`` of one module.
 
         ``arrays`` holds at least :meth:`required_constants` of ``steps`` (others may be
-        present and are ignored unless useful).  Called once per module and constant set, so
-        it may precompute.
+        present and are ignored unless useful).  ``memory_cells`` (keyword) is given only when
+        ``arrays`` is empty (steps that need no constants): the number of cells the prepared
+        constants must cover.  Called once per module and constant set, so it may precompute.
         """
 
     @abc.abstractmethod

@@ -199,8 +199,11 @@ class DetectorCorrection(Device):
         out, out_meta = {}, {}
         frames = 0
         for src, props in data.items():
-            if plugin.check_raw(props) is not None:
-                continue
+            why = plugin.check_raw(props)
+            if why is not None:
+                if plugin.raw_module_of(src) is None:
+                    continue  # not a raw module source (slow data, corrected data, ...)
+                raise CalibrationError(f"{src}: not {plugin.name} raw data ({why})")
             number = plugin.module_of(src)
             if number is not None and number != self.module:
                 continue  # another module's data (e.g. a replay of all modules): not ours
@@ -265,8 +268,11 @@ class DetectorCorrection(Device):
 
 
 class AGIPDCorrection(DetectorCorrection):
-    """:class:`DetectorCorrection` of an AGIPD module (the name topologies used before
-    detector plug-ins); ``detector`` defaults to ``SPB_DET_AGIPD1M-1``."""
+    """Offset, gain-stage, relative-gain and bad-pixel correction of one AGIPD module.
+
+    A :class:`DetectorCorrection` whose ``detector`` defaults to ``SPB_DET_AGIPD1M-1`` (the name
+    topologies used before detector plug-ins).
+    """
 
     detector = Property(
         str, "SPB_DET_AGIPD1M-1", access="init", description="detector type or catalogue name"

@@ -287,10 +287,15 @@ def find_constant_ids(query: ConstantsQuery, modules: Sequence[int]) -> dict[int
     from pulsetrain.offline.missing_constants import missing_constants_error
 
     required = query.plugin().required_constants(query.steps)
-    catalog = _catalog(query.catalog_url)
     modules = list(modules)
     if not required:
+        if dict(query.conditions).get("memory_cells") is None:
+            raise ConfigurationError(
+                f"the steps {','.join(query.steps) or '(none)'} use no constants: give the "
+                "number of memory cells (--memory-cells)"
+            )
         return {m: {} for m in modules}
+    catalog = _catalog(query.catalog_url)
     conditions, at = query.conditions_obj(), query.at_datetime()
     records = catalog.find_constants_of_modules(
         query.detector, modules, conditions, at, types=required, missing_ok=True
@@ -327,7 +332,9 @@ def _load_constants(query: ConstantsQuery, module: int, ids: dict[str, int]):
             return hit
         cat = _catalog(catalog_url)
         arrays = {t: cat.load_array(cat.get_constant(i)) for t, i in ids.items()}
-        constants = query.plugin().prepare_constants(arrays, query.steps)
+        # steps that need no constants: only the conditions tell the number of memory cells
+        extra = {} if arrays else {"memory_cells": dict(query.conditions).get("memory_cells")}
+        constants = query.plugin().prepare_constants(arrays, query.steps, **extra)
         LOAD_COUNTS[(catalog_url, detector, module)] += 1
         _CACHE[key] = constants
         total = sum(_nbytes(c) for c in _CACHE.values())
@@ -549,6 +556,7 @@ def _write_index_and_small_keys(
         run_metadata=dict(task.run_metadata),
         flush_trains=None,
         flush_interval=None,
+        frame_groups=functools.partial(_frame_group, out_source, frozenset(plugin.frame_groups)),
     ) as writer:
         for block in reader.blocks(keys, max_block_bytes=1 << 62):
             carried = {
@@ -564,6 +572,11 @@ def _write_index_and_small_keys(
             frames += block.frames
     produced = staging / run_file_name("CORR", task.run_number, default_aggregator(out_source), 0)
     return (produced if produced.exists() else None), trains, frames
+
+
+def _frame_group(module_source: str, groups: frozenset[str], source: str, group: str) -> bool:
+    """Per-frame index groups of the CORR file: the detector's, of its module source."""
+    return source == module_source and group in groups
 
 
 def _write_corrected_frames(
