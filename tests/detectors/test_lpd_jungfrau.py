@@ -133,6 +133,9 @@ def test_missing_constants_are_named(name):
     assert prepared.steps == {"offset", "badpixels"}
     with pytest.raises(CalibrationError, match="RelativeGain"):
         det.prepare_constants(arrays, det.default_steps)
+    # steps that need no constant: the number of memory cells sizes the tables
+    bare = det.prepare_constants({}, ("gainstage",), memory_cells=2)
+    assert bare.tables.offset.shape == (3, 2, det.layout.pixels) and not bare.tables.offset.any()
     with pytest.raises(CalibrationError, match="commonmode"):
         det.prepare_constants(arrays, ("offset", "commonmode"))
     with pytest.raises(CalibrationError, match="cell 1 is outside"):

@@ -897,8 +897,13 @@ class GainBitsDetector(Detector):
             bad_pixels=arrays.get("BadPixelsDark"),
         )
 
-    def prepare_constants(self, arrays: Any, steps: Any) -> Prepared:
-        """Kernel tables for ``steps`` (a missing constant is a :class:`CalibrationError`)."""
+    def prepare_constants(
+        self, arrays: Any, steps: Any, *, memory_cells: int | None = None
+    ) -> Prepared:
+        """Kernel tables for ``steps`` (a missing constant is a :class:`CalibrationError`).
+
+        ``memory_cells`` sizes the tables when no array is given (steps that need none).
+        """
         steps = check_steps(steps, self.steps)
         needed = self.required_constants(steps)
         missing = [n for n in needed if arrays.get(n) is None]
@@ -907,6 +912,12 @@ class GainBitsDetector(Detector):
                 f"{self.name} correction steps {', '.join(sorted(steps))} need constants that "
                 f"are missing: {', '.join(missing)}"
             )
+        if not any(v is not None for v in arrays.values()):
+            if not memory_cells:
+                raise CalibrationError(f"{self.name}: no constants and no number of memory cells")
+            # no step reads a constant: a zero offset only gives the tables their shape
+            shape = (N_STAGES, int(memory_cells), *self.module_shape)
+            arrays = {"Offset": np.zeros(shape, np.float32)}
         return Prepared(kernel_tables(self.to_stage_constants(arrays), steps), steps)
 
     def correct(
