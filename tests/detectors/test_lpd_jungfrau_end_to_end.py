@@ -130,8 +130,6 @@ def _online(det, url: str, module: int, steps: str, trains: dict[int, dict]) -> 
 @pytest.mark.timeout(900)
 def test_dark_correct_validate_and_stack(calibrated):
     name, url, raw, tmp = calibrated
-    if name == "JUNGFRAU":
-        pytest.skip("offline correction of per-train (JUNGFRAU) files: not supported yet")
     det = get_detector(name)
     corr = Path(
         pulsetrain(

@@ -546,6 +546,7 @@ def _write_index_and_small_keys(
     keys = [k for k in plugin.carried_keys if reader.has_key(k)]
     if plugin.cell_key is not None and plugin.cell_key not in keys:
         raise FileFormatError(f"{reader.path.name}: {task.source} has no key {plugin.cell_key!r}")
+    per_train = bool(_entry_frames(reader, plugin))  # JUNGFRAU: one entry of frames per train
     trains = frames = 0
     with RunWriter(
         staging,
@@ -560,11 +561,15 @@ def _write_index_and_small_keys(
     ) as writer:
         for block in reader.blocks(keys, max_block_bytes=1 << 62):
             carried = {
-                k: v.reshape(v.shape[0]) if v.ndim == 2 else v for k, v in block.arrays.items()
+                k: v.reshape(v.shape[0]) if v.ndim == 2 and v.shape[1] == 1 else v
+                for k, v in block.arrays.items()
             }
             for i, tid in enumerate(block.train_ids.tolist()):
                 a, c = int(block.starts[i]), int(block.counts[i])
-                values: dict[str, Any] = {k: v[a : a + c] for k, v in carried.items()}
+                if per_train:  # the train's one entry, as the raw file has it
+                    values: dict[str, Any] = {k: v[a] for k, v in carried.items()}
+                else:
+                    values = {k: v[a : a + c] for k, v in carried.items()}
                 values["calibration.corrected"] = True
                 meta = make_meta(out_source, tid, int(block.timestamps[i]))
                 writer.write_train({out_source: values}, {out_source: meta})
@@ -601,10 +606,12 @@ def _write_corrected_frames(
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # placed in the file now: see below
+    lead = _entry_frames(reader, plugin)  # () or, JUNGFRAU, (frames per train,)
+    per_entry = int(np.prod(lead, dtype=np.int64))
     datasets = {
         key: group.create_dataset(
             key.replace(".", "/"),
-            shape=(frames, *plugin.module_shape),
+            shape=(frames, *lead, *plugin.module_shape),
             dtype=np.dtype(dtype),
             dcpl=dcpl,
         )
@@ -619,18 +626,36 @@ def _write_corrected_frames(
         n = block.frames
         if n == 0:
             continue
+        m = n * per_entry  # frames to correct (entries x frames per entry)
         buffers = pool.get(pool_key)
-        if buffers is None or len(next(iter(buffers.values()))) < n:
-            buffers = pool[pool_key] = plugin.allocate(n)
-        out = {k: v[:n] for k, v in buffers.items()}
-        corrected = plugin.correct(block.arrays, constants, query.steps, out=out, **options)
+        if buffers is None or len(next(iter(buffers.values()))) < m:
+            buffers = pool[pool_key] = plugin.allocate(m)
+        out = {k: v[:m] for k, v in buffers.items()}
+        arrays = block.arrays
+        if lead:  # entries of several frames: the plug-in sees frames
+            arrays = {
+                k: v.reshape(m, *v.shape[1 + len(lead) :]) if v.shape[1 : 1 + len(lead)] == lead
+                else v
+                for k, v in arrays.items()
+            }  # fmt: skip
+        corrected = plugin.correct(arrays, constants, query.steps, out=out, **options)
         for key, ds in datasets.items():
-            ds.write_direct(corrected[key], dest_sel=np.s_[row : row + n])
+            values = corrected[key].reshape(n, *lead, *plugin.module_shape)
+            ds.write_direct(values, dest_sel=np.s_[row : row + n])
         row += n
     if row != frames:
         raise FileFormatError(
             f"{reader.path.name}: read {row} frames of {reader.source}, its INDEX lists {frames}"
         )
+
+
+def _entry_frames(reader: ModuleFileReader, plugin: Any) -> tuple[int, ...]:
+    """Axes of frames inside one entry of the raw data: ``()`` when an entry is one frame
+    (AGIPD, LPD: one row per frame), ``(frames,)`` when an entry is a train's frames
+    (JUNGFRAU: ``data.adc`` of shape (trains, 16, 512, 1024))."""
+    rk = plugin.raw_keys[0]
+    shape = reader.dataset(rk.key).shape
+    return tuple(int(d) for d in shape[1 : len(shape) - len(rk.frame_shape)])
 
 
 def _reserve_blocks(path: str, datasets: Iterable[h5py.Dataset]) -> None:
