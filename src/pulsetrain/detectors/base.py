@@ -265,6 +265,16 @@ class Detector(abc.ABC):
         match = re.match(r"^[^/]+/DET/(\d+)CH0:xtdf$", source)
         return int(match.group(1)) if match else None
 
+    def aggregator(self, source: str) -> str:
+        """Aggregator (the file name part) of the files of a module source: the type name and
+        the module number (``AGIPD03``, ``LPD03``), so each module has its own files."""
+        from pulsetrain.files.naming import default_aggregator
+
+        module = self.module_of(source)
+        if module is None:
+            return default_aggregator(source)
+        return f"{re.sub('[^A-Za-z0-9]', '', self.name)[:8]}{module:02d}"
+
     def corrected_source(self, raw_source: str) -> str:
         """The CORR source name of a raw module source."""
         from pulsetrain.files.naming import corrected_source_name

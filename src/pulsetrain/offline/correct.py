@@ -47,7 +47,6 @@ import numpy as np
 from pulsetrain.errors import ConfigurationError, FileFormatError
 from pulsetrain.files.naming import (
     FORMAT_VERSIONS,
-    default_aggregator,
     parse_file_name,
     run_file_name,
 )
@@ -543,10 +542,10 @@ def _write_index_and_small_keys(
     from pulsetrain.files import RunWriter, make_meta
 
     plugin = task.query.plugin()
+    per_train = _per_train(plugin)
     keys = [k for k in plugin.carried_keys if reader.has_key(k)]
     if plugin.cell_key is not None and plugin.cell_key not in keys:
         raise FileFormatError(f"{reader.path.name}: {task.source} has no key {plugin.cell_key!r}")
-    per_train = bool(_entry_frames(reader, plugin))  # JUNGFRAU: one entry of frames per train
     trains = frames = 0
     with RunWriter(
         staging,
@@ -558,6 +557,7 @@ def _write_index_and_small_keys(
         flush_trains=None,
         flush_interval=None,
         frame_groups=functools.partial(_frame_group, out_source, frozenset(plugin.frame_groups)),
+        aggregator_of=plugin.aggregator,
     ) as writer:
         for block in reader.blocks(keys, max_block_bytes=1 << 62):
             carried = {
@@ -566,17 +566,29 @@ def _write_index_and_small_keys(
             }
             for i, tid in enumerate(block.train_ids.tolist()):
                 a, c = int(block.starts[i]), int(block.counts[i])
-                if per_train:  # the train's one entry, as the raw file has it
-                    values: dict[str, Any] = {k: v[a] for k, v in carried.items()}
-                else:
-                    values = {k: v[a : a + c] for k, v in carried.items()}
+                if per_train and c != 1:
+                    if c == 0:
+                        continue  # no entry of the module in this train
+                    raise FileFormatError(
+                        f"{reader.path.name}: {task.source} has {c} entries in train {tid}, "
+                        "expected one (its frames are stored per train)"
+                    )
+                values: dict[str, Any] = {
+                    k: (v[a] if per_train else v[a : a + c]) for k, v in carried.items()
+                }
                 values["calibration.corrected"] = True
                 meta = make_meta(out_source, tid, int(block.timestamps[i]))
                 writer.write_train({out_source: values}, {out_source: meta})
             trains += int(block.train_ids.size)
             frames += block.frames
-    produced = staging / run_file_name("CORR", task.run_number, default_aggregator(out_source), 0)
+    produced = staging / run_file_name("CORR", task.run_number, plugin.aggregator(out_source), 0)
     return (produced if produced.exists() else None), trains, frames
+
+
+def _per_train(plugin: Any) -> bool:
+    """Whether the detector's files hold one entry per train with the frames inside (its raw
+    data's index group is not one of its ``frame_groups``: JUNGFRAU) rather than one per frame."""
+    return plugin.raw_keys[0].key.split(".", 1)[0] not in plugin.frame_groups
 
 
 def _frame_group(module_source: str, groups: frozenset[str], source: str, group: str) -> bool:
@@ -603,15 +615,18 @@ def _write_corrected_frames(
     plugin = query.plugin()
     pool = _thread_buffers()
     dtypes = plugin.corrected_keys
+    first = plugin.raw_keys[0]
+    # frames per entry: () when each entry is a frame; (cells,) when an entry is a train
+    raw_entry = reader.file[f"INSTRUMENT/{reader.source}/{first.key.replace('.', '/')}"].shape[1:]
+    inner = tuple(raw_entry[: len(raw_entry) - len(first.frame_shape)])
+    per_entry = int(np.prod(inner, dtype=np.int64))
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # placed in the file now: see below
-    lead = _entry_frames(reader, plugin)  # () or, JUNGFRAU, (frames per train,)
-    per_entry = int(np.prod(lead, dtype=np.int64))
     datasets = {
         key: group.create_dataset(
             key.replace(".", "/"),
-            shape=(frames, *lead, *plugin.module_shape),
+            shape=(frames, *inner, *plugin.module_shape),
             dtype=np.dtype(dtype),
             dcpl=dcpl,
         )
@@ -626,36 +641,23 @@ def _write_corrected_frames(
         n = block.frames
         if n == 0:
             continue
-        m = n * per_entry  # frames to correct (entries x frames per entry)
+        m = n * per_entry  # frames in the block
+        arrays = block.arrays
+        if inner:  # entries are trains: their frames one after the other
+            arrays = {k: v.reshape(m, *v.shape[1 + len(inner) :]) for k, v in arrays.items()}
         buffers = pool.get(pool_key)
         if buffers is None or len(next(iter(buffers.values()))) < m:
             buffers = pool[pool_key] = plugin.allocate(m)
         out = {k: v[:m] for k, v in buffers.items()}
-        arrays = block.arrays
-        if lead:  # entries of several frames: the plug-in sees frames
-            arrays = {
-                k: v.reshape(m, *v.shape[1 + len(lead) :]) if v.shape[1 : 1 + len(lead)] == lead
-                else v
-                for k, v in arrays.items()
-            }  # fmt: skip
         corrected = plugin.correct(arrays, constants, query.steps, out=out, **options)
         for key, ds in datasets.items():
-            values = corrected[key].reshape(n, *lead, *plugin.module_shape)
-            ds.write_direct(values, dest_sel=np.s_[row : row + n])
+            value = corrected[key].reshape(n, *inner, *plugin.module_shape)
+            ds.write_direct(value, dest_sel=np.s_[row : row + n])
         row += n
     if row != frames:
         raise FileFormatError(
             f"{reader.path.name}: read {row} frames of {reader.source}, its INDEX lists {frames}"
         )
-
-
-def _entry_frames(reader: ModuleFileReader, plugin: Any) -> tuple[int, ...]:
-    """Axes of frames inside one entry of the raw data: ``()`` when an entry is one frame
-    (AGIPD, LPD: one row per frame), ``(frames,)`` when an entry is a train's frames
-    (JUNGFRAU: ``data.adc`` of shape (trains, 16, 512, 1024))."""
-    rk = plugin.raw_keys[0]
-    shape = reader.dataset(rk.key).shape
-    return tuple(int(d) for d in shape[1 : len(shape) - len(rk.frame_shape)])
 
 
 def _reserve_blocks(path: str, datasets: Iterable[h5py.Dataset]) -> None:
@@ -893,7 +895,8 @@ def _module_tasks(
     fmt = layout.format_version if layout.format_version in FORMAT_VERSIONS else "1.3"
     for source in sorted(layout.module_sources, key=layout.module_sources.get):
         module = layout.module_sources[source]
-        aggregator = default_aggregator(query.plugin().corrected_source(source))
+        plugin = query.plugin()
+        aggregator = plugin.aggregator(plugin.corrected_source(source))
         for path in layout.module_files[source]:
             seq = parse_file_name(path)[3]
             yield ModuleTask(
