@@ -148,6 +148,9 @@ def test_dark_correct_validate_and_stack(calibrated):
             "--no-progress",
         )
     )
+    # one file per module, named as the raw ones (LPD00.. / JNGFR01..)
+    raw_aggregators = sorted(p.name.split("-")[2] for p in raw.glob("RAW-*.h5"))
+    assert sorted(p.name.split("-")[2] for p in corr.glob("CORR-*.h5")) == raw_aggregators
     check = subprocess.run(
         ["extra-data-validate", str(corr)], check=False, capture_output=True, text=True
     )

@@ -86,6 +86,11 @@ class JUNGFRAU(GainBitsDetector):
         match = _MODULE.match(source)
         return int(match.group(1)) - 1 if match else None
 
+    def aggregator(self, source: str) -> str:
+        """``JNGFR{m+1:02d}``: one file per module, named as European XFEL names them."""
+        module = self.module_of(source)
+        return super().aggregator(source) if module is None else f"JNGFR{module + 1:02d}"
+
     def raw_module_of(self, source: str) -> int | None:
         """0-based module of a raw JUNGFRAU source (``None``: not one)."""
         match = _RAW_MODULE.match(source)
