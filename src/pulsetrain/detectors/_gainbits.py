@@ -275,11 +275,15 @@ def kernel_tables(constants: StageConstants, steps: Iterable[str]) -> KernelTabl
         offset = constants.offset.reshape(full)
     else:
         offset = np.zeros(full, np.float32)
-    factor = np.ones(full, np.float32)
-    if "relgain" in steps:
-        factor = constants.gain.reshape(full).copy()
-    if "flatfield" in steps:
-        np.multiply(factor, constants.flat_field.reshape(1, cells, ny * nx), out=factor)
+    flat = constants.flat_field.reshape(1, cells, ny * nx) if "flatfield" in steps else None
+    if "relgain" in steps and flat is not None:
+        factor = np.multiply(constants.gain.reshape(full), flat)
+    elif "relgain" in steps:
+        factor = constants.gain.reshape(full)  # read only, as the other tables
+    elif flat is not None:
+        factor = np.ascontiguousarray(np.broadcast_to(flat, full))
+    else:
+        factor = np.ones(full, np.float32)
     if "badpixels" in steps:
         bad = constants.bad_pixels.reshape(full)
     else:
