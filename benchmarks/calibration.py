@@ -43,7 +43,18 @@ On the ``sim`` data numpy's sparse fix-up touches little more than that, so the 
 about 2x there, and the 4x goal (set on the ``random`` mix of the reference measurements)
 cannot be reached by any kernel on this machine.
 
-Run ``python benchmarks/calibration.py [--quick]``.
+LPD-1M and JUNGFRAU (``--detector LPD JUNGFRAU``, after AGIPD by default): the same
+measurements for their kernel (``pulsetrain.detectors._gainbits.correct``: gain stage from the
+raw word's top bits, offset, relative gain (x flat field), bad pixels), on one module-train of
+64 LPD frames (256 x 256, 64 cells) and one JUNGFRAU burst of 16 frames (512 x 1024, 16
+cells), each on ``random`` (stage per pixel at random, 90/7/3 %) and ``sim`` (a simulated hit
+train, constants from the truth).  Their byte counts: ``io`` = raw word read (2 B) + data,
+gain, mask written (9 B) = 11 B per pixel; ``min traffic`` = ``io`` + offset, factor and bad
+pixels of the selected stage (12 B) = 23 B per pixel.  Numpy peers: ``correct_numpy`` (one
+fancy-index gather per table), nested ``np.where`` over the stages, and "stage 0 everywhere,
+then redo the other pixels sparsely"; all checked to give the kernel's exact bits.
+
+Run ``python benchmarks/calibration.py [--quick] [--detector AGIPD LPD JUNGFRAU]``.
 """
 
 from __future__ import annotations
@@ -309,6 +320,204 @@ def measure(
     }
 
 
+# -- LPD-1M and JUNGFRAU ---------------------------------------------------------------------
+
+GAINBITS_FRAMES = {"LPD": 64, "JUNGFRAU": 16}
+GAINBITS_IO_BYTES = 2 + 4 + 1 + 4
+GAINBITS_CONSTANT_BYTES = 4 + 4 + 4
+
+
+def make_gainbits_data(name: str, kind: str, seed: int = 0):
+    """``(det, raw words (frames, ss, fs), cell_ids, prepared constants)`` of one module-train."""
+    from pulsetrain.detectors import get_detector
+
+    det = get_detector(name)
+    frames = GAINBITS_FRAMES[name]
+    if kind == "sim":
+        from pulsetrain.sim import DetectorSimulator
+
+        sim = DetectorSimulator(name, frames=frames, memory_cells=frames, seed=seed, modules=[0])
+        arrays = det.truth_constants(sim.truth(0))
+        data = sim.module_train(0, 1_000_000)
+        raw = det._words(data)
+        cells = det.cell_ids(data)
+    else:
+        rng = np.random.default_rng(seed)
+        shape = (3, frames, *det.module_shape)
+        arrays = {
+            "Offset": rng.normal(1000.0, 40.0, shape).astype(np.float32),
+            "RelativeGain": rng.normal(1.0, 0.05, shape).astype(np.float32),
+            "BadPixelsDark": np.where(rng.random(shape) < 0.02, 1, 0).astype(np.uint32),
+            "FlatField": rng.normal(1.0, 0.02, shape[1:]).astype(np.float32),
+        }
+        layout = det.layout
+        stage = rng.choice(3, size=(frames, *det.module_shape), p=(0.90, 0.07, 0.03))
+        codes = np.asarray(layout.stage_codes, np.uint16)[stage]
+        adc = rng.integers(0, layout.adc_mask + 1, stage.shape, dtype=np.uint16)
+        raw = adc | (codes << np.uint16(layout.adc_bits))
+        cells = np.arange(frames, dtype=np.int64)
+    steps = det.default_steps
+    prepared = det.prepare_constants(arrays, steps)
+    return det, np.ascontiguousarray(raw), cells, prepared
+
+
+def gainbits_numpy_where(det, raw, cells, tables, out) -> None:
+    """numpy: decode, then nested ``np.where`` over the three stages' tables."""
+    from pulsetrain.detectors._gainbits import decode
+
+    n = raw.shape[0]
+    flat = raw.reshape(n, -1)
+    adc, stage = decode(det.layout, flat)
+    invalid = stage == 255
+    stage = np.where(invalid, np.uint8(2), stage)
+    sel = _selector(cells)
+
+    def pick(t):
+        return np.where(stage == 0, t[0, sel], np.where(stage == 1, t[1, sel], t[2, sel]))
+
+    data = out.data.reshape(n, -1)
+    np.subtract(adc.astype(np.float32), pick(tables.offset), out=data)
+    np.multiply(data, pick(tables.factor), out=data)
+    mask = out.mask.reshape(n, -1)
+    mask[...] = pick(tables.bad_pixels)
+    mask[invalid] |= np.uint32(1 << 21)
+    out.gain.reshape(n, -1)[...] = stage
+
+
+def gainbits_numpy_sparse(det, raw, cells, tables, out) -> None:
+    """numpy: stage 0's tables everywhere (vector ops), then the other pixels by index."""
+    from pulsetrain.detectors._gainbits import decode
+
+    n = raw.shape[0]
+    flat = raw.reshape(n, -1)
+    adc, stage = decode(det.layout, flat)
+    sel = _selector(cells)
+    a = adc.astype(np.float32)
+    data = out.data.reshape(n, -1)
+    np.subtract(a, tables.offset[0, sel], out=data)
+    np.multiply(data, tables.factor[0, sel], out=data)
+    mask = out.mask.reshape(n, -1)
+    mask[...] = tables.bad_pixels[0, sel]
+    f, x = np.nonzero(stage)
+    if f.size:
+        st = stage[f, x]
+        invalid = st == 255
+        k = np.where(invalid, 2, st).astype(np.intp)
+        c = np.asarray(cells)[f]
+        data[f, x] = (a[f, x] - tables.offset[k, c, x]) * tables.factor[k, c, x]
+        mask[f, x] = tables.bad_pixels[k, c, x] | np.where(invalid, np.uint32(1 << 21), 0)
+        stage[f, x] = k
+    out.gain.reshape(n, -1)[...] = stage
+
+
+def measure_gainbits(name: str, label: str, rounds: int, threads: int) -> dict[str, float]:
+    """Time the LPD / JUNGFRAU kernel against numpy and a copy; print the table."""
+    from pulsetrain.detectors._gainbits import allocate_output as gb_allocate
+    from pulsetrain.detectors._gainbits import correct, correct_numpy
+
+    det, raw, cells, prepared = make_gainbits_data(name, label)
+    tables = prepared.tables
+    frames = raw.shape[0]
+    pixels = raw.size
+    io_bytes = pixels * GAINBITS_IO_BYTES
+    traffic_bytes = pixels * (GAINBITS_IO_BYTES + GAINBITS_CONSTANT_BYTES)
+    copy_src = np.ones(traffic_bytes // 16, np.uint64)
+    copy_dst = np.empty_like(copy_src)
+    outs = {k: gb_allocate(frames, det.module_shape) for k in ("numba", "take", "where", "sparse")}
+
+    def numba_one_thread() -> None:
+        numba.set_num_threads(1)
+        try:
+            correct(det.layout, raw, cells, tables, out=outs["numba"])
+        finally:
+            numba.set_num_threads(threads)
+
+    funcs = {
+        "numba parallel": lambda: correct(det.layout, raw, cells, tables, out=outs["numba"]),
+        "numba 1 thread": numba_one_thread,
+        "numpy gather": lambda: correct_numpy(det.layout, raw, cells, tables, out=outs["take"]),
+        "numpy nested where": lambda: gainbits_numpy_where(det, raw, cells, tables, outs["where"]),
+        "numpy sparse fix-up": lambda: gainbits_numpy_sparse(
+            det, raw, cells, tables, outs["sparse"]
+        ),
+        "numba prange copy": lambda: parallel_copy(copy_src, copy_dst),
+    }
+    with np.errstate(invalid="ignore", over="ignore"):
+        for func in funcs.values():
+            func()
+            func()
+        for key in ("take", "where", "sparse"):
+            if not _same(outs[key], outs["numba"]):
+                raise SystemExit(f"{name} {label}: numpy {key} result differs from the kernel")
+        times, cpu = _time_rounds(funcs, rounds)
+    med = {k: statistics.median(t) for k, t in times.items()}
+    med_cpu = {k: statistics.median(t) for k, t in cpu.items()}
+    best_numpy = min((k for k in med if k.startswith("numpy")), key=med.__getitem__)
+    t_kernel = med["numba parallel"]
+    copy_bw = copy_src.nbytes / med["numba prange copy"]
+    mix = np.bincount(outs["numba"].gain.ravel(), minlength=3)[:3] / pixels
+    print(
+        f"\n[{name} {label}] {frames} x {det.module_shape[0]} x {det.module_shape[1]}, gain mix "
+        + " / ".join(f"{100 * x:.2f} %" for x in mix)
+    )
+    for key, t in times.items():
+        extra = "" if key == "numba prange copy" else f"{med[best_numpy] / med[key]:>10.2f}x"
+        print(
+            f"{key:<24}{med[key] * 1e3:>11.2f}{min(t) * 1e3:>9.2f}{med_cpu[key] * 1e3:>9.2f}"
+            f"{frames / med[key]:>10.0f}{extra}"
+        )
+    io_bw = io_bytes / t_kernel
+    traffic_bw = traffic_bytes / t_kernel
+    print(
+        f"  io {io_bw / 1e9:.2f} GB/s = {io_bw / copy_bw:.2f} x copy; min-traffic "
+        f"{traffic_bw / 1e9:.2f} GB/s = {traffic_bw / copy_bw:.2f} x copy "
+        f"({GAINBITS_IO_BYTES + GAINBITS_CONSTANT_BYTES} B/pixel); "
+        f"{med[best_numpy] / t_kernel:.2f}x best numpy ({best_numpy})"
+    )
+    return {
+        "fps": frames / t_kernel,
+        "speedup_numpy": med[best_numpy] / t_kernel,
+        "best_numpy": best_numpy,
+        "io_bw": io_bw,
+        "traffic_bw": traffic_bw,
+        "io_ratio": io_bw / copy_bw,
+        "traffic_ratio": traffic_bw / copy_bw,
+        "parallel_speedup": med["numba 1 thread"] / t_kernel,
+    }
+
+
+def gainbits_rows(name: str, label: str, fig: dict) -> list[dict]:
+    """Result rows of one LPD / JUNGFRAU data set."""
+    copy_peer = "numba prange copy, bytes copied per s"
+    base = f"detectors.{name.lower()}.correct[{label}]"
+    return [
+        {
+            "name": f"{base} frames/s",
+            "value": fig["fps"],
+            "unit": "frames/s",
+            "peer": f"best numpy ({fig['best_numpy']})",
+            "ratio": fig["speedup_numpy"],
+            "goal": 4.0,
+        },
+        {
+            "name": f"{base} min-traffic bandwidth (+ constants)",
+            "value": fig["traffic_bw"] / 1e9,
+            "unit": "GB/s",
+            "peer": copy_peer,
+            "ratio": fig["traffic_ratio"],
+            "goal": 0.4,
+        },
+        {
+            "name": f"{base} parallel speed-up",
+            "value": fig["parallel_speedup"],
+            "unit": "x",
+            "peer": "numba 1 thread",
+            "ratio": fig["parallel_speedup"],
+            "goal": None,
+        },
+    ]
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run the benchmark, print the tables, return the result dicts."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -316,6 +525,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default 15)")
     parser.add_argument(
         "--data", choices=("random", "sim", "both"), default="both", help="data set(s)"
+    )
+    parser.add_argument(
+        "--detector",
+        nargs="+",
+        choices=("AGIPD", "LPD", "JUNGFRAU"),
+        default=["AGIPD", "LPD", "JUNGFRAU"],
+        help="detector kernels to measure (default all)",
     )
     args = parser.parse_args(argv)
     rounds = args.rounds or (5 if args.quick else 15)
@@ -338,6 +554,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     datasets = {"random": make_data, "sim": make_sim_data}
     if args.data != "both":
         datasets = {args.data: datasets[args.data]}
+    if "AGIPD" not in args.detector:
+        datasets = {}
     results: list[dict] = []
     for label, make in datasets.items():
         raw, cell_ids, constants = make()
@@ -395,6 +613,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "goal": None,
             },
         ]
+    for name in args.detector:
+        if name == "AGIPD":
+            continue
+        for label in ("random", "sim") if args.data == "both" else (args.data,):
+            results += gainbits_rows(name, label, measure_gainbits(name, label, rounds, threads))
     load_after = os.getloadavg()
     print(
         f"\nload average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f} "

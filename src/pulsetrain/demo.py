@@ -40,6 +40,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,9 @@ class DemoOptions:
         Longest wait (s) for the servers and devices to come up and the first corrected train.
     converge_timeout : float
         Longest wait (s) for the feedback to find the sample.
+    detector : str
+        Detector type (its plug-in: sources, constants, geometry); the device IDs keep the
+        demo's names whatever the detector.
     """
 
     trains: int | None = None
@@ -115,6 +119,7 @@ class DemoOptions:
     window_trains: int = 20
     start_timeout: float = 180.0
     converge_timeout: float = 240.0
+    detector: str = "AGIPD"
 
 
 def corr_id(m: int) -> str:
@@ -123,7 +128,13 @@ def corr_id(m: int) -> str:
 
 def demo_topology(opts: DemoOptions, catalog_url: str) -> str:
     """The TOML text of the demo's topology."""
+    from pulsetrain.detectors import get_detector
+
     q = '"'
+    plugin = get_detector(opts.detector)
+    corrected = [plugin.corrected_source(plugin.raw_source(m)) for m in opts.modules]
+    data_key, _gain_key, mask_key = list(plugin.corrected_keys)[:3]
+    analysis = f'detector = "{plugin.name}", source_pattern = "", data_key = "{data_key}"'
     lines = [
         '[topology]\nname = "pulsetrain-demo"\n',
         "[servers.facility]\n[servers.online]\n[servers.control]\n[servers.daq]\n",
@@ -138,12 +149,12 @@ config = {{ velocity = 2.0 }}
 [devices."{SIM}"]
 class = "SimulatedDetector"
 server = "facility"
-config = {{ frames = {opts.frames}, memory_cells = {opts.frames}, seed = {opts.seed}, rate = 10.0, n_trains = {opts.trains or 0}, autostart = false, motor_device = "{MOTOR}", modules = {opts.modules} }}
+config = {{ detector = "{plugin.sim_name}", frames = {opts.frames}, memory_cells = {opts.frames}, seed = {opts.seed}, rate = 10.0, n_trains = {opts.trains or 0}, autostart = false, motor_device = "{MOTOR}", modules = {opts.modules} }}
 
 [devices."{MATCHER}"]
 class = "TrainMatcher"
 server = "online"
-config = {{ sources = [{", ".join(q + f"{DET}/CORR/{m}CH0:output" + q for m in opts.modules)}], buffer_size = 20 }}
+config = {{ sources = [{", ".join(q + c + q for c in corrected)}], buffer_size = 20 }}
 
 [devices."{BRIDGE}"]
 class = "Bridge"
@@ -153,16 +164,17 @@ config = {{ endpoint = "tcp://127.0.0.1:{opts.bridge_port}", pattern = "REP" }}
 [devices."{HITS}"]
 class = "HitFinder"
 server = "online"
+config = {{ {analysis}, mask_key = "{mask_key}" }}
 
 [devices."{AZIMUTHAL}"]
 class = "AzimuthalIntegration"
 server = "online"
-config = {{ npt = 256, distance = 0.2 }}
+config = {{ {analysis}, mask_key = "{mask_key}", npt = 256, distance = 0.2 }}
 
 [devices."{PREVIEW}"]
 class = "PreviewAssembler"
 server = "online"
-config = {{ detector_distance = 0.2, max_pulses = 4, downsample = 2 }}
+config = {{ {analysis}, detector_distance = 0.2, max_pulses = 4, downsample = 2 }}
 
 [devices."{FEEDBACK}"]
 class = "FeedbackController"
@@ -205,9 +217,9 @@ max_queue_length = 2
     for i, m in enumerate(opts.modules):
         lines.append(f"""
 [devices."{corr_id(m)}"]
-class = "AGIPDCorrection"
+class = "pulsetrain.devices.correction:DetectorCorrection"
 server = "cal{i % 8}"
-config = {{ catalog = "{catalog_url}", module = {m}, memory_cells = {opts.frames} }}
+config = {{ catalog = "{catalog_url}", detector = "{plugin.name}", module = {m}, memory_cells = {opts.frames} }}
 [[connections]]
 from = "{SIM}:module{m}"
 to = "{corr_id(m)}:input"
@@ -247,52 +259,64 @@ def check_ports(ports: dict[str, int], host: str = "127.0.0.1") -> None:
 
 def prepare_catalog(opts: DemoOptions, url: str, say: Say) -> None:
     """Store the simulator's constants unless the catalogue already has them."""
-    from pulsetrain.bootstrap import sim_conditions, store_truth_constants
+    from pulsetrain.bootstrap import sim_conditions
     from pulsetrain.catalog import Catalog
-    from pulsetrain.catalog.agipd import REQUIRED_TYPES
+    from pulsetrain.catalog.detector_constants import store_constants
+    from pulsetrain.detectors import get_detector
     from pulsetrain.sim import DetectorSimulator
 
+    plugin = get_detector(opts.detector)
+    det_id = plugin.default_detector_id
+    required = plugin.required_constants(plugin.default_steps)
     cat = Catalog(url)
     try:
         sim = DetectorSimulator(
-            "AGIPD", frames=opts.frames, memory_cells=opts.frames, seed=opts.seed
+            plugin.sim_name, frames=opts.frames, memory_cells=opts.frames, seed=opts.seed
         )
         missing = []
+        known = {d.name for d in cat.detectors()}
         for m in opts.modules:
             found = (
                 cat.find_constants(
-                    DET, m, sim_conditions(opts.frames), types=REQUIRED_TYPES, missing_ok=True
+                    det_id, m, sim_conditions(opts.frames), types=required, missing_ok=True
                 )
-                if cat.detectors()
+                if det_id in known
                 else {}
             )
-            if len(found) < len(REQUIRED_TYPES):
+            if len(found) < len(required):
                 missing.append(m)
         if not missing:
             say(f"  constants: all {len(opts.modules)} modules already in the catalogue")
             return
         t0 = time.monotonic()
         say(f"  constants: storing the simulator's constants for {len(missing)} modules in {url}")
+        if det_id not in known:
+            cat.add_detector(det_id, plugin.name, plugin.n_modules)
+        valid_from = datetime.now(timezone.utc) - timedelta(days=1)
         for i, m in enumerate(missing, 1):
-            store_truth_constants(cat, sim, modules=[m], detector=DET)
+            arrays = plugin.truth_constants(sim.truth(m))
+            store_constants(cat, det_id, m, arrays, sim_conditions(opts.frames), valid_from)
             if i % 4 == 0 or i == len(missing):
                 say(f"    {i}/{len(missing)} modules stored ({time.monotonic() - t0:.0f} s)")
     finally:
         cat.close()
 
 
-def warm_kernels(frames: int) -> None:
+def warm_kernels(frames: int, detector: str = "AGIPD") -> None:
     """Compile (or load from numba's cache) the correction kernel once, before 8 servers do."""
-    from pulsetrain.calibration import AGIPDConstants, correct_agipd
+    from pulsetrain.detectors import get_detector
 
+    del frames  # the kernels do not depend on it
+    plugin = get_detector(detector)
     cells = 2
-    c = AGIPDConstants(
-        offset=np.zeros((3, cells, 512, 128), np.float32),
-        rel_gain=np.ones((3, cells, 512, 128), np.float32),
-        thresholds=np.ones((2, cells, 512, 128), np.float32),
-        bad_pixels=np.zeros((3, cells, 512, 128), np.uint32),
-    )
-    correct_agipd(np.zeros((1, 2, 512, 128), np.uint16), np.zeros(1, np.uint16), c)
+    offset = {"Offset": np.zeros((3, cells, *plugin.module_shape), np.float32)}
+    prepared = plugin.prepare_constants(offset, ("offset",))
+    data = {}
+    for rk in plugin.raw_keys:
+        data[rk.key] = np.zeros((1, *rk.frame_shape), np.dtype(rk.dtype))
+    if plugin.cell_key:
+        data[plugin.cell_key] = np.zeros(1, np.uint16)
+    plugin.correct(data, prepared, ("offset",))
 
 
 class _Tap(threading.Thread):
@@ -508,7 +532,7 @@ class _Demo:
         self.step = "warming kernels"
         t = time.monotonic()
         self.say("  kernels: compiling (or loading from numba's cache) the correction kernel")
-        warm_kernels(opts.frames)
+        warm_kernels(opts.frames, opts.detector)
         self.say(f"    done in {time.monotonic() - t:.1f} s")
         self.step = "starting servers"
         self._start_servers(url)
@@ -781,7 +805,10 @@ def _await_ready(sup: Any, opts: DemoOptions, say: Say, timeout: float = 120.0) 
 
 def _train_bytes(opts: DemoOptions) -> int:
     """Raw bytes of one train as recorded (data uint16 + gain uint8 per pixel and frame)."""
-    return len(opts.modules) * opts.frames * 512 * 128 * 3
+    from pulsetrain.detectors import get_detector
+
+    ss, fs = get_detector(opts.detector).module_shape
+    return len(opts.modules) * opts.frames * ss * fs * 3
 
 
 def _stop_servers(

@@ -12,10 +12,10 @@ NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "examples" / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 
 
-def test_the_four_notebooks_are_there():
+def test_the_five_notebooks_are_there():
     names = [p.name for p in NOTEBOOKS]
-    assert len(names) == 4, names
-    for topic in ("open-a-run", "azimuthal-integration", "live-stream", "dark"):
+    assert len(names) == 5, names
+    for topic in ("open-a-run", "azimuthal-integration", "live-stream", "dark", "figure-8"):
         assert any(topic in n for n in names), (topic, names)
 
 

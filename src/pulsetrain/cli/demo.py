@@ -66,6 +66,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--bridge-port", type=port_arg, default=4545)
     p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument(
+        "--detector",
+        default="AGIPD",
+        type=str.upper,
+        choices=["AGIPD", "LPD", "JUNGFRAU"],
+        help="detector type simulated and corrected (default AGIPD-1M)",
+    )
     p.set_defaults(func=run)
 
 
@@ -87,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
     from pulsetrain.runtime.lifetime import StopSignals
 
     check_ports(args)
+    from pulsetrain.detectors import get_detector
+
+    n_modules = get_detector(args.detector).n_modules
     logging.getLogger("pulsetrain").setLevel(logging.WARNING)
     opts = DemoOptions(
         trains=args.trains,
@@ -97,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         gui=not args.no_gui,
         gui_port=args.gui_port,
         seed=args.seed,
+        detector=args.detector,
+        modules=list(range(n_modules)),
     )
     signals = StopSignals()
     try:

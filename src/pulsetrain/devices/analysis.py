@@ -67,7 +67,7 @@ class ModuleFrames:
     Parameters
     ----------
     pattern : str
-        Source pattern with ``{m}``, see :func:`source_regex`.
+        Source pattern with ``{m}``, see :func:`source_regex`; ``''``: ``module_of`` decides.
     kind : {'corrected', 'raw'}
         Corrected frames (pulses, 512, 128) or raw frames (pulses, 2, 512, 128) whose analog plane
         is used minus a per-pixel median dark estimate.
@@ -75,6 +75,12 @@ class ModuleFrames:
         Keys of the frames and of the bad-pixel mask (``''``: no mask).
     dark_frames : int
         Raw data: frames per module collected for the median estimate.
+    module_shape : tuple of int
+        ``(ss, fs)`` of one module (the detector plug-in's).
+    n_modules : int
+        Modules of the detector.
+    module_of : callable, optional
+        ``module_of(source)``: module number of a source, or None (used without ``pattern``).
     """
 
     def __init__(
@@ -84,10 +90,19 @@ class ModuleFrames:
         data_key: str = "image.data",
         mask_key: str = "image.mask",
         dark_frames: int = 32,
+        *,
+        module_shape: tuple[int, int] = MODULE_SHAPE,
+        n_modules: int = N_MODULES,
+        module_of: Any = None,
     ) -> None:
         if kind not in ("corrected", "raw"):
             raise ConfigurationError(f"data kind must be 'corrected' or 'raw', got {kind!r}")
-        self.regex = source_regex(pattern)
+        if not pattern and module_of is None:
+            raise ConfigurationError("source pattern: empty, and no detector to name the sources")
+        self.regex = source_regex(pattern) if pattern else None
+        self._module_of = module_of
+        self.module_shape = tuple(module_shape)
+        self.n_modules = int(n_modules)
         self.kind = kind
         self.data_key = data_key
         self.mask_key = mask_key
@@ -99,9 +114,12 @@ class ModuleFrames:
     def module_of(self, source: str) -> int | None:
         """Module number of a source name, or None if it is not a module source."""
         if source not in self._names:
-            match = self.regex.match(source)
-            m = int(match["m"]) if match else None
-            self._names[source] = m if m is not None and 0 <= m < N_MODULES else None
+            if self.regex is None:
+                m = self._module_of(source)
+            else:
+                match = self.regex.match(source)
+                m = int(match["m"]) if match else None
+            self._names[source] = m if m is not None and 0 <= m < self.n_modules else None
         return self._names[source]
 
     def sources(self, data: dict) -> dict[int, str]:
@@ -129,7 +147,7 @@ class ModuleFrames:
             raise DataShapeError(f"module {module}: no key {self.data_key!r}") from None
         img = np.asarray(img)
         if self.kind == "raw":
-            if img.ndim != 4 or img.shape[1] != 2 or img.shape[2:] != MODULE_SHAPE:
+            if img.ndim != 4 or img.shape[1] != 2 or img.shape[2:] != self.module_shape:
                 raise DataShapeError(
                     f"module {module}: raw {self.data_key} must be (pulses, 2, 512, 128), "
                     f"got {img.shape}"
@@ -147,9 +165,10 @@ class ModuleFrames:
             frames = analog.astype(np.float32)
             frames -= dark
             return frames, None
-        if img.ndim != 3 or img.shape[1:] != MODULE_SHAPE:
+        if img.ndim != 3 or img.shape[1:] != self.module_shape:
+            ny, nx = self.module_shape
             raise DataShapeError(
-                f"module {module}: {self.data_key} must be (pulses, 512, 128), got {img.shape}"
+                f"module {module}: {self.data_key} must be (pulses, {ny}, {nx}), got {img.shape}"
             )
         if img.dtype.kind != "f":
             img = img.astype(np.float32)
@@ -186,11 +205,17 @@ class _ModuleAnalysis(Device):
     inputs = ("input",)
     outputs = ("output",)
 
+    detector = Property(
+        str,
+        "AGIPD",
+        access="init",
+        description="detector type (its plug-in gives the module shape, sources and geometry)",
+    )
     source_pattern = Property(
         str,
         CORRECTED_PATTERN,
         access="init",
-        description="module source names, '{m}' = module number",
+        description="module source names, '{m}' = module number ('': the detector's own)",
     )
     data_kind = Property(
         str,
@@ -240,12 +265,23 @@ class _ModuleAnalysis(Device):
     default_output_source = "SPB_DET_AGIPD1M-1/ANALYSIS"
 
     def initialize(self) -> None:
+        from pulsetrain.detectors import get_detector
+
+        self.plugin = get_detector(self.detector)
+        kind = "/DET/" if self.data_kind == "raw" else "/CORR/"
+
+        def module_of(source: str) -> int | None:
+            return self.plugin.module_of(source) if kind in source else None
+
         self.modules = ModuleFrames(
             self.source_pattern,
             self.data_kind,
             self.data_key,
             self.mask_key if self.data_kind == "corrected" else "",
             self.dark_frames,
+            module_shape=self.plugin.module_shape,
+            n_modules=self.plugin.n_modules,
+            module_of=module_of,
         )
         self.out_source = self.output_source or self.default_output_source
         self._expected_modules = 0
@@ -355,7 +391,11 @@ class AzimuthalIntegration(_ModuleAnalysis):
         float, 0.0, unit="px", description="beam position from the geometry origin (y)"
     )
     quad_positions = Property(
-        list, [], access="init", description="4 (x, y) quadrant positions in px (empty: standard)"
+        list,
+        [],
+        access="init",
+        description="4 (x, y) quadrant positions in the geometry's unit (AGIPD px, LPD mm; "
+        "empty: the detector's standard)",
     )
 
     meanProfile = Property(
@@ -380,12 +420,11 @@ class AzimuthalIntegration(_ModuleAnalysis):
     )
 
     def setup(self) -> None:
-        from pulsetrain.geometry import agipd1m_geometry
-
-        geom = agipd1m_geometry(
-            self.quad_positions or None,
+        extra = {"quad_positions": self.quad_positions} if self.quad_positions else {}
+        geom = self.plugin.geometry(
             distance_m=self.distance,
             beam_centre_px=(self.beam_centre_x, self.beam_centre_y),
+            **extra,
         )
         rmap = geom.radial_map(self.unit, self.photon_energy)
         if self.radial_min == 0.0 and self.radial_max == 0.0:

@@ -78,7 +78,8 @@ class PreviewAssembler(Device):
         str,
         DEFAULT_SOURCE_PATTERN,
         access="init",
-        description="regex of the module sources; group 1 is the module number (0..15)",
+        description="regex of the module sources; group 1 is the module number (0..15); "
+        "'': the detector plug-in's own source names",
     )
     data_key = Property(str, "image.data", access="init", description="key of the module frames")
     raw_plane = Property(
@@ -200,10 +201,10 @@ class PreviewAssembler(Device):
     # ------------------------------------------------------------ lifecycle
     def initialize(self) -> None:
         try:
-            self._source_re = re.compile(self.source_pattern)
+            self._source_re = re.compile(self.source_pattern) if self.source_pattern else None
         except re.error as exc:
             raise ConfigurationError(f"source_pattern is not a valid regex: {exc}") from None
-        if self._source_re.groups < 1:
+        if self._source_re is not None and self._source_re.groups < 1:
             raise ConfigurationError("source_pattern needs a group capturing the module number")
         self._check_percentiles(self.auto_percentiles)
         try:
@@ -212,7 +213,7 @@ class PreviewAssembler(Device):
             raise ConfigurationError(str(exc)) from None
         from pulsetrain.detectors import get_detector
 
-        plugin = get_detector(self.detector)
+        plugin = self._plugin = get_detector(self.detector)
         self._n_modules, self._module_shape = plugin.n_modules, tuple(plugin.module_shape)
         quads = [tuple(map(float, q)) for q in self.quad_positions] or None
         if quads is not None and len(quads) != 4:
@@ -326,13 +327,18 @@ class PreviewAssembler(Device):
         first: dict = {}
         self._raw_input = False
         for src in sorted(data):
-            match = self._source_re.search(src)
-            if match is None:
-                continue
-            try:
-                module = int(match.group(1))
-            except ValueError:
-                continue
+            if self._source_re is None:  # the plug-in's names (JUNGFRAU counts from 1)
+                module = self._plugin.module_of(src)
+                if module is None:
+                    continue
+            else:
+                match = self._source_re.search(src)
+                if match is None:
+                    continue
+                try:
+                    module = int(match.group(1))
+                except ValueError:
+                    continue
             arr = data[src].get(self.data_key)
             if not isinstance(arr, np.ndarray) or not 0 <= module < self._n_modules:
                 continue

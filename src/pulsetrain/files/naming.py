@@ -51,6 +51,13 @@ XTDF_SOURCE_PATTERN = re.compile(
 #: raw source, ``/CORR/7CH0:`` of a corrected one.
 MODULE_PATTERN = re.compile(r"/(?P<kind>DET|CORR)/(?P<module>\d+)CH0:")
 
+#: Detector module sources named by a letter prefix and a module number, one entry per train
+#: (JUNGFRAU: raw ``<DET>/DET/JNGFR01:daqOutput``, corrected ``<DET>/CORR/JNGFR01:output``).
+NAMED_MODULE_PATTERN = re.compile(
+    r"^(?P<detector>[^/]+)/(?P<kind>DET|CORR)/(?P<name>JNGFR)(?P<module>\d+):"
+    r"(?P<channel>daqOutput|output)$"
+)
+
 _AGGREGATOR_PATTERN = re.compile(r"^[A-Za-z0-9]+$")
 
 
@@ -100,11 +107,16 @@ def default_aggregator(source: str) -> str:
     """Aggregator of *source* by the default rule.
 
     Detector module sources (``…/DET/{m}CH0:xtdf``, ``…/CORR/{m}CH0:output``) go to one
-    aggregator per module, ``<NAME>{m:02}`` (``AGIPD07``); every other source goes to ``DA01``.
+    aggregator per module, ``<NAME>{m:02}`` (``AGIPD07``), and so do JUNGFRAU's
+    (``…/DET/JNGFR01:daqOutput`` → ``JNGFR01``, as in European XFEL's files); every other
+    source goes to ``DA01``.
     """
     match = XTDF_SOURCE_PATTERN.match(source)
     if match:
         return f"{detector_name(match['detector'])}{int(match['module']):02d}"
+    match = NAMED_MODULE_PATTERN.match(source)
+    if match:
+        return f"{match['name']}{int(match['module']):02d}"
     return "DA01"
 
 
