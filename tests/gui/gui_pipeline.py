@@ -11,6 +11,7 @@ import os
 import threading
 from collections import OrderedDict
 
+from pulsetrain.errors import ChannelError
 from pulsetrain.runtime.channels import EndOfStream, InputChannel
 
 MOTOR = "SPB_IRU_SAMPLE/MOTOR/X"
@@ -84,7 +85,7 @@ class Collector:
                 item = self.channel.get(timeout=0.2)
             except TimeoutError:
                 continue
-            except Exception:
+            except ChannelError:
                 return
             if isinstance(item, EndOfStream):
                 continue

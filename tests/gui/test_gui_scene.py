@@ -41,7 +41,14 @@ def test_toml_and_yaml_give_the_same_scene(tmp_path):
     assert a.name == b.name == "a"  # from the file name
     assert [p.options for p in a.panels] == [p.options for p in b.panels]
     assert a.panels[1]["series"] == [
-        {"device": "D/X", "key": "rate", "label": "D/X.rate", "rate": True, "axis": "left"}
+        {
+            "device": "D/X",
+            "key": "rate",
+            "label": "D/X rate",
+            "rate": True,
+            "axis": "auto",
+            "unit": None,
+        }
     ]
     assert a.panels[0]["y"] == ["a", "b"] and a.panels[0]["x"] == ""
 

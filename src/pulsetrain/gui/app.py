@@ -31,6 +31,7 @@ from bokeh.document import Document
 from bokeh.layouts import column, row
 from bokeh.models import Button, Div, InlineStyleSheet, PasswordInput
 from bokeh.server.server import Server
+from tornado.template import Template
 from tornado.web import RequestHandler
 
 from pulsetrain.errors import ConfigurationError, PulsetrainError
@@ -264,6 +265,24 @@ class _StatusHandler(RequestHandler):
         self.write(json.dumps(self.gui.status(), default=str))
 
 
+class _IndexHandler(RequestHandler):
+    """``/``: the scenes by title (Bokeh's own index lists only the URL paths)."""
+
+    def initialize(self, server: GuiServer) -> None:
+        self.gui = server
+
+    def get(self) -> None:
+        template = Template((STATIC_DIR / "index.html").read_text())
+        self.set_header("Cache-Control", "no-store")
+        self.write(
+            template.generate(
+                prefix="",
+                topology=str(self.gui.backend.topology.state.get("topology", "")),
+                scenes=[(s.name, s.title) for s in self.gui.scenes],
+            )
+        )
+
+
 class GuiServer:
     """Serve the scenes of a running topology in the browser.
 
@@ -377,8 +396,10 @@ class GuiServer:
             port=self.port,
             address=self.address,
             allow_websocket_origin=self.allow_origin,
-            extra_patterns=[("/status.json", _StatusHandler, {"server": self})],
-            index=str(STATIC_DIR / "index.html"),
+            extra_patterns=[
+                ("/", _IndexHandler, {"server": self}),
+                ("/status.json", _StatusHandler, {"server": self}),
+            ],
             check_unused_sessions_milliseconds=5000,
             unused_session_lifetime_milliseconds=10000,
         )

@@ -27,7 +27,6 @@ from bokeh.models import (
     ColorBar,
     ColumnDataSource,
     CustomJS,
-    DataRange1d,
     Div,
     HoverTool,
     LinearAxis,
@@ -40,14 +39,15 @@ from bokeh.models import (
     Tabs,
     TextInput,
     Toggle,
+    Tooltip,
 )
 from bokeh.plotting import figure
 
 from pulsetrain.errors import ConfigurationError, PulsetrainError
 from pulsetrain.gui.backend import GuiBackend, TapFrame, lookup
-from pulsetrain.gui.scene import Panel, Scene
+from pulsetrain.gui.scene import Panel, Scene, short_device
 
-__all__ = ["Page", "PropertyEditor", "RateLimiter", "build_panel", "css_name"]
+__all__ = ["Page", "PropertyEditor", "RateLimiter", "axis_limits", "build_panel", "css_name"]
 
 log = logging.getLogger(__name__)
 
@@ -455,6 +455,8 @@ class DetectorImagePanel(PanelBase):
         )
         self.bar = ColorBar(color_mapper=self.bar_mapper, width=12, title="value", location=(0, 0))
         bar_fig = figure(
+            x_range=Range1d(0, 1),  # fixed ranges: an empty figure cannot fit data ranges,
+            y_range=Range1d(0, 1),  # and BokehJS would warn at every layout
             frame_width=1,
             frame_height=self.width - 90,
             width=80,
@@ -643,18 +645,18 @@ class LinePanel(PanelBase):
             height=self.height or 320,
             y_axis_type="log" if panel["log_y"] else "linear",
             x_axis_label=panel["x_label"] or panel["x"] or "index",
-            y_axis_label=panel["y_label"] or ", ".join(self.ys),
+            y_axis_label=panel["y_label"] or ", ".join(panel["labels"]),
             tools="pan,wheel_zoom,box_zoom,reset,save,hover",
         )
         colours = palettes.Category10[10]
-        for k, key in enumerate(self.ys):
+        for k, label in enumerate(panel["labels"]):
             self.fig.line(
                 "x",
                 f"y{k}",
                 source=self.source,
                 line_width=2,
                 color=colours[k % 10],
-                legend_label=key,
+                legend_label=label,
             )
         self.fig.legend.location = "top_right"
         self.status = Div(text="waiting for data ...", width=self.width)
@@ -705,7 +707,10 @@ class TrendPanel(PanelBase):
 
     A series with ``rate = true`` shows the change per second of a counter, averaged over
     :attr:`RATE_WINDOW` seconds (polls are not exactly periodic, so a difference of two
-    consecutive polls would jitter).  A series with ``axis = "right"`` uses a second y axis.
+    consecutive polls would jitter).  Series get one y axis per unit (from the device schema,
+    or the series' ``unit``): the first unit on the left, every other one on the right, each
+    axis fitted to its own curves only — a hit probability of 2e-6 beside a rate of 10/s gets
+    an axis of its own instead of a flat line.  ``axis = "left"`` / ``"right"`` forces a side.
     """
 
     #: Seconds over which a counter's rate is averaged.
@@ -715,36 +720,87 @@ class TrendPanel(PanelBase):
         super().__init__(session, panel)
         self.series = panel["series"]
         self.window = float(panel["window"])
+        units = [self._unit(s) for s in self.series]
+        self.axis_names = self._axes(units)
         self.fig = figure(
             width=self.width,
             height=self.height or 260,
             x_axis_type="datetime",
-            y_axis_label=panel["y_label"],
+            y_range=Range1d(0, 1),
             tools="pan,wheel_zoom,box_zoom,reset,save,hover",
+            name=f"trend-figure-{panel.index}",
         )
-        if any(s["axis"] == "right" for s in self.series):
-            self.fig.extra_y_ranges = {"right": DataRange1d()}
-            self.fig.add_layout(LinearAxis(y_range_name="right"), "right")
+        labels: dict[str, str] = {}
+        for name, unit in zip(self.axis_names, units):
+            labels.setdefault(name, unit)
+        self.fig.yaxis.axis_label = panel["y_label"] or labels.get("default", "")
+        for name in dict.fromkeys(self.axis_names):
+            if name != "default":
+                self.fig.extra_y_ranges[name] = Range1d(0, 1)
+                self.fig.add_layout(LinearAxis(y_range_name=name, axis_label=labels[name]), "right")
         colours = palettes.Category10[10]
         self.sources = []
         for k, s in enumerate(self.series):
             src = ColumnDataSource({"t": [], "y": []}, name=f"trend-{panel.index}-{k}")
-            extra = {"y_range_name": "right"} if s["axis"] == "right" else {}
+            extra = {"y_range_name": self.axis_names[k]} if self.axis_names[k] != "default" else {}
+            unit = f" [{units[k]}]" if units[k] and len(set(units)) > 1 else ""
             self.fig.line(
                 "t",
                 "y",
                 source=src,
                 line_width=2,
                 color=colours[k % 10],
-                legend_label=s["label"],
+                legend_label=s["label"] + unit,
                 **extra,
             )
             self.sources.append(src)
         self.fig.legend.location = "top_left"
+        self.fig.legend.label_text_font_size = "11px"
+        self.fig.legend.background_fill_alpha = 0.6
         self.last_t = [0.0] * len(self.series)
         self.rollover = int(self.window / max(0.05, self.backend.poll_interval)) + 10
         self.layout = self.wrap(self.fig)
         self.on_poll()
+
+    def _unit(self, series: dict[str, Any]) -> str:
+        """The unit of a series: given in the scene, else from the device schema (``/s`` added)."""
+        unit = series.get("unit")
+        if unit is None:
+            schema = self.backend.schema(series["device"]) or {}
+            entry = schema.get("properties", {}).get(series["key"], {})
+            unit = entry.get("unit") or ""
+        if series["rate"]:
+            return f"{unit}/s" if unit else "1/s"
+        return str(unit)
+
+    def _axes(self, units: list[str]) -> list[str]:
+        """The y range of each series: ``"default"`` (left) or one right axis per other unit."""
+        sides = [s["axis"] for s in self.series]
+        left = next((u for u, side in zip(units, sides) if side == "left"), None)
+        if left is None:
+            left = next((u for u, side in zip(units, sides) if side == "auto"), "")
+        names = []
+        for unit, side in zip(units, sides):
+            if side == "left" or (side == "auto" and unit == left):
+                names.append("default")
+            else:
+                names.append(f"unit:{unit}")
+        return names
+
+    def _fit(self) -> None:
+        """Fit every y axis to its own curves over the window (a flat curve gets ±5 %)."""
+        groups: dict[str, list[np.ndarray]] = {}
+        for name, src in zip(self.axis_names, self.sources):
+            y = np.asarray(src.data["y"], dtype=float)
+            groups.setdefault(name, []).append(y[np.isfinite(y)])
+        for name, parts in groups.items():
+            y = np.concatenate(parts) if parts else np.empty(0)
+            if not y.size:
+                continue
+            start, end = axis_limits(float(y.min()), float(y.max()))
+            rng = self.fig.y_range if name == "default" else self.fig.extra_y_ranges[name]
+            if (rng.start, rng.end) != (start, end):
+                rng.update(start=start, end=end)
 
     @classmethod
     def rates(cls, t: np.ndarray, y: np.ndarray, since: float) -> tuple[np.ndarray, np.ndarray]:
@@ -771,6 +827,19 @@ class TrendPanel(PanelBase):
                 keep = t > since
                 t, y = t[keep], y[keep]
             self.sources[k].stream({"t": t * 1000.0, "y": y}, rollover=self.rollover)
+        self._fit()
+
+
+def axis_limits(lo: float, hi: float) -> tuple[float, float]:
+    """Axis limits showing values from ``lo`` to ``hi``: 5 % margins; a flat curve ±5 % of it.
+
+    A constant 2.2e-6 gets (2.09e-6, 2.31e-6), not Bokeh's default span of −1..1 around it.
+    """
+    span = hi - lo
+    if span <= 1e-12 * max(abs(lo), abs(hi)) or span == 0.0:
+        half = 0.05 * abs(hi) if hi != 0.0 else 1.0
+        return lo - half, hi + half
+    return lo - 0.05 * span, hi + 0.05 * span
 
 
 class CountersPanel(PanelBase):
@@ -901,7 +970,14 @@ class DevicePanel(PanelBase):
             wanted = entry["properties"] or panel["properties"]
             card = self._card(device, wanted)
             self.cards.append(card)
-            tabs.append(TabPanel(child=card["layout"], title=device.rsplit("/", 1)[-1] or device))
+            cls = self.backend.devices().get(device, {}).get("class", "not running")
+            tabs.append(
+                TabPanel(
+                    child=card["layout"],
+                    title=short_device(device),
+                    tooltip=Tooltip(content=f"{device} ({cls})", position="bottom"),
+                )
+            )
         content: Any = (
             Tabs(tabs=tabs, width=self.width)
             if len(tabs) > 1
