@@ -71,6 +71,7 @@ class OutputTap:
         )
         self.channel.connect(endpoint)
         self.latest: TapFrame | None = None
+        self.recent: collections.deque[TapFrame] = collections.deque(maxlen=64)
         self.received = 0
         self.eos = 0
         self._latencies: collections.deque = collections.deque(maxlen=200)
@@ -93,6 +94,10 @@ class OutputTap:
             "p99": float(np.percentile(arr, 99)),
             "n": len(arr),
         }
+
+    def since(self, seq: int) -> list[TapFrame]:
+        """The trains received after ``seq`` that are still kept (the last 64), oldest first."""
+        return [f for f in list(self.recent) if f.seq > seq]
 
     def wait(self, seq: int = 0, timeout: float = 10.0) -> TapFrame:
         """Wait for a train with ``seq`` greater than the given one (for scripts and tests)."""
@@ -133,6 +138,7 @@ class OutputTap:
             self.latest = TapFrame(
                 seq, item.data, item.meta, now, int(tid) if tid is not None else None, latency
             )
+            self.recent.append(self.latest)
 
     def close(self) -> None:
         """Stop reading and close the channel."""
@@ -382,6 +388,14 @@ class GuiBackend:
         result = self._writer(device_id, token).call(device_id, slot)
         log.info("called %s.%s()", device_id, slot)
         return result
+
+    def fetch(self, device_id: str, key: str) -> Any:
+        """One property read now through the control plane (e.g. a large read-only map that
+        the poll leaves out); blocking: call through :meth:`submit`."""
+        server = self.devices()[device_id]["server"]
+        endpoint = self.topology.state["servers"][server]["control"]
+        with Client(endpoint, token=self.topology.token, timeout=10.0) as client:
+            return client.get(device_id, key)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
         """Run a (blocking) control request off the web server's thread."""

@@ -85,6 +85,10 @@ PANEL_TYPES: dict[str, dict[str, Any]] = {
         "data_source": "",
         "palette": "Viridis256",
         "controls": True,
+        "axes": "mm",
+        "roi_device": "",
+        "average_device": "",
+        "save": True,
     },
     "line": {
         **_COMMON,
@@ -109,6 +113,24 @@ PANEL_TYPES: dict[str, dict[str, Any]] = {
         "window": 300.0,
         "y_label": "",
     },
+    "roi": {
+        **_COMMON,
+        "source": ...,
+        "data_source": "",
+        "stat": "sum",
+        "normalised": False,
+        "window": 300,
+        "update_rate": 2.0,
+    },
+    "histogram": {
+        **_COMMON,
+        "source": ...,
+        "data_source": "",
+        "kind": "pixels",
+        "log_y": False,
+        "update_rate": 2.0,
+    },
+    "correlation": {**_COMMON, "source": ..., "data_source": "", "update_rate": 2.0},
     "counters": {**_COMMON, "devices": []},
     "device_panel": {**_COMMON, "devices": [], "properties": []},
 }
@@ -160,7 +182,10 @@ class Scene:
     def outputs(self) -> set[str]:
         """The pipeline outputs (``DEVICE:channel``) the scene's panels read."""
         return {
-            p["source"] for p in self.panels if p.type in ("detector_image", "line") and p["source"]
+            p["source"]
+            for p in self.panels
+            if p.type in ("detector_image", "line", "roi", "histogram", "correlation")
+            and p["source"]
         }
 
 
@@ -238,9 +263,18 @@ def _panel(where: str, index: int, spec: Any) -> Panel:
             raise _fail(where, f"{key!r} must look like 'DEVICE_ID:output', not {options[key]!r}")
     if kind == "detector_image" and options["palette"] not in PALETTES:
         raise _fail(where, f"unknown palette {options['palette']!r} (known: {', '.join(PALETTES)})")
+    if kind == "detector_image" and options["axes"] not in ("mm", "px"):
+        raise _fail(where, f"'axes' must be 'mm' or 'px', not {options['axes']!r}")
+    if "update_rate" in options and not 0 < options["update_rate"] <= 10:
+        raise _fail(where, "'update_rate' must be in (0, 10] pushes per second")
+    if kind == "roi":
+        if options["stat"] not in ("sum", "mean", "max"):
+            raise _fail(where, f"'stat' must be 'sum', 'mean' or 'max', not {options['stat']!r}")
+        if options["window"] < 1:
+            raise _fail(where, "'window' must be >= 1 train")
+    if kind == "histogram" and options["kind"] not in ("pixels", "roi"):
+        raise _fail(where, f"'kind' must be 'pixels' or 'roi', not {options['kind']!r}")
     if kind == "line":
-        if not 0 < options["update_rate"] <= 10:
-            raise _fail(where, "'update_rate' must be in (0, 10] pushes per second")
         ys = options["y"]
         options["y"] = [ys] if isinstance(ys, str) else ys
         if not options["y"] or not all(isinstance(y, str) and y for y in options["y"]):
