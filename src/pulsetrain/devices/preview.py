@@ -11,6 +11,9 @@ Input: matched trains holding the module sources, corrected
 (``SPB_DET_AGIPD1M-1/DET/{m}CH0:xtdf``, ``image.data`` uint16 ``(frames, 2, 512, 128)``, of which
 plane ``raw_plane`` — the analog signal — is shown).  Missing modules are left empty.
 
+The read-only property ``pixelMap`` maps every preview pixel to a detector pixel (module, ASIC,
+pixel for a hover read-out; :func:`pulsetrain.geometry.preview.pixel_location`).
+
 Output (one source, ``output_source``, default ``SPB_DET_AGIPD1M-1/PREVIEW``):
 
 ============================  ===================================================================
@@ -25,6 +28,11 @@ Output (one source, ``output_source``, default ``SPB_DET_AGIPD1M-1/PREVIEW``):
 ``preview.trainId``           uint64: the train ID
 ``preview.modulesPresent``    bool ``(16,)``
 ``preview.beamCentre``        float64 ``(2,)``: beam (y, x) in output pixels (edge coordinates)
+``preview.fullShape`` ...     physical units and geometry: ``fullShape``, ``pixelSize`` (mm),
+                              ``extentMm``, ``beamCentreMm``, ``distance``, ``photonEnergy``,
+                              ``qRings``, ``qRingRadiiPx/Mm``, ``unit``, ``geometryVersion``
+                              (definitions: ``docs/analysis-devices.md``)
+``preview.values``            float32 ``(pulses, H, W)`` assembled values (if ``send_values``)
 ``profile.radial``            float32 ``(npt,)``: q [1/Å] bin centres (if ``profile_bins`` > 0)
 ``profile.intensity``         float32 ``(pulses, npt)``: azimuthal mean per pulse (idem)
 ============================  ===================================================================
@@ -105,8 +113,7 @@ class PreviewAssembler(Device):
         minimum=0.01,
         maximum=20.0,
         unit="m",
-        access="init",
-        description="sample-detector distance (for the profile)",
+        description="sample-detector distance (profile, q rings)",
     )
     photon_energy = Property(
         float,
@@ -114,8 +121,22 @@ class PreviewAssembler(Device):
         minimum=0.1,
         maximum=100.0,
         unit="keV",
-        access="init",
-        description="photon energy (for the profile)",
+        description="photon energy (profile, q rings)",
+    )
+    q_rings = Property(
+        list,
+        [1.0, 2.0, 3.0],
+        unit="1/Å",
+        description="q of the rings whose radii the output gives (preview.qRingRadiiPx)",
+    )
+    value_unit = Property(
+        str,
+        "auto",
+        options=("auto", "ADU", "keV", "photons"),
+        description="unit label of the values (auto: ADU for raw input, keV for corrected)",
+    )
+    send_values = Property(
+        bool, False, description="also send the assembled values (preview.values, float32)"
     )
     profile_bins = Property(
         int,
@@ -164,6 +185,16 @@ class PreviewAssembler(Device):
     skippedTrains = Property(
         int, 0, access="readonly", description="trains without module data (nothing written)"
     )
+    pixelMap = Property(
+        np.ndarray,
+        np.zeros((0, 0), np.int32),
+        access="readonly",
+        description="flat detector index (module·65536 + ss·128 + fs) of each preview pixel "
+        "(−1: gap); changes with geometryVersion",
+    )
+    geometryVersion = Property(
+        int, 0, access="readonly", description="incremented whenever pixelMap changes"
+    )
 
     # ------------------------------------------------------------ lifecycle
     def initialize(self) -> None:
@@ -174,6 +205,10 @@ class PreviewAssembler(Device):
         if self._source_re.groups < 1:
             raise ConfigurationError("source_pattern needs a group capturing the module number")
         self._check_percentiles(self.auto_percentiles)
+        try:
+            self._check_q_rings(self.q_rings)
+        except PropertyError as exc:
+            raise ConfigurationError(str(exc)) from None
         from pulsetrain.geometry import agipd1m_geometry
 
         quads = [tuple(map(float, q)) for q in self.quad_positions] or None
@@ -187,14 +222,7 @@ class PreviewAssembler(Device):
             beam_centre_px=tuple(map(float, self.beam_centre)),
         )
         self._build_assembler(self.downsample)
-        self._integrator = None
-        if self.profile_bins:
-            from pulsetrain.analysis import AzimuthalIntegrator
-
-            self._integrator = AzimuthalIntegrator.from_geometry(
-                self._geometry, self.profile_bins, "q_A^-1", photon_energy_kev=self.photon_energy
-            )
-            self._radial = np.asarray(self._integrator.radial, dtype=np.float32)
+        self._build_integrator()
         self._frame = np.empty((N_MODULES, *MODULE_SHAPE), dtype=np.float32)
         self._times: list[float] = []
         self.set_state(State.ON)
@@ -204,11 +232,66 @@ class PreviewAssembler(Device):
 
         self._assembler = Assembler(self._geometry, downsample)
         self._gaps: dict[tuple[int, ...], np.ndarray] = {}
-        self.update(imageShape=list(self._assembler.shape))
+        self.update(
+            imageShape=list(self._assembler.shape),
+            pixelMap=self._assembler.pixel_map(),
+            geometryVersion=self.geometryVersion + 1,
+        )
+        self._units_cache: dict[str, Any] | None = None
+
+    def _build_integrator(self) -> None:
+        self._integrator = None
+        if self.profile_bins:
+            from pulsetrain.analysis import AzimuthalIntegrator
+
+            self._integrator = AzimuthalIntegrator.from_geometry(
+                self._geometry, self.profile_bins, "q_A^-1", photon_energy_kev=self.photon_energy
+            )
+            self._radial = np.asarray(self._integrator.radial, dtype=np.float32)
+
+    @staticmethod
+    def _check_q_rings(value: list) -> None:
+        try:
+            qs = [float(v) for v in value]
+        except (TypeError, ValueError):
+            raise PropertyError(f"q_rings needs a list of numbers, got {value!r}") from None
+        if any(not (math.isfinite(q) and q > 0) for q in qs) or len(qs) > 32:
+            raise PropertyError(f"q_rings needs at most 32 values > 0 (1/Å), got {value}")
+
+    def _units(self) -> dict[str, Any]:
+        """The geometry keys of the output (recomputed only when a setting changes)."""
+        if self._units_cache is None:
+            from pulsetrain.geometry.preview import extent_mm, q_ring_radius_m
+
+            asm = self._assembler
+            px_mm = asm.pixel_size_mm
+            by, bx = asm.beam_centre_yx
+            qs = np.asarray([float(q) for q in self.q_rings], dtype=np.float64)
+            radii_mm = q_ring_radius_m(qs, self.detector_distance, self.photon_energy) * 1e3
+            self._units_cache = {
+                "preview.fullShape": np.asarray(asm.full_shape, dtype=np.int64),
+                "preview.pixelSize": float(px_mm),
+                "preview.extentMm": extent_mm(asm.shape, asm.beam_centre_yx, px_mm),
+                "preview.beamCentreMm": np.asarray([by * px_mm, bx * px_mm], dtype=np.float64),
+                "preview.distance": float(self.detector_distance),
+                "preview.photonEnergy": float(self.photon_energy),
+                "preview.qRings": qs,
+                "preview.qRingRadiiPx": radii_mm / px_mm,
+                "preview.qRingRadiiMm": radii_mm,
+                "preview.geometryVersion": np.int64(self.geometryVersion),
+            }
+        return self._units_cache
 
     def on_set(self, key: str, value: Any) -> None:
         if key == "downsample":
             self._build_assembler(int(value))
+        elif key == "q_rings":
+            self._check_q_rings(value)
+            self._units_cache = None
+        elif key in ("detector_distance", "photon_energy"):
+            self._geometry = self._geometry.replace(distance_m=float(self.detector_distance))
+            self._build_integrator()
+            self._units_cache = None
         elif key == "auto_percentiles":
             self._check_percentiles(value)
         elif key in ("vmin", "vmax", "scale") and not self.auto_levels:
@@ -238,6 +321,7 @@ class PreviewAssembler(Device):
         """Module number → frames array (pulses, 512, 128) view, and the first module's source."""
         found: dict[int, np.ndarray] = {}
         first: dict = {}
+        self._raw_input = False
         for src in sorted(data):
             match = self._source_re.search(src)
             if match is None:
@@ -249,6 +333,8 @@ class PreviewAssembler(Device):
             arr = data[src].get(self.data_key)
             if not isinstance(arr, np.ndarray) or not 0 <= module < N_MODULES:
                 continue
+            if arr.ndim == 4 or arr.dtype.kind in "iu":
+                self._raw_input = True
             if arr.ndim == 4:  # raw (frames, 2, 512, 128): one plane
                 arr = arr[:, self.raw_plane]
             elif arr.ndim == 2:  # a single frame
@@ -308,6 +394,9 @@ class PreviewAssembler(Device):
         profile = None
         if self._integrator is not None:
             profile = np.empty((n, len(self._radial)), dtype=np.float32)
+        values = None
+        if self.send_values:
+            values = np.empty((n, *shape), dtype=np.float32)
         frame = self._frame
         missing = [m for m in range(N_MODULES) if m not in modules]
         frame[missing] = np.nan
@@ -316,6 +405,8 @@ class PreviewAssembler(Device):
             for m, arr in modules.items():
                 frame[m] = arr[p]
             img = self._assembler.preview(frame, vmin, vmax, self.scale, out=images[p])
+            if values is not None:
+                self._assembler.assemble(frame, out=values[p])
             # level 0 means "no detector pixel here"; data use 1..255
             np.maximum(img, 1, out=img)
             img.reshape(-1)[gaps] = 0
@@ -339,6 +430,13 @@ class PreviewAssembler(Device):
             "preview.modulesPresent": present,
             "preview.beamCentre": np.asarray(self._assembler.beam_centre_yx, dtype=np.float64),
         }
+        out.update(self._units())
+        unit = self.value_unit
+        if unit == "auto":
+            unit = "ADU" if self._raw_input else "keV"
+        out["preview.unit"] = unit
+        if values is not None:
+            out["preview.values"] = values
         if profile is not None:
             out["profile.radial"] = self._radial
             out["profile.intensity"] = profile

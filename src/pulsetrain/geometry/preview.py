@@ -24,6 +24,14 @@ from pulsetrain.geometry.agipd import DetectorGeometry
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "PreviewAssembler",
+    "extent_mm",
+    "pixel_location",
+    "q_ring_radius_m",
+    "scale_to_uint8",
+]
+
 SCALES = ("linear", "log")
 _TINY = np.finfo(np.float32).tiny
 
@@ -97,6 +105,75 @@ def _scale_params(vmin: float, vmax: float, scale: str) -> tuple[float, float, b
         lo, hi = math.log(vmin), math.log(vmax)
         return lo, 1.0 / (hi - lo), True
     return vmin, 1.0 / (vmax - vmin), False
+
+
+def pixel_location(
+    index: int | np.ndarray, module_shape: tuple[int, int] = (512, 128), asic_size: int = 64
+) -> tuple:
+    """Module, ASIC, slow-scan and fast-scan pixel of flat detector indices.
+
+    Parameters
+    ----------
+    index : int or ndarray of int
+        ``module * ss_size * fs_size + ss * fs_size + fs`` (−1: no pixel gives module −1 and
+        −1 everywhere).
+    module_shape : tuple of int
+        (slow scan, fast scan) of a module (AGIPD: 512, 128).
+    asic_size : int
+        ASIC edge in pixels (AGIPD: 64; a module is 8 × 2 ASICs).
+
+    Returns
+    -------
+    tuple (module, asic, ss, fs)
+        ``asic = (ss // asic_size) * (fs_size // asic_size) + fs // asic_size``.
+    """
+    idx = np.asarray(index, dtype=np.int64)
+    ss_size, fs_size = module_shape
+    npix = ss_size * fs_size
+    module = idx // npix
+    pix = idx % npix
+    ss, fs = pix // fs_size, pix % fs_size
+    asic = (ss // asic_size) * (fs_size // asic_size) + fs // asic_size
+    bad = idx < 0
+    result = tuple(np.where(bad, -1, v) for v in (module, asic, ss, fs))
+    if np.ndim(index) == 0:
+        return tuple(int(v) for v in result)
+    return result
+
+
+def q_ring_radius_m(q: np.ndarray, distance_m: float, photon_energy_kev: float) -> np.ndarray:
+    """Radius on a flat detector of the ring at momentum transfer ``q`` (1/Å).
+
+    ``r = D tan(2θ)`` with ``2θ = 2 asin(q λ / 4π)`` and ``λ = 12.3984 / E`` Å; NaN where
+    ``q λ / 4π > 1`` or ``2θ >= 90°``.
+    """
+    from pulsetrain.geometry.agipd import wavelength_angstrom
+
+    lam = wavelength_angstrom(photon_energy_kev)
+    s = np.asarray(q, dtype=np.float64) * lam / (4.0 * math.pi)
+    with np.errstate(invalid="ignore"):
+        two_theta = 2.0 * np.arcsin(np.where((s >= 0) & (s <= 1), s, np.nan))
+        r = float(distance_m) * np.tan(two_theta)
+    return np.where(two_theta < math.pi / 2, r, np.nan)
+
+
+def extent_mm(
+    shape: tuple[int, int], beam_centre_yx: tuple[float, float], pixel_size_mm: float
+) -> np.ndarray:
+    """``[left, right, bottom, top]`` of an image in mm from the beam (x right, y up).
+
+    Parameters
+    ----------
+    shape : (height, width)
+    beam_centre_yx : (float, float)
+        Beam position in pixel edge coordinates (pixel i spans [i, i+1)), row 0 at the top.
+    pixel_size_mm : float
+        Edge of one image pixel.
+    """
+    height, width = shape
+    by, bx = beam_centre_yx
+    p = float(pixel_size_mm)
+    return np.array([-bx * p, (width - bx) * p, -(height - by) * p, by * p], dtype=np.float64)
 
 
 def scale_to_uint8(
@@ -209,6 +286,28 @@ class PreviewAssembler:
         self._log_buffer = np.empty(self.shape, dtype=np.float32)
         self._log_lock = threading.Lock()
         log.debug("preview assembler: %s -> %s (downsample %d)", (ny, nx), self.shape, f)
+
+    def pixel_map(self) -> np.ndarray:
+        """For every output pixel, the flat detector index of the first pixel of its block.
+
+        Returns
+        -------
+        ndarray of int32, shape ``self.shape``
+            ``module * 65536 + ss * 128 + fs`` (for AGIPD-1M; see :func:`pixel_location`), −1
+            where no (unmasked) detector pixel lands.  With ``downsample = 1`` this is the
+            complete map of the assembled image.
+        """
+        table = self._table
+        valid = table >= 0
+        first = valid.argmax(axis=2)
+        out = np.take_along_axis(table, first[..., np.newaxis], axis=2)[..., 0].astype(np.int32)
+        out[~valid.any(axis=2)] = -1
+        return out
+
+    @property
+    def pixel_size_mm(self) -> float:
+        """Edge of one output pixel in mm (detector pixel × downsample)."""
+        return self.geometry.pixel_size_m * 1e3 * self.downsample
 
     def _flat(self, frame: np.ndarray) -> np.ndarray:
         frame = np.asarray(frame)
