@@ -318,7 +318,7 @@ class HistogramPanel(_OutputPanel):
     default_width = 520
 
     KEYS: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = {
-        "pixels": ("hist", ("bins", "range", "per", "region", "log")),
+        "pixels": ("hist", ("bins", "range", "per", "region", "log_scale")),
         "roi": ("roiHist", ("roi_hist_roi", "roi_hist_bins", "roi_hist_range", "roi_hist_trains")),
     }
 
@@ -442,9 +442,12 @@ class CorrelationPanel(_OutputPanel):
     def __init__(self, session: Page, panel: Panel):
         super().__init__(session, panel)
         i = panel.index
-        self.points = ColumnDataSource({"x": [], "y": []}, name=f"correlation-points-{i}")
+        self.points = ColumnDataSource(
+            {"x": [], "y": [], "train": []}, name=f"correlation-points-{i}"
+        )
         self.bins = ColumnDataSource(
-            {"x": [], "mean": [], "lo": [], "hi": [], "count": []}, name=f"correlation-bins-{i}"
+            {"x": [], "mean": [], "lo": [], "hi": [], "count": [], "left": [], "right": []},
+            name=f"correlation-bins-{i}",
         )
         self.fig = figure(
             width=self.width,
@@ -494,8 +497,12 @@ class CorrelationPanel(_OutputPanel):
         mean = np.asarray(v["correlation.binMean"], dtype=float)
         std = np.asarray(v["correlation.binStd"], dtype=float)
         count = np.asarray(v["correlation.binCount"], dtype=float)
-        self.points.data = {"x": x, "y": y}
+        trains = np.asarray(v.get("correlation.trainIds", np.zeros(len(x))), dtype=np.int64)
+        edges = np.asarray(v["correlation.binEdges"], dtype=float)
+        self.points.data = {"x": x, "y": y, "train": trains}
         self.bins.data = {
+            "left": edges[:-1],
+            "right": edges[1:],
             "x": centres,
             "mean": mean,
             "lo": mean - std,

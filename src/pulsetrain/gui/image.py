@@ -63,6 +63,9 @@ GAP_COLOUR = "#d0d0d0"
 #: Edge of one detector pixel (AGIPD), mm: what the "mm" axes use when the output says nothing.
 DETECTOR_PIXEL_MM = 0.2
 
+#: Seconds without an acknowledgement from the browser after which images are sent anyway.
+ACK_TIMEOUT = 2.0
+
 #: Rectangles an ROI device has (``roi1`` .. ``roi4``) and their colours.
 ROI_COLOURS = ("#e6194b", "#f58231", "#ffe119", "#3cb44b")
 
@@ -172,6 +175,8 @@ class DetectorImagePanel(PanelBase):
         self.n_pulses = 0
         self.pushes: list[float] = []
         self.status_time = 0.0
+        self.sent = self.acked = 0
+        self.sent_at = self.acked_at = 0.0
         self.geometry: dict[str, Any] = {}
         self.geometry_key: tuple | None = None
         self.map_version: Any = None
@@ -198,10 +203,12 @@ class DetectorImagePanel(PanelBase):
             name=f"image-status-{panel.index}",
             css_classes=["pt-image-status"],
         )
+        # Controls above the image, the status line right under it: at 1280 x 800 everything
+        # one works with during a shift is visible without scrolling.
         children: list[Any] = [
-            row(self.fig, self.bar_fig),
             row(self.slider, self.pause),
             self._view_controls(),
+            row(self.fig, self.bar_fig),
             self.status,
         ]
         if self.roi_device:
@@ -231,21 +238,45 @@ class DetectorImagePanel(PanelBase):
             },
             name=f"image-source-{i}",
         )
-        # A counter in the page, for tests and for a glance at the browser's frame rate.
+        # A counter in the page, for tests and for a glance at the browser's frame rate; and the
+        # acknowledgement that lets the server send the next image only when the browser has
+        # taken this one (see _may_push): a slow or busy browser gets fewer images instead of a
+        # growing queue of them in the websocket, which delayed everything else on the page
+        # (a token entered took a minute to be answered on a loaded machine).
+        self.ack = ColumnDataSource({"n": []}, name=f"image-ack-{i}")
+        self.ack.on_change("tags", self._acked)
         source.js_on_change(
             "data",
             CustomJS(
-                args={"key": f"image-{i}"},
+                args={"key": f"image-{i}", "ack": self.ack},
                 code="""
             const pt = window.pulsetrain = window.pulsetrain || {frames: {}, total: 0};
             pt.frames[key] = (pt.frames[key] || 0) + 1;
             pt.total += 1;
             pt.last = performance.now();
             if (pt.first === undefined) { pt.first = performance.now(); }
+            ack.tags = [pt.frames[key]];
         """,
             ),
         )
         return source
+
+    def _acked(self, attr: str, old: Any, new: Any) -> None:
+        try:
+            self.acked = max(self.acked, int(new[0]))
+        except (TypeError, ValueError, IndexError):
+            return
+        self.acked_at = time.monotonic()
+
+    def _may_push(self, now: float) -> bool:
+        """Whether the browser took the images sent so far (at most one in flight).
+
+        Without an answer for :data:`ACK_TIMEOUT` seconds (a page that does not run the
+        callback), images are sent again at the normal rate.
+        """
+        if self.sent - self.acked < 2:
+            return True
+        return now - max(self.acked_at, self.sent_at) > ACK_TIMEOUT
 
     def _image_figure(self) -> Any:
         """The figure: the image, the beam centre, q rings, ROI boxes; hover read-out."""
@@ -435,14 +466,18 @@ class DetectorImagePanel(PanelBase):
             parts += [self.view_select, self.dark_button]
         if self.panel["save"]:
             self.save_h5 = Button(
-                label="save HDF5", width=95, name=f"save-h5-{i}", css_classes=["pt-save-h5"]
+                label="HDF5", width=60, name=f"save-h5-{i}", css_classes=["pt-save-h5"]
             )
             self.save_h5.on_click(lambda event=None: self.save("h5"))
             self.save_png = Button(
-                label="save PNG", width=90, name=f"save-png-{i}", css_classes=["pt-save-png"]
+                label="PNG", width=55, name=f"save-png-{i}", css_classes=["pt-save-png"]
             )
             self.save_png.on_click(lambda event=None: self.save("png"))
-            parts += [self.save_h5, self.save_png]
+            parts += [
+                Div(text="save:", width=38, styles={"margin-top": "26px"}),
+                self.save_h5,
+                self.save_png,
+            ]
         return row(*parts, css_classes=["pt-image-controls"])
 
     def _roi_controls(self) -> Any:
@@ -669,14 +704,14 @@ class DetectorImagePanel(PanelBase):
                 self.shown and self.shown[0] == frame.seq and self.shown[2] == self.view
             ):
                 return
-            if not self.paused and not self.avg_limiter.take(now):
+            if not self._may_push(now) or (not self.paused and not self.avg_limiter.take(now)):
                 return
             self.show_average(frame)
             return
         frame = self.frozen if self.paused else self.tap.latest
         if frame is None or self.shown == (frame.seq, self.pulse, "pulse"):
             return
-        if not self.paused and not self.limiter.take(now):
+        if not self._may_push(now) or (not self.paused and not self.limiter.take(now)):
             return
         self.show(frame)
 
@@ -852,6 +887,8 @@ class DetectorImagePanel(PanelBase):
     def _pushed(self) -> None:
         self.session.count_image_push()
         now = time.monotonic()
+        self.sent += 1
+        self.sent_at = now
         self.pushes = [t for t in self.pushes[-30:] if now - t < 3.0] + [now]
 
     def _update_levels(self, vmin: float, vmax: float, log_scale: bool, unit: str) -> None:
