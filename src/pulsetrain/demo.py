@@ -938,6 +938,7 @@ def _start_gui(sup: Any, opts: DemoOptions, say: Say) -> Any:
             scenes,
             port=opts.gui_port,
             preview_output=f"{PREVIEW}:output",
+            nice=10,  # the pipeline fills both cores: its servers first, the GUI after
         ).start()
     except Exception as exc:  # noqa: BLE001 - the demo runs on without a GUI
         say(f"GUI not started: {exc}")

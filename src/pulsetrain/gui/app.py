@@ -37,7 +37,7 @@ from tornado.template import Template
 from tornado.web import RequestHandler
 
 from pulsetrain.errors import ConfigurationError, PulsetrainError
-from pulsetrain.gui.backend import GuiBackend
+from pulsetrain.gui.backend import GuiBackend, lower_priority
 from pulsetrain.gui.panels import PanelBase, build_panel
 from pulsetrain.gui.scene import Scene, auto_scene, load_scene
 from pulsetrain.runtime.control import TopologyClient
@@ -334,6 +334,27 @@ class _StatusHandler(RequestHandler):
         self.write(json.dumps(self.gui.status(), default=str))
 
 
+def scene_devices(scenes: Sequence[Scene], devices: dict[str, Any]) -> list[str]:
+    """The running devices the scenes' panels read or change (every device if a counters or
+    device panel names none: it then shows them all)."""
+    wanted: set[str] = set()
+    for scene in scenes:
+        for p in scene.panels:
+            if p.type in ("counters", "device_panel"):
+                if not p["devices"]:
+                    return sorted(devices)
+                wanted |= {d["id"] for d in p["devices"]}
+            elif p.type == "trend":
+                wanted |= {s["device"] for s in p["series"]}
+            else:
+                for key in ("source", "roi_device", "average_device"):
+                    value = p.options.get(key) or ""
+                    wanted.add(value.rsplit(":", 1)[0] if key == "source" else value)
+    if any(p.type == "detector_image" and not p["source"] for s in scenes for p in s.panels):
+        return sorted(devices)  # the default preview: whichever the topology has
+    return sorted(d for d in wanted if d in devices)
+
+
 class _IndexHandler(RequestHandler):
     """``/``: the scenes by title (Bokeh's own index lists only the URL paths)."""
 
@@ -374,6 +395,11 @@ class GuiServer:
         Extra ``host:port`` origins allowed to open the websocket (for remote browsers).
     token : str, optional
         The control token (default: read from the running topology's token file).
+    nice : int
+        Lower the CPU priority of the GUI's threads by this much (``pulsetrain demo`` runs its
+        GUI in its own process beside the pipeline's supervisor and uses 10).
+
+    Only the devices the scenes show are polled (all of them if a panel lists every device).
     """
 
     def __init__(
@@ -387,6 +413,7 @@ class GuiServer:
         preview_output: str = "",
         allow_origin: Sequence[str] = (),
         token: str | None = None,
+        nice: int = 0,
     ):
         client = (
             topology
@@ -414,7 +441,14 @@ class GuiServer:
             raise ConfigurationError(f"scene names must be unique, got {names}")
         self.scenes = loaded
         poll = min(s.poll_interval for s in loaded)
-        self.backend = GuiBackend(client, read_only=read_only, poll_interval=poll)
+        self.nice = int(nice)
+        self.backend = GuiBackend(
+            client,
+            read_only=read_only,
+            poll_interval=poll,
+            devices=scene_devices(loaded, devices),
+            nice=self.nice,
+        )
         self.address = address
         self.port = port or free_port(address)
         origins = {f"127.0.0.1:{self.port}", f"localhost:{self.port}", *allow_origin}
@@ -498,6 +532,7 @@ class GuiServer:
         return self
 
     def _serve(self) -> None:
+        lower_priority(self.nice)
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
