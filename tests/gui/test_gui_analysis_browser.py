@@ -122,12 +122,6 @@ def source_js(name: str) -> str:
     return f"() => Bokeh.documents[0].get_model_by_name({name!r}).data"
 
 
-def status_train(page, index: int) -> int | None:
-    text = page.evaluate(f"() => Bokeh.documents[0].get_model_by_name('status-{index}').text")
-    m = re.search(r"pt-train-id'>(\d+)<", text)
-    return int(m.group(1)) if m else None
-
-
 class BridgeTrains:
     """Every matched raw train the pipeline's Karabo bridge (PUSH) serves, by train ID."""
 
@@ -346,11 +340,10 @@ def test_roi_drawn_with_the_mouse_gives_numpy_trend(page, analysis_pipeline, bri
 
 def test_histogram_matches_numpy(page, bridge):
     def shown() -> tuple[int, dict] | None:
-        tid = status_train(page, 2)
         data = page.evaluate(source_js("histogram-2"))
-        if tid is None or bridge.get(tid) is None or status_train(page, 2) != tid:
+        if not data["train"] or bridge.get(int(data["train"][0])) is None:
             return None
-        return tid, data
+        return int(data["train"][0]), data
 
     tid, data = wait_until(shown, timeout=UI, what="a histogram of a train from the bridge")
     values = frames_of(bridge.get(tid)).ravel()

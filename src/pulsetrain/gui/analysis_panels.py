@@ -41,6 +41,9 @@ __all__ = ["CorrelationPanel", "HistogramPanel", "RoiPanel"]
 
 log = logging.getLogger(__name__)
 
+#: Seconds between two updates of a panel's status line.
+STATUS_SECONDS = 1.0
+
 #: Colours of ROI 1..4 (the same as the boxes on the detector image).
 ROI_COLOURS = ("#e6194b", "#f58231", "#c9a800", "#3cb44b")
 
@@ -85,10 +88,21 @@ class _OutputPanel(PanelBase):
         self.status = Div(
             text="waiting for data ...",
             width=self.width,
+            height=22,
             name=f"status-{panel.index}",
             css_classes=["pt-panel-status"],
         )
+        self.status_time = 0.0
         self.editors: list[PropertyEditor] = []
+
+    def set_status(self, text: str, now: float) -> None:
+        """Show a status line, at most once per :data:`STATUS_SECONDS` (a changed text makes the
+        browser lay out the whole page again: a few per second from every panel added up to
+        more than a loaded machine gave the browser)."""
+        if text == self.status.text or now - self.status_time < STATUS_SECONDS:
+            return
+        self.status_time = now
+        self.status.text = text
 
     def devices(self) -> set[str]:
         return {self.device}
@@ -266,10 +280,13 @@ class RoiPanel(_OutputPanel):
         active_rois = [
             str(k + 1) for k, on in enumerate(np.atleast_1d(values.get("roi.active", []))) if on
         ]
-        self.status.text = (
-            f"train <b class='pt-train-id'>{frame.train_id}</b> · ROIs on: "
-            f"{', '.join(active_rois) or 'none (draw one on the image)'} · unit {unit}"
-            f" · normaliser: {html.escape(str(self.backend.value(self.device, 'normaliser') or 'none'))}"
+        self.set_status(
+            (
+                f"train <b class='pt-train-id'>{frame.train_id}</b> · ROIs on: "
+                f"{', '.join(active_rois) or 'none (draw one on the image)'} · unit {unit}"
+                f" · normaliser: {html.escape(str(self.backend.value(self.device, 'normaliser') or 'none'))}"
+            ),
+            now,
         )
         for fig in (self.fig_train, self.fig_pulse):
             fig.yaxis.axis_label = f"ROI {self.stat}{' / norm' if self.norm else ''} [{unit}]"
@@ -327,7 +344,8 @@ class HistogramPanel(_OutputPanel):
         i = panel.index
         self.prefix, keys = self.KEYS[panel["kind"]]
         self.source = ColumnDataSource(
-            {"left": [], "right": [], "top": [], "bottom_log": []}, name=f"histogram-{i}"
+            {"left": [], "right": [], "top": [], "bottom_log": [], "train": []},
+            name=f"histogram-{i}",
         )
         height = self.height or 250
         xlabel = "pixel value" if panel["kind"] == "pixels" else "ROI intensity per pulse"
@@ -401,6 +419,7 @@ class HistogramPanel(_OutputPanel):
             "right": edges[1:],
             "top": counts,
             "bottom_log": np.full(len(counts), 0.5),
+            "train": np.full(len(counts), frame.train_id or -1, dtype=np.int64),
         }
         for scale, fig in self.figs.items():
             if not fig.visible:
@@ -425,9 +444,12 @@ class HistogramPanel(_OutputPanel):
                 f" · mean {float(values.get('hist.mean', np.nan)):.4g}, std "
                 f"{float(values.get('hist.std', np.nan)):.4g} {unit}"
             )
-        self.status.text = (
-            f"train <b class='pt-train-id'>{frame.train_id}</b> · {n_values} values in "
-            f"{len(counts)} bins{stats}"
+        self.set_status(
+            (
+                f"train <b class='pt-train-id'>{frame.train_id}</b> · {n_values} values in "
+                f"{len(counts)} bins{stats}"
+            ),
+            now,
         )
         label = "pixel value" if self.prefix == "hist" else "ROI intensity per pulse"
         for fig in self.figs.values():
@@ -526,9 +548,12 @@ class CorrelationPanel(_OutputPanel):
             )
         self.fig.xaxis.axis_label = str(v.get("correlation.xName", "x"))
         self.fig.yaxis.axis_label = str(v.get("correlation.yName", "y"))
-        self.status.text = (
-            f"train <b class='pt-train-id'>{frame.train_id}</b> · {len(x)} points in "
-            f"{int((count > 0).sum())}/{len(count)} bins"
+        self.set_status(
+            (
+                f"train <b class='pt-train-id'>{frame.train_id}</b> · {len(x)} points in "
+                f"{int((count > 0).sum())}/{len(count)} bins"
+            ),
+            now,
         )
 
     def trends(self) -> dict[str, dict[str, Any]]:

@@ -200,6 +200,7 @@ class DetectorImagePanel(PanelBase):
         self.status = Div(
             text="waiting for the first train ...",
             width=self.width,
+            height=40,
             name=f"image-status-{panel.index}",
             css_classes=["pt-image-status"],
         )
@@ -803,9 +804,9 @@ class DetectorImagePanel(PanelBase):
         self._pushed()
         now = time.monotonic()
         # The status line and the colour bar change layout in the browser: refresh them at most
-        # twice a second while running (a third of the browser's work at 10 Hz otherwise), at
+        # once a second while running (a third of the browser's work at 10 Hz otherwise), at
         # once when frozen or when the pulse was chosen.
-        if self.paused or now - self.status_time >= 0.5:
+        if self.paused or now - self.status_time >= 1.0:
             self.status_time = now
             self._update_levels(vmin, vmax, values.get("preview.scale") == "log", unit)
             self._update_status(frame, values, pulse, n, pid, cid)
