@@ -99,6 +99,13 @@ GEOMETRY_JS = """(xy) => {
                              c.top + view.frame.y_scale.compute(y)]);
 }"""
 
+#: The frozen image has arrived: the image source holds the train the status line names.
+FROZEN_JS = """() => {
+  const s = Bokeh.documents[0].get_model_by_name('image-source-0');
+  const t = Bokeh.documents[0].get_model_by_name('image-status-0').text;
+  return t.includes('frozen') && t.includes('>' + s.data.train[0] + '<');
+}"""
+
 SHOWN_JS = """() => {
   const s = Bokeh.documents[0].get_model_by_name('image-source-0');
   const img = s.data.image[0];
@@ -109,12 +116,12 @@ SHOWN_JS = """() => {
   }
   return {train: Number(s.data.train[0]), pulse: Number(s.data.pulse[0]),
           pulse_id: Number(s.data.pulse_id[0]), kind: s.data.kind[0],
-          dtype: img.constructor.name, shape: Array.from(img.shape), data: btoa(text)};
+          dtype: String(img.dtype), shape: Array.from(img.shape), data: btoa(text)};
 }"""
 
 
 def shown_array(shown: dict) -> np.ndarray:
-    dtype = {"Uint8Array": np.uint8, "Float32Array": np.float32}[shown["dtype"]]
+    dtype = np.dtype(shown["dtype"])
     return np.frombuffer(base64.b64decode(shown["data"]), dtype).reshape(shown["shape"])
 
 
@@ -346,7 +353,7 @@ def test_histogram_matches_numpy(page, bridge):
         return int(data["train"][0]), data
 
     tid, data = wait_until(shown, timeout=UI, what="a histogram of a train from the bridge")
-    values = frames_of(bridge.get(tid)).ravel()
+    values = frames_of(bridge.get(tid)).ravel().astype(np.float64)
     values = values[np.isfinite(values)]
     counts, edges = np.histogram(values, bins=40, range=(values.min(), values.max()))
     np.testing.assert_array_equal(np.asarray(data["top"], dtype=np.int64), counts)
@@ -370,9 +377,7 @@ def _frozen_average(page, bridge, assembler, n: int) -> tuple[dict, np.ndarray, 
 
     def attempt():
         page.locator(".pt-pause").click()
-        page.wait_for_function(
-            "() => Bokeh.documents[0].get_model_by_name('image-status-0').text.includes('frozen')"
-        )
+        page.wait_for_function(FROZEN_JS)
         shown = page.evaluate(SHOWN_JS)
         trains = [bridge.get(shown["train"] - k) for k in range(n)]
         if all(t is not None for t in trains):
@@ -480,9 +485,7 @@ def test_correlation_matches_numpy_and_resets(page, analysis_pipeline, bridge, a
 def test_save_downloads_the_displayed_frame(page, tmp_path):
     page.locator(".pt-view select").select_option("pulse")
     page.locator(".pt-pause").click()
-    page.wait_for_function(
-        "() => Bokeh.documents[0].get_model_by_name('image-status-0').text.includes('frozen')"
-    )
+    page.wait_for_function(FROZEN_JS)
     try:
         shown = page.evaluate(SHOWN_JS)
         with page.expect_download() as info:

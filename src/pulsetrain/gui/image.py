@@ -181,6 +181,7 @@ class DetectorImagePanel(PanelBase):
         self.geometry_key: tuple | None = None
         self.map_version: Any = None
         self.displayed: dict[str, Any] | None = None
+        self.shown_frame: TapFrame | None = None  # the train of the image on the page
         self.roi_device = panel["roi_device"]
         self.average_device = panel["average_device"]
         self.avg_tap = (
@@ -617,12 +618,14 @@ class DetectorImagePanel(PanelBase):
     def _pause_changed(self, attr: str, old: Any, new: Any) -> None:
         self.paused = bool(new)
         self.pause.label = "frozen" if self.paused else "freeze"
+        # freeze what the page shows (the tap may hold a newer train the page has not got yet)
         if self.view == "pulse":
-            self.frozen = self.tap.latest if self.paused else None
+            self.frozen = (self.shown_frame or self.tap.latest) if self.paused else None
             if self.frozen is not None:
                 self.show(self.frozen)
         else:
-            self.frozen = self.avg_tap.latest if (self.paused and self.avg_tap) else None
+            latest = self.avg_tap.latest if self.avg_tap else None
+            self.frozen = (self.shown_frame or latest) if self.paused else None
             if self.frozen is not None:
                 self.show_average(self.frozen)
 
@@ -630,7 +633,7 @@ class DetectorImagePanel(PanelBase):
         if self.session.updating:
             return
         self.view = str(new)
-        self.frozen = None
+        self.frozen = self.shown_frame = None
         self.shown = None
         self.status_time = 0.0
         if self.view != "pulse":
@@ -801,6 +804,7 @@ class DetectorImagePanel(PanelBase):
             "scale": data["scale"][0],
         }
         self.shown = (frame.seq, self.pulse, "pulse")
+        self.shown_frame = frame
         self._pushed()
         now = time.monotonic()
         # The status line and the colour bar change layout in the browser: refresh them at most
@@ -864,6 +868,7 @@ class DetectorImagePanel(PanelBase):
             "trains": int(values.get("average.trains", 0)),
         }
         self.shown = (frame.seq, 0, self.view)
+        self.shown_frame = frame
         self._pushed()
         self._update_levels(vmin, vmax, False, unit)
         dark = int(values.get("average.darkTrains", 0))
