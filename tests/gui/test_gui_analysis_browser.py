@@ -447,13 +447,20 @@ def test_correlation_matches_numpy_and_resets(page, analysis_pipeline, bridge, a
     sup.call(MOTOR, "move")
 
     def points():
-        data = page.evaluate(source_js("correlation-points-3"))
+        data, bins = page.evaluate(
+            "() => [Bokeh.documents[0].get_model_by_name('correlation-points-3').data,"
+            " Bokeh.documents[0].get_model_by_name('correlation-bins-3').data]"
+        )
+        if not data["update"] or not bins["update"] or data["update"][0] != bins["update"][0]:
+            return None  # one of the two sources is still on its way
         seen = [
             (int(t), v) for t, v in zip(data["train"], data["y"]) if bridge.get(int(t)) is not None
         ]
-        return (data, seen) if len(data["x"]) >= 10 and seen else None
+        return (data, bins, seen) if len(data["x"]) >= 10 and seen else None
 
-    data, seen = wait_until(points, timeout=UI, what="correlation points of trains from the bridge")
+    data, bins, seen = wait_until(
+        points, timeout=UI, what="correlation points of trains from the bridge"
+    )
     for tid, value in seen[-2:]:
         frames = frames_of(bridge.get(tid))
         expected = sum(
@@ -464,7 +471,6 @@ def test_correlation_matches_numpy_and_resets(page, analysis_pipeline, bridge, a
         )
         assert value == pytest.approx(expected, rel=1e-5)
     # binned mean and std of the points the page shows, by numpy
-    bins = page.evaluate(source_js("correlation-bins-3"))
     px, py = np.asarray(data["x"], float), np.asarray(data["y"], float)
     edges = np.append(np.asarray(bins["left"], float), bins["right"][-1])
     idx = np.clip(np.digitize(px, edges) - 1, 0, len(edges) - 2)

@@ -464,11 +464,21 @@ class CorrelationPanel(_OutputPanel):
     def __init__(self, session: Page, panel: Panel):
         super().__init__(session, panel)
         i = panel.index
+        # "update": the train of the output drawn (the same in both sources once both arrived)
         self.points = ColumnDataSource(
-            {"x": [], "y": [], "train": []}, name=f"correlation-points-{i}"
+            {"x": [], "y": [], "train": [], "update": []}, name=f"correlation-points-{i}"
         )
         self.bins = ColumnDataSource(
-            {"x": [], "mean": [], "lo": [], "hi": [], "count": [], "left": [], "right": []},
+            {
+                "x": [],
+                "mean": [],
+                "lo": [],
+                "hi": [],
+                "count": [],
+                "left": [],
+                "right": [],
+                "update": [],
+            },
             name=f"correlation-bins-{i}",
         )
         self.fig = figure(
@@ -521,7 +531,8 @@ class CorrelationPanel(_OutputPanel):
         count = np.asarray(v["correlation.binCount"], dtype=float)
         trains = np.asarray(v.get("correlation.trainIds", np.zeros(len(x))), dtype=np.int64)
         edges = np.asarray(v["correlation.binEdges"], dtype=float)
-        self.points.data = {"x": x, "y": y, "train": trains}
+        update = int(frame.train_id or -1)
+        self.points.data = {"x": x, "y": y, "train": trains, "update": np.full(len(x), update)}
         self.bins.data = {
             "left": edges[:-1],
             "right": edges[1:],
@@ -530,6 +541,7 @@ class CorrelationPanel(_OutputPanel):
             "lo": mean - std,
             "hi": mean + std,
             "count": count,
+            "update": np.full(len(count), update),
         }
         if x.size:
             ys = np.concatenate(
