@@ -237,6 +237,7 @@ class DetectorImagePanel(PanelBase):
                 "scale": ["linear"],
                 "unit": [""],
                 "kind": ["pulse"],
+                "push": [0],
             },
             name=f"image-source-{i}",
         )
@@ -246,7 +247,7 @@ class DetectorImagePanel(PanelBase):
         # growing queue of them in the websocket, which delayed everything else on the page
         # (a token entered took a minute to be answered on a loaded machine).
         self.ack = ColumnDataSource({"n": []}, name=f"image-ack-{i}")
-        self.ack.on_change("tags", self._acked)
+        self.ack.on_change("data", self._acked)
         source.js_on_change(
             "data",
             CustomJS(
@@ -257,7 +258,10 @@ class DetectorImagePanel(PanelBase):
             pt.total += 1;
             pt.last = performance.now();
             if (pt.first === undefined) { pt.first = performance.now(); }
-            ack.tags = [pt.frames[key]];
+            // acknowledge once the browser has handled it (outside the handling of the
+            // server's message, whose own changes are not sent back)
+            const n = cb_obj.data.push[0];
+            setTimeout(() => { ack.data = {n: [n]}; }, 0);
         """,
             ),
         )
@@ -265,18 +269,19 @@ class DetectorImagePanel(PanelBase):
 
     def _acked(self, attr: str, old: Any, new: Any) -> None:
         try:
-            self.acked = max(self.acked, int(new[0]))
-        except (TypeError, ValueError, IndexError):
+            self.acked = max(self.acked, int(new["n"][0]))
+        except (TypeError, ValueError, IndexError, KeyError):
             return
         self.acked_at = time.monotonic()
 
     def _may_push(self, now: float) -> bool:
         """Whether the browser took the images sent so far (at most one in flight).
 
-        Without an answer for :data:`ACK_TIMEOUT` seconds (a page that does not run the
-        callback), images are sent again at the normal rate.
+        Each image carries its number (``push``), which the page sends back once it has it.
+        Until the first answer (the page still loading) and after :data:`ACK_TIMEOUT` seconds
+        without one (a page that does not run the callback), images go at the normal rate.
         """
-        if self.sent - self.acked < 2:
+        if self.acked_at == 0.0 or self.sent - self.acked < 2:
             return True
         return now - max(self.acked_at, self.sent_at) > ACK_TIMEOUT
 
@@ -777,6 +782,7 @@ class DetectorImagePanel(PanelBase):
             "scale": [str(values.get("preview.scale", "linear"))],
             "unit": [unit],
             "kind": ["pulse"],
+            "push": [self.sent + 1],
         }
         pixel_values = values.get("preview.values")
         exact = None
@@ -851,6 +857,7 @@ class DetectorImagePanel(PanelBase):
             "scale": ["linear"],
             "unit": [unit],
             "kind": [shown],
+            "push": [self.sent + 1],
         }
         self.displayed = {
             "image": image,

@@ -27,7 +27,6 @@ from bokeh.models import (
     Range1d,
     TabPanel,
     Tabs,
-    Tooltip,
 )
 from bokeh.plotting import figure
 
@@ -386,14 +385,9 @@ class DevicePanel(PanelBase):
             wanted = entry["properties"] or panel["properties"]
             card = self._card(device, wanted)
             self.cards.append(card)
-            cls = self.backend.devices().get(device, {}).get("class", "not running")
-            tabs.append(
-                TabPanel(
-                    child=card["layout"],
-                    title=short_device(device),
-                    tooltip=Tooltip(content=f"{device} ({cls})", position="bottom"),
-                )
-            )
+            # the full ID and the class are in the card's first line (a Bokeh tooltip on a
+            # tab raised errors in BokehJS 3.9)
+            tabs.append(TabPanel(child=card["layout"], title=short_device(device)))
         content: Any = (
             Tabs(tabs=tabs, width=self.width)
             if len(tabs) > 1
