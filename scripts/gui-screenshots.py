@@ -54,14 +54,25 @@ def topology_text(name: str) -> str:
 
 
 def controls_outside(page, width: int) -> int:
-    """Controls (inputs, selects, buttons) whose right edge lies beyond ``width``."""
-    controls = page.locator("input, select, button, textarea")
-    n = 0
-    for k in range(controls.count()):
-        box = controls.nth(k).bounding_box()
-        if box is not None and box["width"] > 0 and box["x"] + box["width"] > width:
-            n += 1
-    return n
+    """Controls (inputs, selects, buttons) whose right edge lies beyond ``width`` (one call into
+    the page, which walks Bokeh's shadow roots)."""
+    return page.evaluate(
+        """(width) => {
+      let n = 0;
+      const walk = (root) => {
+        for (const el of root.querySelectorAll('*')) {
+          if (['INPUT', 'SELECT', 'BUTTON', 'TEXTAREA'].includes(el.tagName)) {
+            const r = el.getBoundingClientRect();
+            if (r.width > 0 && r.right > width) n += 1;
+          }
+          if (el.shadowRoot) walk(el.shadowRoot);
+        }
+      };
+      walk(document);
+      return n;
+    }""",
+        width,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 for scene in gui.scenes:
                     for width, height in SIZES:
                         page = browser.new_page(viewport={"width": width, "height": height})
+                        page.set_default_timeout(120000)
                         page.goto(gui.scene_url(scene.name))
                         page.wait_for_function("window.Bokeh && Bokeh.documents.length > 0")
                         page.wait_for_timeout(args.settle * 1000)
