@@ -260,7 +260,8 @@ class TrendPanel(PanelBase):
 class CountersPanel(PanelBase):
     """Trains in and out, rates, drops and latency of every device — and of the GUI's taps."""
 
-    default_width = 900
+    #: Wide enough for two panels side by side at 1280 px; the table scrolls inside if wider.
+    default_width = 600
 
     COLUMNS = (
         "device",
@@ -280,7 +281,11 @@ class CountersPanel(PanelBase):
         super().__init__(session, panel)
         self.devices = [d["id"] for d in panel["devices"]] or list(self.backend.device_ids)
         self.table = Div(
-            text="", width=self.width, name=f"counters-{panel.index}", css_classes=["pt-counters"]
+            text="",
+            width=self.width,
+            name=f"counters-{panel.index}",
+            css_classes=["pt-counters"],
+            styles={"overflow-x": "auto", "max-width": f"{self.width}px"},
         )
         self.layout = self.wrap(self.table)
         self.on_poll()
