@@ -956,13 +956,16 @@ def _start_gui(sup: Any, opts: DemoOptions, say: Say) -> Any:
     from pulsetrain.runtime.control import TopologyClient
 
     scenes_dir = Path(__file__).resolve().parents[2] / "examples" / "scenes"
-    scenes = [p for p in (scenes_dir / "detector.toml", scenes_dir / "operator.yaml") if p.exists()]
+    # demo.toml: the detector page wired to the demo's own devices (the profile comes from the
+    # AzimuthalIntegration device; the demo's preview makes none).
+    scenes = [p for p in (scenes_dir / "demo.toml", scenes_dir / "operator.yaml") if p.exists()]
     try:
         gui = GuiServer(
             TopologyClient(sup.state()),
             scenes,
             port=opts.gui_port,
             preview_output=f"{PREVIEW}:output",
+            nice=10,  # the pipeline fills both cores: its servers first, the GUI after
         ).start()
     except Exception as exc:  # noqa: BLE001 - the demo runs on without a GUI
         say(f"GUI not started: {exc}")

@@ -11,6 +11,7 @@ import os
 import threading
 from collections import OrderedDict
 
+from pulsetrain.errors import ChannelError
 from pulsetrain.runtime.channels import EndOfStream, InputChannel
 
 MOTOR = "SPB_IRU_SAMPLE/MOTOR/X"
@@ -19,14 +20,34 @@ MATCHER = "SPB_DET_AGIPD1M-1/CAL/MATCHER"
 PREVIEW = "SPB_DET_AGIPD1M-1/PROC/PREVIEW"
 PREVIEW_OUTPUT = f"{PREVIEW}:output"
 PREVIEW_SOURCE = "SPB_DET_AGIPD1M-1/PREVIEW"
+ROI = "SPB_DET_AGIPD1M-1/PROC/ROI"
+HISTOGRAM = "SPB_DET_AGIPD1M-1/PROC/HISTOGRAM"
+AVERAGE = "SPB_DET_AGIPD1M-1/PROC/AVERAGE"
+CORRELATION = "SPB_DET_AGIPD1M-1/PROC/CORRELATION"
+BRIDGE = "SPB_DET_AGIPD1M-1/CAL/BRIDGE"
+#: Device classes by module path: the analysis devices work before the package's entry points
+#: are reinstalled.
+CLASSES = {
+    ROI: "pulsetrain.devices.roi:RoiAnalysis",
+    HISTOGRAM: "pulsetrain.devices.pixel_histogram:PixelHistogram",
+    AVERAGE: "pulsetrain.devices.averaging:ImageAverage",
+    CORRELATION: "pulsetrain.devices.correlation:Correlator",
+}
 PULSES = 4
 #: Simulated modules: 4 of 16 keep the pipeline at ~25 % of a core (16: ~60 %), which matters
 #: on a shared 2-core machine where the browser needs its share for 10 images per second.
 MODULES = 4
 
 
-def topology_text(name: str, modules: int = MODULES) -> str:
-    """The test topology; ``modules`` AGIPD modules are simulated (the others stay empty)."""
+def topology_text(
+    name: str, modules: int = MODULES, *, analysis: bool = False, rate: float = 10.0
+) -> str:
+    """The test topology; ``modules`` AGIPD modules are simulated (the others stay empty).
+
+    ``analysis`` adds the analysis devices (ROI, pixel histogram, average, correlator) and a
+    Karabo bridge (PUSH) serving the matched trains, for the checks against numpy; they run at
+    ``rate`` trains per second (a low rate keeps a loaded 2-core machine responsive).
+    """
     sources = ", ".join(f'"SPB_DET_AGIPD1M-1/DET/{m}CH0:xtdf"' for m in range(modules))
     text = f"""
 [topology]
@@ -41,7 +62,7 @@ server = "pipeline"
 [devices."{DETECTOR}"]
 class = "SimulatedDetector"
 server = "pipeline"
-config = {{ frames = {PULSES}, rate = 10.0, seed = 3, modules = {list(range(modules))}, \
+config = {{ frames = {PULSES}, rate = {rate}, seed = 3, modules = {list(range(modules))}, \
 motor_device = "{MOTOR}" }}
 
 [devices."{MATCHER}"]
@@ -57,10 +78,62 @@ config = {{ downsample = 4, profile_bins = 50 }}
 [[connections]]
 from = "{MATCHER}:output"
 to = "{PREVIEW}:input"
+
 """
+    if analysis:
+        text += _analysis_text()
     for m in range(modules):
         text += f'\n[[connections]]\nfrom = "{DETECTOR}:module{m}"\nto = "{MATCHER}:input"\n'
     return text
+
+
+def _analysis_text() -> str:
+    return f"""
+[devices."{ROI}"]
+class = "{CLASSES[ROI]}"
+server = "pipeline"
+
+[devices."{HISTOGRAM}"]
+class = "{CLASSES[HISTOGRAM]}"
+server = "pipeline"
+config = {{ bins = 40 }}
+
+[devices."{AVERAGE}"]
+class = "{CLASSES[AVERAGE]}"
+server = "pipeline"
+config = {{ n_trains = 3, downsample = 4, dark_trains = 2 }}
+
+[devices."{CORRELATION}"]
+class = "{CLASSES[CORRELATION]}"
+server = "pipeline"
+config = {{ x = "{MOTOR}.actualPosition", y = "SPB_DET_AGIPD1M-1/ROI.roi1.sumTrain", bins = 5 }}
+
+[devices."{BRIDGE}"]
+class = "Bridge"
+server = "pipeline"
+config = {{ endpoint = "tcp://127.0.0.1:0", pattern = "PUSH", max_queue = 20 }}
+
+[[connections]]
+from = "{MATCHER}:output"
+to = "{ROI}:input"
+
+[[connections]]
+from = "{MATCHER}:output"
+to = "{HISTOGRAM}:input"
+
+[[connections]]
+from = "{MATCHER}:output"
+to = "{AVERAGE}:input"
+on_slowness = "wait"   # the average of consecutive trains, none dropped (checked with numpy)
+
+[[connections]]
+from = "{MATCHER}:output"
+to = "{BRIDGE}:input"
+
+[[connections]]
+from = "{ROI}:output"
+to = "{CORRELATION}:input"
+"""
 
 
 class Collector:
@@ -84,7 +157,7 @@ class Collector:
                 item = self.channel.get(timeout=0.2)
             except TimeoutError:
                 continue
-            except Exception:
+            except ChannelError:
                 return
             if isinstance(item, EndOfStream):
                 continue

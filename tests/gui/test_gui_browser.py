@@ -294,7 +294,7 @@ def test_setting_properties_from_the_page(gui, page, pipeline, collector, artifa
     page.locator(f".pt-slot-{MOTOR.replace('/', '_')}-move button").click()
     wait_until(lambda: sup.get(MOTOR, "actualPosition") > 0.05, what="the motor moving")
     # the preview's colour limits: fixed levels from the page reach the device and its output
-    page.get_by_text("PREVIEW", exact=True).click()
+    page.get_by_text("PROC/PREVIEW", exact=True).click()  # its tab: the ID's last two parts
     auto = page.locator(f".pt-edit-{PREVIEW.replace('/', '_')}-auto_levels select")
     auto.select_option("false")
     wait_until(lambda: sup.get(PREVIEW, "auto_levels") is False, what="auto_levels false")

@@ -43,7 +43,7 @@ def test_topology_not_running_is_an_error(tmp_path):
 def test_bad_scene_file_is_an_error(pipeline, tmp_path):
     _, path = pipeline
     scene = tmp_path / "bad.toml"
-    scene.write_text('[[panel]]\ntype = "histogram"\n')
+    scene.write_text('[[panel]]\ntype = "heatmap"\n')
     proc = subprocess.run(
         [
             sys.executable,
@@ -63,4 +63,4 @@ def test_bad_scene_file_is_an_error(pipeline, tmp_path):
         timeout=60,
     )
     assert proc.returncode == 2
-    assert "unknown panel type 'histogram'" in proc.stderr and "Traceback" not in proc.stderr
+    assert "unknown panel type 'heatmap'" in proc.stderr and "Traceback" not in proc.stderr

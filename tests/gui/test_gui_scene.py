@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pulsetrain.errors import ConfigurationError
-from pulsetrain.gui.scene import auto_scene, load_scene, scene_from_dict
+from pulsetrain.gui.scene import auto_scene, key_label, load_scene, scene_from_dict, short_device
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "scenes"
 
@@ -16,13 +16,23 @@ def test_shipped_scenes_load():
     detector = load_scene(EXAMPLES / "detector.toml")
     operator = load_scene(EXAMPLES / "operator.yaml")
     assert detector.name == "detector" and operator.name == "operator"
-    assert [p.type for p in detector.panels][:2] == ["detector_image", "line"]
+    assert [p.type for p in detector.panels][:4] == [
+        "detector_image",
+        "roi",
+        "histogram",
+        "correlation",
+    ]
     assert {p.type for p in operator.panels} >= {"device_panel", "trend", "counters"}
-    assert detector.outputs() == {"SPB_DET_AGIPD1M-1/PROC/PREVIEW:output"}
+    assert detector.outputs() == {
+        f"SPB_DET_AGIPD1M-1/PROC/{d}:output" for d in ("PREVIEW", "ROI", "HISTOGRAM", "CORRELATION")
+    }
+    assert detector.panels[0]["roi_device"] == "SPB_DET_AGIPD1M-1/PROC/ROI"
+    demo = load_scene(EXAMPLES / "demo.toml")
+    assert demo.panels[1]["source"] == "SPB_DET_AGIPD1M-1/PROC/AZIMUTHAL:output"
     motor = operator.panels[0]["devices"][0]
     assert motor["id"] == "SPB_IRU_SAMPLE/MOTOR/X" and "targetPosition" in motor["properties"]
-    rates = detector.panels[2]["series"]
-    assert [s["rate"] for s in rates] == [False, True, True]
+    rates = detector.panels[5]["series"]
+    assert [s["rate"] for s in rates] == [False, True, False]
 
 
 def test_toml_and_yaml_give_the_same_scene(tmp_path):
@@ -41,7 +51,14 @@ def test_toml_and_yaml_give_the_same_scene(tmp_path):
     assert a.name == b.name == "a"  # from the file name
     assert [p.options for p in a.panels] == [p.options for p in b.panels]
     assert a.panels[1]["series"] == [
-        {"device": "D/X", "key": "rate", "label": "D/X.rate", "rate": True, "axis": "left"}
+        {
+            "device": "D/X",
+            "key": "rate",
+            "label": "D/X rate",
+            "rate": True,
+            "axis": "auto",
+            "unit": None,
+        }
     ]
     assert a.panels[0]["y"] == ["a", "b"] and a.panels[0]["x"] == ""
 
@@ -66,6 +83,22 @@ def test_toml_and_yaml_give_the_same_scene(tmp_path):
         ({"scene": {"colour": 1}, "panel": [{"type": "counters"}]}, r"unknown \[scene\] keys"),
         ({"scene": {}}, "at least one"),
         ({"panel": [{"type": "line", "source": "D/X:o", "y": "a", "row": "middle"}]}, "'row'"),
+        (
+            {"panel": [{"type": "line", "source": "D/X:o", "y": "a", "labels": ["x", "y"]}]},
+            "'labels'",
+        ),
+        ({"panel": [{"type": "detector_image", "axes": "inch"}]}, "'axes' must be 'mm' or 'px'"),
+        ({"panel": [{"type": "roi", "source": "D/R:output", "stat": "median"}]}, "'stat'"),
+        ({"panel": [{"type": "roi"}]}, "needs 'source'"),
+        ({"panel": [{"type": "histogram", "source": "D/H:output", "kind": "q"}]}, "'kind'"),
+        (
+            {"panel": [{"type": "correlation", "source": "D/C:output", "update_rate": 0}]},
+            "update_rate",
+        ),
+        (
+            {"panel": [{"type": "trend", "series": [{"device": "D", "key": "k", "axis": "top"}]}]},
+            "'axis' must be",
+        ),
     ],
 )
 def test_mistakes_are_named(doc, message):
@@ -99,3 +132,13 @@ def test_auto_scene_finds_the_preview():
         "counters",
         "device_panel",
     ]
+
+
+def test_readable_names():
+    assert short_device("SPB_DET_AGIPD1M-1/PROC/PREVIEW") == "PROC/PREVIEW"
+    assert short_device("SPB_IRU_SAMPLE/MOTOR/X") == "MOTOR/X"
+    assert short_device("LOCAL") == "LOCAL"
+    assert key_label("profile.intensity") == "intensity"
+    assert key_label("hits.hitRateWindow") == "hit rate window"
+    line = scene_from_dict({"panel": [{"type": "line", "source": "D/X:o", "y": ["a.b", "c"]}]})
+    assert line.panels[0]["labels"] == ["b", "c"]

@@ -20,7 +20,9 @@ import functools
 import html
 import json
 import logging
+import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,12 +31,13 @@ from bokeh.application import Application
 from bokeh.application.handlers.function import FunctionHandler
 from bokeh.document import Document
 from bokeh.layouts import column, row
-from bokeh.models import Button, Div, InlineStyleSheet, PasswordInput
+from bokeh.models import Button, CustomJS, Div, InlineStyleSheet, PasswordInput
 from bokeh.server.server import Server
+from tornado.template import Template
 from tornado.web import RequestHandler
 
 from pulsetrain.errors import ConfigurationError, PulsetrainError
-from pulsetrain.gui.backend import GuiBackend
+from pulsetrain.gui.backend import GuiBackend, lower_priority
 from pulsetrain.gui.panels import PanelBase, build_panel
 from pulsetrain.gui.scene import Scene, auto_scene, load_scene
 from pulsetrain.runtime.control import TopologyClient
@@ -49,6 +52,9 @@ STATIC_DIR = Path(__file__).with_name("static")
 
 #: Seconds between two checks for new pipeline data in a page.
 TICK_SECONDS = 0.025
+
+#: Seconds a file offered for download stays available.
+DOWNLOAD_SECONDS = 300.0
 
 
 class SceneSession:
@@ -71,6 +77,7 @@ class SceneSession:
         self.editors: list[Any] = []
         self.stylesheet = InlineStyleSheet(css=server.css)
         self.msg = Div(text="", width=600, name="message", css_classes=["pt-message"])
+        self.download_link = _download_trigger()
         header = self._header()
         self.panels: list[PanelBase] = [build_panel(self, p) for p in scene.panels]
         grid = [
@@ -78,7 +85,7 @@ class SceneSession:
             for i in range(0, len(self.panels), scene.columns)
         ]
         doc.title = f"{scene.title} — pulsetrain"
-        doc.add_root(column(header, *grid, name="pt-root"))
+        doc.add_root(column(header, *grid, self.download_link, name="pt-root"))
         self._last_poll = self.backend.polls
         doc.add_periodic_callback(self._tick, int(TICK_SECONDS * 1000))
 
@@ -169,6 +176,30 @@ class SceneSession:
         """Count one image sent to the browser (``image_pushes`` in ``/status.json``)."""
         self.server.image_pushes += 1
 
+    def run_on_page(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the page's thread (from another thread, e.g. a finished request)."""
+        try:
+            self.doc.add_next_tick_callback(fn)
+        except Exception:  # noqa: BLE001 - the page was closed meanwhile
+            log.debug("page gone before a callback")
+
+    def page_devices(self) -> set[str]:
+        """Every device the page's panels read or change."""
+        return set().union(*(p.devices() for p in self.panels)) if self.panels else set()
+
+    def trend_data(self) -> dict[str, dict[str, Any]]:
+        """The page's trends as columns (name → column → values), for saving."""
+        out: dict[str, dict[str, Any]] = {}
+        for p in self.panels:
+            out.update(p.trends())
+        return out
+
+    def offer_download(self, filename: str, data: bytes, mime: str) -> str:
+        """Make the browser download ``data`` as ``filename``; returns the download's URL."""
+        url = self.server.add_download(filename, data, mime)
+        self.download_link.text = json.dumps({"url": url, "filename": filename})
+        return url
+
     @contextlib.contextmanager
     def programmatic(self) -> Iterator[None]:
         """Change widgets from the server without their callbacks sending requests."""
@@ -240,8 +271,6 @@ class SceneSession:
 
     # ------------------------------------------------------------ updates
     def _tick(self) -> None:
-        import time
-
         now = time.monotonic()
         polled = self.backend.polls != self._last_poll
         self._last_poll = self.backend.polls
@@ -254,6 +283,47 @@ class SceneSession:
                 log.exception("panel %s of scene %s failed", panel.panel.type, self.scene.name)
 
 
+def _download_trigger() -> Div:
+    """An invisible element: when the server sets its text to ``{url, filename}`` the browser
+    downloads that URL (an ``<a download>`` clicked from the page)."""
+    div = Div(text="", visible=False, name="download-link")
+    div.js_on_change(
+        "text",
+        CustomJS(
+            code="""
+        if (!cb_obj.text) { return; }
+        const info = JSON.parse(cb_obj.text);
+        const a = document.createElement('a');
+        a.href = info.url;
+        a.download = info.filename;
+        document.body.appendChild(a);
+        a.click();
+        a.remove();
+    """
+        ),
+    )
+    return div
+
+
+class _DownloadHandler(RequestHandler):
+    """``/download/<key>``: a file a page offered (unguessable key, kept a few minutes)."""
+
+    def initialize(self, server: GuiServer) -> None:
+        self.gui = server
+
+    def get(self, key: str) -> None:
+        item = self.gui.downloads.get(key)
+        if item is None:
+            self.set_status(404)
+            self.write("no such download (they expire after a few minutes)")
+            return
+        filename, data, mime, _ = item
+        self.set_header("Content-Type", mime)
+        self.set_header("Content-Disposition", f'attachment; filename="{filename}"')
+        self.set_header("Cache-Control", "no-store")
+        self.write(data)
+
+
 class _StatusHandler(RequestHandler):
     def initialize(self, server: GuiServer) -> None:
         self.gui = server
@@ -262,6 +332,45 @@ class _StatusHandler(RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
         self.write(json.dumps(self.gui.status(), default=str))
+
+
+def scene_devices(scenes: Sequence[Scene], devices: dict[str, Any]) -> list[str]:
+    """The running devices the scenes' panels read or change (every device if a counters or
+    device panel names none: it then shows them all)."""
+    wanted: set[str] = set()
+    for scene in scenes:
+        for p in scene.panels:
+            if p.type in ("counters", "device_panel"):
+                if not p["devices"]:
+                    return sorted(devices)
+                wanted |= {d["id"] for d in p["devices"]}
+            elif p.type == "trend":
+                wanted |= {s["device"] for s in p["series"]}
+            else:
+                for key in ("source", "roi_device", "average_device"):
+                    value = p.options.get(key) or ""
+                    wanted.add(value.rsplit(":", 1)[0] if key == "source" else value)
+    if any(p.type == "detector_image" and not p["source"] for s in scenes for p in s.panels):
+        return sorted(devices)  # the default preview: whichever the topology has
+    return sorted(d for d in wanted if d in devices)
+
+
+class _IndexHandler(RequestHandler):
+    """``/``: the scenes by title (Bokeh's own index lists only the URL paths)."""
+
+    def initialize(self, server: GuiServer) -> None:
+        self.gui = server
+
+    def get(self) -> None:
+        template = Template((STATIC_DIR / "index.html").read_text())
+        self.set_header("Cache-Control", "no-store")
+        self.write(
+            template.generate(
+                prefix="",
+                topology=str(self.gui.backend.topology.state.get("topology", "")),
+                scenes=[(s.name, s.title) for s in self.gui.scenes],
+            )
+        )
 
 
 class GuiServer:
@@ -286,6 +395,11 @@ class GuiServer:
         Extra ``host:port`` origins allowed to open the websocket (for remote browsers).
     token : str, optional
         The control token (default: read from the running topology's token file).
+    nice : int
+        Lower the CPU priority of the GUI's threads by this much (``pulsetrain demo`` runs its
+        GUI in its own process beside the pipeline's supervisor and uses 10).
+
+    Only the devices the scenes show are polled (all of them if a panel lists every device).
     """
 
     def __init__(
@@ -299,6 +413,7 @@ class GuiServer:
         preview_output: str = "",
         allow_origin: Sequence[str] = (),
         token: str | None = None,
+        nice: int = 0,
     ):
         client = (
             topology
@@ -326,7 +441,14 @@ class GuiServer:
             raise ConfigurationError(f"scene names must be unique, got {names}")
         self.scenes = loaded
         poll = min(s.poll_interval for s in loaded)
-        self.backend = GuiBackend(client, read_only=read_only, poll_interval=poll)
+        self.nice = int(nice)
+        self.backend = GuiBackend(
+            client,
+            read_only=read_only,
+            poll_interval=poll,
+            devices=scene_devices(loaded, devices),
+            nice=self.nice,
+        )
         self.address = address
         self.port = port or free_port(address)
         origins = {f"127.0.0.1:{self.port}", f"localhost:{self.port}", *allow_origin}
@@ -336,6 +458,8 @@ class GuiServer:
         self.css = (STATIC_DIR / "pulsetrain.css").read_text()
         self.sessions = 0
         self.image_pushes = 0
+        #: key → (filename, bytes, MIME type, time.monotonic() when offered)
+        self.downloads: dict[str, tuple[str, bytes, str, float]] = {}
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -362,6 +486,16 @@ class GuiServer:
             "preview_output": self.preview_output,
         }
 
+    def add_download(self, filename: str, data: bytes, mime: str) -> str:
+        """Keep a file for a page to download (for :data:`DOWNLOAD_SECONDS`); returns its URL."""
+        now = time.monotonic()
+        for key, item in list(self.downloads.items()):
+            if now - item[3] > DOWNLOAD_SECONDS:
+                self.downloads.pop(key, None)
+        key = secrets.token_urlsafe(16)
+        self.downloads[key] = (filename, data, mime, now)
+        return f"/download/{key}"
+
     # ------------------------------------------------------------ serving
     def _make_document(self, scene: Scene, doc: Document) -> None:
         self.sessions += 1
@@ -377,8 +511,11 @@ class GuiServer:
             port=self.port,
             address=self.address,
             allow_websocket_origin=self.allow_origin,
-            extra_patterns=[("/status.json", _StatusHandler, {"server": self})],
-            index=str(STATIC_DIR / "index.html"),
+            extra_patterns=[
+                ("/", _IndexHandler, {"server": self}),
+                ("/status.json", _StatusHandler, {"server": self}),
+                (r"/download/([A-Za-z0-9_-]+)", _DownloadHandler, {"server": self}),
+            ],
             check_unused_sessions_milliseconds=5000,
             unused_session_lifetime_milliseconds=10000,
         )
@@ -395,6 +532,7 @@ class GuiServer:
         return self
 
     def _serve(self) -> None:
+        lower_priority(self.nice)
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:

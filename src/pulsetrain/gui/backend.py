@@ -52,6 +52,23 @@ class TapFrame:
     latency: float | None  #: arrival − the train's timestamp (s)
 
 
+def lower_priority(nice: int) -> None:
+    """Lower the calling thread's CPU priority by ``nice`` (Linux: niceness is per thread).
+
+    The GUI's threads (web server, taps, poller) use it so that, on a machine the pipeline
+    fills, the pipeline's servers get the CPU first and the GUI what is left.  Nothing happens
+    for ``nice <= 0`` or where threads cannot be reniced.
+    """
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + nice))
+    except OSError as exc:  # pragma: no cover - e.g. a sandbox refusing it
+        log.debug("thread priority unchanged: %s", exc)
+
+
 class OutputTap:
     """Keep the latest train of one output (``drop`` policy: never slows the pipeline).
 
@@ -63,14 +80,16 @@ class OutputTap:
         The output's tcp endpoint.
     """
 
-    def __init__(self, output: str, endpoint: str):
+    def __init__(self, output: str, endpoint: str, nice: int = 0):
         self.output = output
+        self.nice = nice
         self.endpoint = endpoint
         self.channel = InputChannel(
             f"gui-{os.getpid()}-{next(_tap_ids)}:{output}", on_slowness="drop", window=2
         )
         self.channel.connect(endpoint)
         self.latest: TapFrame | None = None
+        self.recent: collections.deque[TapFrame] = collections.deque(maxlen=64)
         self.received = 0
         self.eos = 0
         self._latencies: collections.deque = collections.deque(maxlen=200)
@@ -94,6 +113,10 @@ class OutputTap:
             "n": len(arr),
         }
 
+    def since(self, seq: int) -> list[TapFrame]:
+        """The trains received after ``seq`` that are still kept (the last 64), oldest first."""
+        return [f for f in list(self.recent) if f.seq > seq]
+
     def wait(self, seq: int = 0, timeout: float = 10.0) -> TapFrame:
         """Wait for a train with ``seq`` greater than the given one (for scripts and tests)."""
         deadline = time.monotonic() + timeout
@@ -106,6 +129,7 @@ class OutputTap:
             time.sleep(0.01)
 
     def _run(self) -> None:
+        lower_priority(self.nice)
         seq = 0
         while not self._stop.is_set():
             try:
@@ -133,6 +157,7 @@ class OutputTap:
             self.latest = TapFrame(
                 seq, item.data, item.meta, now, int(tid) if tid is not None else None, latency
             )
+            self.recent.append(self.latest)
 
     def close(self) -> None:
         """Stop reading and close the channel."""
@@ -179,6 +204,8 @@ class GuiBackend:
         Seconds of property history kept for trends.
     devices : list of str, optional
         Devices to poll (default: every device of the topology).
+    nice : int
+        Lower the CPU priority of the GUI's threads by this much (see :func:`lower_priority`).
     """
 
     def __init__(
@@ -189,11 +216,13 @@ class GuiBackend:
         poll_interval: float = 0.5,
         history: float = 900.0,
         devices: list[str] | None = None,
+        nice: int = 0,
     ):
         self.topology = topology
         self.read_only = read_only
         self.poll_interval = float(poll_interval)
         self.history_seconds = float(history)
+        self.nice = int(nice)
         self.device_ids = list(devices) if devices is not None else sorted(topology.devices())
         self.taps: dict[str, OutputTap] = {}
         self.snapshots: dict[str, dict[str, Any]] = {}
@@ -258,7 +287,7 @@ class GuiBackend:
                 endpoint = self.outputs().get(output)
                 if endpoint is None:
                     raise DeviceError(f"the running topology has no output {output!r}")
-                tap = self.taps[output] = OutputTap(output, endpoint)
+                tap = self.taps[output] = OutputTap(output, endpoint, self.nice)
                 log.info("tapping %s at %s", output, endpoint)
             return tap
 
@@ -328,6 +357,7 @@ class GuiBackend:
         self.polls += 1
 
     def _poll_loop(self) -> None:
+        lower_priority(self.nice)
         next_t = time.monotonic()
         while not self._stop.is_set():
             next_t += self.poll_interval
@@ -382,6 +412,14 @@ class GuiBackend:
         result = self._writer(device_id, token).call(device_id, slot)
         log.info("called %s.%s()", device_id, slot)
         return result
+
+    def fetch(self, device_id: str, key: str) -> Any:
+        """One property read now through the control plane (e.g. a large read-only map that
+        the poll leaves out); blocking: call through :meth:`submit`."""
+        server = self.devices()[device_id]["server"]
+        endpoint = self.topology.state["servers"][server]["control"]
+        with Client(endpoint, token=self.topology.token, timeout=10.0) as client:
+            return client.get(device_id, key)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
         """Run a (blocking) control request off the web server's thread."""

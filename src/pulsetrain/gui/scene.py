@@ -58,8 +58,10 @@ __all__ = [
     "Panel",
     "Scene",
     "auto_scene",
+    "key_label",
     "load_scene",
     "scene_from_dict",
+    "short_device",
 ]
 
 #: Colour palettes a detector image may use (Bokeh's 256-colour palettes).
@@ -83,6 +85,10 @@ PANEL_TYPES: dict[str, dict[str, Any]] = {
         "data_source": "",
         "palette": "Viridis256",
         "controls": True,
+        "axes": "mm",
+        "roi_device": "",
+        "average_device": "",
+        "save": True,
     },
     "line": {
         **_COMMON,
@@ -93,6 +99,7 @@ PANEL_TYPES: dict[str, dict[str, Any]] = {
         "row": "mean",
         "x_label": "",
         "y_label": "",
+        "labels": [],
         "log_y": False,
         "update_rate": 2.0,
     },
@@ -106,12 +113,30 @@ PANEL_TYPES: dict[str, dict[str, Any]] = {
         "window": 300.0,
         "y_label": "",
     },
+    "roi": {
+        **_COMMON,
+        "source": ...,
+        "data_source": "",
+        "stat": "sum",
+        "normalised": False,
+        "window": 300,
+        "update_rate": 2.0,
+    },
+    "histogram": {
+        **_COMMON,
+        "source": ...,
+        "data_source": "",
+        "kind": "pixels",
+        "log_y": False,
+        "update_rate": 2.0,
+    },
+    "correlation": {**_COMMON, "source": ..., "data_source": "", "update_rate": 2.0},
     "counters": {**_COMMON, "devices": []},
     "device_panel": {**_COMMON, "devices": [], "properties": []},
 }
 
 _SCENE_KEYS = {"name": "", "title": "", "columns": 2, "update_rate": 10.0, "poll_interval": 0.5}
-_SERIES_KEYS = {"device", "key", "label", "rate", "axis"}
+_SERIES_KEYS = {"device", "key", "label", "rate", "axis", "unit"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -157,8 +182,27 @@ class Scene:
     def outputs(self) -> set[str]:
         """The pipeline outputs (``DEVICE:channel``) the scene's panels read."""
         return {
-            p["source"] for p in self.panels if p.type in ("detector_image", "line") and p["source"]
+            p["source"]
+            for p in self.panels
+            if p.type in ("detector_image", "line", "roi", "histogram", "correlation")
+            and p["source"]
         }
+
+
+def short_device(device_id: str) -> str:
+    """A device ID shortened for a tab or a legend: its last two parts (``"PROC/PREVIEW"``).
+
+    Karabo device IDs are ``DOMAIN/TYPE/MEMBER``; the domain is usually the same for every
+    device of a page, while the member alone (``"X"``, ``"SIM"``) says too little.
+    """
+    parts = [p for p in device_id.split("/") if p]
+    return "/".join(parts[-2:]) if len(parts) >= 2 else device_id
+
+
+def key_label(key: str) -> str:
+    """A readable legend label for an output key: ``"profile.intensity"`` → ``"intensity"``."""
+    last = key.rsplit(".", 1)[-1]
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", last).replace("_", " ").lower() or key
 
 
 def _fail(where: str, message: str) -> ConfigurationError:
@@ -219,13 +263,28 @@ def _panel(where: str, index: int, spec: Any) -> Panel:
             raise _fail(where, f"{key!r} must look like 'DEVICE_ID:output', not {options[key]!r}")
     if kind == "detector_image" and options["palette"] not in PALETTES:
         raise _fail(where, f"unknown palette {options['palette']!r} (known: {', '.join(PALETTES)})")
+    if kind == "detector_image" and options["axes"] not in ("mm", "px"):
+        raise _fail(where, f"'axes' must be 'mm' or 'px', not {options['axes']!r}")
+    if "update_rate" in options and not 0 < options["update_rate"] <= 10:
+        raise _fail(where, "'update_rate' must be in (0, 10] pushes per second")
+    if kind == "roi":
+        if options["stat"] not in ("sum", "mean", "max"):
+            raise _fail(where, f"'stat' must be 'sum', 'mean' or 'max', not {options['stat']!r}")
+        if options["window"] < 1:
+            raise _fail(where, "'window' must be >= 1 train")
+    if kind == "histogram" and options["kind"] not in ("pixels", "roi"):
+        raise _fail(where, f"'kind' must be 'pixels' or 'roi', not {options['kind']!r}")
     if kind == "line":
-        if not 0 < options["update_rate"] <= 10:
-            raise _fail(where, "'update_rate' must be in (0, 10] pushes per second")
         ys = options["y"]
         options["y"] = [ys] if isinstance(ys, str) else ys
         if not options["y"] or not all(isinstance(y, str) and y for y in options["y"]):
             raise _fail(where, "'y' must be a key or a list of keys")
+        labels = options["labels"]
+        if labels and (
+            len(labels) != len(options["y"]) or not all(isinstance(x, str) for x in labels)
+        ):
+            raise _fail(where, "'labels' must be one legend label per key of 'y'")
+        options["labels"] = labels or [key_label(y) for y in options["y"]]
         row = options["row"]
         if not (
             row in ("mean", "first", "last") or (isinstance(row, int) and not isinstance(row, bool))
@@ -249,13 +308,14 @@ def _panel(where: str, index: int, spec: Any) -> Panel:
                 {
                     "device": str(s["device"]),
                     "key": str(s["key"]),
-                    "label": str(s.get("label") or f"{s['device']}.{s['key']}"),
+                    "label": str(s.get("label") or f"{short_device(s['device'])} {s['key']}"),
                     "rate": bool(s.get("rate", False)),
-                    "axis": str(s.get("axis", "left")),
+                    "axis": str(s.get("axis", "auto")),
+                    "unit": None if s.get("unit") is None else str(s["unit"]),
                 }
             )
-            if checked[-1]["axis"] not in ("left", "right"):
-                raise _fail(where, f"series {i}: 'axis' must be 'left' or 'right'")
+            if checked[-1]["axis"] not in ("auto", "left", "right"):
+                raise _fail(where, f"series {i}: 'axis' must be 'auto', 'left' or 'right'")
         options["series"] = checked
         if options["window"] <= 0:
             raise _fail(where, "'window' must be > 0 seconds")
