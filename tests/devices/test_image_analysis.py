@@ -251,6 +251,8 @@ def test_correlator_scatter_binning_slow_and_control_plane():
                 k,
                 input="slow",
             )
+            # the two inputs are read by two threads: let the slow train reach the device first
+            dev.wait_for("trainsIn", lambda n, k=k: n >= 2 * k + 1)
             dev.send({roi_src: {"roi1.sum": y}}, train_id=k)
             out = dev.receive()[0]["SPB_DET_AGIPD1M-1/CORRELATION"]
             xs.append(pos)
