@@ -110,6 +110,13 @@ class SimulatedSource:
         self._module_of = {self.simulator.source(m): m for m in self.simulator.modules}
         self._constants: dict[int, Any] = {}
         self._cells = int(np.max(self.simulator.cell_ids)) + 1
+        if self.corrected:  # constants right after each bank: its cells' constants are cached
+            for m in self.simulator.modules:
+                self.simulator.prepare([m])
+                if self.detector == "AGIPD":
+                    self._agipd_constants(m)
+                else:
+                    self._generic_constants(m)
 
     def next_train(self) -> tuple[int, dict[str, dict], dict[str, dict]]:
         """The next train as ``(train_id, data, meta)``."""
