@@ -28,11 +28,10 @@ Constants cover the memory cells in use only (about 2.9 MB per module and cell f
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
-import threading
 import time
-from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -287,7 +286,7 @@ class ReferenceLayoutSource:
     ``sim`` and ``random`` data are made for :data:`POOL` trains and then sent in turn, each
     with its own train ID, timestamps and ``image.trainId``: making a megapixel train costs
     more than sending it.  The first is made when the source is created; for ``sim`` data the
-    others are made by a thread meanwhile (``next_train`` waits for one if it is not ready).
+    others when they are first sent.
     """
 
     def __init__(
@@ -373,7 +372,7 @@ class ReferenceLayoutSource:
 
     def _sim_pool(self, seed: int, gain_shape: tuple[int, ...]) -> list:
         """:data:`POOL` trains of our simulator, raw or corrected with its own constants: the
-        first made now, the others by a thread (futures, waited for when their turn comes).
+        first made now, the others (callables in the list) when their turn first comes.
 
         A small simulator (:data:`SIM_FRAMES` frames in :data:`SIM_MEMORY_CELLS` memory cells,
         one bank frame per cell, :data:`SIM_HIT_VARIANTS` hit overlays) keeps the start within
@@ -392,19 +391,12 @@ class ReferenceLayoutSource:
             hit_variants=SIM_HIT_VARIANTS,
             recycle_buffers=0,
         )
+        # the others when their turn first comes: a thread making them would be cut short
+        # (and abort the interpreter) when the process ends first
         pool: list = [self._sim_train(sim, 0, gain_shape)]
-        later = [Future() for _ in range(POOL - 1)]
-
-        def make_later() -> None:
-            for i, future in enumerate(later, 1):
-                try:
-                    future.set_result(self._sim_train(sim, i, gain_shape))
-                except Exception as exc:  # noqa: BLE001 -- raised in next_train instead
-                    future.set_exception(exc)
-
-        if later:
-            threading.Thread(target=make_later, name="bridge-sim-pool", daemon=True).start()
-        return pool + later
+        return pool + [
+            functools.partial(self._sim_train, sim, i, gain_shape) for i in range(1, POOL)
+        ]
 
     def _sim_train(self, sim, i: int, gain_shape: tuple[int, ...]) -> tuple:
         """Train ``i`` of the pool from the simulator: ``(image.data, image.gain)``."""
@@ -436,8 +428,8 @@ class ReferenceLayoutSource:
         tid = self._next_tid
         self._next_tid += 1
         k = self._turn % len(self._pool)
-        if isinstance(self._pool[k], Future):  # made by a thread since the start
-            self._pool[k] = self._pool[k].result()
+        if callable(self._pool[k]):  # made when first needed
+            self._pool[k] = self._pool[k]()
         image, gain = self._pool[k]
         self._turn += 1
         det = self.det
