@@ -10,7 +10,9 @@ asked.  The *per-module layout* (``--layout modules``, implied by ``--modules``,
 pipeline see them.  Any Karabo bridge client (``karabo_bridge.Client``, EXtra-foam, OnDA,
 ``pulsetrain monitor``) can connect.  The trains come from
 :class:`pulsetrain.sim.SimulatedExperiment` (deterministic with ``--seed``); the first train is
-made before the port is bound, so a client connecting is served at once.
+made before the port is bound, so a client connecting is served at once.  In the reference
+layout the ``sim`` data come from a small simulator (16 frames in 4 memory cells, repeated over
+the 64 or 300 pulses) so that a megapixel detector starts in a few seconds.
 
 Corrected mode (the default, as in karabo-bridge-py) turns each raw module into the corrected
 keys of a calibration pipeline, using the simulator's own per-cell constants (its ground
