@@ -229,3 +229,50 @@ def test_karabo_bridge_glimpse_works_against_it(sock):
     assert code == 0, out
     assert "Train ID: 10000000000" in out, out
     assert "SPB_DET_AGIPD1M-1/DET/0CH0:xtdf" in out and "image.data" in out, out
+
+
+def test_sim_correction_is_the_calibration_pipelines():
+    """The reference layout's corrected ``sim`` data (numpy, the simulator's own constants)
+    equal what the calibration's reference correction gives with the same constants."""
+    from pulsetrain.calibration import AGIPDConstants, correct_agipd_numpy
+    from pulsetrain.cli.bridge_sim import _correct_with_truth
+    from pulsetrain.sim import DetectorSimulator, decode
+
+    sim = DetectorSimulator(
+        "AGIPD", frames=12, memory_cells=4, modules=[3], bank_size=1, hit_variants=2
+    )
+    raw = sim.train(10_000_000_000)[0][sim.source(3)]
+    truth = sim.truth(3, cells=range(4))
+    with np.errstate(divide="ignore"):
+        rel_gain = np.where(truth.slope > 0, 1.0 / truth.slope, 0.0).astype(np.float32)
+    ref = correct_agipd_numpy(
+        raw["image.data"],
+        raw["image.cellId"],
+        AGIPDConstants(
+            offset=truth.offset,
+            rel_gain=rel_gain,
+            thresholds=truth.gain_thresholds(),
+            bad_pixels=np.zeros(truth.offset.shape, np.uint32),
+        ),
+    )
+    data, stage = _correct_with_truth(truth, "agipd", *decode("agipd", raw), sim.cell_ids)
+    assert np.array_equal(stage, ref.gain)
+    np.testing.assert_allclose(data, ref.data, rtol=1e-6, atol=1e-3)
+    assert (stage > 0).any()  # hits switch gain: the check covers the other stages too
+
+
+def test_sim_pool_trains_are_physical_and_differ():
+    """Corrected AGIPD ``sim`` trains: deposited energy in whole 9.3 keV photons (noise well
+    below one), gain switching on bright pixels, and the pool's second train another train."""
+    source = ReferenceLayoutSource("AGIPD", pulses=16)
+    trains = [source.next_train() for _ in range(3)]
+    name = "SPB_DET_AGIPD1M-1/CAL/APPEND_CORRECTED"
+    first, second, third = (t[1][name]["image.data"] for t in trains)
+    assert first.shape == (16, 128, 512, 16) and first.dtype == np.float32
+    photons = first / np.float32(9.3)
+    assert np.mean(np.abs(photons - np.round(photons)) < 0.25) > 0.9  # bad pixels aside
+    assert 0 <= np.median(photons) < 3 and photons.max() > 100  # water ring; Bragg peaks
+    assert trains[0][1][name]["image.gain"].max() >= 1
+    assert not np.array_equal(first, second)
+    assert third is first  # the pool of two is sent in turn
+    assert [t[0] for t in trains] == [10_000_000_000 + i for i in range(3)]

@@ -10,7 +10,9 @@ asked.  The *per-module layout* (``--layout modules``, implied by ``--modules``,
 pipeline see them.  Any Karabo bridge client (``karabo_bridge.Client``, EXtra-foam, OnDA,
 ``pulsetrain monitor``) can connect.  The trains come from
 :class:`pulsetrain.sim.SimulatedExperiment` (deterministic with ``--seed``); the first train is
-made before the port is bound, so a client connecting is served at once.
+made before the port is bound, so a client connecting is served at once.  In the reference
+layout the ``sim`` data come from a small simulator (16 frames in 4 memory cells, repeated over
+the 64 or 300 pulses) so that a megapixel detector starts in a few seconds.
 
 Corrected mode (the default, as in karabo-bridge-py) turns each raw module into the corrected
 keys of a calibration pipeline, using the simulator's own per-cell constants (its ground
@@ -28,6 +30,7 @@ Constants cover the memory cells in use only (about 2.9 MB per module and cell f
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import time
@@ -108,6 +111,13 @@ class SimulatedSource:
         self._module_of = {self.simulator.source(m): m for m in self.simulator.modules}
         self._constants: dict[int, Any] = {}
         self._cells = int(np.max(self.simulator.cell_ids)) + 1
+        if self.corrected:  # constants right after each bank: its cells' constants are cached
+            for m in self.simulator.modules:
+                self.simulator.prepare([m])
+                if self.detector == "AGIPD":
+                    self._agipd_constants(m)
+                else:
+                    self._generic_constants(m)
 
     def next_train(self) -> tuple[int, dict[str, dict], dict[str, dict]]:
         """The next train as ``(train_id, data, meta)``."""
@@ -239,6 +249,14 @@ REFERENCE_DETECTORS = {
 REFERENCE_FIRST_TRAIN = 10_000_000_000
 #: Distinct trains made before binding and sent in turn (``sim`` and ``random`` data).
 POOL = 2
+#: Memory cells of the simulator behind the reference layout's ``sim`` data (frames cycle
+#: through them); each costs its constants and a bank frame per module at start.
+SIM_MEMORY_CELLS = 4
+#: Hit overlays (Bragg-peak patterns) per memory cell and module of that simulator.
+SIM_HIT_VARIANTS = 2
+#: Frames that simulator makes per train; pulse ``p`` of a train shows frame
+#: ``p % SIM_FRAMES`` (the costs of correcting and arranging a megapixel train are per frame).
+SIM_FRAMES = 16
 
 
 class ReferenceLayoutSource:
@@ -267,9 +285,10 @@ class ReferenceLayoutSource:
 
     Notes
     -----
-    ``sim`` and ``random`` data are made for :data:`POOL` trains when the source is created and
-    then sent in turn, each with its own train ID, timestamps and ``image.trainId``: making a
-    megapixel train costs more than sending it.
+    ``sim`` and ``random`` data are made for :data:`POOL` trains and then sent in turn, each
+    with its own train ID, timestamps and ``image.trainId``: making a megapixel train costs
+    more than sending it.  The first is made when the source is created; for ``sim`` data the
+    others when they are first sent.
     """
 
     def __init__(
@@ -320,16 +339,20 @@ class ReferenceLayoutSource:
             return (*mods, det.ss, det.fs, self.pulses)
         return (self.pulses, *mods, det.fs, det.ss)
 
-    def _arrange(self, frames: np.ndarray, out: np.ndarray, module: int) -> None:
+    def _arrange(
+        self, frames: np.ndarray, out: np.ndarray, module: int, pick: np.ndarray | None = None
+    ) -> None:
         """Put one module's frames (pulses, fs, ss) -- our simulator's (frames, 512, 128) for
-        AGIPD -- into the stacked array."""
+        AGIPD -- into the stacked array; with ``pick``, pulse ``p`` gets ``frames[pick[p]]``."""
+        if pick is None:
+            pick = np.arange(len(frames))
         if self.online:
             target = out if self.det.modules == 1 else out[module]
-            target[...] = frames.transpose(2, 1, 0)
+            np.take(np.ascontiguousarray(frames.transpose(2, 1, 0)), pick, axis=2, out=target)
         elif self.det.modules == 1:
-            out[...] = frames
+            out[...] = frames[pick]
         else:
-            out[:, module] = frames
+            out[:, module] = frames[pick]
 
     def _make_pool(self, gen: str, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
         det = self.det
@@ -347,33 +370,69 @@ class ReferenceLayoutSource:
                     flat[a : a + step] = rng.uniform(1500, 1600, min(step, flat.size - a))
                 pool.append((data, np.zeros(gain_shape, np.uint16)))
             return pool
-        sim = SimulatedSource(
-            det.sim, self.pulses, seed, modules=list(range(det.modules)), corrected=not self.raw
+        return self._sim_pool(seed, gain_shape)
+
+    def _sim_pool(self, seed: int, gain_shape: tuple[int, ...]) -> list:
+        """:data:`POOL` trains of our simulator, raw or corrected with its own constants: the
+        first made now, the others (callables in the list) when their turn first comes.
+
+        A small simulator (:data:`SIM_FRAMES` frames in :data:`SIM_MEMORY_CELLS` memory cells,
+        one bank frame per cell, :data:`SIM_HIT_VARIANTS` hit overlays) keeps the start within
+        a few seconds: a full one (64 cells, 4 frames each) takes a minute of CPU for 16
+        modules, and correcting and arranging 300 LPD frames of 16 modules as many seconds.
+        """
+        from pulsetrain.sim import DetectorSimulator
+
+        sim = DetectorSimulator(
+            self.det.sim,
+            frames=min(self.pulses, SIM_FRAMES),
+            memory_cells=SIM_MEMORY_CELLS,
+            seed=seed,
+            modules=range(self.det.modules),
+            bank_size=1,
+            hit_variants=SIM_HIT_VARIANTS,
+            recycle_buffers=0,
         )
-        modules = sorted(sim._module_of.items(), key=lambda kv: kv[1])
-        for _ in range(POOL):
-            _, data, _ = sim.next_train()
-            image = np.empty(self.shape, self.dtype)
-            gain = np.zeros(gain_shape, np.uint16)
-            for raw_name, m in modules:
-                props = data.get(corrected_source_name(raw_name) if not self.raw else raw_name)
-                frames = np.asarray(props["image.data"])
-                if frames.ndim == 4:  # raw (frames, 2 or 1, ss, fs): the analog plane
-                    stage = frames[:, 1] if frames.shape[1] > 1 else None
-                    frames = frames[:, 0]
-                else:
-                    stage = props.get("image.gain")
-                self._arrange(frames.astype(self.dtype, copy=False), image, m)
-                if m == 0 and stage is not None:  # the reference's gain: one module's
-                    gain[...] = np.asarray(stage).transpose(2, 1, 0)
-            pool.append((image, gain))
-        return pool
+        # the others when their turn first comes: a thread making them would be cut short
+        # (and abort the interpreter) when the process ends first
+        pool: list = [self._sim_train(sim, 0, gain_shape)]
+        return pool + [
+            functools.partial(self._sim_train, sim, i, gain_shape) for i in range(1, POOL)
+        ]
+
+    def _sim_train(self, sim, i: int, gain_shape: tuple[int, ...]) -> tuple:
+        """Train ``i`` of the pool from the simulator: ``(image.data, image.gain)``."""
+        from pulsetrain.sim import decode
+
+        encoding = sim.spec.encoding
+        cells = np.unique(sim.cell_ids)
+        image = np.empty(self.shape, self.dtype)
+        gain = np.zeros(gain_shape, np.uint16)
+        data, _ = sim.train(REFERENCE_FIRST_TRAIN + i)
+        pick = np.arange(self.pulses) % sim.frames  # pulse p shows frame p % frames
+        for m in sim.modules:
+            props = data.pop(sim.source(m))
+            if self.raw:
+                frames = np.asarray(props["image.data"])  # (frames, 2 or 1, ss, fs)
+                stage = frames[:, 1] if frames.shape[1] > 1 else None
+                frames = frames[:, 0]
+            else:
+                analog, code = decode(encoding, props)
+                truth = sim.truth(m, cells=cells)
+                frames, stage = _correct_with_truth(truth, encoding, analog, code, sim.cell_ids)
+            self._arrange(frames, image, m, pick)
+            if m == 0 and stage is not None:  # the reference's gain: one module's
+                gain[...] = np.asarray(stage).transpose(2, 1, 0)[..., pick]
+        return image, gain
 
     def next_train(self) -> tuple[int, dict[str, dict], dict[str, dict]]:
         """The next train as ``(train_id, data, meta)``."""
         tid = self._next_tid
         self._next_tid += 1
-        image, gain = self._pool[self._turn % len(self._pool)]
+        k = self._turn % len(self._pool)
+        if callable(self._pool[k]):  # made when first needed
+            self._pool[k] = self._pool[k]()
+        image, gain = self._pool[k]
         self._turn += 1
         det = self.det
         props: dict[str, Any] = {
@@ -398,6 +457,42 @@ class ReferenceLayoutSource:
         data = {name: props for name in self.names}
         meta = {name: make_meta(name, tid, now) for name in self.names}
         return tid, data, meta
+
+
+def _correct_with_truth(
+    truth, encoding: str, analog: np.ndarray, code: np.ndarray, cell_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Corrected keV ``(frames, ss, fs)`` float32 and gain stage uint8 of one raw module,
+    with the simulator's own constants: the stage from the AGIPD digital value (thresholds
+    midway between the gain levels) or the LPD gain bits, then
+    ``(analog - offset[stage, cell]) / slope[stage, cell]`` (0 for dead pixels)."""
+    index = truth.cell_index(cell_ids)
+    data = np.empty(analog.shape, np.float32)
+    stages = np.empty(analog.shape, np.uint8)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel_gain = np.where(truth.slope > 0, 1.0 / truth.slope, 0.0).astype(np.float32)
+    thresholds = truth.gain_thresholds() if encoding == "agipd" else None
+    for i in range(len(truth.cells)):
+        sel = np.flatnonzero(index == i)
+        if not sel.size:
+            continue
+        word = code[sel]
+        if thresholds is None:
+            stage = np.minimum(word, 2).astype(np.uint8)
+        else:
+            stage = (word >= thresholds[0, i]).view(np.uint8) + (word >= thresholds[1, i])
+        values = analog[sel].astype(np.float32)
+        values -= truth.offset[0, i]  # most pixels in high gain; the others redone below
+        values *= rel_gain[0, i]
+        f, y, x = np.nonzero(stage)
+        if f.size:
+            g = stage[f, y, x]
+            values[f, y, x] = (analog[sel][f, y, x] - truth.offset[g, i, y, x]) * rel_gain[
+                g, i, y, x
+            ]
+        data[sel] = values
+        stages[sel] = stage
+    return data, stages
 
 
 def _mask_of(truth, flags) -> np.ndarray:

@@ -265,6 +265,12 @@ class DetectorSimulator:
                 self._cell_cache_bytes -= old.nbytes
         return ct
 
+    def _cached_cell(self, module: int, cell: int) -> CellTruth:
+        """Constants of one cell: from the cache when there, else computed (not cached)."""
+        with self._lock:
+            ct = self._cell_cache.get((int(module), int(cell)))
+        return self._truths.cell(module, cell) if ct is None else ct
+
     def truth(self, module: int, cells: Iterable[int] | None = None) -> ModuleTruth:
         """Response constants and bad pixels of ``module`` (computed for this module only).
 
@@ -287,7 +293,7 @@ class DetectorSimulator:
         with self._lock:
             if self._module_truth is not None and self._module_truth[0] == key:
                 return self._module_truth[1]
-        t = self._truths.module(int(module), cells)
+        t = self._truths.module(int(module), cells, self._cached_cell)
         with self._lock:
             self._module_truth = (key, t)
         return t
@@ -501,7 +507,10 @@ class DetectorSimulator:
         choice = rng.integers(0, self.bank_size, self.frames)
         variant = rng.integers(0, max(bank.n_variants, 1), self.frames)
         data = bank.assemble(
-            self._slots, choice, hits, variant,
+            self._slots,
+            choice,
+            hits,
+            variant,
             None if alloc is None else lambda key, shape, dtype: alloc(module, key, shape, dtype),
         )
         data.update(self._frame_info(train_id))

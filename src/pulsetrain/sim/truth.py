@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -296,8 +296,18 @@ class TruthGenerator:
         return CellTruth(offset, slope, noise, digital, switch, maps.digital_noise)
 
     # -- whole module -----------------------------------------------------------------------
-    def module(self, module: int, cells: Iterable[int]) -> ModuleTruth:
-        """Constants of ``module`` for memory ``cells`` (a :class:`ModuleTruth`)."""
+    def module(
+        self,
+        module: int,
+        cells: Iterable[int],
+        cell: Callable[[int, int], CellTruth] | None = None,
+    ) -> ModuleTruth:
+        """Constants of ``module`` for memory ``cells`` (a :class:`ModuleTruth`).
+
+        ``cell(module, cell)`` gives the constants of one cell (default :meth:`cell`; a
+        cache of its results gives the same constants faster).
+        """
+        cell = cell or self.cell
         cells = np.asarray(list(cells), dtype=np.uint16)
         if cells.ndim != 1 or cells.size == 0:
             raise ConfigurationError("cells must be a non-empty list of memory cells")
@@ -308,7 +318,7 @@ class TruthGenerator:
             for name in _ARRAYS
         }
         for i, c in enumerate(cells):
-            ct = self.cell(module, int(c))
+            ct = cell(module, int(c))
             for name in _ARRAYS:
                 out[name][:, i] = getattr(ct, name)
         dead, noisy, hot = self.bad_pixels(module)
