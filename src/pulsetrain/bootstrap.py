@@ -17,14 +17,20 @@ import numpy as np
 from pulsetrain.calibration import BadPixels
 from pulsetrain.catalog import Catalog, Conditions
 
-__all__ = ["sim_conditions", "store_truth_constants", "rel_gain_from_truth"]
+__all__ = ["rel_gain_from_truth", "sim_conditions", "store_truth_constants"]
 
 
 def sim_conditions(memory_cells: int, photon_energy_kev: float = 9.3) -> Conditions:
     """The operating conditions the simulated AGIPD runs with (the correction device defaults)."""
-    return Conditions(memory_cells=memory_cells, bias_voltage=300.0, acquisition_rate=1.1,
-                      gain_setting=0, gain_mode=0, integration_time=12,
-                      photon_energy=photon_energy_kev)
+    return Conditions(
+        memory_cells=memory_cells,
+        bias_voltage=300.0,
+        acquisition_rate=1.1,
+        gain_setting=0,
+        gain_mode=0,
+        integration_time=12,
+        photon_energy=photon_energy_kev,
+    )
 
 
 def rel_gain_from_truth(truth) -> np.ndarray:
@@ -56,23 +62,36 @@ def store_truth_constants(
     """
     valid_from = valid_from or datetime.now(timezone.utc) - timedelta(days=1)
     modules = list(sim.modules if modules is None else modules)
-    catalog.add_detector(detector, "AGIPD", sim.spec.n_modules)
-    cond = sim_conditions(sim.memory_cells, sim.photon_energy_kev
-                          if hasattr(sim, "photon_energy_kev") else 9.3)
+    catalog.add_detector(detector, sim.spec.name, sim.spec.n_modules)
+    cond = sim_conditions(
+        sim.memory_cells, sim.photon_energy_kev if hasattr(sim, "photon_energy_kev") else 9.3
+    )
     stored: dict[int, dict] = {}
     for m in modules:
         truth = sim.truth(m)
-        recs = {"RelativeGain": catalog.add_constant(
-            detector, m, "RelativeGain", rel_gain_from_truth(truth), cond, valid_from,
-            comment="simulator truth export")}
+        recs = {
+            "RelativeGain": catalog.add_constant(
+                detector,
+                m,
+                "RelativeGain",
+                rel_gain_from_truth(truth),
+                cond,
+                valid_from,
+                comment="simulator truth export",
+            )
+        }
         if include_dark:
             bad = np.zeros(truth.offset.shape, np.uint32)
             bad[:, :, truth.dead | truth.noisy] |= np.uint32(BadPixels.NOISE_OUT_OF_THRESHOLD)
             bad[:, :, truth.hot] |= np.uint32(BadPixels.OFFSET_OUT_OF_THRESHOLD)
-            for ctype, arr in (("Offset", truth.offset), ("Noise", truth.noise),
-                               ("ThresholdsDark", truth.gain_thresholds()),
-                               ("BadPixelsDark", bad)):
-                recs[ctype] = catalog.add_constant(detector, m, ctype, arr, cond, valid_from,
-                                                   comment="simulator truth export")
+            for ctype, arr in (
+                ("Offset", truth.offset),
+                ("Noise", truth.noise),
+                ("ThresholdsDark", truth.gain_thresholds()),
+                ("BadPixelsDark", bad),
+            ):
+                recs[ctype] = catalog.add_constant(
+                    detector, m, ctype, arr, cond, valid_from, comment="simulator truth export"
+                )
         stored[m] = recs
     return stored

@@ -5,7 +5,7 @@ The package's ``__init__`` imports only the contract and the registry (both ligh
 plug-in module is loaded when its detector is asked for.
 """
 
-from pulsetrain.detectors.base import STEPS, ConstantType, Detector, RawKey, parse_steps
+from pulsetrain.detectors.base import STEPS, ConstantType, Detector, RawCodec, RawKey, parse_steps
 from pulsetrain.detectors.registry import (
     detector_names,
     get_detector,
@@ -17,6 +17,7 @@ __all__ = [
     "STEPS",
     "ConstantType",
     "Detector",
+    "RawCodec",
     "RawKey",
     "detector_names",
     "get_detector",

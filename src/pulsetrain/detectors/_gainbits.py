@@ -32,7 +32,7 @@ from numba import njit, prange
 
 from pulsetrain.calibration.badpixels import BadPixels
 from pulsetrain.calibration.kernels import accumulate_kernel
-from pulsetrain.detectors.base import ConstantType, DarkRun, Detector
+from pulsetrain.detectors.base import ConstantType, DarkRun, Detector, RawCodec
 from pulsetrain.errors import CalibrationError
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "ForcedGainDark",
     "GainBitsDetector",
     "GainBitsLayout",
+    "GainWordCodec",
     "KernelTables",
     "StageConstants",
     "correct",
@@ -832,6 +833,50 @@ class Prepared(NamedTuple):
         """Memory held by the tables, in bytes."""
         t = self.tables
         return int(t.offset.nbytes + t.factor.nbytes + t.bad_pixels.nbytes)
+
+
+class GainWordCodec(RawCodec):
+    """Simulated raw words with the gain code in the top bits of one 16-bit word.
+
+    Parameters
+    ----------
+    key
+        The raw data key (``"image.data"``).
+    shift
+        Bit position of the gain code (the ADC value is in the bits below).
+    plane
+        Whether each frame has a leading axis of length 1 (``(1, ss, fs)``, as LPD's XTDF data).
+    gain_key
+        Key of a uint8 array holding the gain code again (JUNGFRAU's ``data.gain``), or ``None``.
+    """
+
+    def __init__(self, key: str, shift: int, *, plane: bool = False, gain_key: str | None = None):
+        self.key, self.shift, self.plane, self.gain_key = key, int(shift), bool(plane), gain_key
+
+    def frame_keys(self, module_shape):
+        ny, nx = module_shape
+        keys = {self.key: (((1, ny, nx) if self.plane else (ny, nx)), np.uint16)}
+        if self.gain_key:
+            keys[self.gain_key] = ((ny, nx), np.uint8)
+        return keys
+
+    def encode(self, analog, digital):
+        word = (digital.astype(np.uint16) << self.shift) | analog.astype(np.uint16)
+        out = {self.key: word[:, None] if self.plane else word}
+        if self.gain_key:
+            out[self.gain_key] = digital.astype(np.uint8)
+        return out
+
+    def encode_pixels(self, pixels, analog, digital, npix):
+        pixels = pixels.astype(np.intp)
+        out = {self.key: (pixels, (digital << self.shift) | analog)}
+        if self.gain_key:
+            out[self.gain_key] = (pixels, digital.astype(np.uint8))
+        return out
+
+    def decode(self, data):
+        raw = data[self.key][:, 0] if self.plane else data[self.key]
+        return raw & ((1 << self.shift) - 1), raw >> self.shift
 
 
 class GainBitsDetector(Detector):

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pulsetrain.detectors.base import ConstantType, DarkRun, Detector, RawKey
+from pulsetrain.detectors.base import ConstantType, DarkRun, Detector, RawCodec, RawKey
 from pulsetrain.errors import CalibrationError
 
 __all__ = ["AGIPD", "DETECTOR"]
@@ -151,6 +151,10 @@ class AGIPD(Detector):
 
         return agipd1m_geometry(**kwargs)
 
+    def sim_spec(self) -> Any:
+        """AGIPD-1M in the simulator (analogue and digital planes, default response)."""
+        return _sim_spec()
+
     def truth_constants(self, truth: Any) -> dict[str, np.ndarray]:
         from pulsetrain.calibration import BadPixels
 
@@ -170,6 +174,58 @@ class AGIPD(Detector):
 
 
 @functools.lru_cache(maxsize=8)
+class AGIPDSimCodec(RawCodec):
+    """Simulated AGIPD words: ``image.data`` ``(frames, 2, ss, fs)`` uint16, ``[:, 0]`` the
+    analogue value and ``[:, 1]`` the digital gain value."""
+
+    def frame_keys(self, module_shape):
+        ny, nx = module_shape
+        return {"image.data": ((2, ny, nx), np.uint16)}
+
+    def encode(self, analog, digital):
+        return {"image.data": np.stack([analog, digital], axis=1).astype(np.uint16)}
+
+    def encode_pixels(self, pixels, analog, digital, npix):
+        pixels = pixels.astype(np.intp)
+        return {
+            "image.data": (
+                np.concatenate([pixels, pixels + npix]),
+                np.concatenate([analog, digital]).astype(np.uint16),
+            )
+        }
+
+    def decode(self, data):
+        raw = data["image.data"]
+        return raw[:, 0], raw[:, 1]
+
+
+def _sim_positions() -> np.ndarray:
+    import extra_geom
+
+    return extra_geom.AGIPD_1MGeometry.example().get_pixel_positions()
+
+
+@functools.cache
+def _sim_spec() -> Any:
+    from pulsetrain.sim.detectors import DetectorSpec
+    from pulsetrain.sim.parameters import GainModelParameters
+
+    return DetectorSpec(
+        name="AGIPD",
+        key=1,
+        n_modules=16,
+        module_shape=(512, 128),
+        pixel_size_m=200e-6,
+        source_format="SPB_DET_AGIPD1M-1/DET/{module}CH0:xtdf",
+        encoding="agipd",
+        default_memory_cells=64,
+        default_bank_size=4,
+        gain_model=GainModelParameters(),
+        codec=AGIPDSimCodec(),
+        positions=_sim_positions,
+    )
+
+
 def _filled(shape: tuple[int, ...], dtype: str, value: float) -> np.ndarray:
     """A constant array standing for a step that is off, shared by every module of a process
     (at 352 cells one is 277 MB; the kernel only reads it)."""

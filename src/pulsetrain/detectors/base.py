@@ -27,6 +27,7 @@ __all__ = [
     "ConstantType",
     "DarkRun",
     "Detector",
+    "RawCodec",
     "RawKey",
     "parse_steps",
 ]
@@ -82,6 +83,54 @@ class ConstantType:
     dtype: str
     steps: tuple[str, ...] = ()
     from_dark: bool = False
+
+
+class RawCodec:
+    """How the simulator writes a detector's raw words and reads them back (a plug-in's part).
+
+    A plug-in's :meth:`Detector.sim_spec` gives one as ``DetectorSpec.codec``; the simulator
+    calls only these methods.  ``analog`` and ``digital`` are the ADC value and the gain value
+    (a digital level or a gain code) of each pixel, ``(frames, ss, fs)``.  The default
+    :meth:`frame_info` writes the XTDF ``image.*`` per-frame keys.
+    """
+
+    def frame_keys(self, module_shape: tuple[int, int]) -> dict[str, tuple[tuple, type]]:
+        """Per-frame keys of raw data: ``{key: (shape of one frame, dtype)}``."""
+        raise NotImplementedError
+
+    def encode(self, analog: np.ndarray, digital: np.ndarray) -> dict[str, np.ndarray]:
+        """Pack analogue and digital values ``(frames, ss, fs)`` into raw keys."""
+        raise NotImplementedError
+
+    def encode_pixels(
+        self, pixels: np.ndarray, analog: np.ndarray, digital: np.ndarray, npix: int
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Raw values of some pixels of one frame: ``{key: (flat index in the frame, values)}``."""
+        raise NotImplementedError
+
+    def decode(self, data: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Unpack raw keys into ``(analog, gain)``, both ``(frames, ss, fs)``."""
+        raise NotImplementedError
+
+    def frame_info(
+        self,
+        train_id: int,
+        cell_ids: np.ndarray,
+        pulse_ids: np.ndarray,
+        timestamps: np.ndarray,
+        module_shape: tuple[int, int],
+    ) -> dict[str, np.ndarray]:
+        """Per-frame bookkeeping keys of one module-train (``timestamps``: of each frame)."""
+        n = len(cell_ids)
+        shape, dtype = self.frame_keys(module_shape)["image.data"]
+        frame_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        return {
+            "image.cellId": cell_ids.copy(),
+            "image.pulseId": pulse_ids.copy(),
+            "image.trainId": np.full(n, train_id, dtype=np.uint64),
+            "image.length": np.full(n, frame_bytes, dtype=np.uint32),
+            "image.status": np.zeros(n, dtype=np.uint16),
+        }
 
 
 def parse_steps(text: str | Iterable[str] | None, supported: Sequence[str]) -> tuple[str, ...]:
@@ -408,8 +457,10 @@ class Detector(abc.ABC):
         return self.name
 
     def sim_spec(self) -> Any:
-        """A :class:`pulsetrain.sim.detectors.DetectorSpec` for a detector the simulator does not
-        describe itself (``None``, the default: it does, under :attr:`sim_name`)."""
+        """The :class:`pulsetrain.sim.detectors.DetectorSpec` the simulator uses: module layout,
+        source names, default response, the :class:`RawCodec` of the raw words and the pixel
+        positions (cache it; import the simulator inside).  ``None`` (the default): the
+        detector cannot be simulated."""
         return None
 
     @abc.abstractmethod

@@ -20,12 +20,13 @@ Facts (EXtra-data's ``JUNGFRAU`` component, EuXFEL calibration):
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, ClassVar
 
 import numpy as np
 
-from pulsetrain.detectors._gainbits import GainBitsDetector, GainBitsLayout
+from pulsetrain.detectors._gainbits import GainBitsDetector, GainBitsLayout, GainWordCodec
 from pulsetrain.detectors.base import RawKey
 
 __all__ = ["DETECTOR", "JUNGFRAU", "LAYOUT"]
@@ -135,6 +136,72 @@ class JUNGFRAU(GainBitsDetector):
         pos = geom.get_pixel_positions()
         shift = tuple(-0.5 * (pos[..., a].min() + pos[..., a].max()) for a in (0, 1))
         return DetectorGeometry(geom.offset(shift), distance_m, tuple(beam_centre_px))
+
+    def sim_spec(self) -> Any:
+        """JUNGFRAU 4M (8 modules) in the simulator: 14-bit ADC, gain code in bits 14-15."""
+        return _sim_spec()
+
+
+class JungfrauSimCodec(GainWordCodec):
+    """Simulated JUNGFRAU words (gain code 0, 1, 3 in bits 14-15 of ``data.adc`` and in
+    ``data.gain``) and the ``data.*`` per-frame keys of the receiver."""
+
+    def __init__(self) -> None:
+        super().__init__("data.adc", 14, gain_key="data.gain")
+
+    def frame_info(self, train_id, cell_ids, pulse_ids, timestamps, module_shape):
+        n = len(cell_ids)
+        return {
+            "data.memoryCell": cell_ids.astype(np.uint8),
+            "data.frameNumber": (train_id * n + np.arange(n)).astype(np.uint64),
+            "data.timestamp": timestamps,
+            "data.trainId": np.array(train_id, dtype=np.uint64),
+        }
+
+
+def _sim_positions() -> np.ndarray:
+    """``JUNGFRAUGeometry.example(n_modules=8)`` with the modules' bounding box centred."""
+    import extra_geom
+
+    pos = extra_geom.JUNGFRAUGeometry.example(n_modules=8).get_pixel_positions()
+    for axis in (0, 1):
+        lo, hi = pos[..., axis].min(), pos[..., axis].max()
+        pos[..., axis] -= 0.5 * (lo + hi)
+    return pos
+
+
+@functools.cache
+def _sim_spec() -> Any:
+    from pulsetrain.sim.detectors import DetectorSpec
+    from pulsetrain.sim.parameters import GainModelParameters
+
+    return DetectorSpec(
+        name="JUNGFRAU",
+        key=3,
+        n_modules=8,
+        module_shape=(512, 1024),
+        pixel_size_m=75e-6,
+        source_format="SPB_IRDA_JF4M/DET/JNGFR{number:02d}:daqOutput",
+        encoding="jungfrau",
+        default_memory_cells=16,
+        default_bank_size=2,
+        gain_model=GainModelParameters(
+            offset_adu=(3000.0, 3500.0, 4000.0),
+            offset_cell_pixel_adu=0.0,
+            slope_adu_per_kev=(40.0, 1.5, 0.07),
+            slope_cell_pixel_rel=0.0,
+            noise_adu=(10.0, 4.0, 4.0),
+            digital_level_adu=(0.0, 1.0, 3.0),
+            digital_pixel_rel=0.0,
+            digital_cell_adu=0.0,
+            digital_noise_adu=0.0,
+            switch_kev=(250.0, 6000.0),
+            adc_max=16383,
+            hot_offset_adu=2000.0,
+        ),
+        codec=JungfrauSimCodec(),
+        positions=_sim_positions,
+    )
 
 
 DETECTOR = JUNGFRAU

@@ -20,11 +20,12 @@ Facts (EXtra-data's ``LPD1M`` component, EuXFEL calibration):
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import numpy as np
 
-from pulsetrain.detectors._gainbits import GainBitsDetector, GainBitsLayout
+from pulsetrain.detectors._gainbits import GainBitsDetector, GainBitsLayout, GainWordCodec
 from pulsetrain.detectors.base import RawKey
 
 __all__ = ["DETECTOR", "FXE_QUAD_POSITIONS_MM", "LAYOUT", "LPD"]
@@ -102,6 +103,54 @@ class LPD(GainBitsDetector):
         quads = FXE_QUAD_POSITIONS_MM if quad_positions is None else quad_positions
         geom = LPD_1MGeometry.from_quad_positions([tuple(map(float, q)) for q in quads])
         return DetectorGeometry(geom, distance_m, tuple(beam_centre_px))
+
+    def sim_spec(self) -> Any:
+        """LPD-1M in the simulator: 12-bit ADC, stage in bits 12-13 (no digital noise)."""
+        return _sim_spec()
+
+
+#: Simulated raw words: the gain stage (0/1/2) in bits 12-13 of ``image.data`` ``(1, ss, fs)``.
+SIM_CODEC = GainWordCodec("image.data", 12, plane=True)
+
+
+def _sim_positions() -> np.ndarray:
+    import extra_geom
+
+    return extra_geom.LPD_1MGeometry.example().get_pixel_positions()
+
+
+@functools.cache
+def _sim_spec() -> Any:
+    from pulsetrain.sim.detectors import DetectorSpec
+    from pulsetrain.sim.parameters import GainModelParameters
+
+    return DetectorSpec(
+        name="LPD",
+        key=2,
+        n_modules=16,
+        module_shape=(256, 256),
+        pixel_size_m=500e-6,
+        source_format="FXE_DET_LPD1M-1/DET/{module}CH0:xtdf",
+        encoding="lpd",
+        default_memory_cells=512,
+        default_bank_size=4,
+        gain_model=GainModelParameters(
+            offset_adu=(700.0, 800.0, 900.0),
+            offset_cell_pixel_adu=0.0,
+            slope_adu_per_kev=(2.5, 0.25, 0.02),
+            slope_cell_pixel_rel=0.0,
+            noise_adu=(3.0, 2.0, 2.0),
+            digital_level_adu=(0.0, 1.0, 2.0),
+            digital_pixel_rel=0.0,
+            digital_cell_adu=0.0,
+            digital_noise_adu=0.0,
+            switch_kev=(1000.0, 9000.0),
+            adc_max=4095,
+            hot_offset_adu=450.0,
+        ),
+        codec=SIM_CODEC,
+        positions=_sim_positions,
+    )
 
 
 DETECTOR = LPD

@@ -7,11 +7,13 @@ import time
 
 import numpy as np
 
+from pulsetrain.errors import PropertyError
 from pulsetrain.protocol import make_meta
 from pulsetrain.runtime.device import Device, ProducerDevice, Property, State, slot
 from pulsetrain.sim import (
     CAMERA_SOURCE,
     DEFAULT_FIRST_TRAIN_ID,
+    DETECTORS,
     MOTOR_SOURCE,
     XGM_SOURCE,
     DetectorSimulator,
@@ -38,7 +40,12 @@ class SimulatedDetector(ProducerDevice):
 
     outputs = tuple(f"module{m}" for m in range(N_OUTPUTS)) + ("slow",)
 
-    detector = Property(str, "AGIPD", options=("AGIPD", "LPD", "JUNGFRAU"), access="init")
+    detector = Property(
+        str,
+        "AGIPD",
+        access="init",
+        description="detector type: any detector plug-in with a simulator description",
+    )
     frames = Property(
         int, 16, minimum=1, maximum=2700, access="init", description="frames (pulses) per train"
     )
@@ -93,6 +100,9 @@ class SimulatedDetector(ProducerDevice):
     )
 
     def initialize(self) -> None:
+        names = list(DETECTORS)  # every detector plug-in that can be simulated
+        if self.detector not in names:
+            raise PropertyError(f"detector: {self.detector!r} is not one of {names}")
         self.sim = DetectorSimulator(
             self.detector,
             frames=self.frames,

@@ -25,7 +25,6 @@ from pulsetrain.errors import ConfigurationError
 from pulsetrain.sim.bank import FrameBank
 from pulsetrain.sim.clock import TrainClock, source_meta
 from pulsetrain.sim.detectors import DetectorSpec, detector_spec
-from pulsetrain.sim.encoding import encode, encode_pixels, frame_keys
 from pulsetrain.sim.geometry import q_map
 from pulsetrain.sim.parameters import GainModelParameters, SampleParameters
 from pulsetrain.sim.response import respond
@@ -75,7 +74,8 @@ class DetectorSimulator:
     Parameters
     ----------
     detector : str
-        ``"AGIPD"`` (1M, 16 modules), ``"LPD"`` (1M, 16 modules) or ``"JUNGFRAU"`` (8 modules).
+        A detector type with a plug-in (:mod:`pulsetrain.detectors`): ``"AGIPD"`` (1M, 16
+        modules), ``"LPD"`` (1M, 16 modules), ``"JUNGFRAU"`` (8 modules) or another one.
     frames : int
         Frames (pulses, or JUNGFRAU memory cells) per train.
     memory_cells : int, optional
@@ -169,7 +169,8 @@ class DetectorSimulator:
         self.recycle_buffers = int(recycle_buffers)
 
         self._truths = TruthGenerator(self.spec, self.gain_model, self.seed)
-        self._keys = frame_keys(self.spec.encoding, self.spec.module_shape)
+        self._codec = self.spec.codec
+        self._keys = self._codec.frame_keys(self.spec.module_shape)
         self._cell_cache: OrderedDict[tuple[int, int], CellTruth] = OrderedDict()
         self._cell_cache_bytes = 0
         self._ring: dict[int, np.ndarray] = {}
@@ -389,7 +390,7 @@ class DetectorSimulator:
                 if e is not None:
                     energy[f] = e
                 stages[f] = st
-        data = encode(self.spec.encoding, analog, digital)
+        data = self._codec.encode(analog, digital)
         data.update(self._frame_info(train_id))
         if return_truth:
             return data, SignalTruth(energy, stages, hits, self.cell_ids.copy())
@@ -407,23 +408,11 @@ class DetectorSimulator:
         )
 
     def _frame_info(self, train_id: int) -> dict[str, np.ndarray]:
-        n = self.frames
-        if self.spec.encoding == "jungfrau":
-            t0 = self.clock.timestamp(train_id)
-            return {
-                "data.memoryCell": self.cell_ids.astype(np.uint8),
-                "data.frameNumber": (train_id * n + np.arange(n)).astype(np.uint64),
-                "data.timestamp": t0 + self.pulse_ids.astype(np.float64) * PULSE_SLOT_S,
-                "data.trainId": np.array(train_id, dtype=np.uint64),
-            }
-        frame_bytes = int(np.prod(self._keys["image.data"][0])) * 2
-        return {
-            "image.cellId": self.cell_ids.copy(),
-            "image.pulseId": self.pulse_ids.copy(),
-            "image.trainId": np.full(n, train_id, dtype=np.uint64),
-            "image.length": np.full(n, frame_bytes, dtype=np.uint32),
-            "image.status": np.zeros(n, dtype=np.uint16),
-        }
+        t0 = self.clock.timestamp(train_id)
+        timestamps = t0 + self.pulse_ids.astype(np.float64) * PULSE_SLOT_S
+        return self._codec.frame_info(
+            train_id, self.cell_ids, self.pulse_ids, timestamps, self.spec.module_shape
+        )
 
     # -- fast path --------------------------------------------------------------------------
     def _bank(self, module: int) -> FrameBank:
@@ -460,7 +449,7 @@ class DetectorSimulator:
                     e = rng.poisson(lam).astype(np.float32)
                     e *= e_ph
                     a, d, _ = self._respond(e, ct, rng)
-                frame = encode(self.spec.encoding, a[None], d[None])
+                frame = self._codec.encode(a[None], d[None])
                 bank.set_base(slot, j, {k: v[0] for k, v in frame.items()})
             for v in range(n_variants):
                 peaks = draw_module_peaks(
@@ -470,7 +459,7 @@ class DetectorSimulator:
                 photons = rng.poisson(lam.reshape(-1)[pix]) + rng.poisson(mu)
                 e = photons.astype(np.float32) * e_ph
                 a, d, _ = self._respond(e, ct, rng, pixels=pix)
-                bank.set_overlay(slot, v, encode_pixels(self.spec.encoding, pix, a, d, npix))
+                bank.set_overlay(slot, v, self._codec.encode_pixels(pix, a, d, npix))
         log.debug(
             "built fast-path bank of %s module %d: %.1f MB",
             self.detector,

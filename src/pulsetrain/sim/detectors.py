@@ -1,12 +1,18 @@
-"""Descriptions of the simulated detector types: AGIPD-1M, LPD-1M and JUNGFRAU (4M, 8 modules).
+"""Descriptions of the simulated detector types, as the detector plug-ins give them.
 
 A :class:`DetectorSpec` says how many modules a detector has, their shape, how its sources are
-named, how raw words are encoded and which default response parameters it uses.
+named, how raw words are encoded (its codec), where its pixels are and which default response
+parameters it uses.  Each plug-in of :mod:`pulsetrain.detectors` brings its own spec
+(``Detector.sim_spec``); nothing here names a detector.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from pulsetrain.errors import ConfigurationError
 from pulsetrain.sim.parameters import GainModelParameters
@@ -21,7 +27,7 @@ class DetectorSpec:
     Attributes
     ----------
     name : str
-        ``"AGIPD"``, ``"LPD"`` or ``"JUNGFRAU"``.
+        Type name (``"AGIPD"``), as the plug-in's.
     key : int
         Number of the type in random-stream keys.
     n_modules : int
@@ -33,14 +39,19 @@ class DetectorSpec:
     source_format : str
         Raw source name; formatted with ``module`` (0-based) and ``number`` (``module + 1``).
     encoding : str
-        How raw data are laid out: ``"agipd"`` (analog and digital planes), ``"lpd"`` (gain in
-        bits 12-13 of one 16-bit word) or ``"jungfrau"`` (gain in bits 14-15, plus a gain array).
+        Name of the raw layout (by convention the type name in lower case); ``codec`` does the
+        work.
     default_memory_cells : int
         Memory cells when none are given.
     default_bank_size : int
         Raw frames per memory cell in the fast-path bank when none is given.
     gain_model : GainModelParameters
         Default response parameters.
+    codec : pulsetrain.detectors.RawCodec
+        Encodes and decodes the raw words and writes the per-frame keys.
+    positions : callable
+        ``positions()`` returns the pixel centres ``(modules, ss, fs, 3)`` in metres with the
+        beam at x = y = 0 (called once; the result is cached).
     """
 
     name: str
@@ -53,6 +64,8 @@ class DetectorSpec:
     default_memory_cells: int
     default_bank_size: int
     gain_model: GainModelParameters = field(default_factory=GainModelParameters)
+    codec: Any = field(default=None, compare=False)
+    positions: Callable[[], np.ndarray] | None = field(default=None, compare=False)
 
     def source(self, module: int) -> str:
         """Raw source name of ``module`` (0-based)."""
@@ -68,92 +81,45 @@ class DetectorSpec:
         return self.module_shape[0] * self.module_shape[1]
 
 
-_AGIPD = DetectorSpec(
-    name="AGIPD",
-    key=1,
-    n_modules=16,
-    module_shape=(512, 128),
-    pixel_size_m=200e-6,
-    source_format="SPB_DET_AGIPD1M-1/DET/{module}CH0:xtdf",
-    encoding="agipd",
-    default_memory_cells=64,
-    default_bank_size=4,
-    gain_model=GainModelParameters(),
-)
+class _Specs(Mapping):
+    """The simulator specs of every known detector plug-in, by type name (read lazily)."""
 
-# LPD: 12-bit ADC, gain stage in bits 12-13 ("digital" = the gain code 0/1/2, no noise).
-_LPD = DetectorSpec(
-    name="LPD",
-    key=2,
-    n_modules=16,
-    module_shape=(256, 256),
-    pixel_size_m=500e-6,
-    source_format="FXE_DET_LPD1M-1/DET/{module}CH0:xtdf",
-    encoding="lpd",
-    default_memory_cells=512,
-    default_bank_size=4,
-    gain_model=GainModelParameters(
-        offset_adu=(700.0, 800.0, 900.0),
-        offset_cell_pixel_adu=0.0,
-        slope_adu_per_kev=(2.5, 0.25, 0.02),
-        slope_cell_pixel_rel=0.0,
-        noise_adu=(3.0, 2.0, 2.0),
-        digital_level_adu=(0.0, 1.0, 2.0),
-        digital_pixel_rel=0.0,
-        digital_cell_adu=0.0,
-        digital_noise_adu=0.0,
-        switch_kev=(1000.0, 9000.0),
-        adc_max=4095,
-        hot_offset_adu=450.0,
-    ),
-)
+    def __getitem__(self, name: str) -> DetectorSpec:
+        return detector_spec(name)
 
-# JUNGFRAU: 14-bit ADC, gain code 0 (G0), 1 (G1), 3 (G2) in bits 14-15 and in data.gain.
-_JUNGFRAU = DetectorSpec(
-    name="JUNGFRAU",
-    key=3,
-    n_modules=8,
-    module_shape=(512, 1024),
-    pixel_size_m=75e-6,
-    source_format="SPB_IRDA_JF4M/DET/JNGFR{number:02d}:daqOutput",
-    encoding="jungfrau",
-    default_memory_cells=16,
-    default_bank_size=2,
-    gain_model=GainModelParameters(
-        offset_adu=(3000.0, 3500.0, 4000.0),
-        offset_cell_pixel_adu=0.0,
-        slope_adu_per_kev=(40.0, 1.5, 0.07),
-        slope_cell_pixel_rel=0.0,
-        noise_adu=(10.0, 4.0, 4.0),
-        digital_level_adu=(0.0, 1.0, 3.0),
-        digital_pixel_rel=0.0,
-        digital_cell_adu=0.0,
-        digital_noise_adu=0.0,
-        switch_kev=(250.0, 6000.0),
-        adc_max=16383,
-        hot_offset_adu=2000.0,
-    ),
-)
+    def __iter__(self) -> Iterator[str]:
+        from pulsetrain.detectors import detector_names, get_detector
 
-#: The detector types by name.
-DETECTORS: dict[str, DetectorSpec] = {d.name: d for d in (_AGIPD, _LPD, _JUNGFRAU)}
+        return iter([n for n in detector_names() if get_detector(n).sim_spec() is not None])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+#: The detector types by name (every plug-in's :meth:`~pulsetrain.detectors.Detector.sim_spec`).
+DETECTORS: Mapping[str, DetectorSpec] = _Specs()
 
 
 def detector_spec(name: str) -> DetectorSpec:
-    """Return the :class:`DetectorSpec` called ``name`` (case-insensitive).
+    """Return the :class:`DetectorSpec` of detector type ``name`` (case-insensitive).
 
-    Detector types described here come first; another detector plug-in
-    (:mod:`pulsetrain.detectors`) may bring its own spec (``Detector.sim_spec``).
+    The spec comes from the detector plug-in (:mod:`pulsetrain.detectors`,
+    ``Detector.sim_spec``).
+
+    Raises
+    ------
+    ConfigurationError
+        No such detector type, or its plug-in gives no spec.
     """
-    spec = DETECTORS.get(str(name).upper())
-    if spec is not None:
-        return spec
-    from pulsetrain.detectors import get_detector
+    from pulsetrain.detectors import detector_names, get_detector
 
     try:
-        spec = get_detector(name).sim_spec()
+        plugin = get_detector(name)
     except ConfigurationError:
-        spec = None
+        raise ConfigurationError(
+            f"unknown detector {name!r}; choose one of {', '.join(detector_names())}"
+        ) from None
+    spec = plugin.sim_spec()
     if not isinstance(spec, DetectorSpec):
-        raise ConfigurationError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
+        raise ConfigurationError(f"detector {plugin.name} cannot be simulated (no sim_spec)")
     return spec

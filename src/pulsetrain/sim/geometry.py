@@ -1,18 +1,18 @@
 """Where the simulated pixels are: positions from EXtra-geom and scattering vector maps.
 
-AGIPD and LPD use ``AGIPD_1MGeometry.example()`` / ``LPD_1MGeometry.example()`` (the standard
-quadrant positions, beam at the geometry origin).  JUNGFRAU uses
-``JUNGFRAUGeometry.example(n_modules=8)`` shifted so that the beam is at the centre of the
-modules' bounding box.  The sample-detector distance is added along the beam.
+The detector plug-in gives the positions (``DetectorSpec.positions``: AGIPD and LPD use
+EXtra-geom's example geometries, JUNGFRAU its example of 8 modules centred on the beam).  The
+sample-detector distance is added along the beam.
 """
 
 from __future__ import annotations
 
-import functools
 import math
+import threading
 
 import numpy as np
 
+from pulsetrain.errors import ConfigurationError
 from pulsetrain.sim.detectors import DetectorSpec
 
 __all__ = [
@@ -33,23 +33,20 @@ def wavelength_angstrom(photon_energy_kev: float) -> float:
     return HC_KEV_ANGSTROM / float(photon_energy_kev)
 
 
-@functools.lru_cache(maxsize=4)
-def _positions(name: str) -> np.ndarray:
-    import extra_geom
+_POSITIONS: dict[tuple[str, object], np.ndarray] = {}
+_LOCK = threading.Lock()
 
-    if name == "AGIPD":
-        pos = extra_geom.AGIPD_1MGeometry.example().get_pixel_positions()
-    elif name == "LPD":
-        pos = extra_geom.LPD_1MGeometry.example().get_pixel_positions()
-    elif name == "JUNGFRAU":
-        pos = extra_geom.JUNGFRAUGeometry.example(n_modules=8).get_pixel_positions()
-        for axis in (0, 1):
-            lo, hi = pos[..., axis].min(), pos[..., axis].max()
-            pos[..., axis] -= 0.5 * (lo + hi)
-    else:  # pragma: no cover - specs are fixed
-        raise ValueError(name)
-    pos = np.ascontiguousarray(pos, dtype=np.float64)
-    pos.setflags(write=False)
+
+def _positions(spec: DetectorSpec) -> np.ndarray:
+    key = (spec.name, spec.positions)
+    pos = _POSITIONS.get(key)
+    if pos is None:
+        if spec.positions is None:
+            raise ConfigurationError(f"detector {spec.name} gives no pixel positions")
+        pos = np.ascontiguousarray(spec.positions(), dtype=np.float64)
+        pos.setflags(write=False)
+        with _LOCK:
+            pos = _POSITIONS.setdefault(key, pos)
     return pos
 
 
@@ -58,7 +55,7 @@ def pixel_positions(spec: DetectorSpec) -> np.ndarray:
 
     The array is cached and read-only.
     """
-    return _positions(spec.name)
+    return _positions(spec)
 
 
 def pixel_radius_m(spec: DetectorSpec, module: int) -> np.ndarray:
