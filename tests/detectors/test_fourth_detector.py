@@ -13,6 +13,7 @@ import pytest
 from pulsetrain.detectors import get_detector, register_detector, registry
 from pulsetrain.detectors._gainbits import GainBitsDetector, GainBitsLayout, GainWordCodec
 from pulsetrain.detectors.base import RawKey
+from waiting import wait_until
 
 SHAPE = (64, 64)
 PITCH_M = 500e-6
@@ -135,6 +136,10 @@ def test_the_simulated_detector_device_accepts_a_registered_type(toy):
 
     dev = SimulatedDetector("sim-toy", config={"detector": "TOYGB", "frames": 2})
     assert dev.detector == "TOYGB"
+    dev.initialize()
+    assert dev.sim.spec is _spec()
+    wait_until(dev._banks_ready.is_set, timeout=60.0, what="the toy detector's frame banks")
+    assert set(dev.sim.train(dev.first_train_id)[0]) == {_spec().source(0), _spec().source(1)}
     bad = SimulatedDetector("sim-bad", config={"detector": "NOPE", "frames": 2})
     with pytest.raises(PropertyError, match="detector: 'NOPE' is not one of"):
         bad.initialize()
