@@ -31,6 +31,16 @@ stopped, and the summary so far printed.
 """
 
 
+def _detector_name(text: str) -> str:
+    """The type name of a detector plug-in (case-insensitive); else an argument error."""
+    from pulsetrain.detectors import get_detector
+
+    try:
+        return get_detector(text.upper()).name
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
@@ -69,9 +79,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--detector",
         default="AGIPD",
-        type=str.upper,
-        choices=["AGIPD", "LPD", "JUNGFRAU"],
-        help="detector type simulated and corrected (default AGIPD-1M)",
+        type=_detector_name,
+        help="detector type simulated and corrected: AGIPD (default, AGIPD-1M), LPD, "
+        "JUNGFRAU, ... (any detector plug-in)",
     )
     p.set_defaults(func=run)
 
