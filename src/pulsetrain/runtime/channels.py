@@ -607,12 +607,23 @@ class OutputChannel:
                 if now - conn.last_seen > self.liveness:
                     log.warning("%s: input %s timed out", self.name, conn.input_id)
                     self._remove(identity)
-                    if conn.distribution != "shared":
-                        conn.gone_since = now
-                        self._gone[identity] = conn
+                    self._keep_gone(conn, now)
             for identity, conn in list(self._gone.items()):
                 if now - (conn.gone_since or now) > self.forget_after:
                     del self._gone[identity]
+
+    def _keep_gone(self, conn: _Connection, now: float) -> None:
+        """Remember a removed copy input, so that the trains it misses count as dropped for it
+        until it comes back.  If the same input already came back on a new connection (a
+        restarted process), its losses go to that connection at once."""
+        if conn.distribution == "shared":
+            return  # the group's losses are counted by the output (shared_dropped)
+        for live in self._conns.values():
+            if live.input_id == conn.input_id:
+                live.dropped += conn.dropped
+                return
+        conn.gone_since = now
+        self._gone[conn.identity] = conn
 
     def _send(self, conn: _Connection, entry: tuple | None) -> bool:
         """Send one queued entry ``(write_index, frames)`` (None = end of stream)."""
@@ -632,6 +643,9 @@ class OutputChannel:
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the input went away
             log.warning("%s: cannot send to %s: %s", self.name, conn.input_id, exc)
             self._remove(conn.identity)
+            if entry is not None and conn.distribution != "shared":
+                conn.dropped += 1  # this train is lost for it (a shared one goes to another)
+            self._keep_gone(conn, time.monotonic())
             return False
         conn.sent += 1
         return True
