@@ -100,7 +100,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         token = token_from_env()
     if not token:
-        print("error: no control token: use --token-file or set PULSETRAIN_TOKEN", file=sys.stderr)
+        print(
+            "pulsetrain server: error: no control token: use --token-file or set PULSETRAIN_TOKEN",
+            file=sys.stderr,
+        )
         return 2
     events = args.events_bind
     if events is None:
