@@ -173,6 +173,10 @@ class SceneSession:
         """The output detector images show when their panel names none."""
         return self.server.preview_output
 
+    def on_document_ready(self, callback: Any) -> None:
+        """Run browser code (a ``CustomJS``) once the page is shown."""
+        self.doc.js_on_event("document_ready", callback)
+
     def add_editor(self, widget: Any) -> None:
         """Register a widget that changes devices: enabled only while the page may edit."""
         self.editors.append(widget)

@@ -111,6 +111,9 @@ class Page(Protocol):
     def run_on_page(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the page's thread (from another thread, e.g. a finished request)."""
 
+    def on_document_ready(self, callback: Any) -> None:
+        """Run browser code (a ``CustomJS``) once the page is shown."""
+
     def page_devices(self) -> set[str]:
         """Every device the page's panels read or change."""
 
