@@ -281,9 +281,15 @@ class SceneSession:
     # ------------------------------------------------------------ updates
     def _tick(self) -> None:
         now = time.monotonic()
-        polled = self.backend.polls != self._last_poll
-        self._last_poll = self.backend.polls
-        for panel in self.panels:
+        # A browser short of CPU (a loaded machine) has not taken the last images yet: only
+        # the flow-controlled panels (images) may send now; the others wait (a poll missed
+        # meanwhile is caught up at the next one), instead of queueing trends and histograms in
+        # the websocket ahead of the next image.
+        behind = [p for p in self.panels if p.browser_behind(now)]
+        polled = self.backend.polls != self._last_poll and not behind
+        if polled:
+            self._last_poll = self.backend.polls
+        for panel in behind or self.panels:
             try:
                 panel.on_tick(now)
                 if polled:
