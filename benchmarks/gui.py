@@ -317,6 +317,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not os.path.exists(CHROMIUM):
         raise SystemExit(f"needs Debian chromium at {CHROMIUM}")
 
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     from pulsetrain.runtime.supervisor import Supervisor
@@ -367,14 +368,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     gui = GuiProcess(topology, [DETECTOR_SCENE])
                     for _ in range(2):  # two pages, as two operators would
                         page = browser.new_page(viewport={"width": 1600, "height": 1000})
-                        page.goto(gui.urls["detector"])
+                        # the time to the first image is the page's own clock (from the start
+                        # of the navigation), so waiting here may take as long as it takes
+                        page.goto(gui.urls["detector"], wait_until="commit", timeout=180000)
                         page.wait_for_function(
-                            "window.pulsetrain && window.pulsetrain.total >= 1", timeout=60000
+                            "window.pulsetrain && window.pulsetrain.total >= 1", timeout=180000
                         )
                         first.append(page.evaluate("window.pulsetrain.first") / 1000.0)
                         pages.append(page)
                     for page in pages:
-                        page.wait_for_function("window.pulsetrain.total >= 20", timeout=60000)
+                        try:
+                            page.wait_for_function("window.pulsetrain.total >= 20", timeout=60000)
+                        except PlaywrightTimeout:  # measured as it is: a slow page is a result
+                            print("  a page did not reach 20 images within 60 s", flush=True)
                 time.sleep(settle)  # let the pipeline reach its steady state (backlog, latency)
                 groups = {"pipeline": [servers[0]], "analysis": [servers[1]]}
                 if gui is not None:
@@ -484,7 +490,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 for label, measured in disp.items():
                     page = browser.new_page(viewport={"width": 900, "height": 800})
                     if label.startswith("Bokeh"):
-                        page.goto(gui.urls["live"])
+                        page.goto(gui.urls["live"], timeout=180000)
                         counter, serving = (
                             "window.pulsetrain ? window.pulsetrain.total : 0",
                             [gui.ps],
@@ -492,7 +498,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     else:
                         page.goto(f"http://127.0.0.1:{peer.port}/")
                         counter, serving = "window.frames", [me]
-                    page.wait_for_function(f"({counter}) >= 20", timeout=60000)
+                    page.wait_for_function(f"({counter}) >= 20", timeout=180000)
                     chrome = _chromium_procs()
                     c0, s0, t0 = _cpu_seconds(chrome), _cpu_seconds(serving), time.monotonic()
                     r = _rates(sup, window, [(page, counter)])
