@@ -86,10 +86,11 @@ class SceneSession:
         # changes, so with one root for the page every status line redrawn anywhere laid out
         # every figure of the page (measured: half the browser's time on the detector page;
         # image updates fell to 0.1-2 per second on a loaded 2-core machine).
-        doc.add_root(column(header, name="pt-header"))
-        for k, p in enumerate(self.panels):
-            doc.add_root(column(p.layout, name=f"pt-panel-root-{k}"))
-        doc.add_root(column(self.download_link, name="pt-download"))
+        with doc.models.freeze():  # one walk over the models for all the roots, not one each
+            doc.add_root(column(header, name="pt-header"))
+            for k, p in enumerate(self.panels):
+                doc.add_root(column(p.layout, name=f"pt-panel-root-{k}"))
+            doc.add_root(column(self.download_link, name="pt-download"))
         doc.template = _page_template(scene.columns)
         self._last_poll = self.backend.polls
         doc.add_periodic_callback(self._tick, int(TICK_SECONDS * 1000))
