@@ -207,6 +207,10 @@ class CanvasPeer:
         self.tap.close()
 
 
+#: GUI processes started by this run (stopped at the end even when the run fails).
+_STARTED: list[GuiProcess] = []
+
+
 class GuiProcess:
     """``pulsetrain gui`` as an operator starts it; knows its page URLs."""
 
@@ -239,8 +243,11 @@ class GuiProcess:
             raise RuntimeError("pulsetrain gui did not start")
         threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
         self.ps = psutil.Process(self.proc.pid)
+        _STARTED.append(self)
 
     def close(self) -> None:
+        if self.proc.poll() is not None:
+            return
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(20)
@@ -551,4 +558,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        for started in _STARTED:
+            started.close()
