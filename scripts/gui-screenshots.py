@@ -1,7 +1,7 @@
 """Regenerate the GUI screenshots in ``docs/`` (1600 × 1000 and 1280 × 800), from a live run.
 
-Starts ``examples/scenes/gui-topology.toml`` (simulated AGIPD-1M at 10 Hz with the analysis
-devices), serves the example scenes with ``pulsetrain gui``'s server, opens each page in
+Starts ``examples/scenes/gui-topology.toml`` (simulated AGIPD-1M at 10 Hz, corrected, with the
+analysis devices; the correction constants go to a catalogue of the run), serves the example scenes with ``pulsetrain gui``'s server, opens each page in
 Debian's chromium (Playwright, never a downloaded browser) and saves
 
     docs/gui-<scene>-1600x1000.png      docs/gui-<scene>-1280x800.png
@@ -92,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     topology = work / "topology.toml"
     topology.write_text(topology_text(f"gui-screenshots-{os.getpid()}"))
     args.out.mkdir(parents=True, exist_ok=True)
+    # the example's correction constants (the simulator's truth), in a catalogue of this run
+    os.environ["PULSETRAIN_CATALOG"] = str(work / "catalog.sqlite")
+    sys.path.insert(0, str(TOPOLOGY.parent))
+    from store_constants import store
+
+    store(str(work / "catalog.sqlite"), say=lambda s: None)
     with Supervisor(topology, workdir=work) as sup:
         client = sup.device_client(ROI)
         client.wait_for(ROI, "lastTrainId", lambda v: v > 0, timeout=180)

@@ -353,3 +353,27 @@ def test_every_panel_type_renders(gui, page):
     )
     page.wait_for_function(model_js("counters-3", "text") + ".includes('PROCESSING')")
     assert page.locator(".pt-slot").count() >= 4  # slot buttons of the devices
+
+
+def test_device_tabs_show_id_and_class_on_hover(gui, page):
+    """The device tabs are named short (``MOTOR/X``); hovering shows the full ID and class."""
+    page.goto(gui["control"])
+    tab = page.locator(".bk-tab").filter(has_text="PROC/PREVIEW")
+    tab.wait_for()
+    wait_until(
+        lambda: tab.get_attribute("title") == f"{PREVIEW} (PreviewAssembler)",
+        timeout=20,
+        what="the preview tab's hover title",
+    )
+    tab.hover()
+    tab.click()  # BokehJS rebuilds the tab headers: the titles must come back
+    motor = page.locator(".bk-tab").filter(has_text="MOTOR/X")
+    wait_until(
+        lambda: (
+            motor.get_attribute("title") == f"{MOTOR} (SimulatedMotor)"
+            and tab.get_attribute("title") == f"{PREVIEW} (PreviewAssembler)"
+        ),
+        timeout=20,
+        what="the titles after changing tabs",
+    )
+    assert page.locator(".bk-tab").first.inner_text() == "MOTOR/X"

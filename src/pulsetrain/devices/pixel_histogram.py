@@ -13,7 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from pulsetrain.analysis.histogram import bin_edges, finite_scan, pulse_histograms
+from pulsetrain.analysis.histogram import (
+    bin_edges,
+    finite_scan,
+    pulse_histograms,
+    pulse_histograms_moments,
+)
 from pulsetrain.analysis.roi import RegionGather
 from pulsetrain.devices.detector_image import DetectorImageDevice, TrainModules
 from pulsetrain.errors import ConfigurationError, PropertyError
@@ -80,22 +85,29 @@ class PixelHistogram(DetectorImageDevice):
             parts = [self._gather.gather(train.frames, n)]
         else:
             parts = [arr[:n] for arr in train.frames.values()]
-        scans = [finite_scan(p) for p in parts]
-        count = sum(c for c, *_ in scans)
-        total = sum(t for _, t, *_ in scans)
-        total_sq = sum(t2 for _, _, t2, *_ in scans)
         lo, hi = (float(v) for v in self.range)
-        if (lo, hi) == (0.0, 0.0):
+        per_pulse = np.zeros((n, self.bins), dtype=np.int64)
+        if (lo, hi) != (0.0, 0.0):  # a fixed range: bins and moments in one pass over the data
+            edges = bin_edges(self.bins, (lo, hi))
+            count, total, total_sq = 0, 0.0, 0.0
+            for part in parts:
+                c, k, t, t2 = pulse_histograms_moments(part, edges)
+                per_pulse += c
+                count, total, total_sq = count + k, total + t, total_sq + t2
+        else:  # the train's own (min, max): one pass for the range, one for the bins
+            scans = [finite_scan(p) for p in parts]
+            count = sum(c for c, *_ in scans)
+            total = sum(t for _, t, *_ in scans)
+            total_sq = sum(t2 for _, _, t2, *_ in scans)
             if count:
                 lo, hi = min(sc[3] for sc in scans), max(sc[4] for sc in scans)
                 if lo == hi:
                     lo, hi = lo - 0.5, hi + 0.5
             else:
                 lo, hi = 0.0, 1.0
-        edges = bin_edges(self.bins, (lo, hi))
-        per_pulse = np.zeros((n, self.bins), dtype=np.int64)
-        for part in parts:
-            per_pulse += pulse_histograms(part, edges)
+            edges = bin_edges(self.bins, (lo, hi))
+            for part in parts:
+                per_pulse += pulse_histograms(part, edges)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             mean = total / count if count else float("nan")

@@ -187,6 +187,17 @@ class PreviewAssembler(Device):
     skippedTrains = Property(
         int, 0, access="readonly", description="trains without module data (nothing written)"
     )
+    only_when_watched = Property(
+        bool,
+        False,
+        description="make previews only while a display (an input) is connected to the output",
+    )
+    unwatchedTrains = Property(
+        int,
+        0,
+        access="readonly",
+        description="trains not previewed because no display was connected to the output",
+    )
     pixelMap = Property(
         np.ndarray,
         np.zeros((0, 0), np.int32),
@@ -387,6 +398,11 @@ class PreviewAssembler(Device):
         return lo, hi
 
     def on_data(self, data: dict, meta: dict, channel: str) -> None:
+        if self.only_when_watched and not self.output_channels["output"].connections():
+            # Nobody watches: the preview exists for displays, so make none (a display that
+            # connects gets the next train).  Costs nothing while no GUI is open.
+            self.count("unwatchedTrains")
+            return
         t0 = time.perf_counter()
         modules, first = self._modules(data)
         if not modules:

@@ -111,6 +111,9 @@ class Page(Protocol):
     def run_on_page(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the page's thread (from another thread, e.g. a finished request)."""
 
+    def on_document_ready(self, callback: Any) -> None:
+        """Run browser code (a ``CustomJS``) once the page is shown."""
+
     def page_devices(self) -> set[str]:
         """Every device the page's panels read or change."""
 
@@ -326,6 +329,15 @@ class PanelBase:
 
     def on_poll(self) -> None:
         """Called after each property poll."""
+
+    def browser_behind(self, now: float) -> bool:
+        """Whether the browser has not yet taken what this panel sent (its own flow control).
+
+        While a panel of the page says so, the page holds back the updates of the panels
+        without flow control (trends, histograms, tables): they would queue in the websocket
+        ahead of the next image on a browser that is short of CPU.
+        """
+        return False
 
     def devices(self) -> set[str]:
         """The devices this panel reads or changes (polled while a page shows the panel)."""

@@ -285,6 +285,9 @@ class DetectorImagePanel(PanelBase):
             return True
         return now - max(self.acked_at, self.sent_at) > ACK_TIMEOUT
 
+    def browser_behind(self, now: float) -> bool:
+        return not self._may_push(now)
+
     def _image_figure(self) -> Any:
         """The figure: the image, the beam centre, q rings, ROI boxes; hover read-out."""
         i = self.panel.index

@@ -22,6 +22,7 @@ from bokeh.layouts import column, row
 from bokeh.models import (
     Button,
     ColumnDataSource,
+    CustomJS,
     Div,
     LinearAxis,
     Range1d,
@@ -375,6 +376,37 @@ class CountersPanel(PanelBase):
         )
 
 
+def _tab_titles_js(tabs: Tabs, titles: list[str]) -> CustomJS:
+    """Browser code giving each tab header a ``title`` (shown on hover): the full device ID and
+    its class.  BokehJS rebuilds the headers when the active tab changes, so a mutation
+    observer puts the titles back; a Bokeh ``Tooltip`` on the tab raised errors in BokehJS 3.9.
+    """
+    return CustomJS(
+        args={"tabs": tabs, "titles": titles},
+        code="""
+        const attach = (tries) => {
+          const view = tabs.document.views_manager.find_one(tabs);
+          const root = view ? (view.shadow_el || view.el) : null;
+          if (root == null) {
+            if (tries > 0) { setTimeout(() => attach(tries - 1), 200); }
+            return;
+          }
+          const apply = () => {
+            const heads = view.headers_wrapper_el
+              ? Array.from(view.headers_wrapper_el.children)
+              : Array.from(root.querySelectorAll('.bk-tab'));
+            heads.forEach((el, i) => {
+              if (i < titles.length && el.title !== titles[i]) { el.title = titles[i]; }
+            });
+          };
+          apply();
+          new MutationObserver(apply).observe(root, {childList: true, subtree: true});
+        };
+        attach(50);
+        """,
+    )
+
+
 class DevicePanel(PanelBase):
     """Devices with their state, properties (reconfigurable ones editable) and slot buttons."""
 
@@ -390,14 +422,19 @@ class DevicePanel(PanelBase):
             wanted = entry["properties"] or panel["properties"]
             card = self._card(device, wanted)
             self.cards.append(card)
-            # the full ID and the class are in the card's first line (a Bokeh tooltip on a
-            # tab raised errors in BokehJS 3.9)
             tabs.append(TabPanel(child=card["layout"], title=short_device(device)))
         content: Any = (
-            Tabs(tabs=tabs, width=self.width)
+            Tabs(tabs=tabs, width=self.width, name=f"device-tabs-{panel.index}")
             if len(tabs) > 1
             else (tabs[0].child if tabs else Div(text="no devices"))
         )
+        if isinstance(content, Tabs):
+            devices = self.backend.devices()
+            self.tab_titles = [
+                f"{e['id']} ({devices[e['id']]['class']})" if e["id"] in devices else e["id"]
+                for e in entries
+            ]
+            session.on_document_ready(_tab_titles_js(content, self.tab_titles))
         self.layout = self.wrap(content)
         self.on_poll()
 
