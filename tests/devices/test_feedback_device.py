@@ -25,7 +25,14 @@ def pipeline():
     det = live.add(
         "SimulatedDetector",
         "SIM",
-        {"frames": 8, "modules": MODULES, "seed": 1, "rate": 10.0, "motor_device": "MOTOR"},
+        {  # memory_cells: the cells the frames use (no constants for 64 at start)
+            "frames": 8,
+            "memory_cells": 8,
+            "modules": MODULES,
+            "seed": 1,
+            "rate": 10.0,
+            "motor_device": "MOTOR",
+        },
     )
     match = live.add(
         "TrainMatcher", "MATCH", {"sources": [RAW.format(m=m) for m in MODULES], "buffer_size": 10}
