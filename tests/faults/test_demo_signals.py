@@ -2,16 +2,13 @@
 
 For each signal, sent while the detector runs (and SIGTERM also while the servers start): the
 demo exits with 128 + the signal number after printing a summary of what it did, and within
-10 s no process it started is left and no shared-memory segment of those processes.  The demos
-share one data directory: the first stores the simulator's constants in its catalogue (about
-10 s), the others find them there; each run's raw data are removed after its test.
+10 s no process it started is left and no shared-memory segment of those processes.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -71,19 +68,6 @@ class _Demo:
         return psutil.Process(self.proc.pid).children(recursive=True)
 
 
-@pytest.fixture(scope="module")
-def shared_data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("demo")
-
-
-@pytest.fixture
-def data_dir(shared_data_dir):
-    """The module's demo data directory (its catalogue kept); this test's raw data removed
-    after it (GiBs)."""
-    yield shared_data_dir
-    shutil.rmtree(shared_data_dir / "raw", ignore_errors=True)
-
-
 def _alive(procs: list[psutil.Process]) -> list[int]:
     alive = []
     for p in procs:
@@ -129,8 +113,8 @@ def _stop_and_check(demo: _Demo, sig: int) -> None:
 @pytest.mark.parametrize(
     "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name
 )
-def test_signal_while_the_detector_runs(data_dir, sig):
-    demo = _Demo(data_dir)
+def test_signal_while_the_detector_runs(tmp_path, sig):
+    demo = _Demo(tmp_path / "demo")
     try:
         demo.wait_for_line("first corrected train after", timeout=400)
         _stop_and_check(demo, sig)
@@ -144,8 +128,8 @@ def test_signal_while_the_detector_runs(data_dir, sig):
 
 
 @pytest.mark.timeout(600)
-def test_sigterm_while_the_servers_start(data_dir):
-    demo = _Demo(data_dir)
+def test_sigterm_while_the_servers_start(tmp_path):
+    demo = _Demo(tmp_path / "demo")
     try:
         demo.wait_for_line("servers: starting", timeout=300)
         wait_until(
