@@ -191,7 +191,6 @@ def test_hit_finder_on_raw_simulated_data_agrees_with_the_simulator_truth(live):
         "SIM",
         {
             "frames": frames,
-            "memory_cells": frames,  # the cells the frames use: no constants for 64 at start
             "modules": modules,
             "seed": seed,
             "rate": 10.0,

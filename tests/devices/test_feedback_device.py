@@ -25,14 +25,7 @@ def pipeline():
     det = live.add(
         "SimulatedDetector",
         "SIM",
-        {  # memory_cells: the cells the frames use (no constants for 64 at start)
-            "frames": 8,
-            "memory_cells": 8,
-            "modules": MODULES,
-            "seed": 1,
-            "rate": 10.0,
-            "motor_device": "MOTOR",
-        },
+        {"frames": 8, "modules": MODULES, "seed": 1, "rate": 10.0, "motor_device": "MOTOR"},
     )
     match = live.add(
         "TrainMatcher", "MATCH", {"sources": [RAW.format(m=m) for m in MODULES], "buffer_size": 10}
