@@ -10,19 +10,15 @@ from __future__ import annotations
 import os
 import signal
 import textwrap
-import threading
 
 import numpy as np
 import pytest
 
-from pulsetrain.errors import ChannelError, PulsetrainError
-from pulsetrain.runtime.channels import EndOfStream, InputChannel
+from pulsetrain.errors import PulsetrainError
 from pulsetrain.runtime.supervisor import Supervisor
 from pulsetrain.runtime.topology import Topology
 from pulsetrain.testing import DeviceHarness
-from waiting import wait_until
-
-FIRST = 10_000_000  # TrainSource's first train ID
+from replica_run import run_and_check, tid_of
 
 REPLICATED = """
 [topology]
@@ -151,11 +147,6 @@ def send(dev, source, tid):
     dev.send({source: {"v": np.array([float(tid)]), "trainId": tid}}, train_id=tid)
 
 
-def tid_of(meta):
-    (tid,) = {m["timestamp.tid"] for m in meta.values()}
-    return tid
-
-
 def test_matcher_reorders_replicated_sources_and_counts_gaps():
     """Replicas deliver out of order: trains still go out in order, each once; a train no
     source delivered is given up once a train more than ``max_reorder`` newer is complete."""
@@ -201,101 +192,19 @@ def test_matcher_gives_up_an_incomplete_train_only_beyond_max_reorder():
 
 
 # ------------------------------------------------------------------ a run
-class Reader:
-    """Reads train IDs from an input channel in a thread (the test must keep reading: the
-    pipeline waits for it) until train ``last`` or end of stream."""
-
-    def __init__(self, endpoint: str, last: int):
-        self.tap = InputChannel("test:tap", on_slowness="wait", window=8)
-        self.tap.connect(endpoint)
-        self.last = last
-        self.got: list[int] = []
-        self.done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self.done.is_set():
-            try:
-                item = self.tap.get(timeout=0.2)
-            except TimeoutError:
-                continue
-            except ChannelError:
-                return
-            if isinstance(item, EndOfStream):
-                break
-            self.got.append(tid_of(item.meta))
-            if self.got[-1] >= self.last:
-                break
-        self.done.set()
-
-    def close(self) -> None:
-        self.done.set()
-        self._thread.join(5)
-        self.tap.close()
-
-
 @pytest.mark.parametrize("kill", [False, True], ids=["all-alive", "one-killed"])
 def test_two_replicas_every_train_once_and_a_killed_replica_is_counted(tmp_path, kill):
     n = 200
     topo = replicated(tmp_path, name=f"replicas-{int(kill)}", n=n)
     sup = Supervisor(topo, workdir=tmp_path / "run", supervise_interval=0.2)
     with sup:
-        reader = Reader(sup.endpoints()["R/MATCH:output"], FIRST + n - 1)
-        wait_until(
-            lambda: len(sup.get("R/MATCH", "channels.outputs.output.connections")) == 1,
-            20,
-            "the test reads the matcher",
+        run = run_and_check(
+            sup, n, (lambda: os.kill(sup.pid("h2"), signal.SIGKILL)) if kill else None
         )
-        try:
-            sup.call("R/SOURCE", "start_acquisition")
-            killed_at = None
-            if kill:  # half-way: kill -9 the server of replica 2
-                wait_until(
-                    lambda: sup.get("R/SOURCE", "sentTrains") >= n // 2, 60, "half the trains"
-                )
-
-                def busy() -> bool:  # it holds a train: killing it now loses that train
-                    values = sup.get("R/WORK/2")
-                    return values["trainsIn"] > values["processed"]
-
-                wait_until(busy, 20, "replica 2 busy with a train")
-                os.kill(sup.pid("h2"), signal.SIGKILL)
-                killed_at = sup.get("R/SOURCE", "sentTrains")
-            wait_until(reader.done.is_set, 90, f"train {FIRST + n - 1} out of the matcher")
-        finally:
-            reader.close()
-        got = reader.got
-
-        assert len(got) == len(set(got)), "a train came out twice"
-        assert got == sorted(got), "trains out of order"
-        assert set(got) <= set(range(FIRST, FIRST + n))
-        assert got[-1] == FIRST + n - 1  # the last train came out
-        lost = n - len(got)
-
-        def stats_show_the_loss() -> bool:
-            matcher = sup.get("R/MATCH")  # the whole configuration
-            gaps = matcher["trainGaps"] + matcher["incompleteTrains"]
-            return (
-                matcher["matchedTrains"] == len(got)
-                and gaps == lost
-                and (matcher["sourceMissing"].get("MOD0", 0) == lost)
-            )
-
-        wait_until(stats_show_the_loss, 20, "the matcher's statistics count the lost trains")
-        assert sup.get("R/MATCH", "lateData") == 0 and sup.get("R/MATCH", "duplicateData") == 0
-        if not kill:
-            assert lost == 0
-            per_replica = [sup.get(r, "processed") for r in ("R/WORK/1", "R/WORK/2")]
-            assert min(per_replica) > n // 5, f"load not shared: {per_replica}"
-        else:
+        if kill:
             # the replica died holding trains: lost, counted, and the others carried on
-            print(
-                f"\nreplica killed after {killed_at} trains: {lost} lost, "
-                f"{len(got)} of {n} out; restarts {sup.servers['h2'].restarts}"
-            )
-            assert 1 <= lost <= 8
-            assert sum(1 for t in got if t >= FIRST + killed_at + 10) > 0
+            print(f"restarts of h2: {sup.servers['h2'].restarts}")
+            assert run.lost <= 8
             assert sup.get("R/WORK/1", "processed") > n // 2 - 20
 
 

@@ -3,8 +3,9 @@
 At a facility, offsets, noise, thresholds and dark bad pixels come from dark runs
 (``pulsetrain dark``) and relative gains from calibration scans.  The simulator knows its true
 constants, so a demo can start correcting at once: this module stores them in the catalogue with
-the same types and layouts ``pulsetrain dark`` writes (``Offset``, ``Noise``,
-``ThresholdsDark``, ``BadPixelsDark``, ``RelativeGain``).
+the types and layouts the detector plug-in defines (those ``pulsetrain dark`` writes, e.g.
+AGIPD's ``Offset``, ``Noise``, ``ThresholdsDark``, ``BadPixelsDark``, and the others, e.g.
+``RelativeGain``), for any registered detector the simulator knows.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from pulsetrain.calibration import BadPixels
 from pulsetrain.catalog import Catalog, Conditions
 
 __all__ = ["rel_gain_from_truth", "sim_conditions", "store_truth_constants"]
@@ -49,49 +49,54 @@ def store_truth_constants(
     sim,
     modules: Iterable[int] | None = None,
     *,
-    detector: str = "SPB_DET_AGIPD1M-1",
+    detector: str | None = None,
     valid_from: datetime | None = None,
     include_dark: bool = True,
 ) -> dict[int, dict]:
     """Store the true constants of ``sim`` (a :class:`pulsetrain.sim.DetectorSimulator`).
+
+    The constant types, their layouts and values are the detector plug-in's
+    (:meth:`pulsetrain.detectors.base.Detector.truth_constants` of the simulated detector
+    type), so every registered detector that can be simulated is stored the way its
+    correction reads it.
+
+    Parameters
+    ----------
+    catalog : Catalog
+        Where to store them (the detector is added if it is not there).
+    sim : DetectorSimulator
+        The simulator whose truth is stored.
+    modules : iterable of int, optional
+        Modules to store (default the simulator's).
+    detector : str, optional
+        Detector name in the catalogue (default the plug-in's ``default_detector_id``).
+    valid_from : datetime, optional
+        Start of validity (default a day ago).
+    include_dark : bool
+        Also store the types the dark procedure makes (``Offset``, ``Noise``, ...); without
+        it only the others (``RelativeGain``, ``FlatField``).
 
     Returns
     -------
     dict
         Module → ``{type: record}``.
     """
+    from pulsetrain.catalog.detector_constants import store_constants
+    from pulsetrain.detectors import get_detector
+
+    plugin = get_detector(sim.detector)
+    detector = detector or plugin.default_detector_id
     valid_from = valid_from or datetime.now(timezone.utc) - timedelta(days=1)
     modules = list(sim.modules if modules is None else modules)
-    catalog.add_detector(detector, sim.spec.name, sim.spec.n_modules)
-    cond = sim_conditions(
-        sim.memory_cells, sim.photon_energy_kev if hasattr(sim, "photon_energy_kev") else 9.3
-    )
+    catalog.add_detector(detector, plugin.name, sim.spec.n_modules)
+    cond = sim_conditions(sim.memory_cells, sim.photon_energy_kev)
+    dark = set(plugin.dark_constants)
     stored: dict[int, dict] = {}
     for m in modules:
-        truth = sim.truth(m)
-        recs = {
-            "RelativeGain": catalog.add_constant(
-                detector,
-                m,
-                "RelativeGain",
-                rel_gain_from_truth(truth),
-                cond,
-                valid_from,
-                comment="simulator truth export",
-            )
-        }
-        if include_dark:
-            bad = np.zeros(truth.offset.shape, np.uint32)
-            bad[:, :, truth.dead | truth.noisy] |= np.uint32(BadPixels.NOISE_OUT_OF_THRESHOLD)
-            bad[:, :, truth.hot] |= np.uint32(BadPixels.OFFSET_OUT_OF_THRESHOLD)
-            for ctype, arr in (
-                ("Offset", truth.offset),
-                ("Noise", truth.noise),
-                ("ThresholdsDark", truth.gain_thresholds()),
-                ("BadPixelsDark", bad),
-            ):
-                recs[ctype] = catalog.add_constant(
-                    detector, m, ctype, arr, cond, valid_from, comment="simulator truth export"
-                )
-        stored[m] = recs
+        arrays = plugin.truth_constants(sim.truth(m))
+        if not include_dark:
+            arrays = {t: a for t, a in arrays.items() if t not in dark}
+        stored[m] = store_constants(
+            catalog, detector, m, arrays, cond, valid_from, comment="simulator truth export"
+        )
     return stored

@@ -12,8 +12,9 @@ from _bridge_helpers import SOURCE, pulsetrain_cmd, small_train, wait_until
 
 from pulsetrain.bridge import BridgeServer, Client
 from pulsetrain.cli import main
-from pulsetrain.cli.bridge_sim import corrected_source_name, parse_modules
+from pulsetrain.cli.bridge_sim import parse_modules
 from pulsetrain.errors import ConfigurationError
+from pulsetrain.files.naming import corrected_source_name
 
 
 def test_monitor_prints_trains_structure_and_summary(capsys):

@@ -232,11 +232,12 @@ def test_karabo_bridge_glimpse_works_against_it(sock):
 
 
 def test_sim_correction_is_the_calibration_pipelines():
-    """The reference layout's corrected ``sim`` data (numpy, the simulator's own constants)
-    equal what the calibration's reference correction gives with the same constants."""
+    """The corrected ``sim`` data (the detector plug-in with the simulator's own constants, as
+    both layouts use it) equal what the calibration's numpy reference correction gives with
+    the same constants."""
     from pulsetrain.calibration import AGIPDConstants, correct_agipd_numpy
-    from pulsetrain.cli.bridge_sim import _correct_with_truth
-    from pulsetrain.sim import DetectorSimulator, decode
+    from pulsetrain.cli.bridge_sim import TruthCorrection
+    from pulsetrain.sim import DetectorSimulator
 
     sim = DetectorSimulator(
         "AGIPD", frames=12, memory_cells=4, modules=[3], bank_size=1, hit_variants=2
@@ -255,10 +256,11 @@ def test_sim_correction_is_the_calibration_pipelines():
             bad_pixels=np.zeros(truth.offset.shape, np.uint32),
         ),
     )
-    data, stage = _correct_with_truth(truth, "agipd", *decode("agipd", raw), sim.cell_ids)
-    assert np.array_equal(stage, ref.gain)
-    np.testing.assert_allclose(data, ref.data, rtol=1e-6, atol=1e-3)
-    assert (stage > 0).any()  # hits switch gain: the check covers the other stages too
+    out = TruthCorrection(sim, 4)(3, raw)
+    assert np.array_equal(out["image.gain"], ref.gain)
+    np.testing.assert_allclose(out["image.data"], ref.data, rtol=1e-6, atol=1e-3)
+    assert (out["image.gain"] > 0).any()  # hits switch gain: the check covers the other stages
+    assert (out["image.mask"][:, truth.dead] != 0).all()  # the truth's bad pixels are masked
 
 
 def test_sim_pool_trains_are_physical_and_differ():

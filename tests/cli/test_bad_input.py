@@ -96,6 +96,7 @@ CASES = [
     Case("bridge-sim-modules-garbage", "bridge-sim --modules a-b", ("'a-b'",)),
     Case("bridge-sim-module-99", "bridge-sim --modules 99 --port 0 --trains 1", ("99",)),
     Case("bridge-sim-pattern", "bridge-sim --pattern ROUTER", ("'ROUTER'",)),
+    Case("bridge-sim-detector", "bridge-sim -d NOPE", ("'NOPE'", "AGIPD")),
     Case("bridge-sim-bind-foreign", "bridge-sim --bind 192.0.2.1 --trains 1", ("192.0.2.1",)),
     # --- monitor
     Case("monitor-no-scheme", "monitor 127.0.0.1:4545", ("'127.0.0.1:4545'", "tcp://")),

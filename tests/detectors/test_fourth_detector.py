@@ -161,3 +161,31 @@ def test_the_simulator_compares_no_detector_name():
                     if isinstance(sub, ast.Constant) and sub.value in names:
                         found.append(f"{path.name}:{node.lineno}")
     assert found == []
+
+
+def test_bridge_sim_serves_a_registered_type_corrected_through_its_plug_in(toy):
+    """``pulsetrain bridge-sim -d TOYGB``: the per-module layout (it has no reference one),
+    corrected by the plug-in's kernel with the simulator's own constants."""
+    from pulsetrain.cli import build_parser
+    from pulsetrain.cli.bridge_sim import SimulatedSource, choose_layout
+
+    args = build_parser().parse_args(["bridge-sim", "-d", "toygb", "--frames", "4"])
+    assert args.detector == "TOYGB" and choose_layout(args) == "modules"
+    source = SimulatedSource("TOYGB", frames=4, seed=3, corrected=True)
+    _, data, meta = source.next_train()
+    corrected = {toy.corrected_source(toy.raw_source(m)) for m in range(2)}
+    assert corrected <= set(data) and corrected <= set(meta)
+    raw = SimulatedSource("TOYGB", frames=4, seed=3).next_train()[1]  # the same trains
+    for m in range(2):
+        out = data[toy.corrected_source(toy.raw_source(m))]
+        assert set(toy.corrected_keys) <= set(out)
+        expected = toy.correct(
+            raw[toy.raw_source(m)],
+            toy.prepare_constants(
+                toy.truth_constants(source.simulator.truth(m, cells=range(4))), toy.default_steps
+            ),
+            toy.default_steps,
+        )
+        for key in toy.corrected_keys:
+            np.testing.assert_array_equal(out[key], expected[key])
+    assert np.isfinite(out["image.data"]).all() and out["image.gain"].max() <= 2

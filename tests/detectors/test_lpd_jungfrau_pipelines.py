@@ -9,16 +9,14 @@ profiles of the azimuthal integration, and the preview assembles the modules.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tomllib
 
-from pulsetrain.bootstrap import sim_conditions
+from pulsetrain.bootstrap import store_truth_constants
 from pulsetrain.catalog import Catalog
-from pulsetrain.catalog.detector_constants import store_constants
 from pulsetrain.detectors import get_detector
 from pulsetrain.runtime.device import device_classes
 from pulsetrain.runtime.ports import free_port
@@ -35,22 +33,14 @@ FILES = {"LPD": "lpd-pipeline.toml", "JUNGFRAU": "jungfrau-pipeline.toml"}
 
 
 def _catalog(tmp_path: Path, name: str) -> str:
-    det = get_detector(name)
-    modules = MODULES_OF[name]
+    """A catalogue with the simulator's constants of the two modules (through the plug-in)."""
     url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
     cells = FRAMES[name]
-    sim = DetectorSimulator(name, frames=cells, memory_cells=cells, modules=modules)
+    sim = DetectorSimulator(name, frames=cells, memory_cells=cells, modules=MODULES_OF[name])
     with Catalog(url) as cat:
-        cat.add_detector(det.default_detector_id, det.name, det.n_modules)
-        for m in modules:
-            store_constants(
-                cat,
-                det.default_detector_id,
-                m,
-                det.truth_constants(sim.truth(m)),
-                sim_conditions(cells),
-                datetime.now(timezone.utc) - timedelta(days=1),
-            )
+        stored = store_truth_constants(cat, sim)
+    det = get_detector(name)
+    assert all(set(recs) == {c.name for c in det.constant_types} for recs in stored.values())
     return url
 
 

@@ -133,3 +133,26 @@ def test_gain_stage_decoding_of_agipd():
     stages = agipd.gain_stage(gain_raw, np.array([1, 0]), {"ThresholdsDark": thr})
     assert stages[:, 0, :3].tolist() == [[0, 1, 2], [0, 1, 2]]
     assert isinstance(agipd, Detector)
+
+
+@pytest.mark.parametrize("name", ["AGIPD", "LPD", "JUNGFRAU"])
+def test_store_truth_constants_stores_the_plug_ins_constants(tmp_path, name):
+    """``bootstrap.store_truth_constants`` asks the plug-in: its types, layouts and values;
+    without the dark ones, only those the dark procedure does not make."""
+    from pulsetrain.bootstrap import sim_conditions, store_truth_constants
+    from pulsetrain.catalog import Catalog
+    from pulsetrain.sim import DetectorSimulator
+
+    plugin = get_detector(name)
+    sim = DetectorSimulator(name, frames=2, memory_cells=2, modules=[1])
+    expected = plugin.truth_constants(sim.truth(1))
+    with Catalog(f"sqlite:///{tmp_path / 'cat.sqlite'}") as cat:
+        stored = store_truth_constants(cat, sim)
+        assert list(stored) == [1] and set(stored[1]) == set(expected)
+        assert [d.name for d in cat.detectors()] == [plugin.default_detector_id]
+        det_id, cond = plugin.default_detector_id, sim_conditions(2)
+        found = cat.find_constants(det_id, 1, cond, types=list(expected))
+        for ctype, array in expected.items():
+            np.testing.assert_array_equal(cat.load_array(found[ctype]), array)
+        only = store_truth_constants(cat, sim, detector="OTHER_DET", include_dark=False)
+        assert set(only[1]) == set(expected) - set(plugin.dark_constants) != set()

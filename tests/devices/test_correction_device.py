@@ -42,9 +42,10 @@ def topology(tmp_path, catalog_url, modules=(0, 3), on_missing="error"):
     return Topology.load(path)
 
 
-@pytest.fixture
-def catalog_url(tmp_path):
-    url = f"sqlite:///{tmp_path / 'cat.sqlite'}"
+@pytest.fixture(scope="module")
+def catalog_url(tmp_path_factory):
+    """Module 0's constants of the simulator's truth (read only by the tests: made once)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('catalog') / 'cat.sqlite'}"
     cat = Catalog(url)
     sim = DetectorSimulator("AGIPD", frames=8, memory_cells=CELLS, modules=(0, 3))
     store_truth_constants(cat, sim, modules=[0])  # module 3 has no constants

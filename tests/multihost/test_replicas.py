@@ -14,20 +14,17 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 
 import pytest
 
-from pulsetrain.errors import ChannelError, PulsetrainError
-from pulsetrain.runtime.channels import EndOfStream, InputChannel
 from pulsetrain.runtime.control import Client, new_token
 from pulsetrain.runtime.supervisor import Supervisor
 from pulsetrain.runtime.topology import Topology
+from replica_run import run_and_check
 from waiting import wait_until
 
 pytestmark = pytest.mark.multihost
 
-FIRST = 10_000_000  # TrainSource's first train ID
 N = 200
 CONTROL_PORT = 7000
 
@@ -94,40 +91,6 @@ def start_server(host, token_file) -> subprocess.Popen:
     return proc
 
 
-class Reader:
-    """Reads train IDs from the matcher's output in a thread (the pipeline waits for it)."""
-
-    def __init__(self, endpoint: str, last: int):
-        self.tap = InputChannel("test:tap", on_slowness="wait", window=8)
-        self.tap.connect(endpoint)
-        self.last = last
-        self.got: list[int] = []
-        self.done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self.done.is_set():
-            try:
-                item = self.tap.get(timeout=0.2)
-            except TimeoutError:
-                continue
-            except ChannelError:
-                return
-            if isinstance(item, EndOfStream):
-                break
-            (tid,) = {m["timestamp.tid"] for m in item.meta.values()}
-            self.got.append(tid)
-            if tid >= self.last:
-                break
-        self.done.set()
-
-    def close(self) -> None:
-        self.done.set()
-        self._thread.join(5)
-        self.tap.close()
-
-
 @pytest.mark.parametrize("kill", [False, True], ids=["all-alive", "one-killed"])
 def test_two_replicas_on_two_hosts(hosts, tmp_path, kill):
     token = new_token()
@@ -151,63 +114,21 @@ def test_two_replicas_on_two_hosts(hosts, tmp_path, kill):
         topo = Topology.load(path)
         assert [topo.devices[r].server for r in topo.replicas_of("R/WORK")] == ["h0", "h1"]
         with Supervisor(topo, token=token, workdir=tmp_path / "run") as sup:
-            reader = Reader(sup.endpoints()["R/MATCH:output"], FIRST + N - 1)
-            try:
-                wait_until(
-                    lambda: len(sup.get("R/MATCH", "channels.outputs.output.connections")) == 1,
-                    20,
-                    "the test reads the matcher",
-                )
-                conns = sup.get("R/SOURCE", "channels.outputs.output.connections")
-                assert len(conns) == 2 and all(c["data_distribution"] == "shared" for c in conns)
-                assert not any(c["shared_memory"] for c in conns), "TCP between hosts"
-                sup.call("R/SOURCE", "start_acquisition")
-                killed_at = None
-                if kill:
-                    wait_until(
-                        lambda: sup.get("R/SOURCE", "sentTrains") >= N // 2, 60, "half the trains"
-                    )
 
-                    def busy() -> bool:  # replica 2 holds a train: killing it loses that one
-                        values = sup.get("R/WORK/2")
-                        return values["trainsIn"] > values["processed"]
+            def source_connections() -> list:
+                return sup.get("R/SOURCE", "channels.outputs.output.connections")
 
-                    wait_until(busy, 20, "replica 2 busy with a train")
-                    procs[1].send_signal(signal.SIGKILL)  # its host's server dies for good
-                    killed_at = sup.get("R/SOURCE", "sentTrains")
-                wait_until(reader.done.is_set, 120, f"train {FIRST + N - 1} out of the matcher")
-            finally:
-                reader.close()
-            got = reader.got
-            assert len(got) == len(set(got)), "a train came out twice"
-            assert got == sorted(got), "trains out of order"
-            assert set(got) <= set(range(FIRST, FIRST + N)) and got[-1] == FIRST + N - 1
-            lost = N - len(got)
+            conns = wait_until(lambda: len(source_connections()) == 2 and source_connections(),
+                               20, "both replicas read the source")  # fmt: skip
+            assert all(c["data_distribution"] == "shared" for c in conns)
+            assert not any(c["shared_memory"] for c in conns), "TCP between hosts"
 
-            def counted() -> bool:
-                m = sup.get("R/MATCH")
-                return (
-                    m["matchedTrains"] == len(got)
-                    and m["trainGaps"] + m["incompleteTrains"] == lost
-                    and m["sourceMissing"].get("MOD0", 0) == lost
-                )
+            def kill_h1() -> None:  # replica 2's host's server dies for good
+                procs[1].send_signal(signal.SIGKILL)
 
-            wait_until(counted, 20, "the matcher's statistics count the lost trains")
-            assert sup.get("R/MATCH", "lateData") == 0
-            assert sup.get("R/MATCH", "duplicateData") == 0
+            run = run_and_check(sup, N, kill_h1 if kill else None, timeout=120)
             if kill:
-                print(f"\nreplica on h1 killed after {killed_at} trains: {lost} lost, "
-                      f"{len(got)} of {N} out")  # fmt: skip
-                assert lost >= 1, "the killed replica held a train"
-                assert lost <= 4, "a dead replica swallows no more than it held"
-                assert sum(1 for t in got if t >= FIRST + killed_at + 10) > 0
-            else:
-                assert lost == 0
-                try:
-                    shares = [sup.get(r, "processed") for r in ("R/WORK/1", "R/WORK/2")]
-                except PulsetrainError as exc:  # pragma: no cover - with the reason
-                    pytest.fail(str(exc))
-                assert sum(shares) == N and min(shares) > N // 5, f"load not shared: {shares}"
+                assert run.lost <= 4, "a dead replica swallows no more than it held"
     finally:
         for p in procs:
             if p.poll() is None:

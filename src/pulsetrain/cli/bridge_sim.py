@@ -6,8 +6,8 @@ A drop-in for ``karabo-bridge-server-sim``: it takes the same command line
 (:class:`ReferenceLayoutSource`), sends the same sources, keys, shapes, dtypes, axis orders and
 train IDs.  Its data come from our detector simulator unless ``-g random`` or ``-g zeros`` is
 asked.  The *per-module layout* (``--layout modules``, implied by ``--modules``,
-``--all-sources`` and JUNGFRAU) sends one source per module as the DAQ and the correction
-pipeline see them.  Any Karabo bridge client (``karabo_bridge.Client``, EXtra-foam, OnDA,
+``--all-sources`` and any detector without a reference layout, such as JUNGFRAU) sends one
+source per module as the DAQ and the correction pipeline see them.  Any Karabo bridge client (``karabo_bridge.Client``, EXtra-foam, OnDA,
 ``pulsetrain monitor``) can connect.  The trains come from
 :class:`pulsetrain.sim.SimulatedExperiment` (deterministic with ``--seed``); the first train is
 made before the port is bound, so a client connecting is served at once.  In the reference
@@ -16,15 +16,14 @@ the 64 or 300 pulses) so that a megapixel detector starts in a few seconds.
 
 Corrected mode (the default, as in karabo-bridge-py) turns each raw module into the corrected
 keys of a calibration pipeline, using the simulator's own per-cell constants (its ground
-truth), so the values are deposited energy in keV:
-
-* AGIPD: :func:`pulsetrain.calibration.correct_module_data` with offset, relative gain
-  ``1 / slope`` and gain thresholds of the truth; source ``.../CORR/{m}CH0:output`` with
-  ``image.data`` float32 (frames, 512, 128), ``image.gain`` uint8, ``image.mask`` uint32.
-* LPD and JUNGFRAU: the same offset/gain model in numpy (gain stage from the raw word);
-  JUNGFRAU keys stay ``data.adc`` (now float32), ``data.gain``, ``data.mask``.
-
-Constants cover the memory cells in use only (about 2.9 MB per module and cell for AGIPD).
+truth), so the values are deposited energy in keV: the detector plug-in
+(:mod:`pulsetrain.detectors`) turns the truth into its constants
+(:meth:`~pulsetrain.detectors.base.Detector.truth_constants`) and corrects with its own kernel
+and default steps, as the correction device does, so every registered detector that can be
+simulated is served the same way (AGIPD: source ``.../CORR/{m}CH0:output`` with ``image.data``
+float32 (frames, 512, 128), ``image.gain`` uint8, ``image.mask`` uint32; JUNGFRAU:
+``data.adc`` float32, ``data.gain``, ``data.mask``).  Constants cover the memory cells in use
+only (about 2.9 MB per module and cell for AGIPD).
 """
 
 from __future__ import annotations
@@ -40,7 +39,6 @@ import numpy as np
 
 from pulsetrain.cli._args import frame_count, non_negative_float, non_negative_int, positive_int
 from pulsetrain.errors import ConfigurationError
-from pulsetrain.files.naming import corrected_source_name
 from pulsetrain.protocol import make_meta
 from pulsetrain.runtime.ports import port_or_zero_arg, port_problem, split_tcp_endpoint
 
@@ -58,13 +56,7 @@ examples:
 then, e.g.:  pulsetrain monitor tcp://127.0.0.1:4545 --trains 10
 """
 
-DETECTORS = ("AGIPD", "AGIPDMODULE", "LPD", "JUNGFRAU")
 LAYOUTS = ("reference", "modules")
-# Per-frame keys a correction carries from raw to corrected sources.
-_CARRIED = {
-    "image": ("image.cellId", "image.pulseId", "image.trainId"),
-    "data": ("data.memoryCell", "data.frameNumber", "data.timestamp", "data.trainId"),
-}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -109,15 +101,11 @@ class SimulatedSource:
         self.corrected = bool(corrected)
         self.include = None if all_sources else "detector"
         self._module_of = {self.simulator.source(m): m for m in self.simulator.modules}
-        self._constants: dict[int, Any] = {}
-        self._cells = int(np.max(self.simulator.cell_ids)) + 1
+        self.correction = TruthCorrection(self.simulator, int(np.max(self.simulator.cell_ids)) + 1)
         if self.corrected:  # constants right after each bank: its cells' constants are cached
             for m in self.simulator.modules:
                 self.simulator.prepare([m])
-                if self.detector == "AGIPD":
-                    self._agipd_constants(m)
-                else:
-                    self._generic_constants(m)
+                self.correction.constants(m)
 
     def next_train(self) -> tuple[int, dict[str, dict], dict[str, dict]]:
         """The next train as ``(train_id, data, meta)``."""
@@ -130,76 +118,57 @@ class SimulatedSource:
             if module is None:
                 out_data[src], out_meta[src] = props, meta[src]
                 continue
-            name = corrected_source_name(src)
+            name = self.correction.plugin.corrected_source(src)
             out_data[name] = self.correct(module, props)
             out_meta[name] = dict(meta[src], source=name)
         return tid, out_data, out_meta
 
-    # -- correction --------------------------------------------------------------------------
-
-    def _truth(self, module: int):
-        return self.simulator.truth(module, cells=range(self._cells))
-
     def correct(self, module: int, props: dict[str, Any]) -> dict[str, Any]:
         """Corrected keys of one raw module train."""
-        if self.detector == "AGIPD":
-            from pulsetrain.calibration import correct_module_data
+        return self.correction(module, props)
 
-            return correct_module_data(props, self._agipd_constants(module))
-        return self._correct_generic(module, props)
 
-    def _agipd_constants(self, module: int):
+class TruthCorrection:
+    """Corrects raw module trains of a simulator with its own constants (its ground truth),
+    through the detector plug-in: the plug-in's constants of the truth, its kernel, its
+    default steps.
+
+    Parameters
+    ----------
+    simulator : pulsetrain.sim.DetectorSimulator
+        The simulator whose trains are corrected.
+    memory_cells : int
+        Cells the constants cover (``0 .. memory_cells - 1``: every cell ID of its frames).
+    keep : bool
+        Keep each module's constants once made (else made again for each train: for few
+        trains of many modules).
+    """
+
+    def __init__(self, simulator, memory_cells: int, *, keep: bool = True) -> None:
+        from pulsetrain.detectors import get_detector
+
+        self.simulator = simulator
+        self.plugin = get_detector(simulator.detector)
+        self.steps = tuple(self.plugin.default_steps)
+        self.cells = range(int(memory_cells))
+        self.keep = bool(keep)
+        self._constants: dict[int, Any] = {}
+
+    def constants(self, module: int) -> Any:
+        """The plug-in's prepared constants of ``module``."""
         constants = self._constants.get(module)
         if constants is None:
-            from pulsetrain.calibration import AGIPDConstants, BadPixels
-
-            truth = self._truth(module)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rel_gain = np.where(truth.slope > 0, 1.0 / truth.slope, 0.0)
-            constants = AGIPDConstants(
-                offset=truth.offset,
-                rel_gain=rel_gain,
-                thresholds=truth.gain_thresholds(),
-                bad_pixels=np.broadcast_to(_mask_of(truth, BadPixels), truth.offset.shape),
-            )
-            self._constants[module] = constants
+            truth = self.simulator.truth(module, cells=self.cells)
+            arrays = self.plugin.truth_constants(truth)
+            constants = self.plugin.prepare_constants(arrays, self.steps)
+            if self.keep:
+                self._constants[module] = constants
         return constants
 
-    def _generic_constants(self, module: int):
-        constants = self._constants.get(module)
-        if constants is None:
-            from pulsetrain.calibration import BadPixels
-
-            truth = self._truth(module)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rel_gain = np.where(truth.slope > 0, 1.0 / truth.slope, 0.0).astype(np.float32)
-            constants = (truth.offset.astype(np.float32), rel_gain, _mask_of(truth, BadPixels))
-            self._constants[module] = constants
-        return constants
-
-    def _correct_generic(self, module: int, props: dict[str, Any]) -> dict[str, Any]:
-        from pulsetrain.sim import decode
-
-        offset, rel_gain, mask = self._generic_constants(module)
-        encoding = self.simulator.spec.encoding
-        analog, code = decode(encoding, props)
-        stage = np.minimum(code, 2).astype(np.intp)  # JUNGFRAU codes 0, 1, 3 -> stages 0, 1, 2
-        prefix = "data" if encoding == "jungfrau" else "image"
-        cells = np.asarray(props[f"{prefix}.memoryCell" if prefix == "data" else "image.cellId"])
-        cells = cells.astype(np.intp)
-        pick = stage[None]
-        off = np.take_along_axis(offset[:, cells], pick, axis=0)[0]
-        gain = np.take_along_axis(rel_gain[:, cells], pick, axis=0)[0]
-        data = (analog.astype(np.float32) - off) * gain
-        out = {
-            f"{prefix}.{'adc' if prefix == 'data' else 'data'}": data.astype(np.float32),
-            f"{prefix}.gain": stage.astype(np.uint8),
-            f"{prefix}.mask": np.broadcast_to(mask, data.shape).copy(),
-        }
-        for key in _CARRIED[prefix]:
-            if key in props:
-                out[key] = props[key]
-        return out
+    def __call__(self, module: int, props: dict[str, Any]) -> dict[str, Any]:
+        """The corrected keys (the plug-in's ``corrected_keys`` and carried keys) of one raw
+        module train."""
+        return self.plugin.correct(props, self.constants(module), self.steps)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -402,10 +371,7 @@ class ReferenceLayoutSource:
 
     def _sim_train(self, sim, i: int, gain_shape: tuple[int, ...]) -> tuple:
         """Train ``i`` of the pool from the simulator: ``(image.data, image.gain)``."""
-        from pulsetrain.sim import decode
-
-        encoding = sim.spec.encoding
-        cells = np.unique(sim.cell_ids)
+        correction = TruthCorrection(sim, SIM_MEMORY_CELLS, keep=False)
         image = np.empty(self.shape, self.dtype)
         gain = np.zeros(gain_shape, np.uint16)
         data, _ = sim.train(REFERENCE_FIRST_TRAIN + i)
@@ -417,9 +383,8 @@ class ReferenceLayoutSource:
                 stage = frames[:, 1] if frames.shape[1] > 1 else None
                 frames = frames[:, 0]
             else:
-                analog, code = decode(encoding, props)
-                truth = sim.truth(m, cells=cells)
-                frames, stage = _correct_with_truth(truth, encoding, analog, code, sim.cell_ids)
+                corrected = correction(m, props)
+                frames, stage = corrected["image.data"], corrected["image.gain"]
             self._arrange(frames, image, m, pick)
             if m == 0 and stage is not None:  # the reference's gain: one module's
                 gain[...] = np.asarray(stage).transpose(2, 1, 0)[..., pick]
@@ -457,51 +422,6 @@ class ReferenceLayoutSource:
         data = {name: props for name in self.names}
         meta = {name: make_meta(name, tid, now) for name in self.names}
         return tid, data, meta
-
-
-def _correct_with_truth(
-    truth, encoding: str, analog: np.ndarray, code: np.ndarray, cell_ids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Corrected keV ``(frames, ss, fs)`` float32 and gain stage uint8 of one raw module,
-    with the simulator's own constants: the stage from the AGIPD digital value (thresholds
-    midway between the gain levels) or the LPD gain bits, then
-    ``(analog - offset[stage, cell]) / slope[stage, cell]`` (0 for dead pixels)."""
-    index = truth.cell_index(cell_ids)
-    data = np.empty(analog.shape, np.float32)
-    stages = np.empty(analog.shape, np.uint8)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel_gain = np.where(truth.slope > 0, 1.0 / truth.slope, 0.0).astype(np.float32)
-    thresholds = truth.gain_thresholds() if encoding == "agipd" else None
-    for i in range(len(truth.cells)):
-        sel = np.flatnonzero(index == i)
-        if not sel.size:
-            continue
-        word = code[sel]
-        if thresholds is None:
-            stage = np.minimum(word, 2).astype(np.uint8)
-        else:
-            stage = (word >= thresholds[0, i]).view(np.uint8) + (word >= thresholds[1, i])
-        values = analog[sel].astype(np.float32)
-        values -= truth.offset[0, i]  # most pixels in high gain; the others redone below
-        values *= rel_gain[0, i]
-        f, y, x = np.nonzero(stage)
-        if f.size:
-            g = stage[f, y, x]
-            values[f, y, x] = (analog[sel][f, y, x] - truth.offset[g, i, y, x]) * rel_gain[
-                g, i, y, x
-            ]
-        data[sel] = values
-        stages[sel] = stage
-    return data, stages
-
-
-def _mask_of(truth, flags) -> np.ndarray:
-    """uint32 bad-pixel mask (ss, fs) of a module's truth: dead and noisy pixels have
-    ``NOISE_OUT_OF_THRESHOLD``, hot pixels ``OFFSET_OUT_OF_THRESHOLD``."""
-    mask = np.zeros(truth.dead.shape, np.uint32)
-    mask[truth.dead | truth.noisy] |= np.uint32(flags.NOISE_OUT_OF_THRESHOLD)
-    mask[truth.hot] |= np.uint32(flags.OFFSET_OUT_OF_THRESHOLD)
-    return mask
 
 
 def parse_modules(text: str | None) -> list[int] | None:
@@ -573,9 +493,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--detector",
         "-d",
         default="AGIPD",
-        type=str.upper,
-        choices=DETECTORS,
-        help="detector to simulate (default AGIPD)",
+        type=_detector_arg,
+        metavar="DETECTOR",
+        help="detector to simulate: AGIPD (default), AGIPDModule, LPD, JUNGFRAU, ... (any "
+        "detector plug-in the simulator knows; those but AGIPD, AGIPDModule and LPD in the "
+        "per-module layout)",
     )
     p.add_argument(
         "--frames",
@@ -667,6 +589,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _detector_arg(text: str) -> str:
+    """``-d``: a reference-layout name (AGIPDModule) or a detector plug-in's type, upper case."""
+    from pulsetrain.detectors import get_detector
+
+    name = text.strip().upper()
+    if name in REFERENCE_DETECTORS:
+        return name
+    try:
+        return get_detector(name).name
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _modules_arg(text: str) -> list[int]:
     try:
         modules = parse_modules(text)
@@ -747,13 +682,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def choose_layout(args: argparse.Namespace) -> str:
-    """The layout asked for: ``--layout``, else per-module when a per-module option or
-    JUNGFRAU is given, else the reference layout."""
-    per_module = args.modules is not None or args.all_sources or args.detector == "JUNGFRAU"
+    """The layout asked for: ``--layout``, else per-module when a per-module option or a
+    detector without a reference layout (JUNGFRAU, ...) is given, else the reference layout."""
+    no_reference = args.detector not in REFERENCE_DETECTORS
+    per_module = args.modules is not None or args.all_sources or no_reference
     layout = args.layout or ("modules" if per_module else "reference")
     if layout == "reference" and per_module:
         raise ConfigurationError(
-            "--modules, --all-sources and JUNGFRAU need the per-module layout (--layout modules)"
+            "--modules, --all-sources and "
+            + (args.detector if no_reference else "detectors other than AGIPD, LPD")
+            + " need the per-module layout (--layout modules)"
         )
     if layout == "modules":
         if args.detector == "AGIPDMODULE":
