@@ -902,6 +902,7 @@ class _Upstream:
         "endpoint",
         "eos",
         "epoch",
+        "fd",
         "heard",
         "last_credit_sent",
         "last_w",
@@ -917,6 +918,7 @@ class _Upstream:
     def __init__(self, endpoint: str, sock: zmq.Socket, monitor: zmq.Socket | None = None):
         self.endpoint = endpoint
         self.sock = sock
+        self.fd = sock.getsockopt(zmq.FD)  # what the channel's thread sleeps on
         self.monitor = monitor  # ZeroMQ's connection events of ``sock``
         self.connects = 0  # TCP connections made
         self.epoch = 0  # reconnections: the output starts a new connection record on each
@@ -988,6 +990,9 @@ class InputChannel:
         self._wake_w = self._ctx.socket(zmq.PAIR)
         self._wake_w.connect(wake)
         self._wake_lock = threading.Lock()
+        # Guards the data sockets and the upstream records: the channel's thread receives,
+        # and release() sends the credit from the consumer's thread (no hop to that thread).
+        self._sock_lock = threading.Lock()
         self.received = 0
         self.errors = 0
         self.last_error = ""
@@ -1047,7 +1052,11 @@ class InputChannel:
         with self._cond:
             up, self._processing = self._processing, None
         if up is not None:
-            self._command(("release", up))
+            with self._sock_lock:
+                if self._ups.get(up.endpoint) is up:
+                    up.outstanding = max(0, up.outstanding - 1)
+                    self._send_credit(up)
+                    self._drain(up)
 
     def close(self) -> None:
         """Say goodbye to the outputs and close the sockets."""
@@ -1135,8 +1144,10 @@ class InputChannel:
             monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED)
         up = _Upstream(endpoint, sock, monitor)
         self._ups[endpoint] = up
-        self._by_sock[sock] = up
-        poller.register(sock, zmq.POLLIN)
+        # The socket's descriptor, not the socket: release() uses the socket from another
+        # thread (under _sock_lock), which zmq_poll on the socket here would not respect.
+        self._by_sock[up.fd] = up
+        poller.register(up.fd, zmq.POLLIN)
         if monitor is not None:
             self._by_sock[monitor] = up
             poller.register(monitor, zmq.POLLIN)
@@ -1148,7 +1159,7 @@ class InputChannel:
                 up.sock.send(_pack({"t": "bye"}), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
-        poller.unregister(up.sock)
+        poller.unregister(up.fd)
         if up.monitor is not None:
             poller.unregister(up.monitor)
             self._by_sock.pop(up.monitor, None)
@@ -1156,7 +1167,7 @@ class InputChannel:
             up.monitor.close(0)
         up.sock.close(0)
         self._ups.pop(up.endpoint, None)
-        self._by_sock.pop(up.sock, None)
+        self._by_sock.pop(up.fd, None)
 
     def _loop(self) -> None:
         poller = zmq.Poller()
@@ -1172,50 +1183,56 @@ class InputChannel:
                         self._wake_r.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-            while self._commands:
-                op, arg = self._commands.popleft()
-                if op == "connect":
-                    self._open(arg, poller)
-                elif op == "disconnect":
-                    up = self._ups.get(arg)
-                    if up is not None:
-                        self._close_up(up, poller, goodbye=True)
-                elif op == "release":
-                    if arg.endpoint in self._ups:
-                        arg.outstanding = max(0, arg.outstanding - 1)
-                        self._send_credit(arg)
-                elif op == "free":
-                    # Segment names carry the producer's pid and session: send to all outputs;
-                    # only the one that owns it has a lease to drop (others ignore it).
-                    seg, gen = arg
-                    msg = _pack({"t": "free", "seg": seg, "gen": gen})
-                    for up in self._ups.values():
-                        if up.shm_segments and seg.startswith(up.shm_segments):
-                            try:
-                                up.sock.send(msg, zmq.NOBLOCK)
-                            except zmq.ZMQError:
-                                pass
-                elif op == "close":
-                    for up in list(self._ups.values()):
-                        self._close_up(up, poller, goodbye=True)
+            with self._sock_lock:
+                if not self._step(poller, events):
                     return
-            for sock in events:
-                up = self._by_sock.get(sock)
-                if up is None:
-                    continue
-                if sock is up.monitor:
-                    self._on_monitor_event(up)
-                    continue
-                for _ in range(64):
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    self._on_message(up, frames)
-            now = time.monotonic()
-            for up in self._ups.values():
-                if now - up.last_credit_sent >= self.heartbeat:
-                    self._send_credit(up)
+
+    def _step(self, poller: zmq.Poller, events: dict) -> bool:
+        """One turn of the channel's thread (``_sock_lock`` held); False once closed."""
+        while self._commands:
+            op, arg = self._commands.popleft()
+            if op == "connect":
+                self._open(arg, poller)
+            elif op == "disconnect":
+                up = self._ups.get(arg)
+                if up is not None:
+                    self._close_up(up, poller, goodbye=True)
+            elif op == "free":
+                # Segment names carry the producer's pid and session: send to all outputs;
+                # only the one that owns it has a lease to drop (others ignore it).
+                seg, gen = arg
+                msg = _pack({"t": "free", "seg": seg, "gen": gen})
+                for up in self._ups.values():
+                    if up.shm_segments and seg.startswith(up.shm_segments):
+                        try:
+                            up.sock.send(msg, zmq.NOBLOCK)
+                        except zmq.ZMQError:
+                            pass
+            elif op == "close":
+                for up in list(self._ups.values()):
+                    self._close_up(up, poller, goodbye=True)
+                return False
+        for key in events:
+            up = self._by_sock.get(key)
+            if up is not None and key is up.monitor:
+                self._on_monitor_event(up)
+        now = time.monotonic()
+        for up in list(self._ups.values()):
+            if now - up.last_credit_sent >= self.heartbeat:
+                self._send_credit(up)
+            # Every upstream, whether its descriptor fired or not: it only signals changes,
+            # and a send (here or in release()) may have taken the signal of a new message.
+            self._drain(up)
+        return True
+
+    def _drain(self, up: _Upstream) -> None:
+        """Receive all that ``up`` has (``_sock_lock`` held): after this, a new message
+        signals the socket's descriptor again."""
+        sock = up.sock
+        while sock.getsockopt(_EVENTS) & _POLLIN:
+            self._on_message(up, sock.recv_multipart(_NOBLOCK, copy=False))
+            if self._ups.get(up.endpoint) is not up:  # pragma: no cover - closed meanwhile
+                return
 
     def _on_monitor_event(self, up: _Upstream) -> None:
         while True:
