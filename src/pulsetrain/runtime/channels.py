@@ -993,17 +993,6 @@ class InputChannel:
         # Guards the data sockets and the upstream records: the channel's thread receives,
         # and release() sends the credit from the consumer's thread (no hop to that thread).
         self._sock_lock = threading.Lock()
-        # A consumer waiting in get() receives itself (the channel's thread stands aside
-        # meanwhile): the data goes from ZeroMQ's I/O thread to the consumer, no hop between.
-        self._leader = threading.Lock()  # held by the consumer that receives
-        self._leader_id: int | None = None
-        self._reader_waiting = False
-        self._reader_wake_r, self._reader_wake_w = os.pipe()
-        os.set_blocking(self._reader_wake_r, False)
-        os.set_blocking(self._reader_wake_w, False)
-        # The thread's poller while a consumer receives: commands and connection events only.
-        self._aside = zmq.Poller()
-        self._aside.register(self._wake_r, zmq.POLLIN)
         self.received = 0
         self.errors = 0
         self.last_error = ""
@@ -1046,65 +1035,17 @@ class InputChannel:
         """
         self.release()
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self._cond:
-                if self._buffer:
-                    up, item = self._buffer.popleft()
-                    self._processing = up
-                    return item
+        with self._cond:
+            while not self._buffer:
                 if self._closing:
                     raise ChannelError(f"input {self.name} is closed")
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"input {self.name}: no data within {timeout} s")
-            self._await_data(remaining)
-
-    def _await_data(self, remaining: float | None) -> None:
-        """Wait (at most ``remaining`` seconds) for something to get, receiving it here."""
-        if not self._leader.acquire(blocking=False):  # another consumer receives
-            with self._cond:
-                if not self._buffer and not self._closing:
-                    self._cond.wait(remaining)
-            return
-        try:
-            if self._closing:
-                return
-            self._leader_id = threading.get_ident()
-            self._reader_waiting = True
-            poller = zmq.Poller()
-            poller.register(self._reader_wake_r, zmq.POLLIN)
-            with self._sock_lock:
-                for up in list(self._ups.values()):
-                    self._drain(up)
-                    poller.register(up.fd, zmq.POLLIN)
-            with self._cond:
-                if self._buffer or self._closing:
-                    return
-            ms = self.heartbeat if remaining is None else min(remaining, self.heartbeat)
-            try:
-                events = dict(poller.poll(1 + int(ms * 1000)))
-            except zmq.ZMQError:  # pragma: no cover - closed meanwhile
-                return
-            if self._reader_wake_r in events:
-                try:
-                    os.read(self._reader_wake_r, 4096)
-                except OSError:
-                    pass
-            with self._sock_lock:
-                for up in list(self._ups.values()):
-                    self._drain(up)
-        finally:
-            self._reader_waiting = False
-            self._leader_id = None
-            self._leader.release()
-
-    def _wake_reader(self) -> None:
-        """Wake a consumer waiting in get() on the sockets (something changed elsewhere)."""
-        if self._reader_waiting and self._leader_id != threading.get_ident():
-            try:
-                os.write(self._reader_wake_w, b"r")
-            except OSError:  # full (it is woken anyway) or closed
-                pass
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"input {self.name}: no data within {timeout} s")
+                self._cond.wait(remaining)
+            up, item = self._buffer.popleft()
+            self._processing = up
+        return item
 
     def release(self) -> None:
         """Mark the train returned by the last :meth:`get` as processed (frees a credit)."""
@@ -1126,12 +1067,8 @@ class InputChannel:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._wake_reader()
         for sock in (self._wake_r, self._wake_w):
             sock.close(0)
-        with self._leader:  # no consumer polls the descriptors any more
-            for fd in (self._reader_wake_r, self._reader_wake_w):
-                os.close(fd)
         if self._shm_reader is not None:
             self._shm_reader.close()
 
@@ -1214,9 +1151,7 @@ class InputChannel:
         if monitor is not None:
             self._by_sock[monitor] = up
             poller.register(monitor, zmq.POLLIN)
-            self._aside.register(monitor, zmq.POLLIN)
         self._send_credit(up)
-        self._wake_reader()  # a consumer receiving should watch this one too
 
     def _close_up(self, up: _Upstream, poller: zmq.Poller, goodbye: bool) -> None:
         if goodbye:
@@ -1227,7 +1162,6 @@ class InputChannel:
         poller.unregister(up.fd)
         if up.monitor is not None:
             poller.unregister(up.monitor)
-            self._aside.unregister(up.monitor)
             self._by_sock.pop(up.monitor, None)
             up.sock.disable_monitor()
             up.monitor.close(0)
@@ -1238,14 +1172,9 @@ class InputChannel:
     def _loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self._wake_r, zmq.POLLIN)
-        aside = self._aside
         while True:
             try:
-                if self._reader_waiting:
-                    # Look in now and then: the consumer may have gone back to its work.
-                    events = dict(aside.poll(timeout=50))
-                else:
-                    events = dict(poller.poll(timeout=int(self.heartbeat * 1000)))
+                events = dict(poller.poll(timeout=int(self.heartbeat * 1000)))
             except zmq.ZMQError:  # pragma: no cover
                 break
             if self._wake_r in events:
@@ -1380,7 +1309,6 @@ class InputChannel:
         with self._cond:
             self._buffer.append((up, item))
             self._cond.notify()
-        self._wake_reader()
 
 
 _ids = itertools.count()
