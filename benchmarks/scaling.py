@@ -50,6 +50,10 @@ sys.path.insert(0, str(ROOT / "tests"))  # hosts.py: test hosts made of namespac
 sys.path.insert(0, str(HERE))
 
 GOAL_TCP = 0.9
+HWM = 2  # high-water marks of the bare PUSH and PULL sockets
+# The input's credit window in the comparison: one train in the consumer's hands plus as many
+# queued as the bare pair's two high-water marks let queue (HWM + HWM): the same buffering.
+WINDOW = 1 + 2 * HWM
 SIZES = {
     "raw module-train, 16 frames (4.2 MB)": ((16, 2, 512, 128), "uint16"),
     "corrected module-train, 64 frames (16.8 MB)": ((64, 512, 128), "float32"),
@@ -62,15 +66,16 @@ MIN_TRAINS = 10  # fewer trains through a stage in the window: no per-train figu
 # The bare loop sends exactly the frames a pulsetrain channel puts on the wire for the same
 # train (its msgpack control frame, then the protocol 2.2 frames of pulsetrain.protocol), small
 # frames copied and the array without copying (as pyzmq's send_multipart(copy=False) does), with
-# the high-water marks (2) matching the input's credit window (2).  Only the framework is not
-# there: no credits, no channel thread, no deserialisation on the receiving side.
+# high-water marks of HWM (the pulsetrain input gets a window of the same buffering, WINDOW, and
+# a second pulsetrain run shows the default window of 2).  Only the framework is not there: no
+# credits, no channel thread, no deserialisation on the receiving side.
 ZMQ_SENDER = textwrap.dedent("""
     import json, sys, time, msgpack, numpy as np, zmq
     from pulsetrain.protocol import make_meta, serialize
     ep, n, shape, dtype = sys.argv[1], int(sys.argv[2]), eval(sys.argv[3]), sys.argv[4]
     ctx = zmq.Context()
     s = ctx.socket(zmq.PUSH)
-    s.setsockopt(zmq.SNDHWM, 2)
+    s.setsockopt(zmq.SNDHWM, int(sys.argv[5]))
     s.bind(ep)
     arr = np.ones(shape, dtype)
     src = "SPB_DET_AGIPD1M-1/DET/0CH0:xtdf"
@@ -92,7 +97,7 @@ ZMQ_RECEIVER = textwrap.dedent("""
     ep, shape, dtype = sys.argv[1], eval(sys.argv[2]), sys.argv[3]
     ctx = zmq.Context()
     r = ctx.socket(zmq.PULL)
-    r.setsockopt(zmq.RCVHWM, 2)
+    r.setsockopt(zmq.RCVHWM, int(sys.argv[4]))
     r.connect(ep)
     got, t0, nbytes = 0, None, 0
     while True:
@@ -132,7 +137,7 @@ PT_RECEIVER = textwrap.dedent("""
     import json, sys, time
     from pulsetrain.runtime.channels import EndOfStream, InputChannel
     ep = sys.argv[1]
-    inp = InputChannel("bench:input", on_slowness="wait")
+    inp = InputChannel("bench:input", on_slowness="wait", window=int(sys.argv[2]))
     inp.connect(ep)
     got, t0, nbytes = 0, None, 0
     while True:
@@ -164,12 +169,16 @@ def _pair(
     n: int,
     shape: tuple,
     dtype: str,
+    window: int = WINDOW,
 ) -> dict:
     import subprocess
 
-    recv_args = [connect] if receiver is PT_RECEIVER else [connect, repr(shape), dtype]
+    if receiver is PT_RECEIVER:
+        recv_args = [connect, str(window)]
+    else:
+        recv_args = [connect, repr(shape), dtype, str(HWM)]
     send = sender_host.popen(
-        [sys.executable, "-c", sender, bind, str(n), repr(shape), dtype],
+        [sys.executable, "-c", sender, bind, str(n), repr(shape), dtype, str(HWM)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -203,24 +212,25 @@ def channels(quick: bool, rounds: int | None = None) -> list[dict]:
         for label, (shape, dtype) in SIZES.items():
             nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
             n = max(20, int(budget // nbytes))
-            runs: dict[str, list[float]] = {"zmq": [], "pt": [], "shm": []}
+            runs: dict[str, list[float]] = {"zmq": [], "pt": [], "pt2": [], "shm": []}
             shm_counts = []
-            cpu: dict[str, list[float]] = {"zmq": [], "pt": [], "shm": []}
+            cpu: dict[str, list[float]] = {k: [] for k in runs}
             for i in range(rounds):
                 order = [
-                    ("zmq", ZMQ_SENDER, ZMQ_RECEIVER, b),
-                    ("pt", PT_SENDER, PT_RECEIVER, b),
-                    ("shm", PT_SENDER, PT_RECEIVER, a),
+                    ("zmq", ZMQ_SENDER, ZMQ_RECEIVER, b, HWM),
+                    ("pt", PT_SENDER, PT_RECEIVER, b, WINDOW),
+                    ("pt2", PT_SENDER, PT_RECEIVER, b, 2),
+                    ("shm", PT_SENDER, PT_RECEIVER, a, WINDOW),
                 ]
                 if i % 2:  # every other round pulsetrain goes first: no place in a round favoured
                     order[:2] = order[1::-1]
-                for kind, sender, receiver, dest in order:
+                for kind, sender, receiver, dest, window in order:
                     port += 1
                     ep = f"tcp://{a.address}:{port}"
-                    r = _pair(a, dest, sender, receiver, ep, ep, n, shape, dtype)
+                    r = _pair(a, dest, sender, receiver, ep, ep, n, shape, dtype, window)
                     runs[kind].append(r["GBps"])
                     cpu[kind].append(r["cpu_per_GB"])
-                    if kind == "pt":
+                    if kind in ("pt", "pt2"):
                         assert r["shm"] == 0, "trains between hosts went through shared memory"
                     elif kind == "shm":
                         shm_counts.append(r["shm"])
@@ -229,6 +239,7 @@ def channels(quick: bool, rounds: int | None = None) -> list[dict]:
             # rounds are interleaved: the ratio of each round's pair, then their median, is
             # what a machine whose load changes from round to round can still tell
             ratio = statistics.median(p / z for p, z in zip(runs["pt"], runs["zmq"]))
+            ratio2 = statistics.median(p / z for p, z in zip(runs["pt2"], runs["zmq"]))
             best = {k: max(v) for k, v in runs.items()}
             print(
                 f"{label}: pulsetrain tcp / bare pyzmq: median of the rounds' ratios "
@@ -239,9 +250,11 @@ def channels(quick: bool, rounds: int | None = None) -> list[dict]:
             print(
                 f"{label}: {n} messages x {rounds} rounds; bare pyzmq "
                 f"{[round(x, 2) for x in runs['zmq']]}, pulsetrain tcp "
-                f"{[round(x, 2) for x in runs['pt']]}, pulsetrain shm "
+                f"{[round(x, 2) for x in runs['pt']]} (default window 2: "
+                f"{[round(x, 2) for x in runs['pt2']]}, ratio {ratio2:.2f}), pulsetrain shm "
                 f"{[round(x, 2) for x in runs['shm']]} GB/s; shm trains {shm_counts}; CPU s "
-                f"per GB (both ends) zmq {cpu_med['zmq']:.2f}, tcp {cpu_med['pt']:.2f}, shm "
+                f"per GB (both ends) zmq {cpu_med['zmq']:.2f}, tcp {cpu_med['pt']:.2f} (window "
+                f"2: {cpu_med['pt2']:.2f}), shm "
                 f"{cpu_med['shm']:.2f}",
                 flush=True,
             )
@@ -250,9 +263,12 @@ def channels(quick: bool, rounds: int | None = None) -> list[dict]:
             rows += [
                 {"name": f"{label}: bare pyzmq PUSH/PULL, host A -> host B (tcp)",
                  "value": med["zmq"], "unit": "GB/s", "peer": "", "ratio": None, "goal": None},
-                {"name": f"{label}: pulsetrain channel, host A -> host B (tcp)",
+                {"name": f"{label}: pulsetrain channel, host A -> host B (tcp, window {WINDOW})",
                  "value": med["pt"], "unit": "GB/s", "peer": "bare pyzmq, same hosts",
                  "ratio": ratio, "goal": GOAL_TCP},
+                {"name": f"{label}: pulsetrain channel, host A -> host B (tcp, default window 2)",
+                 "value": med["pt2"], "unit": "GB/s", "peer": "bare pyzmq, same hosts",
+                 "ratio": ratio2, "goal": None},
                 {"name": f"{label}: bare pyzmq, best of {rounds} rounds",
                  "value": best["zmq"], "unit": "GB/s", "peer": "", "ratio": None, "goal": None},
                 {"name": f"{label}: pulsetrain channel tcp, best of {rounds} rounds",
@@ -267,6 +283,10 @@ def channels(quick: bool, rounds: int | None = None) -> list[dict]:
                 {"name": f"{label}: CPU of both ends per GB, pulsetrain tcp",
                  "value": cpu_med["pt"], "unit": "CPU s/GB", "peer": "bare pyzmq",
                  "ratio": cpu_med["pt"] / cpu_med["zmq"], "goal": None, "lower_is_better": True},
+                {"name": f"{label}: CPU of both ends per GB, pulsetrain tcp, window 2",
+                 "value": cpu_med["pt2"], "unit": "CPU s/GB", "peer": "bare pyzmq",
+                 "ratio": cpu_med["pt2"] / cpu_med["zmq"], "goal": None,
+                 "lower_is_better": True},
                 {"name": f"{label}: CPU of both ends per GB, pulsetrain shared memory",
                  "value": cpu_med["shm"], "unit": "CPU s/GB", "peer": "pulsetrain tcp",
                  "ratio": cpu_med["shm"] / cpu_med["pt"], "goal": None},
