@@ -5,10 +5,16 @@ One run measures, side by side:
 1. **TCP between two test hosts** (``tests/hosts.py``: two Linux network namespaces with their
    own ``/dev/shm``, joined by veth links and a bridge): a pulsetrain ``OutputChannel`` on host
    A -> ``InputChannel`` on host B (``wait`` policy, nothing dropped) against bare pyzmq
-   PUSH -> PULL between the same two namespaces, with the same array bytes per message,
-   interleaved round by round (medians).  Two message sizes: one raw AGIPD module-train of
-   16 frames (16 x 2 x 512 x 128 uint16, 4.2 MB) and one corrected module-train of 64 frames
-   (64 x 512 x 128 float32, 16.8 MB).  Goal: pulsetrain >= 0.9 x bare pyzmq.
+   PUSH -> PULL between the same two namespaces.  Fair both ways: the bare loop sends the very
+   frames the channel sends (its control frame and the protocol 2.2 frames, the array without
+   copying), with high-water marks of 2 + 2, and the channel's input gets the same buffering
+   (a window of 5: one train in the consumer's hands, four queued); the default window (2) is
+   measured too.  Rounds are interleaved (every other round pulsetrain goes first); medians
+   of the rounds' ratios, and the best rounds, are reported, with the CPU time of both ends
+   per GB (what a loaded machine stretches least).  Two message sizes: one raw AGIPD
+   module-train of 16 frames (16 x 2 x 512 x 128 uint16, 4.2 MB) and one corrected
+   module-train of 64 frames (64 x 512 x 128 float32, 16.8 MB).  Goal: pulsetrain >= 0.9 x
+   bare pyzmq.
 2. **Shared memory on one host**: the same pulsetrain channel between two processes of host A
    (the shared-memory transport; asserted from the input's own count of trains read that way).
 3. **Per-core correction rate**: the AGIPD kernel (``correct_agipd``, one numba thread) on a
@@ -23,7 +29,7 @@ One run measures, side by side:
    of every server process over the window divided by the trains that stage handled, and the
    stock ``karabo_bridge.Client`` (this process) likewise.
 
-    python benchmarks/scaling.py [--quick] [--write]
+    python benchmarks/scaling.py [--quick] [--write] [--rounds N] [--channels-only]
 
 ``--write`` replaces the ``## scaling`` section at the end of ``benchmarks/RESULTS.md``.
 """
