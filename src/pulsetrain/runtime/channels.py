@@ -404,8 +404,9 @@ class OutputChannel:
 
         With an input of policy ``wait`` connected, returns once the train has been handed to
         every input (sent, queued or dropped), blocking until ``wait`` inputs that are not ready
-        ask for it (or vanish).  Otherwise it returns at once and the channel's thread hands
-        the train out, unless ``max_pending`` earlier trains are still being handed out.
+        ask for it (or vanish).  Otherwise it returns at once.  The train goes out from the
+        calling thread to every input that has credit; what waits for credit (queued, or
+        behind ``max_pending`` earlier trains) the channel's thread sends when it comes.
         Either way the arrays must not be modified afterwards (they are sent without copying).
 
         Raises
