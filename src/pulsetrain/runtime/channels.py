@@ -28,6 +28,12 @@ sockets by itself; an output forgets an input it has not heard from for ``livene
 (so a vanished ``wait`` input blocks its producer for at most that long).  The credit message
 carries the input's whole configuration, so no separate hand-shake can get lost.
 
+Threads: each channel has one thread of its own (heartbeats, timeouts, trains that wait for
+credit), but the common path does without it: a writer sends a train to the inputs that have
+credit from its own thread, and while it blocks on a ``wait`` input it receives their credits
+itself; a consumer sends its credit from its own thread when it takes the next train.  The
+sockets are shared under a lock, and the threads sleep on the sockets' descriptors.
+
 Wire format: credit ``[msgpack{t: 'credit', in, isess, osess, rcv, win, dist, slow, maxq}]``
 from input to output, ``[msgpack{t: 'data', s: session, w: write_index}, *train_frames]`` and
 ``[msgpack{t: 'eos', s: session}]`` from output to input, where ``train_frames`` are the frames
