@@ -105,8 +105,13 @@ def _add_debug(parser: argparse.ArgumentParser, top: bool) -> None:
                 _add_debug(sub, top=False)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser with every sub-command found in this package."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Build the argument parser with every sub-command found in this package.
+
+    With ``command``, only the module of that sub-command is imported when it registers it:
+    a ``pulsetrain server`` that systemd restarts answers without first importing what every
+    other command needs (HDF5, the offline tools: seconds on a busy machine).
+    """
     codes = "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES.items())
     parser = _Parser(
         prog="pulsetrain",
@@ -124,15 +129,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="logging level (DEBUG, INFO, WARNING, ERROR)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        register = getattr(module, "register", None)
-        if register is not None:
-            register(subparsers)
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    wanted = (command or "").replace("-", "_")
+    if wanted in names:
+        _register(subparsers, wanted)
+        if command in subparsers.choices:
+            _add_debug(parser, top=True)
+            return parser
+        return build_parser()  # the module is named differently from its command
+    for name in names:
+        _register(subparsers, name)
     _add_debug(parser, top=True)
     return parser
+
+
+def _register(subparsers: argparse._SubParsersAction, name: str) -> None:
+    module = importlib.import_module(f"{__name__}.{name}")
+    register = getattr(module, "register", None)
+    if register is not None:
+        register(subparsers)
 
 
 def exit_code_of(exc: BaseException) -> int | None:
@@ -194,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("PULSETRAIN_DEBUG", "") not in ("", "0")
     try:
-        parser = build_parser()
+        parser = build_parser(argv[0] if argv and not argv[0].startswith("-") else None)
         try:
             args = parser.parse_args(argv)
         except _UsageError as exc:

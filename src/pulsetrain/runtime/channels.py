@@ -28,6 +28,12 @@ sockets by itself; an output forgets an input it has not heard from for ``livene
 (so a vanished ``wait`` input blocks its producer for at most that long).  The credit message
 carries the input's whole configuration, so no separate hand-shake can get lost.
 
+Threads: each channel has one thread of its own (heartbeats, timeouts, trains that wait for
+credit), but the common path does without it: a writer sends a train to the inputs that have
+credit from its own thread, and while it blocks on a ``wait`` input it receives their credits
+itself; a consumer sends its credit from its own thread when it takes the next train.  The
+sockets are shared under a lock, and the threads sleep on the sockets' descriptors.
+
 Wire format: credit ``[msgpack{t: 'credit', in, isess, osess, rcv, win, dist, slow, maxq}]``
 from input to output, ``[msgpack{t: 'data', s: session, w: write_index}, *train_frames]`` and
 ``[msgpack{t: 'eos', s: session}]`` from output to input, where ``train_frames`` are the frames
@@ -38,10 +44,12 @@ bridge format, and arrays are received without copying.
 from __future__ import annotations
 
 import collections
+import ctypes
 import dataclasses
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -85,6 +93,62 @@ _HEARTBEAT_IVL_MS = 1000
 _RECONNECT_IVL_MAX_MS = 500
 _HEARTBEAT_TIMEOUT_MS = 3000
 _CONNECT_TIMEOUT_MS = 500
+
+_SNDMORE = int(zmq.SNDMORE)
+_NOBLOCK = int(zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+# Frames below this size are copied into the message (as pyzmq's default copy threshold); the
+# larger ones (arrays) are sent without copying.
+_COPY_BELOW = 65536
+
+
+def _send_frames(sock: zmq.Socket, frames: list, flags: int = 0) -> None:
+    """Send ``frames`` as one multipart message: small ``bytes`` copied, the rest zero-copy.
+
+    A lean ``send_multipart``: no message trackers, plain integer flags (pyzmq's enum flags and
+    per-frame ``Frame`` objects for small frames cost more than the send itself per train).
+    """
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        more = _SNDMORE | flags if i < last else flags
+        if type(frame) is bytes and len(frame) < _COPY_BELOW:
+            sock.send(frame, more)
+        else:
+            sock.send(frame, more, copy=False)
+
+
+# glibc's malloc, left to itself, serves a received train's buffers (one per large frame, made by
+# ZeroMQ's I/O thread) from a heap whose freed top it gives back to the kernel once it exceeds
+# a threshold that follows the largest buffer freed so far (twice it): with a few trains in
+# flight it keeps giving the memory back, and the next train's bytes fault it in again page by
+# page (measured: ~300 minor faults per 4.2 MB train, a third more CPU in the receiving I/O
+# thread).  A fixed threshold for mapping buffers on their own (glibc's maximum, 32 MiB) and a
+# high one for trimming keep it.  Not done when the environment sets malloc's options itself.
+_MMAP_THRESHOLD = 32 << 20
+_TRIM_THRESHOLD = 256 << 20
+_malloc_tuned = False
+
+
+def _keep_freed_buffers() -> None:
+    """Tune glibc's malloc once per process so that freed train buffers are reused."""
+    global _malloc_tuned
+    if _malloc_tuned:
+        return
+    _malloc_tuned = True
+    if not sys.platform.startswith("linux") or any(
+        k in os.environ
+        for k in ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+    ):
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    if mallopt(m_mmap_threshold, _MMAP_THRESHOLD) and mallopt(m_trim_threshold, _TRIM_THRESHOLD):
+        log.debug("malloc: buffers up to %d B from the heap, kept when freed", _MMAP_THRESHOLD)
 
 
 def _set_liveness_options(sock: zmq.Socket) -> None:
@@ -269,6 +333,7 @@ class OutputChannel:
     ):
         if no_input_shared is not None:
             validate_policy("shared", no_input_shared, 1)
+        _keep_freed_buffers()
         self.name = name
         self.no_input_shared = no_input_shared
         self.liveness = liveness
@@ -291,6 +356,10 @@ class OutputChannel:
         except zmq.ZMQError as exc:
             self._router.close(0)
             raise ChannelError(f"output {name}: cannot bind {bind!r}: {exc}") from exc
+        # The channel's thread sleeps on the socket's file descriptor, not in zmq_poll on the
+        # socket, so that write() can send from the caller's thread (under self._lock, which
+        # guards every use of the socket): a train goes out without a hop to that thread.
+        self._router_fd = self._router.getsockopt(zmq.FD)
         wake = f"inproc://pt-out-wake-{id(self)}-{self.session}"
         self._wake_r = self._ctx.socket(zmq.PAIR)
         self._wake_r.bind(wake)
@@ -311,7 +380,17 @@ class OutputChannel:
         self.written = 0
         self.shared_dropped = 0
         self._closing = False
-        self._last_tracker: zmq.MessageTracker | None = None
+        self._sends = 0  # messages sent on the router (tells _pump the socket was used)
+        self._completed = 0  # trains (and EOS) fully handed out
+        # A write() blocked on a 'wait' input watches the socket itself (the channel's thread
+        # stands back meanwhile): a credit that arrives wakes the writer directly, no hop.
+        self._writer_waiting = False
+        self._writer_wake_r, self._writer_wake_w = os.pipe()
+        os.set_blocking(self._writer_wake_r, False)
+        os.set_blocking(self._writer_wake_w, False)
+        self._writer_poller = zmq.Poller()
+        self._writer_poller.register(self._router_fd, zmq.POLLIN)
+        self._writer_poller.register(self._writer_wake_r, zmq.POLLIN)
         self._host = shmem.host_id() if shm_slots > 0 else None
         self._pool = shmem.SegmentPool(shm_slots, shm_bytes) if self._host else None
         self._shm_inputs = 0  # connected inputs that read shared memory
@@ -331,8 +410,9 @@ class OutputChannel:
 
         With an input of policy ``wait`` connected, returns once the train has been handed to
         every input (sent, queued or dropped), blocking until ``wait`` inputs that are not ready
-        ask for it (or vanish).  Otherwise it returns at once and the channel's thread hands
-        the train out, unless ``max_pending`` earlier trains are still being handed out.
+        ask for it (or vanish).  Otherwise it returns at once.  The train goes out from the
+        calling thread to every input that has credit; what waits for credit (queued, or
+        behind ``max_pending`` earlier trains) the channel's thread sends when it comes.
         Either way the arrays must not be modified afterwards (they are sent without copying).
 
         Raises
@@ -406,16 +486,15 @@ class OutputChannel:
         self._closing = True
         self._wake()
         self._thread.join(timeout=5)
-        tracker = self._last_tracker
-        if tracker is not None:
-            try:
-                tracker.wait(max(0.0, deadline - time.monotonic()))
-            except zmq.NotDone:
-                pass
         for pending in list(self._inbox) + ([self._current] if self._current else []):
             pending.error = ChannelError(f"output {self.name} closed")
             pending.done.set()
-        self._router.close(int(linger * 1000))
+        self._wake_writer()
+        with self._lock:  # a writer may still be using the socket
+            # ZeroMQ still sends what is queued (the last trains' bytes) for up to the linger.
+            self._router.close(int(max(0.0, deadline - time.monotonic()) * 1000))
+            for fd in (self._writer_wake_r, self._writer_wake_w):
+                os.close(fd)
         for sock in (self._wake_r, self._wake_w):
             sock.close(0)
         if self._pool is not None:
@@ -457,26 +536,82 @@ class OutputChannel:
     def _submit(self, pending: _Pending, timeout: float | None, block: bool = True) -> None:
         if self._closing:
             raise ChannelError(f"output {self.name} is closed")
-        backlog = len(self._inbox)
-        self._inbox.append(pending)
-        self._wake()
+        with self._lock:
+            backlog = len(self._inbox)
+            self._inbox.append(pending)
+            # Hand it out from this thread: inputs with credit get it now (no thread hop).
+            self._pump()
+        if pending.done.is_set():
+            if pending.error is not None:
+                raise pending.error
+            return
         if not block and not self._may_wait and backlog < self.max_pending:
             # No input can hold this train up: the output thread hands it out while the caller
             # goes on (a thread hop less per train; the arrays must stay untouched, as always).
             return
-        if not pending.done.wait(timeout):
-            raise TimeoutError(f"output {self.name}: an input with policy 'wait' is not ready")
+        if not self._may_wait:
+            if not pending.done.wait(timeout):
+                raise TimeoutError(f"output {self.name}: a train could not be handed out in time")
+        else:
+            self._wait_handed_out(pending, timeout)
         if pending.error is not None:
             raise pending.error
 
+    def _wait_handed_out(self, pending: _Pending, timeout: float | None) -> None:
+        """Block until ``pending`` is handed out, receiving the inputs' credits in this thread."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        step = max(1, int(self.liveness * 250))
+        self._writer_waiting = True
+        try:
+            while not pending.done.is_set():
+                ms = step
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError(
+                            f"output {self.name}: an input with policy 'wait' is not ready"
+                        )
+                    ms = min(step, 1 + int(remaining * 1000))
+                try:
+                    events = dict(self._writer_poller.poll(ms))
+                except zmq.ZMQError:  # closed meanwhile
+                    break
+                if self._writer_wake_r in events:
+                    try:
+                        os.read(self._writer_wake_r, 4096)
+                    except OSError:
+                        pass
+                with self._lock:
+                    if self._closing:
+                        break
+                    self._pump()
+        finally:
+            self._writer_waiting = False
+        if not pending.done.is_set():
+            raise ChannelError(f"output {self.name} closed")
+
+    def _wake_writer(self) -> None:
+        try:
+            os.write(self._writer_wake_w, b"w")
+        except OSError:  # full (it is woken anyway) or closed
+            pass
+
     def _loop(self) -> None:
         poller = zmq.Poller()
-        poller.register(self._router, zmq.POLLIN)
+        # The socket's descriptor (edge-triggered: see _pump), not the socket: zmq_poll on the
+        # socket would use it outside self._lock.
+        poller.register(self._router_fd, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        aside = zmq.Poller()  # while a writer watches the socket
+        aside.register(self._wake_r, zmq.POLLIN)
         next_check = time.monotonic() + self.liveness / 4
         while not self._closing:
             try:
-                events = dict(poller.poll(timeout=int(self.liveness * 250)))
+                if self._writer_waiting:
+                    # Look in now and then: the writer may have returned meanwhile.
+                    events = dict(aside.poll(timeout=20))
+                else:
+                    events = dict(poller.poll(timeout=int(self.liveness * 250)))
             except zmq.ZMQError:  # pragma: no cover - context terminated
                 break
             if self._wake_r in events:
@@ -485,94 +620,111 @@ class OutputChannel:
                         self._wake_r.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-            if self._router in events:
-                for _ in range(1000):
-                    try:
-                        identity, *rest = self._router.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._on_input_message(identity, rest)
             now = time.monotonic()
             if now >= next_check:
                 self._expire(now)
                 next_check = now + self.liveness / 4
+            with self._lock:
+                if self._closing:
+                    break
+                completed = self._completed
+                self._pump()
+                if self._completed != completed and self._writer_waiting:
+                    self._wake_writer()
+
+    def _pump(self) -> None:
+        """Read what the inputs sent and send what can be sent, until neither has work.
+
+        Called with ``self._lock`` held, by the channel's thread or a writer.  The socket's
+        descriptor only signals *changes*, and any use of the socket may consume one: so this
+        returns only after reading ``ZMQ_EVENTS`` found nothing to receive with no send after
+        it.  From then on, a message that arrives signals the descriptor again.
+        """
+        router = self._router
+        while True:
+            while router.getsockopt(_EVENTS) & _POLLIN:
+                identity, *rest = router.recv_multipart(_NOBLOCK)
+                self._on_input_message(identity, rest)
+            sends = self._sends
             self._progress()
+            if self._sends == sends:
+                return
 
     def _on_input_message(self, identity: bytes, frames: list[bytes]) -> None:
+        """Handle one message of an input (``self._lock`` held)."""
         try:
             if not frames:
                 raise ProtocolError("empty message")
             msg = _unpack_ctl(frames[0])
             kind = msg.get("t")
             now = time.monotonic()
-            with self._lock:
-                if kind == "bye":
-                    self._remove(identity)
-                    self._gone.pop(identity, None)
-                    return
-                if kind == "free":  # an input is done with a train it read from shared memory
-                    conn = self._conns.get(identity)
-                    key = (str(msg.get("seg")), int(msg.get("gen", -1)))
-                    if conn is not None and conn.leases[key] > 0 and self._pool is not None:
-                        conn.leases[key] -= 1
-                        if not conn.leases[key]:
-                            del conn.leases[key]
-                        self._pool.release(key)
-                    return
-                if kind != "credit":
-                    raise ProtocolError(f"unknown message type {kind!r}")
+            if kind == "bye":
+                self._remove(identity)
+                self._gone.pop(identity, None)
+                return
+            if kind == "free":  # an input is done with a train it read from shared memory
                 conn = self._conns.get(identity)
-                received = int(msg.get("rcv", 0)) if msg.get("osess") == self.session else 0
-                if conn is None or conn.isess != msg.get("isess") or conn.epoch != msg.get("ep", 0):
-                    old = conn
-                    if conn is not None:
-                        self._remove(identity)
-                    old = self._gone.pop(identity, None) or old
-                    conn = _Connection(identity, msg, now)
-                    if old is None:  # the same input in a new process (a re-created device)
-                        for ident, gone in list(self._gone.items()):
-                            if gone.input_id == conn.input_id:
-                                old = self._gone.pop(ident)
-                    # Counted from what the input says it received of this output session, so
-                    # its credit is its free slots (not all it ever received).
-                    conn.sent = conn.acked = received
-                    if old is not None:
-                        # The same input again: its count of lost trains goes on.  Reconnected
-                        # (same session), what it was sent and never got was lost with the old
-                        # connection and counts as dropped too.
-                        conn.dropped = old.dropped
-                        if old.isess == conn.isess:
-                            conn.dropped += max(0, old.sent - received)
-                    self._conns[identity] = conn
-                    self._update_may_wait()
-                    log.info(
-                        "%s: input %s connected (%s, %s)",
-                        self.name,
-                        conn.input_id,
-                        conn.distribution,
-                        conn.slowness,
-                    )
-                conn.last_seen = now
-                shm = bool(
-                    self._pool is not None
-                    and msg.get("shm")
-                    and msg.get("host") == self._host
-                    and msg.get("pid") != os.getpid()
+                key = (str(msg.get("seg")), int(msg.get("gen", -1)))
+                if conn is not None and conn.leases[key] > 0 and self._pool is not None:
+                    conn.leases[key] -= 1
+                    if not conn.leases[key]:
+                        del conn.leases[key]
+                    self._pool.release(key)
+                return
+            if kind != "credit":
+                raise ProtocolError(f"unknown message type {kind!r}")
+            conn = self._conns.get(identity)
+            received = int(msg.get("rcv", 0)) if msg.get("osess") == self.session else 0
+            if conn is None or conn.isess != msg.get("isess") or conn.epoch != msg.get("ep", 0):
+                old = conn
+                if conn is not None:
+                    self._remove(identity)
+                old = self._gone.pop(identity, None) or old
+                conn = _Connection(identity, msg, now)
+                if old is None:  # the same input in a new process (a re-created device)
+                    for ident, gone in list(self._gone.items()):
+                        if gone.input_id == conn.input_id:
+                            old = self._gone.pop(ident)
+                # Counted from what the input says it received of this output session, so
+                # its credit is its free slots (not all it ever received).
+                conn.sent = conn.acked = received
+                if old is not None:
+                    # The same input again: its count of lost trains goes on.  Reconnected
+                    # (same session), what it was sent and never got was lost with the old
+                    # connection and counts as dropped too.
+                    conn.dropped = old.dropped
+                    if old.isess == conn.isess:
+                        conn.dropped += max(0, old.sent - received)
+                self._conns[identity] = conn
+                self._update_may_wait()
+                log.info(
+                    "%s: input %s connected (%s, %s)",
+                    self.name,
+                    conn.input_id,
+                    conn.distribution,
+                    conn.slowness,
                 )
-                if shm != conn.shm:
-                    conn.shm = shm
-                    self._shm_inputs += 1 if shm else -1
-                    for key in conn.leases:  # it gave up on shared memory: do not wait for it
-                        self._pool.retire(key)  # type: ignore[union-attr]
-                    conn.leases.clear()
-                conn.acked = max(conn.acked, received)
-                conn.allowed = max(conn.allowed, received + int(msg.get("win", 1)))
-                if (
-                    conn.distribution == "shared"
-                    and conn.credit > 0
-                    and identity not in self._ready_shared
-                ):
-                    self._ready_shared.append(identity)
+            conn.last_seen = now
+            shm = bool(
+                self._pool is not None
+                and msg.get("shm")
+                and msg.get("host") == self._host
+                and msg.get("pid") != os.getpid()
+            )
+            if shm != conn.shm:
+                conn.shm = shm
+                self._shm_inputs += 1 if shm else -1
+                for key in conn.leases:  # it gave up on shared memory: do not wait for it
+                    self._pool.retire(key)  # type: ignore[union-attr]
+                conn.leases.clear()
+            conn.acked = max(conn.acked, received)
+            conn.allowed = max(conn.allowed, received + int(msg.get("win", 1)))
+            if (
+                conn.distribution == "shared"
+                and conn.credit > 0
+                and identity not in self._ready_shared
+            ):
+                self._ready_shared.append(identity)
         except (ProtocolError, ConfigurationError, ValueError, TypeError) as exc:
             log.warning("%s: ignored bad message from an input: %s", self.name, exc)
 
@@ -639,7 +791,8 @@ class OutputChannel:
                 frames = shm.frames
             msg = [conn.identity, _pack(head), *frames]
         try:
-            self._last_tracker = self._router.send_multipart(msg, copy=False, track=True)
+            self._sends += 1
+            _send_frames(self._router, msg)
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the input went away
             log.warning("%s: cannot send to %s: %s", self.name, conn.input_id, exc)
             self._remove(conn.identity)
@@ -684,30 +837,32 @@ class OutputChannel:
         return False
 
     def _progress(self) -> None:
-        """Send what can be sent: queues first, then the current item, then new items."""
-        with self._lock:
-            for conn in list(self._conns.values()):
-                if conn.distribution == "shared" and self._shared_queue:
-                    continue  # shared EOS waits until the common queue is empty
-                while conn.queue and conn.credit > 0 and conn.identity in self._conns:
-                    self._send(conn, conn.queue.popleft())
-            while self._shared_queue:
-                conn = self._next_ready_shared()
-                if conn is None or not self._give_shared(conn, self._shared_queue[0]):
-                    break
-                self._shared_queue.popleft()
-            while True:
-                if self._current is None:
-                    if not self._inbox:
-                        return
-                    self._current = self._inbox.popleft()
-                    self._dispatch_new(self._current)
-                cur = self._current
-                self._continue(cur)
-                if cur.waiting or cur.shared_open:
+        """Send what can be sent: queues first, then the current item, then new items.
+
+        Called with ``self._lock`` held."""
+        for conn in list(self._conns.values()):
+            if conn.distribution == "shared" and self._shared_queue:
+                continue  # shared EOS waits until the common queue is empty
+            while conn.queue and conn.credit > 0 and conn.identity in self._conns:
+                self._send(conn, conn.queue.popleft())
+        while self._shared_queue:
+            conn = self._next_ready_shared()
+            if conn is None or not self._give_shared(conn, self._shared_queue[0]):
+                break
+            self._shared_queue.popleft()
+        while True:
+            if self._current is None:
+                if not self._inbox:
                     return
-                self._current = None
-                cur.done.set()
+                self._current = self._inbox.popleft()
+                self._dispatch_new(self._current)
+            cur = self._current
+            self._continue(cur)
+            if cur.waiting or cur.shared_open:
+                return
+            self._current = None
+            self._completed += 1
+            cur.done.set()
 
     def _dispatch_new(self, cur: _Pending) -> None:
         frames = None
@@ -804,6 +959,7 @@ class _Upstream:
         "endpoint",
         "eos",
         "epoch",
+        "fd",
         "heard",
         "last_credit_sent",
         "last_w",
@@ -819,6 +975,7 @@ class _Upstream:
     def __init__(self, endpoint: str, sock: zmq.Socket, monitor: zmq.Socket | None = None):
         self.endpoint = endpoint
         self.sock = sock
+        self.fd = sock.getsockopt(zmq.FD)  # what the channel's thread sleeps on
         self.monitor = monitor  # ZeroMQ's connection events of ``sock``
         self.connects = 0  # TCP connections made
         self.epoch = 0  # reconnections: the output starts a new connection record on each
@@ -873,6 +1030,7 @@ class InputChannel:
         )
         if window < 1:
             raise ConfigurationError("window must be >= 1")
+        _keep_freed_buffers()
         self.name = name
         self.window = window
         self.heartbeat = heartbeat
@@ -890,6 +1048,9 @@ class InputChannel:
         self._wake_w = self._ctx.socket(zmq.PAIR)
         self._wake_w.connect(wake)
         self._wake_lock = threading.Lock()
+        # Guards the data sockets and the upstream records: the channel's thread receives,
+        # and release() sends the credit from the consumer's thread (no hop to that thread).
+        self._sock_lock = threading.Lock()
         self.received = 0
         self.errors = 0
         self.last_error = ""
@@ -949,7 +1110,11 @@ class InputChannel:
         with self._cond:
             up, self._processing = self._processing, None
         if up is not None:
-            self._command(("release", up))
+            with self._sock_lock:
+                if self._ups.get(up.endpoint) is up:
+                    up.outstanding = max(0, up.outstanding - 1)
+                    self._send_credit(up)
+                    self._drain(up)
 
     def close(self) -> None:
         """Say goodbye to the outputs and close the sockets."""
@@ -1037,8 +1202,10 @@ class InputChannel:
             monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED)
         up = _Upstream(endpoint, sock, monitor)
         self._ups[endpoint] = up
-        self._by_sock[sock] = up
-        poller.register(sock, zmq.POLLIN)
+        # The socket's descriptor, not the socket: release() uses the socket from another
+        # thread (under _sock_lock), which zmq_poll on the socket here would not respect.
+        self._by_sock[up.fd] = up
+        poller.register(up.fd, zmq.POLLIN)
         if monitor is not None:
             self._by_sock[monitor] = up
             poller.register(monitor, zmq.POLLIN)
@@ -1050,7 +1217,7 @@ class InputChannel:
                 up.sock.send(_pack({"t": "bye"}), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
-        poller.unregister(up.sock)
+        poller.unregister(up.fd)
         if up.monitor is not None:
             poller.unregister(up.monitor)
             self._by_sock.pop(up.monitor, None)
@@ -1058,7 +1225,7 @@ class InputChannel:
             up.monitor.close(0)
         up.sock.close(0)
         self._ups.pop(up.endpoint, None)
-        self._by_sock.pop(up.sock, None)
+        self._by_sock.pop(up.fd, None)
 
     def _loop(self) -> None:
         poller = zmq.Poller()
@@ -1074,50 +1241,56 @@ class InputChannel:
                         self._wake_r.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-            while self._commands:
-                op, arg = self._commands.popleft()
-                if op == "connect":
-                    self._open(arg, poller)
-                elif op == "disconnect":
-                    up = self._ups.get(arg)
-                    if up is not None:
-                        self._close_up(up, poller, goodbye=True)
-                elif op == "release":
-                    if arg.endpoint in self._ups:
-                        arg.outstanding = max(0, arg.outstanding - 1)
-                        self._send_credit(arg)
-                elif op == "free":
-                    # Segment names carry the producer's pid and session: send to all outputs;
-                    # only the one that owns it has a lease to drop (others ignore it).
-                    seg, gen = arg
-                    msg = _pack({"t": "free", "seg": seg, "gen": gen})
-                    for up in self._ups.values():
-                        if up.shm_segments and seg.startswith(up.shm_segments):
-                            try:
-                                up.sock.send(msg, zmq.NOBLOCK)
-                            except zmq.ZMQError:
-                                pass
-                elif op == "close":
-                    for up in list(self._ups.values()):
-                        self._close_up(up, poller, goodbye=True)
+            with self._sock_lock:
+                if not self._step(poller, events):
                     return
-            for sock in events:
-                up = self._by_sock.get(sock)
-                if up is None:
-                    continue
-                if sock is up.monitor:
-                    self._on_monitor_event(up)
-                    continue
-                for _ in range(64):
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    self._on_message(up, frames)
-            now = time.monotonic()
-            for up in self._ups.values():
-                if now - up.last_credit_sent >= self.heartbeat:
-                    self._send_credit(up)
+
+    def _step(self, poller: zmq.Poller, events: dict) -> bool:
+        """One turn of the channel's thread (``_sock_lock`` held); False once closed."""
+        while self._commands:
+            op, arg = self._commands.popleft()
+            if op == "connect":
+                self._open(arg, poller)
+            elif op == "disconnect":
+                up = self._ups.get(arg)
+                if up is not None:
+                    self._close_up(up, poller, goodbye=True)
+            elif op == "free":
+                # Segment names carry the producer's pid and session: send to all outputs;
+                # only the one that owns it has a lease to drop (others ignore it).
+                seg, gen = arg
+                msg = _pack({"t": "free", "seg": seg, "gen": gen})
+                for up in self._ups.values():
+                    if up.shm_segments and seg.startswith(up.shm_segments):
+                        try:
+                            up.sock.send(msg, zmq.NOBLOCK)
+                        except zmq.ZMQError:
+                            pass
+            elif op == "close":
+                for up in list(self._ups.values()):
+                    self._close_up(up, poller, goodbye=True)
+                return False
+        for key in events:
+            up = self._by_sock.get(key)
+            if up is not None and key is up.monitor:
+                self._on_monitor_event(up)
+        now = time.monotonic()
+        for up in list(self._ups.values()):
+            if now - up.last_credit_sent >= self.heartbeat:
+                self._send_credit(up)
+            # Every upstream, whether its descriptor fired or not: it only signals changes,
+            # and a send (here or in release()) may have taken the signal of a new message.
+            self._drain(up)
+        return True
+
+    def _drain(self, up: _Upstream) -> None:
+        """Receive all that ``up`` has (``_sock_lock`` held): after this, a new message
+        signals the socket's descriptor again."""
+        sock = up.sock
+        while sock.getsockopt(_EVENTS) & _POLLIN:
+            self._on_message(up, sock.recv_multipart(_NOBLOCK, copy=False))
+            if self._ups.get(up.endpoint) is not up:  # pragma: no cover - closed meanwhile
+                return
 
     def _on_monitor_event(self, up: _Upstream) -> None:
         while True:

@@ -694,10 +694,16 @@ class Supervisor:
         it unreachable when it does not answer (one thread per remote server, so a server that
         hangs delays no other)."""
         with Client(sp.control, token=self.token) as client:
-            while not self._stop.wait(self.supervise_interval):
+            pause = self.supervise_interval
+            while not self._stop.wait(pause):
+                pause = self.supervise_interval
                 try:
                     status = client.lease(self.owner, self.lease_ttl, self.lease_info, timeout=1.0)
                 except TimeoutError:
+                    # Ask again at once: a request is then always waiting while the server is
+                    # down, and a server that comes back (restarted by its host) answers it as
+                    # soon as it listens - its devices are re-created without a pause between.
+                    pause = 0.0
                     if sp.reachable and time.monotonic() - sp.last_ok > self.ping_timeout:
                         sp.reachable = False
                         sp.unreachable_since = time.time() - (time.monotonic() - sp.last_ok)
