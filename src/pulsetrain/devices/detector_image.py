@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from pulsetrain.devices.quadrant_geometry import QuadrantGeometry
 from pulsetrain.errors import ConfigurationError, DataShapeError, PropertyError
 from pulsetrain.protocol import make_meta, train_id_of
 from pulsetrain.runtime.device import Device, Property, State
@@ -45,7 +46,7 @@ class TrainModules:
         return np.arange(self.n, dtype=np.uint64)
 
 
-class DetectorImageDevice(Device):
+class DetectorImageDevice(QuadrantGeometry, Device):
     """Shared input handling and bookkeeping of the image analysis devices."""
 
     inputs = ("input",)
@@ -68,19 +69,6 @@ class DetectorImageDevice(Device):
         maximum=1,
         access="init",
         description="plane of 4-D raw data to use (0: analog, 1: gain)",
-    )
-    quad_positions = Property(
-        list,
-        [],
-        access="init",
-        description="AGIPD-1M quadrant positions [[x, y] px] × 4 (empty: the canonical ones)",
-    )
-    beam_centre = Property(
-        list,
-        [0.0, 0.0],
-        access="init",
-        unit="px",
-        description="beam (x, y) from the geometry origin, in pixels",
     )
     output_source = Property(
         str, "", access="init", description="source name of the results (empty: class default)"
@@ -111,12 +99,8 @@ class DetectorImageDevice(Device):
             raise ConfigurationError("source_pattern needs a group capturing the module number")
         from pulsetrain.geometry import agipd1m_geometry
 
-        quads = [tuple(map(float, q)) for q in self.quad_positions] or None
-        if quads is not None and len(quads) != 4:
-            raise ConfigurationError("quad_positions needs 4 (x, y) pairs")
-        if len(self.beam_centre) != 2:
-            raise ConfigurationError("beam_centre needs (x, y)")
-        self.geometry = agipd1m_geometry(quads, beam_centre_px=tuple(map(float, self.beam_centre)))
+        quads, beam_centre = self.geometry_args()
+        self.geometry = agipd1m_geometry(quads, beam_centre_px=beam_centre)
         self.out_source = self.output_source or self.default_output_source
         self._full_map: np.ndarray | None = None
         self._times: list[float] = []

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from pulsetrain.devices.quadrant_geometry import QuadrantGeometry
 from pulsetrain.errors import ConfigurationError, PropertyError
 from pulsetrain.protocol import make_meta, train_id_of
 from pulsetrain.runtime.device import Device, Property, State
@@ -61,7 +62,7 @@ DEFAULT_SOURCE_PATTERN = r"^SPB_DET_AGIPD1M-1/(?:CORR|DET)/(\d+)CH0:(?:output|xt
 _LEVEL_SAMPLE = 65536
 
 
-class PreviewAssembler(Device):
+class PreviewAssembler(QuadrantGeometry, Device):
     """Assemble, downsample and scale each train's AGIPD-1M frames to uint8 preview images.
 
     Heavy work happens here once per train, so that any number of displays can show the
@@ -95,19 +96,6 @@ class PreviewAssembler(Device):
         "SPB_DET_AGIPD1M-1/PREVIEW",
         access="init",
         description="source name of the preview in the output trains",
-    )
-    quad_positions = Property(
-        list,
-        [],
-        access="init",
-        description="AGIPD-1M quadrant positions [[x, y] px] × 4 (empty: the canonical ones)",
-    )
-    beam_centre = Property(
-        list,
-        [0.0, 0.0],
-        access="init",
-        unit="px",
-        description="beam (x, y) from the geometry origin, in pixels",
     )
     detector_distance = Property(
         float,
@@ -226,15 +214,11 @@ class PreviewAssembler(Device):
 
         plugin = self._plugin = get_detector(self.detector)
         self._n_modules, self._module_shape = plugin.n_modules, tuple(plugin.module_shape)
-        quads = [tuple(map(float, q)) for q in self.quad_positions] or None
-        if quads is not None and len(quads) != 4:
-            raise ConfigurationError("quad_positions needs 4 (x, y) pairs")
-        if len(self.beam_centre) != 2:
-            raise ConfigurationError("beam_centre needs (x, y)")
+        quads, beam_centre = self.geometry_args()
         self._geometry = plugin.geometry(
             **({"quad_positions": quads} if quads else {}),
             distance_m=self.detector_distance,
-            beam_centre_px=tuple(map(float, self.beam_centre)),
+            beam_centre_px=beam_centre,
         )
         self._build_assembler(self.downsample)
         self._build_integrator()
