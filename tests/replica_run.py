@@ -23,6 +23,41 @@ from waiting import wait_until
 FIRST = 10_000_000  # TrainSource's first train ID
 
 
+def replica_pipeline(n: int, rate: float, delay: float, work_servers: list[str]) -> str:
+    """The topology's devices and connections (TOML, after its ``[servers.*]`` tables): servers
+    ``src`` and ``sink`` for the source and the matcher, one replica of ``R/WORK`` per name in
+    ``work_servers``."""
+    names = ", ".join(f'"{s}"' for s in work_servers)
+    return f"""
+[devices."R/SOURCE"]
+class = "TrainSource"
+server = "src"
+config = {{ rate = {rate}, n_trains = {n}, shape = [4, 32], source_prefix = "MOD", autostart = false }}
+
+[devices."R/WORK"]
+class = "Passthrough"
+replicas = {len(work_servers)}
+servers = [{names}]
+config = {{ delay = {delay} }}
+
+[devices."R/MATCH"]
+class = "TrainMatcher"
+server = "sink"
+config = {{ sources = ["MOD0"], buffer_size = 50 }}
+
+[[connections]]
+from = "R/SOURCE:output"
+to = "R/WORK:input"
+data_distribution = "shared"
+on_slowness = "wait"
+
+[[connections]]
+from = "R/WORK:output"
+to = "R/MATCH:input"
+on_slowness = "wait"
+"""
+
+
 def tid_of(meta: dict) -> int:
     """The one train ID of a train's metadata (all sources agree)."""
     (tid,) = {m["timestamp.tid"] for m in meta.values()}

@@ -18,44 +18,15 @@ from pulsetrain.errors import PulsetrainError
 from pulsetrain.runtime.supervisor import Supervisor
 from pulsetrain.runtime.topology import Topology
 from pulsetrain.testing import DeviceHarness
-from replica_run import run_and_check, tid_of
+from replica_run import replica_pipeline, run_and_check, tid_of
 
-REPLICATED = """
-[topology]
-name = "{name}"
 
-[servers.src]
-[servers.h1]
-[servers.h2]
-[servers.sink]
-
-[devices."R/SOURCE"]
-class = "TrainSource"
-server = "src"
-config = {{ rate = {rate}, n_trains = {n}, shape = [4, 32], source_prefix = "MOD", autostart = false }}
-
-[devices."R/WORK"]
-class = "Passthrough"
-replicas = 2
-servers = ["h1", "h2"]
-config = {{ delay = {delay} }}
-
-[devices."R/MATCH"]
-class = "TrainMatcher"
-server = "sink"
-config = {{ sources = ["MOD0"], buffer_size = 50 }}
-
-[[connections]]
-from = "R/SOURCE:output"
-to = "R/WORK:input"
-data_distribution = "shared"
-on_slowness = "wait"
-
-[[connections]]
-from = "R/WORK:output"
-to = "R/MATCH:input"
-on_slowness = "wait"
-"""
+def replicated_text(name: str, n: int = 200, rate: float = 30.0, delay: float = 0.05) -> str:
+    """A source, two replicas of ``R/WORK`` on servers h1 and h2, and a matcher."""
+    servers = "[servers.src]\n[servers.h1]\n[servers.h2]\n[servers.sink]\n"
+    return f'[topology]\nname = "{name}"\n\n{servers}' + replica_pipeline(
+        n, rate, delay, ["h1", "h2"]
+    )
 
 
 def write(tmp_path, text, name="t.toml"):
@@ -65,7 +36,7 @@ def write(tmp_path, text, name="t.toml"):
 
 
 def replicated(tmp_path, name="replicas", n=200, rate=30.0, delay=0.05):
-    return Topology.load(write(tmp_path, REPLICATED.format(name=name, n=n, rate=rate, delay=delay)))
+    return Topology.load(write(tmp_path, replicated_text(name, n, rate, delay)))
 
 
 # ------------------------------------------------------------------ topology
@@ -111,7 +82,7 @@ def problems(tmp_path, text):
 
 
 def test_replica_mistakes_are_one_line_each_naming_the_table(tmp_path):
-    base = REPLICATED.format(name="bad", n=0, rate=10.0, delay=0.0)
+    base = replicated_text("bad", n=0, rate=10.0, delay=0.0)
     copy = base.replace('data_distribution = "shared"', 'data_distribution = "copy"')
     (line,) = problems(tmp_path, copy)
     assert line.startswith(f"{tmp_path / 't.toml'}:{line_of(copy, '[[connections]]')}: ")

@@ -20,7 +20,7 @@ import pytest
 from pulsetrain.runtime.control import Client, new_token
 from pulsetrain.runtime.supervisor import Supervisor
 from pulsetrain.runtime.topology import Topology
-from replica_run import run_and_check
+from replica_run import replica_pipeline, run_and_check
 from waiting import wait_until
 
 pytestmark = pytest.mark.multihost
@@ -39,44 +39,10 @@ def topology_text(name: str, control_address: str, hosts) -> str:
         """)
         for h in hosts
     )
-    names = ", ".join(f'"{h.name}"' for h in hosts)
-    return textwrap.dedent(f"""
-        [topology]
-        name = "{name}"
-
-        [servers.src]
-        data_host = "{control_address}"
-        [servers.sink]
-        data_host = "{control_address}"
-        {{servers}}
-
-        [devices."R/SOURCE"]
-        class = "TrainSource"
-        server = "src"
-        config = {{ rate = 30.0, n_trains = {N}, shape = [4, 32], source_prefix = "MOD", autostart = false }}
-
-        [devices."R/WORK"]
-        class = "Passthrough"
-        replicas = {len(hosts)}
-        servers = [{names}]
-        config = {{ delay = 0.05 }}
-
-        [devices."R/MATCH"]
-        class = "TrainMatcher"
-        server = "sink"
-        config = {{ sources = ["MOD0"], buffer_size = 50 }}
-
-        [[connections]]
-        from = "R/SOURCE:output"
-        to = "R/WORK:input"
-        data_distribution = "shared"
-        on_slowness = "wait"
-
-        [[connections]]
-        from = "R/WORK:output"
-        to = "R/MATCH:input"
-        on_slowness = "wait"
-    """).replace("{servers}", servers)
+    head = f'[topology]\nname = "{name}"\n\n'
+    head += f'[servers.src]\ndata_host = "{control_address}"\n'
+    head += f'[servers.sink]\ndata_host = "{control_address}"\n'
+    return head + servers + replica_pipeline(N, 30.0, 0.05, [h.name for h in hosts])
 
 
 def start_server(host, token_file) -> subprocess.Popen:
