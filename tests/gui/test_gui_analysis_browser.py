@@ -99,25 +99,27 @@ GEOMETRY_JS = """(xy) => {
                              c.top + view.frame.y_scale.compute(y)]);
 }"""
 
-#: The frozen image has arrived: the image source holds the train the status line names.
+#: The frozen image has arrived: the image on the page is the train the status line names.
 FROZEN_JS = """() => {
-  const s = Bokeh.documents[0].get_model_by_name('image-source-0');
+  const s = (window.pulsetrain.images || {})['image-0'];
   const t = Bokeh.documents[0].get_model_by_name('image-status-0').text;
-  return t.includes('frozen') && t.includes('>' + s.data.train[0] + '<');
+  return s !== undefined && t.includes('frozen') && t.includes('>' + s.train + '<');
 }"""
 
+#: The image on the page's canvas (``window.pulsetrain.images``): its colour levels for a pulse,
+#: its values for an average or difference.
 SHOWN_JS = """() => {
-  const s = Bokeh.documents[0].get_model_by_name('image-source-0');
-  const img = s.data.image[0];
+  const s = window.pulsetrain.images['image-0'];
+  const img = s.kind == 'pulse' ? s.levels : s.values;
   const bytes = new Uint8Array(img.buffer, img.byteOffset, img.byteLength);
   let text = '';
   for (let i = 0; i < bytes.length; i += 8192) {
     text += String.fromCharCode.apply(null, bytes.subarray(i, i + 8192));
   }
-  return {train: Number(s.data.train[0]), pulse: Number(s.data.pulse[0]),
-          pulse_id: Number(s.data.pulse_id[0]), kind: s.data.kind[0],
-          dtype: String(img.dtype), shape: Array.from(img.shape), data: btoa(text)};
+  return {train: s.train, pulse: s.pulse, pulse_id: s.pulse_id, kind: s.kind,
+          dtype: s.kind == 'pulse' ? 'uint8' : 'float32', shape: [s.h, s.w], data: btoa(text)};
 }"""
+
 
 
 def shown_array(shown: dict) -> np.ndarray:
@@ -292,10 +294,10 @@ def page(browser, gui, analysis_pipeline):
 def test_roi_drawn_with_the_mouse_gives_numpy_trend(page, analysis_pipeline, bridge, assembler):
     sup, _ = analysis_pipeline
     h = int(
-        page.evaluate("() => Bokeh.documents[0].get_model_by_name('image-source-0').data.dh[0]")
+        page.evaluate("() => window.pulsetrain.images['image-0'].dh")
     )
     w = int(
-        page.evaluate("() => Bokeh.documents[0].get_model_by_name('image-source-0').data.dw[0]")
+        page.evaluate("() => window.pulsetrain.images['image-0'].dw")
     )
     # a box over the simulated modules (the top-right quadrant), drawn with shift + drag
     (x0, y0), (x1, y1) = page.evaluate(GEOMETRY_JS, [[0.66 * w, 0.08 * h], [0.8 * w, 0.22 * h]])
@@ -400,7 +402,7 @@ def test_average_and_dark_subtraction_match_numpy(page, analysis_pipeline, bridg
     view.select_option("average")
     wait_until(lambda: sup.get(AVERAGE, "mode") == "average", timeout=UI, what="mode = average")
     page.wait_for_function(
-        "() => Bokeh.documents[0].get_model_by_name('image-source-0').data.kind[0] == 'average'"
+        "() => window.pulsetrain.images['image-0'].kind == 'average'"
     )
     shown, image, trains = _frozen_average(page, bridge, assembler, n)
     assert image.dtype == np.float32
@@ -414,7 +416,7 @@ def test_average_and_dark_subtraction_match_numpy(page, analysis_pipeline, bridg
         lambda: sup.get(AVERAGE, "mode") == "difference", timeout=UI, what="mode = difference"
     )
     page.wait_for_function(
-        "() => Bokeh.documents[0].get_model_by_name('image-source-0').data.kind[0] == 'difference'"
+        "() => window.pulsetrain.images['image-0'].kind == 'difference'"
     )
     shown, diff, trains = _frozen_average(page, bridge, assembler, n)
     assert shown["kind"] == "difference"
@@ -434,7 +436,7 @@ def test_average_and_dark_subtraction_match_numpy(page, analysis_pipeline, bridg
     page.locator(".pt-pause").click()
     view.select_option("pulse")
     page.wait_for_function(
-        "() => Bokeh.documents[0].get_model_by_name('image-source-0').data.kind[0] == 'pulse'"
+        "() => window.pulsetrain.images['image-0'].kind == 'pulse'"
     )
 
 

@@ -85,17 +85,17 @@ type = "counters"
 type = "device_panel"
 """
 
-# What the page shows: the image data source of the first image panel (pixels as base64).
+# What the page shows: the image on the first image panel's canvas (pixels as base64).
 SHOWN_JS = """() => {
-  const s = Bokeh.documents[0].get_model_by_name('image-source-0');
-  const img = new Uint8Array(s.data.image[0]);
+  const s = window.pulsetrain.images['image-0'];
+  const img = s.levels;
   let bytes = '';
   for (let i = 0; i < img.length; i += 8192) {
     bytes += String.fromCharCode.apply(null, img.subarray(i, i + 8192));
   }
-  return {train: Number(s.data.train[0]), pulse: Number(s.data.pulse[0]),
-          shape: Array.from(s.data.image[0].shape), image: btoa(bytes)};
+  return {train: s.train, pulse: s.pulse, shape: [s.h, s.w], image: btoa(bytes)};
 }"""
+
 
 
 def shown_image(shown: dict) -> np.ndarray:
@@ -237,9 +237,9 @@ def test_slider_shows_the_chosen_pulse(gui, page, collector):
         model_js("image-status-0", "text") + ".includes('frozen')", timeout=10000
     )
     page.wait_for_function(
-        "() => { const s = Bokeh.documents[0].get_model_by_name('image-source-0');"
+        "() => { const s = window.pulsetrain.images['image-0'];"
         " const t = Bokeh.documents[0].get_model_by_name('image-status-0').text;"
-        " return t.includes('>' + s.data.train[0] + '<'); }"
+        " return t.includes('>' + s.train + '<'); }"
     )
     shown = page.evaluate(SHOWN_JS)
     train = shown["train"]
@@ -253,8 +253,7 @@ def test_slider_shows_the_chosen_pulse(gui, page, collector):
     for expected in range(1, PULSES):
         handle.press("ArrowRight")
         page.wait_for_function(
-            f"() => Bokeh.documents[0].get_model_by_name('image-source-0').data.pulse[0] "
-            f"== {expected}"
+            f"() => window.pulsetrain.images['image-0'].pulse == {expected}"
         )
         shown = page.evaluate(SHOWN_JS)
         assert shown["train"] == train  # still the frozen train
@@ -263,7 +262,7 @@ def test_slider_shows_the_chosen_pulse(gui, page, collector):
     assert not np.array_equal(images[0], images[PULSES - 1])  # the pulses do differ
     page.locator(".pt-pause").click()  # unfreeze: new trains again
     page.wait_for_function(
-        f"() => Bokeh.documents[0].get_model_by_name('image-source-0').data.train[0] > {train}"
+        f"() => window.pulsetrain.images['image-0'].train > {train}"
     )
 
 

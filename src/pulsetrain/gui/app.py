@@ -38,6 +38,8 @@ from tornado.web import RequestHandler
 
 from pulsetrain.errors import ConfigurationError, PulsetrainError
 from pulsetrain.gui.backend import GuiBackend, lower_priority
+from pulsetrain.gui.imagestream import PATH as IMAGE_PATH
+from pulsetrain.gui.imagestream import ImageChannel, ImageChannels, ImageSocket
 from pulsetrain.gui.panels import PanelBase, build_panel
 from pulsetrain.gui.scene import Scene, auto_scene, load_scene
 from pulsetrain.runtime.control import TopologyClient
@@ -78,6 +80,8 @@ class SceneSession:
         self.stylesheet = InlineStyleSheet(css=server.css)
         self.msg = Div(text="", width=600, name="message", css_classes=["pt-message"])
         self.download_link = _download_trigger()
+        #: the image panels' WebSockets, named in the page's HTML (see gui/imagestream.py)
+        self.image_channels: list[dict[str, Any]] = []
         header = self._header()
         self.panels: list[PanelBase] = [build_panel(self, p) for p in scene.panels]
         doc.title = f"{scene.title} — pulsetrain"
@@ -92,6 +96,7 @@ class SceneSession:
                 doc.add_root(column(p.layout, name=f"pt-panel-root-{k}"))
             doc.add_root(column(self.download_link, name="pt-download"))
         doc.template = _page_template(scene.columns)
+        doc.template_variables["pt_image_script"] = _image_script(self.image_channels)
         self._last_poll = self.backend.polls
         doc.add_periodic_callback(self._tick, int(TICK_SECONDS * 1000))
 
@@ -181,6 +186,27 @@ class SceneSession:
     def add_editor(self, widget: Any) -> None:
         """Register a widget that changes devices: enabled only while the page may edit."""
         self.editors.append(widget)
+
+    def open_image_channel(
+        self,
+        key: str,
+        figure: str,
+        colours: list[str],
+        on_connect: Callable[[], None],
+        on_ack: Callable[[int], None],
+    ) -> ImageChannel:
+        """A WebSocket of its own for an image panel's pixels, drawn under ``figure``."""
+        channel = self.server.image_channels.open(key, on_connect, on_ack)
+        self.image_channels.append(
+            {
+                "key": key,
+                "token": channel.token,
+                "path": IMAGE_PATH,
+                "figure": figure,
+                "colours": colours,
+            }
+        )
+        return channel
 
     def count_image_push(self) -> None:
         """Count one image sent to the browser (``image_pushes`` in ``/status.json``)."""
@@ -331,6 +357,7 @@ def _page_template(columns: int) -> Any:
     return JinjaTemplate(
         """{% extends base %}
 {% block contents %}
+{{ pt_image_script }}
 {{ embed(roots["pt-header"]) }}
 <div class="pt-grid" style="display: grid; grid-template-columns: repeat("""
         + str(int(columns))
@@ -339,6 +366,18 @@ def _page_template(columns: int) -> Any:
 {% endif %}{% endfor %}</div>
 {{ embed(roots["pt-download"]) }}
 {% endblock %}"""
+    )
+
+
+def _image_script(channels: list[dict[str, Any]]) -> str:
+    """The page's image channels and the script that draws them (``static/image.js``)."""
+    if not channels:
+        return ""
+    names = json.dumps(channels).replace("</", "<\\/")
+    return (
+        f"<script>window.ptImageChannels = {names};\n"
+        + (STATIC_DIR / "image.js").read_text()
+        + "</script>"
     )
 
 
@@ -517,6 +556,7 @@ class GuiServer:
         self.css = (STATIC_DIR / "pulsetrain.css").read_text()
         self.sessions = 0
         self.image_pushes = 0
+        self.image_channels = ImageChannels()
         #: key → (filename, bytes, MIME type, time.monotonic() when offered)
         self.downloads: dict[str, tuple[str, bytes, str, float]] = {}
         self._server: Server | None = None
@@ -574,6 +614,11 @@ class GuiServer:
                 ("/", _IndexHandler, {"server": self}),
                 ("/status.json", _StatusHandler, {"server": self}),
                 (r"/download/([A-Za-z0-9_-]+)", _DownloadHandler, {"server": self}),
+                (
+                    IMAGE_PATH,
+                    ImageSocket,
+                    {"channels": self.image_channels, "allow_origin": self.allow_origin},
+                ),
             ],
             check_unused_sessions_milliseconds=5000,
             unused_session_lifetime_milliseconds=10000,

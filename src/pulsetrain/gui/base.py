@@ -25,6 +25,7 @@ from bokeh.models import (
 
 from pulsetrain.errors import ConfigurationError
 from pulsetrain.gui.backend import GuiBackend, TapFrame
+from pulsetrain.gui.imagestream import ImageChannel
 from pulsetrain.gui.scene import Panel, Scene
 
 __all__ = [
@@ -101,6 +102,16 @@ class Page(Protocol):
 
     def request_call(self, device: str, slot: str) -> None:
         """Call a device slot (checked and sent off the web thread)."""
+
+    def open_image_channel(
+        self,
+        key: str,
+        figure: str,
+        colours: list[str],
+        on_connect: Callable[[], None],
+        on_ack: Callable[[int], None],
+    ) -> ImageChannel:
+        """A WebSocket of its own for an image panel's pixels, drawn under ``figure``."""
 
     def count_image_push(self) -> None:
         """Count one image sent to the browser (``image_pushes`` in ``/status.json``)."""

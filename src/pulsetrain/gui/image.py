@@ -28,7 +28,6 @@ from bokeh.models import (
     Button,
     ColorBar,
     ColumnDataSource,
-    CustomJS,
     CustomJSHover,
     CustomJSTickFormatter,
     Div,
@@ -48,6 +47,7 @@ from pulsetrain.errors import ConfigurationError, PulsetrainError
 from pulsetrain.gui.backend import TapFrame
 from pulsetrain.gui.base import Page, PanelBase, PropertyEditor, RateLimiter, frame_source
 from pulsetrain.gui.export import frame_hdf5, frame_png
+from pulsetrain.gui.imagestream import lookup_table
 from pulsetrain.gui.scene import Panel
 
 __all__ = ["DetectorImagePanel", "rect_from_box"]
@@ -87,24 +87,31 @@ const asic = Math.floor(ss / 64) * 2 + Math.floor(fs / 64);
 return 'module ' + module + ', ASIC ' + asic + ', pixel (ss ' + ss + ', fs ' + fs + ')';
 """
 
-# The value under the mouse: exact when the output sends values, else the level's range.
+# The value under the mouse (from the image on the canvas, ``window.pulsetrain.images``):
+# exact when the image came with values, else the range of its colour level.
 _VALUE_JS = """
-const d = src.data;
-const unit = d.unit ? d.unit[0] : '';
+const d = ((window.pulsetrain || {}).images || {})[key];
 const idx = special_vars.image_index;
-if (d.values && d.values[0] && d.values[0].length && idx != null) {
-  const v = d.values[0][idx.flat_index];
+if (!d || idx == null || idx.flat_index >= d.levels.length) { return ''; }
+const unit = d.unit || '';
+if (d.values) {
+  const v = d.values[idx.flat_index];
   return (Number.isFinite(v) ? v.toPrecision(4) : 'no pixel') + ' ' + unit;
 }
-const L = value;
-if (d.kind && d.kind[0] != 'pulse') {
-  return (Number.isFinite(L) ? Number(L).toPrecision(4) : 'no pixel') + ' ' + unit;
-}
+const L = d.levels[idx.flat_index];
 if (L == 0) { return 'no detector pixel'; }
-const lo = d.vmin[0], hi = d.vmax[0];
-const step = (d.scale[0] == 'log') ? (Math.log(hi) - Math.log(lo)) / 255 : (hi - lo) / 255;
-const f = (x) => (d.scale[0] == 'log') ? Math.exp(Math.log(lo) + x * step) : lo + x * step;
+const lo = d.vmin, hi = d.vmax, log = d.scale == 'log';
+const step = log ? (Math.log(hi) - Math.log(lo)) / 255 : (hi - lo) / 255;
+const f = (x) => log ? Math.exp(Math.log(lo) + x * step) : lo + x * step;
 return f(L - 0.5).toPrecision(3) + ' .. ' + f(L + 0.5).toPrecision(3) + ' ' + unit;
+"""
+
+# Train and pulse of the image under the mouse.
+_TRAIN_JS = """
+const d = ((window.pulsetrain || {}).images || {})[key];
+if (!d) { return ''; }
+if (d.kind != 'pulse') { return d.kind + ' up to train ' + d.train; }
+return d.train + ', ' + d.pulse + ' (pulse ID ' + d.pulse_id + ')';
 """
 
 # Position under the mouse, in pixels and mm from the beam (y up).
@@ -190,6 +197,7 @@ class DetectorImagePanel(PanelBase):
         self.view = "pulse"
         self.palette = list(getattr(palettes, panel["palette"]))
         self.source = self._image_source()
+        self._open_channel()
         self.geo_source = ColumnDataSource(
             {"pixel_mm": [DETECTOR_PIXEL_MM], "beam_x": [0.0], "beam_y": [0.0]},
             name=f"image-geometry-{panel.index}",
@@ -222,79 +230,56 @@ class DetectorImagePanel(PanelBase):
 
     # ------------------------------------------------------------ building
     def _image_source(self) -> ColumnDataSource:
-        """The data source of the image, counting its updates in the page (``window.pulsetrain``)."""
-        i = self.panel.index
-        source = ColumnDataSource(
-            {
-                "image": [np.zeros((1, 1), dtype=np.uint8)],
-                "dw": [1],
-                "dh": [1],
-                "train": [-1],
-                "pulse": [0],
-                "pulse_id": [0],
-                "vmin": [0.0],
-                "vmax": [1.0],
-                "scale": ["linear"],
-                "unit": [""],
-                "kind": ["pulse"],
-                "push": [0],
-            },
-            name=f"image-source-{i}",
+        """The figure's stand-in for the image: an invisible, all-zero image of the shown image's
+        shape, so that BokehJS's hover finds the pixel under the mouse.  The pixels themselves
+        go on the panel's own WebSocket (:mod:`pulsetrain.gui.imagestream`)."""
+        return ColumnDataSource(
+            {"image": [np.zeros((1, 1), dtype=np.uint8)], "dw": [1], "dh": [1]},
+            name=f"image-source-{self.panel.index}",
         )
-        # A counter in the page, for tests and for a glance at the browser's frame rate; and the
-        # acknowledgement that lets the server send the next image only when the browser has
-        # taken this one (see _may_push): a slow or busy browser gets fewer images instead of a
-        # growing queue of them in the websocket, which delayed everything else on the page
-        # (a token entered took a minute to be answered on a loaded machine).
-        self.ack = ColumnDataSource({"n": []}, name=f"image-ack-{i}")
-        self.ack.on_change("data", self._acked)
-        source.js_on_change(
-            "data",
-            CustomJS(
-                args={"key": f"image-{i}", "ack": self.ack},
-                code="""
-            const pt = window.pulsetrain = window.pulsetrain || {frames: {}, total: 0};
-            pt.frames[key] = (pt.frames[key] || 0) + 1;
-            pt.total += 1;
-            pt.last = performance.now();
-            if (pt.first === undefined) { pt.first = performance.now(); }
-            // acknowledge once the browser has handled it (outside the handling of the
-            // server's message, whose own changes are not sent back)
-            const n = cb_obj.data.push[0];
-            setTimeout(() => { ack.data = {n: [n]}; }, 0);
-        """,
-            ),
-        )
-        return source
 
-    def _acked(self, attr: str, old: Any, new: Any) -> None:
-        try:
-            self.acked = max(self.acked, int(new["n"][0]))
-        except (TypeError, ValueError, IndexError, KeyError):
-            return
+    def _open_channel(self) -> None:
+        i = self.panel.index
+        self.key = f"image-{i}"
+        self.channel = self.session.open_image_channel(
+            self.key,
+            figure=f"image-figure-{i}",
+            colours=lookup_table(self.palette, GAP_COLOUR),
+            on_connect=self._connected,
+            on_ack=self._acked,
+        )
+
+    def _connected(self) -> None:
+        """A page (re)connected its image WebSocket: send it the current image at once."""
+        self.sent = self.acked = 0
+        self.acked_at = 0.0
+        self.shown = None
+        self.session.run_on_page(lambda: self.on_tick(time.monotonic()))
+
+    def _acked(self, n: int) -> None:
+        self.acked = max(self.acked, n)
         self.acked_at = time.monotonic()
 
     def _may_push(self, now: float) -> bool:
         """Whether the browser took the images sent so far (at most one in flight).
 
-        Each image carries its number (``push``), which the page sends back once it has it.
-        Until the first answer (the page still loading) and after :data:`ACK_TIMEOUT` seconds
-        without one (a page that does not run the callback), images go at the normal rate.
+        Each image carries its number (``push``), which the page sends back once it has drawn
+        it.  Nothing goes before the page has connected; after :data:`ACK_TIMEOUT` seconds
+        without an answer, images go at the normal rate again.
         """
-        if self.acked_at == 0.0 or self.sent - self.acked < 2:
+        if not self.channel.connected:
+            return False
+        if self.sent - self.acked < 2:
             return True
         return now - max(self.acked_at, self.sent_at) > ACK_TIMEOUT
 
     def browser_behind(self, now: float) -> bool:
-        return not self._may_push(now)
+        return self.channel.connected and not self._may_push(now)
 
     def _image_figure(self) -> Any:
         """The figure: the image, the beam centre, q rings, ROI boxes; hover read-out."""
         i = self.panel.index
         self.mapper = LinearColorMapper(palette=[GAP_COLOUR, *self.palette[1:]], low=0, high=255)
-        self.float_mapper = LinearColorMapper(
-            palette=self.palette, low=0, high=1, nan_color=GAP_COLOUR
-        )
         tools = "pan,wheel_zoom,box_zoom,reset"
         fig = figure(
             frame_width=self.width - 110,
@@ -307,10 +292,18 @@ class DetectorImagePanel(PanelBase):
             min_border_left=50,
         )
         fig.grid.visible = False
+        fig.background_fill_alpha = 0  # the image is drawn under the frame (imagestream)
         fig.xaxis.axis_label_standoff = 2
         fig.yaxis.axis_label_standoff = 2
         self.renderer = fig.image(
-            image="image", x=0, y=0, dw="dw", dh="dh", source=self.source, color_mapper=self.mapper
+            image="image",
+            x=0,
+            y=0,
+            dw="dw",
+            dh="dh",
+            source=self.source,
+            color_mapper=self.mapper,
+            global_alpha=0,  # only for the hover: the pixels are on the canvas underneath
         )
         self.beam_source = ColumnDataSource({"x": [], "y": []}, name=f"image-beam-{i}")
         fig.scatter(
@@ -370,7 +363,7 @@ class DetectorImagePanel(PanelBase):
             fig.toolbar.active_drag = self.box_tool
             self.roi_source.on_change("data", self._boxes_changed)
             self.rois_shown: list[list[int]] = [[0, 0, 0, 0]] * 4
-        self.value_hover = CustomJSHover(args={"src": self.source}, code=_VALUE_JS)
+        self.value_hover = CustomJSHover(args={"key": f"image-{i}"}, code=_VALUE_JS)
         fig.add_tools(
             HoverTool(
                 renderers=[self.renderer],
@@ -378,12 +371,13 @@ class DetectorImagePanel(PanelBase):
                     ("value", "@image{custom}"),
                     ("detector", "$y{custom}"),
                     ("position", "$x{custom}"),
-                    ("train, pulse", "@train, @pulse (pulse ID @pulse_id)"),
+                    ("train, pulse", "$index{custom}"),
                 ],
                 formatters={
                     "@image": self.value_hover,
                     "$y": CustomJSHover(args={"map": self.map_source}, code=_PIXEL_JS),
                     "$x": CustomJSHover(args={"geo": self.geo_source}, code=_POSITION_JS),
+                    "$index": CustomJSHover(args={"key": f"image-{i}"}, code=_TRAIN_JS),
                 },
             )
         )
@@ -773,20 +767,7 @@ class DetectorImagePanel(PanelBase):
         vmin = float(values.get("preview.vmin", 0.0))
         vmax = float(values.get("preview.vmax", 1.0))
         image = images[pulse]
-        data = {
-            "image": [image],
-            "dw": [w * self.factor],
-            "dh": [h * self.factor],
-            "train": [tid],
-            "pulse": [pulse],
-            "pulse_id": [pid],
-            "vmin": [vmin],
-            "vmax": [vmax],
-            "scale": [str(values.get("preview.scale", "linear"))],
-            "unit": [unit],
-            "kind": ["pulse"],
-            "push": [self.sent + 1],
-        }
+        scale = str(values.get("preview.scale", "linear"))
         pixel_values = values.get("preview.values")
         exact = None
         if (
@@ -795,10 +776,20 @@ class DetectorImagePanel(PanelBase):
             and len(pixel_values) > pulse
         ):
             exact = pixel_values[pulse]
-            data["values"] = [exact]
-        if self.renderer.glyph.color_mapper is not self.mapper:
-            self.renderer.glyph.color_mapper = self.mapper
-        self.source.data = data
+        meta = {
+            "dw": w * self.factor,
+            "dh": h * self.factor,
+            "train": tid,
+            "pulse": pulse,
+            "pulse_id": pid,
+            "vmin": vmin,
+            "vmax": vmax,
+            "scale": scale,
+            "unit": unit,
+            "kind": "pulse",
+        }
+        if not self._send(meta, image, exact):
+            return
         self.displayed = {
             "image": image,
             "values": exact,
@@ -810,7 +801,7 @@ class DetectorImagePanel(PanelBase):
             "kind": "pulse",
             "vmin": vmin,
             "vmax": vmax,
-            "scale": data["scale"][0],
+            "scale": scale,
         }
         self.shown = (frame.seq, self.pulse, "pulse")
         self.shown_frame = frame
@@ -842,26 +833,24 @@ class DetectorImagePanel(PanelBase):
         vmax = float(values.get("average.vmax", np.nan))
         if not (np.isfinite(vmin) and np.isfinite(vmax) and vmax > vmin):
             vmin, vmax = 0.0, 1.0
-        self.float_mapper.update(low=vmin, high=vmax)
-        if self.renderer.glyph.color_mapper is not self.float_mapper:
-            self.renderer.glyph.color_mapper = self.float_mapper
         self._resize(h * factor // max(1, self.factor), w * factor // max(1, self.factor))
         tid = frame.train_id if frame.train_id is not None else -1
         shown = str(values.get("average.shown", self.view))
-        self.source.data = {
-            "image": [image],
-            "dw": [w * factor],
-            "dh": [h * factor],
-            "train": [tid],
-            "pulse": [-1],
-            "pulse_id": [-1],
-            "vmin": [vmin],
-            "vmax": [vmax],
-            "scale": ["linear"],
-            "unit": [unit],
-            "kind": [shown],
-            "push": [self.sent + 1],
+        meta = {
+            "dw": w * factor,
+            "dh": h * factor,
+            "train": tid,
+            "pulse": -1,
+            "pulse_id": -1,
+            "vmin": vmin,
+            "vmax": vmax,
+            "scale": "linear",
+            "unit": unit,
+            "kind": shown,
         }
+        levels = self._levels_of({"image": image, "vmin": vmin, "vmax": vmax})
+        if not self._send(meta, levels, image):
+            return
         self.displayed = {
             "image": image,
             "values": None,
@@ -890,6 +879,21 @@ class DetectorImagePanel(PanelBase):
             f"{f'{dark} trains' if dark else 'none'}{recording}"
             + (" · <b>frozen</b>" if self.paused else "")
         )
+
+    def _send(self, meta: dict[str, Any], levels: np.ndarray, values: np.ndarray | None) -> bool:
+        """Send an image on the panel's WebSocket; keep the hover's stand-in in its shape."""
+        h, w = levels.shape
+        stand_in = self.source.data
+        if stand_in["image"][0].shape != (h, w) or (stand_in["dw"][0], stand_in["dh"][0]) != (
+            meta["dw"],
+            meta["dh"],
+        ):
+            self.source.data = {
+                "image": [np.zeros((h, w), dtype=np.uint8)],
+                "dw": [meta["dw"]],
+                "dh": [meta["dh"]],
+            }
+        return self.channel.send({**meta, "push": self.sent + 1}, levels, values)
 
     def _resize(self, h: int, w: int) -> None:
         if (h, w) != self.shape:
