@@ -121,7 +121,6 @@ SHOWN_JS = """() => {
 }"""
 
 
-
 def shown_array(shown: dict) -> np.ndarray:
     dtype = np.dtype(shown["dtype"])
     return np.frombuffer(base64.b64decode(shown["data"]), dtype).reshape(shown["shape"])
@@ -293,12 +292,8 @@ def page(browser, gui, analysis_pipeline):
 
 def test_roi_drawn_with_the_mouse_gives_numpy_trend(page, analysis_pipeline, bridge, assembler):
     sup, _ = analysis_pipeline
-    h = int(
-        page.evaluate("() => window.pulsetrain.images['image-0'].dh")
-    )
-    w = int(
-        page.evaluate("() => window.pulsetrain.images['image-0'].dw")
-    )
+    h = int(page.evaluate("() => window.pulsetrain.images['image-0'].dh"))
+    w = int(page.evaluate("() => window.pulsetrain.images['image-0'].dw"))
     # a box over the simulated modules (the top-right quadrant), drawn with shift + drag
     (x0, y0), (x1, y1) = page.evaluate(GEOMETRY_JS, [[0.66 * w, 0.08 * h], [0.8 * w, 0.22 * h]])
     page.mouse.move(x0, y0)
@@ -401,9 +396,7 @@ def test_average_and_dark_subtraction_match_numpy(page, analysis_pipeline, bridg
     view = page.locator(".pt-view select")
     view.select_option("average")
     wait_until(lambda: sup.get(AVERAGE, "mode") == "average", timeout=UI, what="mode = average")
-    page.wait_for_function(
-        "() => window.pulsetrain.images['image-0'].kind == 'average'"
-    )
+    page.wait_for_function("() => window.pulsetrain.images['image-0'].kind == 'average'")
     shown, image, trains = _frozen_average(page, bridge, assembler, n)
     assert image.dtype == np.float32
     np.testing.assert_allclose(image, np.mean(trains, axis=0), rtol=1e-5, atol=1e-3)
@@ -415,9 +408,7 @@ def test_average_and_dark_subtraction_match_numpy(page, analysis_pipeline, bridg
     wait_until(
         lambda: sup.get(AVERAGE, "mode") == "difference", timeout=UI, what="mode = difference"
     )
-    page.wait_for_function(
-        "() => window.pulsetrain.images['image-0'].kind == 'difference'"
-    )
+    page.wait_for_function("() => window.pulsetrain.images['image-0'].kind == 'difference'")
     shown, diff, trains = _frozen_average(page, bridge, assembler, n)
     assert shown["kind"] == "difference"
     dark = np.mean(trains, axis=0) - diff  # what the device subtracted
@@ -435,9 +426,7 @@ def test_average_and_dark_subtraction_match_numpy(page, analysis_pipeline, bridg
     assert found, "the subtracted dark is not the mean of consecutive trains after the click"
     page.locator(".pt-pause").click()
     view.select_option("pulse")
-    page.wait_for_function(
-        "() => window.pulsetrain.images['image-0'].kind == 'pulse'"
-    )
+    page.wait_for_function("() => window.pulsetrain.images['image-0'].kind == 'pulse'")
 
 
 def test_correlation_matches_numpy_and_resets(page, analysis_pipeline, bridge, assembler):

@@ -97,7 +97,6 @@ SHOWN_JS = """() => {
 }"""
 
 
-
 def shown_image(shown: dict) -> np.ndarray:
     """The displayed pixels, from :data:`SHOWN_JS`."""
     return np.frombuffer(base64.b64decode(shown["image"]), np.uint8).reshape(shown["shape"])
@@ -252,18 +251,68 @@ def test_slider_shows_the_chosen_pulse(gui, page, collector):
     handle.focus()
     for expected in range(1, PULSES):
         handle.press("ArrowRight")
-        page.wait_for_function(
-            f"() => window.pulsetrain.images['image-0'].pulse == {expected}"
-        )
+        page.wait_for_function(f"() => window.pulsetrain.images['image-0'].pulse == {expected}")
         shown = page.evaluate(SHOWN_JS)
         assert shown["train"] == train  # still the frozen train
         assert page.evaluate(model_js("pulse-slider-0", "value")) == expected
         np.testing.assert_array_equal(shown_image(shown), images[expected])
     assert not np.array_equal(images[0], images[PULSES - 1])  # the pulses do differ
     page.locator(".pt-pause").click()  # unfreeze: new trains again
+    page.wait_for_function(f"() => window.pulsetrain.images['image-0'].train > {train}")
+
+
+#: The canvas under the image figure's frame: its pixels, where the frame is, and the image's
+#: place in it (data coordinates 0..dw, 0..dh to canvas pixels).
+CANVAS_JS = """() => {
+  const p = window.pulsetrain.imagePanels[0];
+  const f = p.view.frame, b = f.bbox, c = p.canvas;
+  const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let text = '';
+  for (let i = 0; i < px.length; i += 8192) {
+    text += String.fromCharCode.apply(null, px.subarray(i, i + 8192));
+  }
+  const d = p.image;
+  return {width: c.width, height: c.height, rgba: btoa(text), colours: p.info.colours,
+          left: c.getBoundingClientRect().left - p.view.canvas_view.el.getBoundingClientRect().left,
+          frame_left: b.left, x0: f.x_scale.compute(0) - b.left, x1: f.x_scale.compute(d.dw) - b.left,
+          y0: f.y_scale.compute(0) - b.top, y1: f.y_scale.compute(d.dh) - b.top};
+}"""
+
+
+def test_canvas_shows_the_image_in_its_colours(gui, page):
+    """What reaches the screen: every canvas pixel has the palette colour of the image pixel under
+    it (level 0, no detector pixel, in the gap colour), and the canvas sits on the figure's frame."""
+    page.goto(gui["live"])
+    page.wait_for_function("window.pulsetrain && window.pulsetrain.total >= 2", timeout=60000)
+    page.locator(".pt-pause").click()  # a still image: the canvas and the image agree
     page.wait_for_function(
-        f"() => window.pulsetrain.images['image-0'].train > {train}"
+        "() => { const s = window.pulsetrain.images['image-0'];"
+        " const t = Bokeh.documents[0].get_model_by_name('image-status-0').text;"
+        " return t.includes('frozen') && t.includes('>' + s.train + '<'); }"
     )
+    page.wait_for_timeout(300)  # two animation frames: a redraw scheduled by the layout
+    shown = page.evaluate(SHOWN_JS)
+    canvas = page.evaluate(CANVAS_JS)
+    levels = shown_image(shown)
+    h, w = levels.shape
+    assert canvas["left"] == pytest.approx(canvas["frame_left"], abs=1)
+    rgba = np.frombuffer(base64.b64decode(canvas["rgba"]), np.uint8).reshape(
+        canvas["height"], canvas["width"], 4
+    )
+    lut = np.array([[int(c[k : k + 2], 16) for k in (1, 3, 5)] for c in canvas["colours"]])
+    # the image pixel under each canvas pixel's centre
+    cy, cx = np.mgrid[0 : canvas["height"], 0 : canvas["width"]] + 0.5
+    col = np.floor((cx - canvas["x0"]) / (canvas["x1"] - canvas["x0"]) * w).astype(int)
+    row = np.floor((cy - canvas["y0"]) / (canvas["y1"] - canvas["y0"]) * h).astype(int)
+    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    assert inside.mean() > 0.9, "the image does not fill the frame"
+    expected = lut[levels[row[inside], col[inside]]]
+    got = rgba[inside][:, :3].astype(int)
+    exact = np.all(got == expected, axis=1)
+    # nearest-neighbour scaling may round a canvas pixel on an image pixel's edge either way
+    assert exact.mean() > 0.95, f"only {exact.mean():.1%} of the canvas has the image's colours"
+    assert (rgba[inside][:, 3] == 255).all()
+    assert len(np.unique(levels)) > 20  # a real image, not a flat one
 
 
 def test_setting_properties_from_the_page(gui, page, pipeline, collector, artifacts):

@@ -11,6 +11,7 @@ from gui_pipeline import DETECTOR, MATCHER, MOTOR, PREVIEW, PREVIEW_OUTPUT, PULS
 
 from pulsetrain.errors import ConfigurationError
 from pulsetrain.gui import GuiServer, scene_from_dict
+from pulsetrain.gui.imagestream import decode
 from pulsetrain.gui.panels import RateLimiter, TrendPanel
 
 SCENE = {
@@ -39,6 +40,24 @@ SCENE = {
 }
 
 
+class PageSocket:
+    """The page's end of an image panel's WebSocket: keeps the last image, acknowledges it."""
+
+    def __init__(self, channel):
+        self.channel = channel
+        self.meta: dict = {}
+        self.levels = self.values = None
+        channel.attach(self)
+
+    def write_message(self, message, binary=False):
+        assert binary
+        self.meta, self.levels, self.values = decode(message)
+        self.channel.acked(self.meta["push"])
+
+    def close(self, code=None, reason=None):
+        self.channel.detach(self)
+
+
 @pytest.fixture
 def session(pipeline):
     _, path = pipeline
@@ -64,6 +83,7 @@ def drive(session, test, timeout=10.0):
 
 def test_all_panels_update(session):
     image, line, trend, counters, devices, bad_line, bad_device = session.panels
+    page = PageSocket(image.channel)
     drive(
         session,
         lambda: (
@@ -72,8 +92,9 @@ def test_all_panels_update(session):
             and len(trend.sources[0].data["t"]) >= 3
         ),
     )
-    data = image.source.data
-    assert data["image"][0].dtype == np.uint8 and data["train"][0] > 0
+    assert page.levels.dtype == np.uint8 and page.meta["train"] > 0
+    # the figure's invisible stand-in for the hover has the image's shape
+    assert image.source.data["image"][0].shape == page.levels.shape
     assert image.slider.end == PULSES - 1 and not image.slider.disabled
     assert [e.key for e in image.editors] == [
         "vmin",
@@ -105,18 +126,22 @@ def test_all_panels_update(session):
 
 def test_freeze_and_pulse_choice(session):
     image = session.panels[0]
+    assert not image.channel.connected
+    session._tick()
+    assert image.shown is None  # no page connected: nothing is sent
+    page = PageSocket(image.channel)
     drive(session, lambda: image.shown is not None)
     image.pause.active = True
     frozen = image.frozen
     image.slider.value = 2
-    assert image.source.data["pulse"][0] == 2 and image.source.data["train"][0] == frozen.train_id
+    assert page.meta["pulse"] == 2 and page.meta["train"] == frozen.train_id
     values = next(iter(frozen.data.values()))
-    np.testing.assert_array_equal(image.source.data["image"][0], values["preview.images"][2])
+    np.testing.assert_array_equal(page.levels, values["preview.images"][2])
     time.sleep(0.3)
     session._tick()
-    assert image.source.data["train"][0] == frozen.train_id  # frozen: no newer train shown
+    assert page.meta["train"] == frozen.train_id  # frozen: no newer train shown
     image.pause.active = False
-    drive(session, lambda: image.source.data["train"][0] > frozen.train_id)
+    drive(session, lambda: page.meta["train"] > frozen.train_id)
 
 
 def test_rate_limiter_and_trend_rates():

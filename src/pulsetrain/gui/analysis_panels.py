@@ -28,11 +28,12 @@ from bokeh.plotting import figure
 
 from pulsetrain.gui.backend import TapFrame
 from pulsetrain.gui.base import (
+    FIT_KEEP_FILL,
     Page,
     PanelBase,
     PropertyEditor,
     RateLimiter,
-    axis_limits,
+    fit_range,
     frame_source,
 )
 from pulsetrain.gui.scene import Panel
@@ -308,9 +309,7 @@ class RoiPanel(_OutputPanel):
         x = np.concatenate(xs) if xs else np.empty(0)
         x = x[np.isfinite(x)]
         if y.size:
-            fig.y_range.update(
-                **dict(zip(("start", "end"), axis_limits(float(y.min()), float(y.max()))))
-            )
+            fit_range(fig.y_range, float(y.min()), float(y.max()))
         if x.size:
             lo, hi = float(x.min()), float(x.max())
             fig.x_range.update(start=lo - 0.5, end=hi + 0.5 if hi > lo else lo + 0.5)
@@ -343,10 +342,15 @@ class HistogramPanel(_OutputPanel):
         super().__init__(session, panel)
         i = panel.index
         self.prefix, keys = self.KEYS[panel["kind"]]
-        self.source = ColumnDataSource(
-            {"left": [], "right": [], "top": [], "bottom_log": [], "train": []},
-            name=f"histogram-{i}",
-        )
+        # a source per figure, only the shown one's filled: a hidden figure sharing the source
+        # was repainted with every update too
+        self.sources = {
+            scale: ColumnDataSource(
+                {"left": [], "right": [], "top": [], "bottom_log": [], "train": []},
+                name=f"histogram-{i}" if scale == "linear" else f"histogram-{i}-{scale}",
+            )
+            for scale in ("linear", "log")
+        }
         height = self.height or 250
         xlabel = "pixel value" if panel["kind"] == "pixels" else "ROI intensity per pulse"
         self.figs = {}
@@ -367,7 +371,7 @@ class HistogramPanel(_OutputPanel):
                 right="right",
                 top="top",
                 bottom="bottom_log" if scale == "log" else 0,
-                source=self.source,
+                source=self.sources[scale],
                 fill_color="#1f77b4",
                 line_color="#1f77b4",
                 fill_alpha=0.6,
@@ -414,22 +418,23 @@ class HistogramPanel(_OutputPanel):
         edges = np.asarray(values[f"{self.prefix}.edges"], dtype=float)
         if len(edges) != len(counts) + 1:
             return
-        self.source.data = {
-            "left": edges[:-1],
-            "right": edges[1:],
-            "top": counts,
-            "bottom_log": np.full(len(counts), 0.5),
-            "train": np.full(len(counts), frame.train_id or -1, dtype=np.int64),
-        }
         for scale, fig in self.figs.items():
             if not fig.visible:
                 continue
+            self.sources[scale].data = {
+                "left": edges[:-1],
+                "right": edges[1:],
+                "top": counts,
+                "bottom_log": np.full(len(counts), 0.5),
+                "train": np.full(len(counts), frame.train_id or -1, dtype=np.int64),
+            }
             top = float(counts.max()) if counts.size else 1.0
             fig.x_range.update(start=float(edges[0]), end=float(edges[-1]))
-            fig.y_range.update(
-                start=0.5 if scale == "log" else 0.0,
-                end=max(1.0, top) * (2.0 if scale == "log" else 1.05),
-            )
+            if scale == "log":
+                fig.y_range.update(start=0.5, end=max(1.0, top) * 2.0)
+            elif not FIT_KEEP_FILL * fig.y_range.end <= max(1.0, top) <= fig.y_range.end:
+                # a new top only when the counts leave 60-100 % of the axis (see fit_range)
+                fig.y_range.update(start=0.0, end=max(1.0, top) * 1.05)
         unit = html.escape(
             str(
                 values.get(
@@ -548,16 +553,8 @@ class CorrelationPanel(_OutputPanel):
                 [y, (mean - std)[np.isfinite(mean)], (mean + std)[np.isfinite(mean)]]
             )
             xs = np.concatenate([x, np.asarray(v["correlation.binEdges"], float)])
-            self.fig.x_range.update(
-                **dict(
-                    zip(("start", "end"), axis_limits(float(np.nanmin(xs)), float(np.nanmax(xs))))
-                )
-            )
-            self.fig.y_range.update(
-                **dict(
-                    zip(("start", "end"), axis_limits(float(np.nanmin(ys)), float(np.nanmax(ys))))
-                )
-            )
+            fit_range(self.fig.x_range, float(np.nanmin(xs)), float(np.nanmax(xs)))
+            fit_range(self.fig.y_range, float(np.nanmin(ys)), float(np.nanmax(ys)))
         self.fig.xaxis.axis_label = str(v.get("correlation.xName", "x"))
         self.fig.yaxis.axis_label = str(v.get("correlation.yName", "y"))
         self.set_status(

@@ -389,3 +389,25 @@ def axis_limits(lo: float, hi: float) -> tuple[float, float]:
         half = 0.05 * abs(hi) if hi != 0.0 else 1.0
         return lo - half, hi + half
     return lo - 0.05 * span, hi + 0.05 * span
+
+
+#: A fitted axis keeps its limits while the data stay inside and fill at least this fraction.
+FIT_KEEP_FILL = 0.6
+
+
+def fit_range(rng: Any, lo: float, hi: float) -> None:
+    """Fit a ``Range1d`` to data from ``lo`` to ``hi`` (:func:`axis_limits`), with hysteresis.
+
+    The limits stay while the data are inside them and span at least :data:`FIT_KEEP_FILL` of
+    them: a new range makes the browser measure the tick labels again and often lay the page
+    out again, which for noisy data at every redraw was a large part of a page's work.
+    """
+    start, end = rng.start, rng.end
+    if start is not None and end is not None:
+        low, high = min(start, end), max(start, end)
+        span = high - low
+        if low <= lo and hi <= high and span > 0 and hi - lo >= FIT_KEEP_FILL * span:
+            return
+    start, end = axis_limits(lo, hi)
+    if (rng.start, rng.end) != (start, end):
+        rng.update(start=start, end=end)

@@ -38,7 +38,15 @@ from urllib.parse import urlsplit
 import numpy as np
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-__all__ = ["PATH", "ImageChannel", "ImageChannels", "ImageSocket", "encode", "lookup_table"]
+__all__ = [
+    "PATH",
+    "ImageChannel",
+    "ImageChannels",
+    "ImageSocket",
+    "decode",
+    "encode",
+    "lookup_table",
+]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +90,19 @@ def encode(meta: dict[str, Any], levels: np.ndarray, values: np.ndarray | None =
     if values is not None:
         out[values_at : values_at + values.nbytes] = values.tobytes()
     return bytes(out)
+
+
+def decode(message: bytes) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
+    """``(meta, levels, values)`` of a message made by :func:`encode` (what the page reads)."""
+    (n,) = struct.unpack_from("<I", message)
+    meta = json.loads(message[4 : 4 + n])
+    shape = (meta["h"], meta["w"])
+    levels = np.frombuffer(message, np.uint8, shape[0] * shape[1], meta["levels_at"])
+    values = None
+    if meta["values_at"] is not None:
+        values = np.frombuffer(message, "<f4", shape[0] * shape[1], meta["values_at"])
+        values = values.reshape(shape)
+    return meta, levels.reshape(shape), values
 
 
 def lookup_table(palette: Sequence[str], gap: str) -> list[str]:

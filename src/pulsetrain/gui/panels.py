@@ -42,6 +42,7 @@ from pulsetrain.gui.base import (
     RateLimiter,
     axis_limits,
     css_name,
+    fit_range,
     fmt_value,
     frame_source,
     state_html,
@@ -225,10 +226,8 @@ class TrendPanel(PanelBase):
             y = np.concatenate(parts) if parts else np.empty(0)
             if not y.size:
                 continue
-            start, end = axis_limits(float(y.min()), float(y.max()))
             rng = self.fig.y_range if name == "default" else self.fig.extra_y_ranges[name]
-            if (rng.start, rng.end) != (start, end):
-                rng.update(start=start, end=end)
+            fit_range(rng, float(y.min()), float(y.max()))
 
     @classmethod
     def rates(cls, t: np.ndarray, y: np.ndarray, since: float) -> tuple[np.ndarray, np.ndarray]:
