@@ -101,7 +101,7 @@ PANEL_TYPES: dict[str, dict[str, Any]] = {
         "y_label": "",
         "labels": [],
         "log_y": False,
-        "update_rate": 2.0,
+        "update_rate": 1.0,
     },
     "trend": {
         **_COMMON,
@@ -120,7 +120,7 @@ PANEL_TYPES: dict[str, dict[str, Any]] = {
         "stat": "sum",
         "normalised": False,
         "window": 300,
-        "update_rate": 2.0,
+        "update_rate": 1.0,
     },
     "histogram": {
         **_COMMON,
@@ -128,9 +128,9 @@ PANEL_TYPES: dict[str, dict[str, Any]] = {
         "data_source": "",
         "kind": "pixels",
         "log_y": False,
-        "update_rate": 2.0,
+        "update_rate": 1.0,
     },
-    "correlation": {**_COMMON, "source": ..., "data_source": "", "update_rate": 2.0},
+    "correlation": {**_COMMON, "source": ..., "data_source": "", "update_rate": 1.0},
     "counters": {**_COMMON, "devices": []},
     "device_panel": {**_COMMON, "devices": [], "properties": []},
 }
