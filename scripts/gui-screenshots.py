@@ -75,6 +75,14 @@ def controls_outside(page, width: int) -> int:
     )
 
 
+#: Every panel of the page is built (the server marks its last root once they are).
+PAGE_BUILT_JS = """() => {
+  if (!window.Bokeh || !Bokeh.documents || Bokeh.documents.length == 0) { return false; }
+  const last = Bokeh.documents[0].get_model_by_name('pt-download');
+  return last != null && last.tags.includes('built') && Bokeh.index.find_one(last) != null;
+}"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where the PNGs go")
@@ -114,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                         page = browser.new_page(viewport={"width": width, "height": height})
                         page.set_default_timeout(120000)
                         page.goto(gui.scene_url(scene.name))
-                        page.wait_for_function("window.Bokeh && Bokeh.documents.length > 0")
+                        page.wait_for_function(PAGE_BUILT_JS)
                         page.wait_for_timeout(args.settle * 1000)
                         path = args.out / f"gui-{scene.name}-{width}x{height}.png"
                         page.screenshot(path=str(path))

@@ -46,6 +46,7 @@ from gui_pipeline import (
     ROI,
     topology_text,
 )
+from pages import open_scene
 
 from waiting import wait_until
 
@@ -277,7 +278,7 @@ def page(browser, gui, analysis_pipeline):
     page.set_default_timeout(UI * 1000)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(gui)
+    open_scene(page, gui)
     page.wait_for_function("window.pulsetrain && window.pulsetrain.total >= 2", timeout=60000)
     token = page.locator(".pt-token input")
     token.fill(sup.token)

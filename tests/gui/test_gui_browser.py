@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gui_pipeline import MOTOR, PREVIEW, PREVIEW_OUTPUT, PULSES
+from pages import open_scene
 
 from waiting import wait_until
 
@@ -204,7 +205,7 @@ def page(browser):
 
 
 def test_image_updates_at_the_train_rate(gui, page, artifacts, capsys):
-    page.goto(gui["live"])
+    open_scene(page, gui["live"])
     # measure once the page is warm (first frames, JIT)
     page.wait_for_function("window.pulsetrain && window.pulsetrain.total >= 10", timeout=60000)
     first = page.evaluate(SHOWN_JS)
@@ -229,7 +230,7 @@ def test_image_updates_at_the_train_rate(gui, page, artifacts, capsys):
 
 
 def test_slider_shows_the_chosen_pulse(gui, page, collector):
-    page.goto(gui["live"])
+    open_scene(page, gui["live"])
     page.wait_for_function("window.pulsetrain && window.pulsetrain.total >= 2", timeout=60000)
     page.locator(".pt-pause").click()  # freeze on the current train
     page.wait_for_function(
@@ -282,7 +283,7 @@ CANVAS_JS = """() => {
 def test_canvas_shows_the_image_in_its_colours(gui, page):
     """What reaches the screen: every canvas pixel has the palette colour of the image pixel under
     it (level 0, no detector pixel, in the gap colour), and the canvas sits on the figure's frame."""
-    page.goto(gui["live"])
+    open_scene(page, gui["live"])
     page.wait_for_function("window.pulsetrain && window.pulsetrain.total >= 2", timeout=60000)
     page.locator(".pt-pause").click()  # a still image: the canvas and the image agree
     page.wait_for_function(
@@ -317,7 +318,7 @@ def test_canvas_shows_the_image_in_its_colours(gui, page):
 
 def test_setting_properties_from_the_page(gui, page, pipeline, collector, artifacts):
     sup, _ = pipeline
-    page.goto(gui["control"])
+    open_scene(page, gui["control"])
     target = page.locator(f".pt-edit-{MOTOR.replace('/', '_')}-targetPosition input")
     target.wait_for()
     assert target.is_disabled()  # locked until the token is entered
@@ -372,7 +373,7 @@ def test_setting_properties_from_the_page(gui, page, pipeline, collector, artifa
 
 def test_read_only_gui_refuses_changes(read_only_gui, page, pipeline):
     sup, _ = pipeline
-    page.goto(read_only_gui.scene_url("control"))
+    open_scene(page, read_only_gui.scene_url("control"))
     target = page.locator(f".pt-edit-{MOTOR.replace('/', '_')}-targetPosition input")
     target.wait_for()
     assert target.is_disabled()
@@ -391,7 +392,7 @@ def test_read_only_gui_refuses_changes(read_only_gui, page, pipeline):
 
 
 def test_every_panel_type_renders(gui, page):
-    page.goto(gui["all"])
+    open_scene(page, gui["all"])
     page.wait_for_function("window.pulsetrain && window.pulsetrain.total >= 3", timeout=60000)
     page.wait_for_function(
         "() => Bokeh.documents[0].get_model_by_name('line-source-1').data.x.length == 50"
@@ -405,7 +406,7 @@ def test_every_panel_type_renders(gui, page):
 
 def test_device_tabs_show_id_and_class_on_hover(gui, page):
     """The device tabs are named short (``MOTOR/X``); hovering shows the full ID and class."""
-    page.goto(gui["control"])
+    open_scene(page, gui["control"])
     tab = page.locator(".bk-tab").filter(has_text="PROC/PREVIEW")
     tab.wait_for()
     wait_until(

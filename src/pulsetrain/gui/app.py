@@ -41,7 +41,7 @@ from pulsetrain.gui.backend import GuiBackend, lower_priority
 from pulsetrain.gui.imagestream import PATH as IMAGE_PATH
 from pulsetrain.gui.imagestream import ImageChannel, ImageChannels, ImageSocket
 from pulsetrain.gui.panels import PanelBase, build_panel
-from pulsetrain.gui.scene import Scene, auto_scene, load_scene
+from pulsetrain.gui.scene import Panel, Scene, auto_scene, load_scene
 from pulsetrain.runtime.control import TopologyClient
 from pulsetrain.runtime.ports import free_port
 
@@ -83,22 +83,57 @@ class SceneSession:
         #: the image panels' WebSockets, named in the page's HTML (see gui/imagestream.py)
         self.image_channels: list[dict[str, Any]] = []
         header = self._header()
-        self.panels: list[PanelBase] = [build_panel(self, p) for p in scene.panels]
+        self.panels: list[PanelBase] = []
         doc.title = f"{scene.title} — pulsetrain"
         # Each panel is a layout root of its own, placed in a CSS grid by the page template:
         # BokehJS lays out a whole root again whenever a text, a range or an axis label in it
         # changes, so with one root for the page every status line redrawn anywhere laid out
         # every figure of the page (measured: half the browser's time on the detector page;
         # image updates fell to 0.1-2 per second on a loaded 2-core machine).
+        # A served page gets its detector images at once and the other panels right after the
+        # HTML went out, one per turn of the web server's loop: building every panel's Bokeh
+        # models first took 2.5-6 s before the browser got anything (measured: 746 models on
+        # the detector page), and the image can be on the screen before the rest is built.
+        later: list[tuple[Panel, Any]] = []
+        served = doc.session_context is not None
         with doc.models.freeze():  # one walk over the models for all the roots, not one each
             doc.add_root(column(header, name="pt-header"))
-            for k, p in enumerate(self.panels):
-                doc.add_root(column(p.layout, name=f"pt-panel-root-{k}"))
-            doc.add_root(column(self.download_link, name="pt-download"))
+            for k, p in enumerate(scene.panels):
+                root = column(name=f"pt-panel-root-{k}")
+                if served and p.type != "detector_image":
+                    root.children = [Div(text="loading …", css_classes=["pt-loading"])]
+                    later.append((p, root))
+                else:
+                    self._add_panel(p, root)
+                doc.add_root(root)
+            self._last_root = column(self.download_link, name="pt-download")
+            doc.add_root(self._last_root)
+        if later:
+            doc.add_timeout_callback(functools.partial(self._build_later, later), 50)
+        else:
+            self._last_root.tags = ["built"]
         doc.template = _page_template(scene.columns)
         doc.template_variables["pt_image_script"] = _image_script(self.image_channels)
         self._last_poll = self.backend.polls
         doc.add_periodic_callback(self._tick, int(TICK_SECONDS * 1000))
+
+    def _add_panel(self, spec: Panel, root: Any) -> None:
+        panel = build_panel(self, spec)
+        root.children = [panel.layout]
+        self.panels.append(panel)
+        self.panels.sort(key=lambda p: p.panel.index)
+
+    def _build_later(self, later: list[tuple[Panel, Any]]) -> None:
+        """Build the next deferred panel, then give the loop back (images, other pages)."""
+        spec, root = later.pop(0)
+        try:
+            self._add_panel(spec, root)
+        except Exception:  # the page keeps its other panels
+            log.exception("panel %d (%s) could not be built", spec.index, spec.type)
+        if later:
+            self.doc.add_next_tick_callback(functools.partial(self._build_later, later))
+        else:  # every panel is there (for tests and scripts: the root "pt-download" says so)
+            self._last_root.tags = ["built"]
 
     # ------------------------------------------------------------ header and token
     def _header(self) -> Any:
@@ -194,8 +229,14 @@ class SceneSession:
         colours: list[str],
         on_connect: Callable[[], None],
         on_ack: Callable[[int], None],
+        index: int = 0,
+        size: tuple[int, int] = (400, 400),
     ) -> ImageChannel:
-        """A WebSocket of its own for an image panel's pixels, drawn under ``figure``."""
+        """A WebSocket of its own for an image panel's pixels, drawn under ``figure``.
+
+        Until BokehJS has drawn the figure, the image is shown at the top of the panel's place
+        on the page (``index``), ``size`` CSS pixels (width, height) at most.
+        """
         channel = self.server.image_channels.open(key, on_connect, on_ack)
         self.image_channels.append(
             {
@@ -203,6 +244,8 @@ class SceneSession:
                 "token": channel.token,
                 "path": IMAGE_PATH,
                 "figure": figure,
+                "root": f"pt-panel-root-{index}",
+                "size": list(size),
                 "colours": colours,
             }
         )
@@ -362,7 +405,7 @@ def _page_template(columns: int) -> Any:
 <div class="pt-grid" style="display: grid; grid-template-columns: repeat("""
         + str(int(columns))
         + """, max-content); column-gap: 10px; row-gap: 6px; align-items: start;">
-{% for root in roots %}{% if root.name.startswith("pt-panel-root-") %}{{ embed(root) }}
+{% for root in roots %}{% if root.name.startswith("pt-panel-root-") %}<div class="pt-cell" data-root="{{ root.name }}">{{ embed(root) }}</div>
 {% endif %}{% endfor %}</div>
 {{ embed(roots["pt-download"]) }}
 {% endblock %}"""

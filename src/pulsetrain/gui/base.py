@@ -110,8 +110,11 @@ class Page(Protocol):
         colours: list[str],
         on_connect: Callable[[], None],
         on_ack: Callable[[int], None],
+        index: int = 0,
+        size: tuple[int, int] = (400, 400),
     ) -> ImageChannel:
-        """A WebSocket of its own for an image panel's pixels, drawn under ``figure``."""
+        """A WebSocket of its own for an image panel's pixels, drawn under ``figure``
+        (and, until the figure is drawn, in the place of the page's panel ``index``)."""
 
     def count_image_push(self) -> None:
         """Count one image sent to the browser (``image_pushes`` in ``/status.json``)."""

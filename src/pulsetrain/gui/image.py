@@ -247,6 +247,8 @@ class DetectorImagePanel(PanelBase):
             colours=lookup_table(self.palette, GAP_COLOUR),
             on_connect=self._connected,
             on_ack=self._acked,
+            index=i,
+            size=(self.width - 110, self.width - 110),
         )
 
     def _connected(self) -> None:

@@ -84,6 +84,7 @@
     const view = model ? B.index.find_one(model) : null;
     if (!view || !view.canvas_view || !view.frame) { return false; }
     this.view = view;
+    this.canvas.style.position = "absolute";
     view.canvas_view.underlays_el.appendChild(this.canvas);
     const again = () => this.schedule();
     model.x_range.change.connect(again);
@@ -101,7 +102,8 @@
   Panel.prototype.draw = function () {
     const meta = this.image;
     if (meta === null) { return; }
-    if (!this.attach()) { // the page is still being built: try again shortly
+    if (!this.attach()) { // the figure is not built yet: show the image in its place meanwhile
+      if (this.early()) { this.counts(); }
       if (!this.waiting) {
         this.waiting = true;
         setTimeout(() => { this.waiting = false; this.draw(); }, 50);
@@ -126,13 +128,40 @@
     ctx.imageSmoothingEnabled = false;
     ctx.setTransform((ratio * (x1 - x0)) / meta.w, 0, 0, (ratio * (y1 - y0)) / meta.h, ratio * x0, ratio * y0);
     ctx.drawImage(this.off, 0, 0);
-    if (!this.counted) { // an image reaching the screen: counted once
-      this.counted = true;
-      pt.frames[this.info.key] = (pt.frames[this.info.key] || 0) + 1;
-      pt.total += 1;
-      pt.last = performance.now();
-      if (pt.first === undefined) { pt.first = pt.last; }
+    this.counts();
+  };
+
+  Panel.prototype.counts = function () {
+    if (this.counted) { return; } // an image reaching the screen: counted once
+    this.counted = true;
+    pt.frames[this.info.key] = (pt.frames[this.info.key] || 0) + 1;
+    pt.total += 1;
+    pt.last = performance.now();
+    if (pt.first === undefined) { pt.first = pt.last; }
+  };
+
+  // Before BokehJS has built the page (seconds on a busy machine), the image is shown at the
+  // top of its panel's place, in the figure's size, without axes.
+  Panel.prototype.early = function () {
+    const cell = document.querySelector('.pt-cell[data-root="' + this.info.root + '"]');
+    const meta = this.image;
+    if (!cell || meta === null) { return false; }
+    const c = this.canvas;
+    if (c.parentNode !== cell) {
+      c.style.position = "static";
+      c.style.display = "block";
+      cell.prepend(c);
     }
+    const scale = Math.min(this.info.size[0] / meta.w, this.info.size[1] / meta.h);
+    const w = Math.max(1, Math.round(meta.w * scale)), h = Math.max(1, Math.round(meta.h * scale));
+    if (c.width !== w || c.height !== h) { c.width = w; c.height = h; }
+    c.style.width = w + "px";
+    c.style.height = h + "px";
+    const ctx = c.getContext("2d");
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(this.off, 0, 0, w, h);
+    return true;
   };
 
   // The figure's frame moves when the layout changes (axis labels, window size): follow it.
