@@ -60,6 +60,8 @@ from gui import (  # the benchmark next to this script
     PREVIEW_OUTPUT,
     TOPOLOGY,
     GuiProcess,
+    _chromium_procs,
+    _cpu_seconds,
     _wait,
 )
 
@@ -198,6 +200,7 @@ def open_once(browser, gui: GuiProcess, label: str, sup) -> dict:
     load = os.getloadavg()[0]
     unwatched0 = sup.get(PREVIEW, "unwatchedTrains")
     poller = StatusPoller(base)
+    cpu0 = {"GUI": _cpu_seconds([gui.ps]), "chromium": _cpu_seconds(_chromium_procs())}
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     page.add_init_script(INIT_SCRIPT)
     t_goto = time.time()
@@ -206,6 +209,10 @@ def open_once(browser, gui: GuiProcess, label: str, sup) -> dict:
         "window.__ptT && window.__ptT.marks.first !== undefined", timeout=180000, polling=100
     )
     got = page.evaluate(COLLECT)
+    cpu = {
+        "GUI": _cpu_seconds([gui.ps]) - cpu0["GUI"],
+        "chromium": _cpu_seconds(_chromium_procs()) - cpu0["chromium"],
+    }
     time.sleep(0.3)  # the last log lines
     server = poller.close()
     unwatched1 = sup.get(PREVIEW, "unwatchedTrains")
@@ -270,6 +277,7 @@ def open_once(browser, gui: GuiProcess, label: str, sup) -> dict:
     return {
         "label": label,
         "load": load,
+        "cpu": cpu,
         "first": first,
         "events": events,
         "longtasks_before_first": long_total,
@@ -287,6 +295,11 @@ def show(result: dict) -> None:
         f"(load average {result['load']:.2f}; main-thread long tasks before it "
         f"{result['longtasks_before_first']:.2f} s; unwatched preview trains meanwhile "
         f"{result['unwatched_during']})",
+        flush=True,
+    )
+    print(
+        "  CPU from page.goto to the first image: "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in result["cpu"].items()),
         flush=True,
     )
     for t, side, what in result["events"]:
