@@ -29,7 +29,7 @@ server (the GUI process's log at DEBUG level, and its ``/status.json`` polled ev
     the page's HTTP request served (tornado's access log: its duration), the tap on the preview
     output opened, the first preview train reaching the GUI process (and its age: the preview is
     ``only_when_watched``, so it is made only once a tap is connected), the first image pushed
-    (``image_pushes`` increasing).
+    (``image_pushes`` increasing; polled every 0.25 s).
 
     python benchmarks/gui_first_image.py [--openings 4] [--idle 10] [--json FILE]
 """
@@ -40,6 +40,8 @@ import argparse
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -149,9 +151,13 @@ def _log_time(line: str) -> tuple[float, str, str] | None:
 
 
 class StatusPoller:
-    """Poll the GUI's ``/status.json`` every ``period`` s; note when its counters first move."""
+    """Poll the GUI's ``/status.json`` every ``period`` s; note when its counters first move.
 
-    def __init__(self, base_url: str, period: float = 0.05):
+    Not more often: every poll costs the GUI's web thread ~4 ms on a loaded machine (py-spy:
+    at 50 ms, 0.8 s of its CPU during one opening).
+    """
+
+    def __init__(self, base_url: str, period: float = 0.25):
         self.url = base_url.rstrip("/") + "/status.json"
         self.period = period
         self.events: dict[str, float] = {}
@@ -193,9 +199,23 @@ class StatusPoller:
         return self.events
 
 
-def open_once(browser, gui: GuiProcess, label: str, sup) -> dict:
-    """Open the detector page once; its timeline (seconds from the navigation's start)."""
-    base = gui.urls["detector"].rsplit("/", 1)[0]
+def open_once(
+    browser,
+    gui: GuiProcess,
+    label: str,
+    sup,
+    profile: Path | None = None,
+    page_name: str = "detector",
+    js_profile: bool = False,
+) -> dict:
+    """Open the detector page once; its timeline (seconds from the navigation's start).
+
+    With ``profile``, py-spy samples the GUI process (all threads, idle ones left out) from the
+    navigation to the first image and writes its collapsed stacks there.  With ``js_profile``,
+    the page's JavaScript is sampled (CDP ``Profiler``) over the same span and summarised.
+    """
+    url = gui.urls[page_name]
+    base = url.rsplit("/", 1)[0]
     lines_before = len(gui.lines)
     load = os.getloadavg()[0]
     unwatched0 = sup.get(PREVIEW, "unwatchedTrains")
@@ -203,12 +223,31 @@ def open_once(browser, gui: GuiProcess, label: str, sup) -> dict:
     cpu0 = {"GUI": _cpu_seconds([gui.ps]), "chromium": _cpu_seconds(_chromium_procs())}
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     page.add_init_script(INIT_SCRIPT)
+    cdp = None
+    if js_profile:
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Profiler.enable")
+        cdp.send("Profiler.setSamplingInterval", {"interval": 1000})
+        cdp.send("Profiler.start")
+    spy = None
+    if profile is not None:
+        spy = subprocess.Popen(
+            ["py-spy", "record", "--nonblocking", "--threads", "-r", "200", "-f", "raw"]
+            + ["-o", str(profile), "-p", str(gui.proc.pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)
     t_goto = time.time()
-    page.goto(gui.urls["detector"], wait_until="commit", timeout=180000)
+    page.goto(url, wait_until="commit", timeout=180000)
     page.wait_for_function(
         "window.__ptT && window.__ptT.marks.first !== undefined", timeout=180000, polling=100
     )
     got = page.evaluate(COLLECT)
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
+    js = _js_summary(cdp.send("Profiler.stop")["profile"]) if cdp is not None else []
     cpu = {
         "GUI": _cpu_seconds([gui.ps]) - cpu0["GUI"],
         "chromium": _cpu_seconds(_chromium_procs()) - cpu0["chromium"],
@@ -283,10 +322,25 @@ def open_once(browser, gui: GuiProcess, label: str, sup) -> dict:
         "longtasks_before_first": long_total,
         "longest_tasks": [(s / 1000.0, d / 1000.0) for s, d in long_big],
         "unwatched_during": unwatched1 - unwatched0,
+        "js_profile": js,
         "received": [(m["t"] / 1000.0, m["type"], m["buffers"], m["bytes"]) for m in got["ws"]],
         "sent": [(m["t"] / 1000.0, m["type"]) for m in got["sent"]],
         "log": [line for _, line in gui.lines[lines_before:]],
     }
+
+
+def _js_summary(profile: dict, top: int = 25) -> list[tuple[float, str]]:
+    """Self time per function (name, script, line) of a CDP CPU profile, largest first."""
+    nodes = {n["id"]: n for n in profile["nodes"]}
+    deltas = profile.get("timeDeltas", [])
+    self_us: dict[str, float] = {}
+    for sample, dt in zip(profile.get("samples", []), deltas[1:] + [0]):
+        frame = nodes[sample]["callFrame"]
+        script = frame["url"].rsplit("/", 1)[-1].split("?")[0]
+        name = f"{frame['functionName'] or '(anonymous)'} {script}:{frame['lineNumber'] + 1}"
+        self_us[name] = self_us.get(name, 0.0) + dt
+    ranked = sorted(self_us.items(), key=lambda kv: -kv[1])[:top]
+    return [(us / 1e6, name) for name, us in ranked]
 
 
 def show(result: dict) -> None:
@@ -312,6 +366,10 @@ def show(result: dict) -> None:
         f"{sum(m[3] for m in before) / 1e6:.2f} MB in all)",
         flush=True,
     )
+    if result["js_profile"]:
+        print("  page JavaScript, self time by function (CDP profile, navigation to first image):")
+        for secs, what in result["js_profile"]:
+            print(f"    {secs:6.2f} s  {what}", flush=True)
     tasks = ", ".join(f"{d:.2f} s at {s:.2f}" for s, d in result["longest_tasks"])
     print(f"  longest main-thread tasks: {tasks}", flush=True)
 
@@ -322,14 +380,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--openings", type=int, default=4, help="re-openings on one GUI")
     parser.add_argument("--idle", type=float, default=10.0, help="s a 2nd GUI idles (0: skip)")
     parser.add_argument("--json", type=Path, help="write the timelines to this file")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy the GUI process per opening into this directory"
+    )
+    parser.add_argument(
+        "--js-profile", action="store_true", help="sample the page's JavaScript (CDP Profiler)"
+    )
+    parser.add_argument(
+        "--scene",
+        type=Path,
+        default=DETECTOR_SCENE,
+        help="scene file to open (default: examples/scenes/detector.toml)",
+    )
     args = parser.parse_args(argv)
     if not os.path.exists(CHROMIUM):
         raise SystemExit(f"needs Debian chromium at {CHROMIUM}")
     from playwright.sync_api import sync_playwright
 
+    from pulsetrain.gui.scene import load_scene
     from pulsetrain.runtime.device import device_classes
     from pulsetrain.runtime.supervisor import Supervisor
 
+    scene = load_scene(args.scene)
     work = Path(tempfile.mkdtemp(prefix="pulsetrain-bench-first-"))
     name = f"gui-first-{os.getpid()}"
     topology = work / "topology.toml"
@@ -345,28 +417,42 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     store(str(work / "catalog.sqlite"), say=lambda s: None)
     print(
-        f"first-image timeline: {TOPOLOGY.name}, detector scene; load average "
+        f"first-image timeline: {TOPOLOGY.name}, scene {scene.name!r}; load average "
         f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",
         flush=True,
     )
     results = []
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+
+    def spy(name: str) -> Path | None:
+        return args.profile / f"gui-{name}.txt" if args.profile else None
+
     with Supervisor(topology, workdir=work) as sup, sync_playwright() as pw:
         _wait(lambda: sup.get(MATCHER, "matchedTrains") >= 20, 180, "corrected trains flowing")
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+        def opening(gui: GuiProcess, label: str, profile: Path | None) -> dict:
+            return open_once(
+                browser, gui, label, sup, profile, page_name=scene.name, js_profile=args.js_profile
+            )
+
         try:
-            gui = GuiProcess(topology, [DETECTOR_SCENE], log_level="DEBUG")
+            gui = GuiProcess(topology, [args.scene], log_level="DEBUG")
             print(f"GUI process up in {gui.ready - gui.started:.2f} s", flush=True)
-            results.append(open_once(browser, gui, "fresh GUI, page opened at once", sup))
+            results.append(opening(gui, "fresh GUI, page opened at once", profile=spy("fresh")))
             show(results[-1])
             for k in range(args.openings):
                 time.sleep(2.0)
-                results.append(open_once(browser, gui, f"again #{k + 1}, same GUI", sup))
+                label = f"again #{k + 1}, same GUI"
+                results.append(opening(gui, label, profile=spy(f"again{k + 1}")))
                 show(results[-1])
             gui.close()
             if args.idle > 0:
-                gui = GuiProcess(topology, [DETECTOR_SCENE], log_level="DEBUG")
+                gui = GuiProcess(topology, [args.scene], log_level="DEBUG")
                 time.sleep(args.idle)
-                results.append(open_once(browser, gui, f"fresh GUI idle {args.idle:.0f} s", sup))
+                label = f"fresh GUI idle {args.idle:.0f} s"
+                results.append(opening(gui, label, profile=spy("idle")))
                 show(results[-1])
                 gui.close()
         finally:
