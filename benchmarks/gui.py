@@ -212,13 +212,20 @@ _STARTED: list[GuiProcess] = []
 
 
 class GuiProcess:
-    """``pulsetrain gui`` as an operator starts it; knows its page URLs."""
+    """``pulsetrain gui`` as an operator starts it; knows its page URLs.
 
-    def __init__(self, topology: Path, scenes: list[Path]):
+    With ``log_level``, the process logs at that level and :attr:`lines` keeps every line it
+    wrote, with the time (``time.time()``) it was read.
+    """
+
+    def __init__(self, topology: Path, scenes: list[Path], log_level: str | None = None):
+        self.started = time.time()
+        self.lines: list[tuple[float, str]] = []
         cmd = [
             sys.executable,
             "-m",
             "pulsetrain",
+            *(["--log-level", log_level] if log_level else []),
             "gui",
             "--topology",
             str(topology),
@@ -232,16 +239,21 @@ class GuiProcess:
         )
         self.urls: dict[str, str] = {}
         deadline = time.monotonic() + 60
+        keep = self.lines.append if log_level else lambda item: None
         for line in self.proc.stdout:
+            keep((time.time(), line))
             m = re.search(r"(http://\S+/([\w-]+))\s*$", line)
             if m:
                 self.urls[m.group(2)] = m.group(1)
             if "Ctrl-C" in line or time.monotonic() > deadline:
                 break
+        self.ready = time.time()
         if not self.urls:
             self.proc.kill()
             raise RuntimeError("pulsetrain gui did not start")
-        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
+        threading.Thread(
+            target=lambda: [keep((time.time(), line)) for line in self.proc.stdout], daemon=True
+        ).start()
         self.ps = psutil.Process(self.proc.pid)
         _STARTED.append(self)
 

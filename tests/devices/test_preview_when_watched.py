@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 
 from pulsetrain.devices.preview import PreviewAssembler
@@ -34,3 +38,32 @@ def test_watched_preview_is_made():
         images = data["SPB_DET_AGIPD1M-1/PREVIEW"]["preview.images"]
         assert images.shape[0] == 2 and images.dtype == np.uint8
         assert dev.get("unwatchedTrains") == 0
+
+
+WARM_UP_CHECK = """
+import sys
+sys.path.insert(0, {tests!r})
+from waiting import wait_until
+from pulsetrain.analysis import azimuthal
+from pulsetrain.devices.preview import PreviewAssembler
+from pulsetrain.geometry import preview as kernels
+from pulsetrain.testing import DeviceHarness
+
+needed = [kernels._gather_uint8, kernels._gather_mean, azimuthal._hist_frame]
+with DeviceHarness(PreviewAssembler, {{"only_when_watched": True, "profile_bins": 50}}, outputs=()) as dev:
+    assert dev.get("trainsIn") == 0
+    wait_until(lambda: all(k.signatures for k in needed), timeout=30.0, what="kernels loaded")
+print("ready")
+"""
+
+
+def test_kernels_are_ready_before_the_first_train():
+    """The numba kernels of a preview are loaded (or compiled) when the device starts, not at
+    the first train a display waits for (a second, or several on a loaded machine, added to a
+    page's first image).  In a fresh interpreter: the kernels are shared by the whole process."""
+    tests = str(Path(__file__).resolve().parents[1])
+    code = WARM_UP_CHECK.format(tests=tests)
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0 and "ready" in done.stdout, done.stderr[-2000:]

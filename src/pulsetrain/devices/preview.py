@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import time
 from typing import Any
 
@@ -224,7 +225,31 @@ class PreviewAssembler(QuadrantGeometry, Device):
         self._build_integrator()
         self._frame = np.empty((self._n_modules, *self._module_shape), dtype=np.float32)
         self._times: list[float] = []
+        threading.Thread(
+            target=self._warm_up, name=f"{self.device_id}:warm-up", daemon=True
+        ).start()
         self.set_state(State.ON)
+
+    def _warm_up(self) -> None:
+        """Run the numba kernels once on an empty frame, off the device's thread.
+
+        numba loads (or, without its cache, compiles) a kernel at its first call: a second or
+        more, several on a loaded machine.  Done here, at the start, it is not paid by the first
+        train a display waits for (``only_when_watched``: the moment a page opens).
+        """
+        t0 = time.perf_counter()
+        try:
+            assembler, integrator = self._assembler, self._integrator
+            frame = np.zeros((self._n_modules, *self._module_shape), dtype=np.float32)
+            values = assembler.assemble(frame)
+            assembler.scale(values, 0.0, 1.0, "linear")
+            assembler.preview(frame, 0.0, 1.0, "linear")
+            if integrator is not None:
+                integrator.integrate(frame)
+        except Exception:  # a failed warm-up only delays the first preview
+            self.log.warning("warming up the preview kernels failed", exc_info=True)
+            return
+        self.log.debug("preview kernels ready in %.2f s", time.perf_counter() - t0)
 
     def _build_assembler(self, downsample: int) -> None:
         from pulsetrain.geometry import PreviewAssembler as Assembler

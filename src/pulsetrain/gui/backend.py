@@ -87,6 +87,7 @@ class OutputTap:
         self.channel = InputChannel(
             f"gui-{os.getpid()}-{next(_tap_ids)}:{output}", on_slowness="drop", window=2
         )
+        self.opened = time.time()  #: when the tap connected (time.time())
         self.channel.connect(endpoint)
         self.latest: TapFrame | None = None
         self.recent: collections.deque[TapFrame] = collections.deque(maxlen=64)
@@ -153,6 +154,14 @@ class OutputTap:
             if latency is not None:
                 self._latencies.append(latency)
             seq += 1
+            if seq == 1:
+                log.debug(
+                    "first train from %s %.3f s after tapping (train %s, %s s after its timestamp)",
+                    self.output,
+                    now - self.opened,
+                    tid,
+                    "?" if latency is None else f"{latency:.3f}",
+                )
             self.received = seq
             self.latest = TapFrame(
                 seq, item.data, item.meta, now, int(tid) if tid is not None else None, latency
