@@ -14,14 +14,13 @@ import logging
 from typing import Any, ClassVar
 
 import numpy as np
-from bokeh.layouts import row
+from bokeh.layouts import column, row
 from bokeh.models import (
     Button,
     ColumnDataSource,
     Div,
+    RadioButtonGroup,
     Range1d,
-    TabPanel,
-    Tabs,
     Toggle,
 )
 from bokeh.plotting import figure
@@ -165,9 +164,18 @@ class RoiPanel(_OutputPanel):
             "y_range": Range1d(0, 1),
             "x_range": Range1d(0, 1),
         }
-        self.fig_train = figure(x_axis_label="train ID", y_axis_label=label, **common)
-        self.fig_pulse = figure(x_axis_label="pulse index", y_axis_label=label, **common)
-        self.fig_proj = figure(x_axis_label="x [pixel]", y_axis_label="mean along y", **common)
+        self.fig_train = figure(
+            x_axis_label="train ID", y_axis_label=label, name=f"roi-fig-{i}-train", **common
+        )
+        self.fig_pulse = figure(
+            x_axis_label="pulse index", y_axis_label=label, name=f"roi-fig-{i}-pulse", **common
+        )
+        self.fig_proj = figure(
+            x_axis_label="x [pixel]",
+            y_axis_label="mean along y",
+            name=f"roi-fig-{i}-projection",
+            **common,
+        )
         self.fig_train.xaxis.formatter.use_scientific = False
         for k in range(1, 5):
             colour = ROI_COLOURS[k - 1]
@@ -202,23 +210,29 @@ class RoiPanel(_OutputPanel):
             fig.legend.label_text_font_size = "10px"
             fig.legend.background_fill_alpha = 0.5
             fig.legend.click_policy = "hide"
-        self.tabs = Tabs(
-            tabs=[
-                TabPanel(child=self.fig_train, title="vs train ID"),
-                TabPanel(child=self.fig_pulse, title="vs pulse"),
-                TabPanel(child=self.fig_proj, title="projection x"),
-            ],
+        # One figure on the page at a time: BokehJS repaints every figure of a panel whenever
+        # the panel's layout changes (its status line), hidden tabs included.
+        self.views = (self.fig_train, self.fig_pulse, self.fig_proj)
+        self.tabs = RadioButtonGroup(
+            labels=["vs train ID", "vs pulse", "projection x"],
+            active=0,
             name=f"roi-tabs-{i}",
+            css_classes=["pt-roi-views"],
         )
-        self.tabs.on_change("active", lambda a, o, n: self._redraw_now())
+        self.shown_fig = column(self.fig_train, name=f"roi-view-{i}")
+        self.tabs.on_change("active", lambda a, o, n: self._show_view(n))
         self.editors = _editors(session, self.device, ("normaliser",), 260)
         self.clear = Button(
             label="clear trend", width=100, name=f"roi-clear-{i}", css_classes=["pt-roi-clear"]
         )
         self.clear.on_click(self._clear)
         controls = row(*[e.widget for e in self.editors], self.clear)
-        self.layout = self.wrap(self.tabs, controls, self.status)
+        self.layout = self.wrap(self.tabs, self.shown_fig, controls, self.status)
         self.latest_values: dict | None = None
+
+    def _show_view(self, active: int) -> None:
+        self.shown_fig.children = [self.views[int(active)]]
+        self._redraw_now()
 
     def _clear(self, event: Any = None) -> None:
         self.trend.data = {"train": [], **{f"roi{k}": [] for k in range(1, 5)}}
@@ -381,6 +395,8 @@ class HistogramPanel(_OutputPanel):
             label="log counts", active=bool(panel["log_y"]), width=100, name=f"histogram-log-{i}"
         )
         self.log_toggle.on_change("active", lambda a, o, n: self._show_scale())
+        # only the shown figure is on the page (a hidden one was repainted with every update)
+        self.shown_fig = column(name=f"histogram-view-{i}")
         self._show_scale()
         self.editors = _editors(session, self.device, keys, 110)
         extra = []
@@ -391,8 +407,7 @@ class HistogramPanel(_OutputPanel):
                 )
             )
         self.layout = self.wrap(
-            self.figs["linear"],
-            self.figs["log"],
+            self.shown_fig,
             row(self.log_toggle, *extra),
             row(*[e.widget for e in self.editors]),
             self.status,
@@ -402,6 +417,7 @@ class HistogramPanel(_OutputPanel):
         log_on = bool(self.log_toggle.active)
         self.figs["log"].visible = log_on
         self.figs["linear"].visible = not log_on
+        self.shown_fig.children = [self.figs["log" if log_on else "linear"]]
         self.shown_seq = 0
 
     def on_tick(self, now: float) -> None:

@@ -359,13 +359,61 @@ class SceneSession:
         polled = self.backend.polls != self._last_poll and not behind
         if polled:
             self._last_poll = self.backend.polls
-        for panel in behind or self.panels:
-            try:
-                panel.on_tick(now)
-                if polled:
-                    panel.on_poll()
-            except Exception:  # one broken panel must not stop the others
-                log.exception("panel %s of scene %s failed", panel.panel.type, self.scene.name)
+        with one_patch_per_tick(self.doc):
+            for panel in behind or self.panels:
+                try:
+                    panel.on_tick(now)
+                    if polled:
+                        panel.on_poll()
+                except Exception:  # one broken panel must not stop the others
+                    log.exception("panel %s of scene %s failed", panel.panel.type, self.scene.name)
+
+
+async def _sent_later() -> None:
+    """What a held patch hands the session to wait for (the real write comes at the end)."""
+
+
+@contextlib.contextmanager
+def one_patch_per_tick(doc: Document) -> Iterator[None]:
+    """Send the changes made inside to each browser as **one** ``PATCH-DOC`` message.
+
+    The Bokeh server sends a message per changed property; BokehJS applies each in a task of
+    its own and may repaint a figure after each (a histogram, its two ranges and its status
+    line: three paints).  Measured on the detector page: 20-28 messages a second, 2-3 paints
+    per figure and update.  One message per tick lets BokehJS apply them together and paint
+    each figure once.  Uses the server session's connections (not public API): with a Bokeh
+    that lacks them, the changes go out one by one as before.
+    """
+    context = doc.session_context
+    session = getattr(context, "_session", None) if context is not None else None
+    connections = list(getattr(session, "_subscribed_connections", ()) or ())
+    if not connections or not all(
+        hasattr(c, "send_patch_document") and hasattr(c, "_socket") for c in connections
+    ):
+        yield
+        return
+    held: dict[Any, list[Any]] = {}
+
+    def holder(connection: Any) -> Callable[[Any], Any]:
+        def hold(event: Any) -> Any:
+            held.setdefault(connection, []).append(event)
+            return _sent_later()
+
+        return hold
+
+    for connection in connections:
+        connection.send_patch_document = holder(connection)
+    try:
+        yield
+    finally:
+        for connection in connections:
+            del connection.send_patch_document  # the class's method again
+        pending = getattr(session, "_pending_writes", None)
+        for connection, events in held.items():
+            message = connection.protocol.create("PATCH-DOC", events)
+            write = connection._socket.send_message(message)
+            if pending is not None:
+                pending.append(write)  # awaited by the session after the callback
 
 
 #: The BokehJS bundles the pages use (no TeX, data tables or WebGL).

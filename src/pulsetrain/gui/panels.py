@@ -76,6 +76,7 @@ class LinePanel(PanelBase):
             x_axis_label=panel["x_label"] or panel["x"] or "index",
             y_axis_label=panel["y_label"] or ", ".join(panel["labels"]),
             tools="pan,wheel_zoom,box_zoom,reset,save,hover",
+            name=f"line-figure-{panel.index}",
         )
         colours = palettes.Category10[10]
         for k, label in enumerate(panel["labels"]):
