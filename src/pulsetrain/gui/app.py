@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 #: Static assets of the GUI (index template, style sheet).
 STATIC_DIR = Path(__file__).with_name("static")
 
+#: Seconds after which a page's other panels are built even if its first image has not come.
+LATER_SECONDS = 1.5
+
 #: Seconds between two checks for new pipeline data in a page.
 TICK_SECONDS = 0.025
 
@@ -82,6 +85,8 @@ class SceneSession:
         self.download_link = _download_trigger()
         #: the image panels' WebSockets, named in the page's HTML (see gui/imagestream.py)
         self.image_channels: list[dict[str, Any]] = []
+        self._later: list[tuple[Panel, Any]] = []  # panels still to build
+        self._building_root: Any = None  # the page root of the panel being built
         header = self._header()
         self.panels: list[PanelBase] = []
         doc.title = f"{scene.title} — pulsetrain"
@@ -109,7 +114,10 @@ class SceneSession:
             self._last_root = column(self.download_link, name="pt-download")
             doc.add_root(self._last_root)
         if later:
-            doc.add_timeout_callback(functools.partial(self._build_later, later), 50)
+            # after the page's first image (the web server's loop free for its WebSocket and
+            # that image), or after LATER_SECONDS if no image comes
+            self._later = later
+            doc.add_timeout_callback(self._start_later, int(LATER_SECONDS * 1000))
         else:
             self._last_root.tags = ["built"]
         doc.template = _page_template(scene.columns)
@@ -118,10 +126,19 @@ class SceneSession:
         doc.add_periodic_callback(self._tick, int(TICK_SECONDS * 1000))
 
     def _add_panel(self, spec: Panel, root: Any) -> None:
-        panel = build_panel(self, spec)
+        self._building_root = root
+        try:
+            panel = build_panel(self, spec)
+        finally:
+            self._building_root = None
         root.children = [panel.layout]
         self.panels.append(panel)
         self.panels.sort(key=lambda p: p.panel.index)
+
+    def _start_later(self) -> None:
+        later, self._later = self._later, []
+        if later:
+            self._build_later(later)
 
     def _build_later(self, later: list[tuple[Panel, Any]]) -> None:
         """Build the next deferred panel, then give the loop back (images, other pages)."""
@@ -217,6 +234,9 @@ class SceneSession:
     def on_document_ready(self, callback: Any) -> None:
         """Run browser code (a ``CustomJS``) once the page is shown."""
         self.doc.js_on_event("document_ready", callback)
+        if self._building_root is not None:
+            # a panel built after the page may already be shown: run it when the panel comes
+            self._building_root.js_on_change("children", callback)
 
     def add_editor(self, widget: Any) -> None:
         """Register a widget that changes devices: enabled only while the page may edit."""
@@ -254,6 +274,8 @@ class SceneSession:
     def count_image_push(self) -> None:
         """Count one image sent to the browser (``image_pushes`` in ``/status.json``)."""
         self.server.image_pushes += 1
+        if self._later:
+            self.doc.add_next_tick_callback(self._start_later)
 
     def run_on_page(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the page's thread (from another thread, e.g. a finished request)."""
@@ -442,13 +464,19 @@ def _load_only_needed_bundles(server: Server) -> None:
 
 def _page_template(columns: int) -> Any:
     """The page: the header, the panels' roots in a grid of ``columns`` columns, the download
-    trigger (Bokeh's page template with its ``contents`` block replaced)."""
+    trigger (Bokeh's page template with its ``contents`` block replaced).
+
+    The image script comes first in the head (its WebSocket opens while the rest loads), and
+    BokehJS (1.65 MB) is loaded *after* the grid: the browser shows the page's places, and the
+    image in its own, while it fetches and compiles BokehJS, instead of a blank page.
+    """
     from jinja2 import Template as JinjaTemplate
 
     return JinjaTemplate(
         """{% extends base %}
+{% block preamble %}{{ pt_image_script }}{% endblock %}
+{% block js_resources %}{% endblock %}
 {% block contents %}
-{{ pt_image_script }}
 {{ embed(roots["pt-header"]) }}
 <div class="pt-grid" style="display: grid; grid-template-columns: repeat("""
         + str(int(columns))
@@ -456,6 +484,7 @@ def _page_template(columns: int) -> Any:
 {% for root in roots %}{% if root.name.startswith("pt-panel-root-") %}<div class="pt-cell" data-root="{{ root.name }}">{{ embed(root) }}</div>
 {% endif %}{% endfor %}</div>
 {{ embed(roots["pt-download"]) }}
+{{ bokeh_js if bokeh_js }}
 {% endblock %}"""
     )
 
