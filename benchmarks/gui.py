@@ -318,6 +318,30 @@ def _wait(test, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def prepare_topology(work: Path, name: str, say) -> Path:
+    """The benchmark topology in ``work`` (named ``name``), with a catalogue of its own.
+
+    The correction devices' constants are the simulator's truth, stored in ``work`` (what
+    ``examples/scenes/store_constants.py`` does for the default catalogue); the device processes
+    find it through ``PULSETRAIN_CATALOG``.
+    """
+    from pulsetrain.runtime.device import device_classes
+
+    topology = work / "topology.toml"
+    text = TOPOLOGY.read_text().replace('name = "gui-demo"', f'name = "{name}"')
+    known = device_classes()
+    for cls, module_path in MODULE_PATHS.items():
+        if cls not in known:
+            text = text.replace(f'class = "{cls}"', f'class = "{module_path}"')
+    topology.write_text(text)
+    os.environ["PULSETRAIN_CATALOG"] = str(work / "catalog.sqlite")
+    sys.path.insert(0, str(TOPOLOGY.parent))
+    from store_constants import store
+
+    store(str(work / "catalog.sqlite"), say=say)
+    return topology
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run the benchmark, print the tables, return the result dicts."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -342,24 +366,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from pulsetrain.runtime.supervisor import Supervisor
 
     work = Path(tempfile.mkdtemp(prefix="pulsetrain-bench-gui-"))
-    name = f"gui-bench-{os.getpid()}"
-    topology = work / "topology.toml"
-    from pulsetrain.runtime.device import device_classes
-
-    text = TOPOLOGY.read_text().replace('name = "gui-demo"', f'name = "{name}"')
-    known = device_classes()
-    for cls, module_path in MODULE_PATHS.items():
-        if cls not in known:
-            text = text.replace(f'class = "{cls}"', f'class = "{module_path}"')
-    topology.write_text(text)
+    topology = prepare_topology(work, f"gui-bench-{os.getpid()}", lambda s: print(s, flush=True))
     (work / "live.toml").write_text(LIVE_SCENE)
-    # The correction devices' constants: the simulator's truth, in a catalogue of this run
-    # (what examples/scenes/store_constants.py does for the default catalogue).
-    os.environ["PULSETRAIN_CATALOG"] = str(work / "catalog.sqlite")
-    sys.path.insert(0, str(TOPOLOGY.parent))
-    from store_constants import store
-
-    store(str(work / "catalog.sqlite"), say=lambda s: print(s, flush=True))
     print(
         f"GUI benchmark: {topology.name} ({TOPOLOGY.relative_to(ROOT)}), windows of "
         f"{window:.0f} s, {rounds} round(s); load average {os.getloadavg()[0]:.1f} "
@@ -569,9 +577,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return results
 
 
-if __name__ == "__main__":
+def run(main) -> None:
+    """Run a benchmark's ``main``; whatever happens, stop the processes it started."""
     try:
         main()
     finally:
         for started in _STARTED:
             started.close()
+
+
+if __name__ == "__main__":
+    run(main)

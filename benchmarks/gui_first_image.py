@@ -52,12 +52,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gui import (  # the benchmark next to this script
-    _STARTED,
     CHROMIUM,
     CHROMIUM_ARGS,
     DETECTOR_SCENE,
     MATCHER,
-    MODULE_PATHS,
     PREVIEW,
     PREVIEW_OUTPUT,
     TOPOLOGY,
@@ -65,6 +63,8 @@ from gui import (  # the benchmark next to this script
     _chromium_procs,
     _cpu_seconds,
     _wait,
+    prepare_topology,
+    run,
 )
 
 #: Recorded in the page before any of its own scripts run.
@@ -398,24 +398,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from playwright.sync_api import sync_playwright
 
     from pulsetrain.gui.scene import load_scene
-    from pulsetrain.runtime.device import device_classes
     from pulsetrain.runtime.supervisor import Supervisor
 
     scene = load_scene(args.scene)
     work = Path(tempfile.mkdtemp(prefix="pulsetrain-bench-first-"))
-    name = f"gui-first-{os.getpid()}"
-    topology = work / "topology.toml"
-    text = TOPOLOGY.read_text().replace('name = "gui-demo"', f'name = "{name}"')
-    known = device_classes()
-    for cls, module_path in MODULE_PATHS.items():
-        if cls not in known:
-            text = text.replace(f'class = "{cls}"', f'class = "{module_path}"')
-    topology.write_text(text)
-    os.environ["PULSETRAIN_CATALOG"] = str(work / "catalog.sqlite")
-    sys.path.insert(0, str(TOPOLOGY.parent))
-    from store_constants import store
-
-    store(str(work / "catalog.sqlite"), say=lambda s: None)
+    topology = prepare_topology(work, f"gui-first-{os.getpid()}", lambda s: None)
     print(
         f"first-image timeline: {TOPOLOGY.name}, scene {scene.name!r}; load average "
         f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",
@@ -469,8 +456,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    finally:
-        for started in _STARTED:
-            started.close()
+    run(main)
