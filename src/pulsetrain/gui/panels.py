@@ -77,6 +77,9 @@ class LinePanel(PanelBase):
             y_axis_label=panel["y_label"] or ", ".join(panel["labels"]),
             tools="pan,wheel_zoom,box_zoom,reset,save,hover",
             name=f"line-figure-{panel.index}",
+            # ranges set with the data (one repaint per update; BokehJS fitting its own data
+            # ranges after the data changed painted the figure twice)
+            **({} if panel["log_y"] else {"x_range": Range1d(0, 1), "y_range": Range1d(0, 1)}),
         )
         colours = palettes.Category10[10]
         for k, label in enumerate(panel["labels"]):
@@ -129,6 +132,13 @@ class LinePanel(PanelBase):
         for k, y in enumerate(ys):
             data[f"y{k}"] = y[: len(x)] if y is not None else np.full(len(x), np.nan)
         self.source.data = data
+        if not self.panel["log_y"]:
+            finite = np.isfinite(x)
+            ys_ = np.concatenate([v[np.isfinite(v)] for k, v in data.items() if k != "x"] or [[]])
+            if finite.any():
+                fit_range(self.fig.x_range, float(x[finite].min()), float(x[finite].max()))
+            if ys_.size:
+                fit_range(self.fig.y_range, float(ys_.min()), float(ys_.max()))
         self.status.text = f"train {frame.train_id}"
 
 
@@ -156,6 +166,7 @@ class TrendPanel(PanelBase):
             width=self.width,
             height=self.height or 260,
             x_axis_type="datetime",
+            x_range=Range1d(0, 1),  # set with the data: one repaint per update, not two
             y_range=Range1d(0, 1),
             tools="pan,wheel_zoom,box_zoom,reset,save,hover",
             name=f"trend-figure-{panel.index}",
@@ -256,6 +267,13 @@ class TrendPanel(PanelBase):
                 t, y = t[keep], y[keep]
             self.sources[k].stream({"t": t * 1000.0, "y": y}, rollover=self.rollover)
         self._fit()
+        times = [np.asarray(src.data["t"], dtype=float) for src in self.sources]
+        times = [t for t in times if t.size]
+        if times:
+            first = min(float(t[0]) for t in times)
+            last = max(float(t[-1]) for t in times)
+            if (self.fig.x_range.start, self.fig.x_range.end) != (first, last):
+                self.fig.x_range.update(start=first, end=max(last, first + 1000.0))
 
 
 class CountersPanel(PanelBase):
