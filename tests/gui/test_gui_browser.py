@@ -7,6 +7,7 @@ as an operator would start it, and a second, read-only GUI runs in this process.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import queue
 import re
@@ -392,6 +393,16 @@ def test_read_only_gui_refuses_changes(read_only_gui, page, pipeline):
 
 
 def test_every_panel_type_renders(gui, page):
+    events_per_patch: list[int] = []
+
+    def on_websocket(ws):
+        def frame(payload):
+            if isinstance(payload, str) and payload.startswith("{") and '"events"' in payload:
+                events_per_patch.append(len(json.loads(payload)["events"]))
+
+        ws.on("framereceived", frame)
+
+    page.on("websocket", on_websocket)
     open_scene(page, gui["all"])
     page.wait_for_function("window.pulsetrain && window.pulsetrain.total >= 3", timeout=60000)
     page.wait_for_function(
@@ -402,6 +413,13 @@ def test_every_panel_type_renders(gui, page):
     )
     page.wait_for_function(model_js("counters-3", "text") + ".includes('PROCESSING')")
     assert page.locator(".pt-slot").count() >= 4  # slot buttons of the devices
+    # the changes of one page tick reach the browser as one message, not one per property
+    for _ in range(40):  # Playwright hands over the frames while it is called
+        if len(events_per_patch) >= 5:
+            break
+        page.wait_for_timeout(500)
+    assert len(events_per_patch) >= 5, "fewer than 5 patches of the page in 20 s"
+    assert max(events_per_patch) >= 2, events_per_patch
 
 
 def test_device_tabs_show_id_and_class_on_hover(gui, page):
