@@ -413,11 +413,13 @@ class HistogramPanel(_OutputPanel):
             self.status,
         )
 
+    @property
+    def scale(self) -> str:
+        """The histogram's shown scale, ``linear`` or ``log`` (the toggle's state)."""
+        return "log" if self.log_toggle.active else "linear"
+
     def _show_scale(self) -> None:
-        log_on = bool(self.log_toggle.active)
-        self.figs["log"].visible = log_on
-        self.figs["linear"].visible = not log_on
-        self.shown_fig.children = [self.figs["log" if log_on else "linear"]]
+        self.shown_fig.children = [self.figs[self.scale]]
         self.shown_seq = 0
 
     def on_tick(self, now: float) -> None:
@@ -434,23 +436,22 @@ class HistogramPanel(_OutputPanel):
         edges = np.asarray(values[f"{self.prefix}.edges"], dtype=float)
         if len(edges) != len(counts) + 1:
             return
-        for scale, fig in self.figs.items():
-            if not fig.visible:
-                continue
-            self.sources[scale].data = {
-                "left": edges[:-1],
-                "right": edges[1:],
-                "top": counts,
-                "bottom_log": np.full(len(counts), 0.5),
-                "train": np.full(len(counts), frame.train_id or -1, dtype=np.int64),
-            }
-            top = float(counts.max()) if counts.size else 1.0
-            fig.x_range.update(start=float(edges[0]), end=float(edges[-1]))
-            if scale == "log":
-                fig.y_range.update(start=0.5, end=max(1.0, top) * 2.0)
-            elif not FIT_KEEP_FILL * fig.y_range.end <= max(1.0, top) <= fig.y_range.end:
-                # a new top only when the counts leave 60-100 % of the axis (see fit_range)
-                fig.y_range.update(start=0.0, end=max(1.0, top) * 1.05)
+        scale = self.scale
+        fig = self.figs[scale]
+        self.sources[scale].data = {
+            "left": edges[:-1],
+            "right": edges[1:],
+            "top": counts,
+            "bottom_log": np.full(len(counts), 0.5),
+            "train": np.full(len(counts), frame.train_id or -1, dtype=np.int64),
+        }
+        top = float(counts.max()) if counts.size else 1.0
+        fig.x_range.update(start=float(edges[0]), end=float(edges[-1]))
+        if scale == "log":
+            fig.y_range.update(start=0.5, end=max(1.0, top) * 2.0)
+        elif not FIT_KEEP_FILL * fig.y_range.end <= max(1.0, top) <= fig.y_range.end:
+            # a new top only when the counts leave 60-100 % of the axis (see fit_range)
+            fig.y_range.update(start=0.0, end=max(1.0, top) * 1.05)
         unit = html.escape(
             str(
                 values.get(
