@@ -75,14 +75,6 @@ def controls_outside(page, width: int) -> int:
     )
 
 
-#: Every panel of the page is built (the server marks its last root once they are).
-PAGE_BUILT_JS = """() => {
-  if (!window.Bokeh || !Bokeh.documents || Bokeh.documents.length == 0) { return false; }
-  const last = Bokeh.documents[0].get_model_by_name('pt-download');
-  return last != null && last.tags.includes('built') && Bokeh.index.find_one(last) != null;
-}"""
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where the PNGs go")
@@ -94,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
 
     from pulsetrain.gui import GuiServer
+    from pulsetrain.gui.app import PAGE_BUILT_JS
     from pulsetrain.runtime.supervisor import Supervisor
 
     work = Path(tempfile.mkdtemp(prefix="pulsetrain-screenshots-"))

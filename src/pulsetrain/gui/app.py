@@ -52,6 +52,14 @@ log = logging.getLogger(__name__)
 #: Static assets of the GUI (index template, style sheet).
 STATIC_DIR = Path(__file__).with_name("static")
 
+#: Browser code (a function for ``page.wait_for_function``) true once every panel of a page is
+#: built and drawn: the server tags the page's last root "built" after its last panel.
+PAGE_BUILT_JS = """() => {
+  if (!window.Bokeh || !Bokeh.documents || Bokeh.documents.length == 0) { return false; }
+  const last = Bokeh.documents[0].get_model_by_name('pt-download');
+  return last != null && last.tags.includes('built') && Bokeh.index.find_one(last) != null;
+}"""
+
 #: Seconds after which a page's other panels are built even if its first image has not come.
 LATER_SECONDS = 1.5
 
