@@ -53,7 +53,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgpack
@@ -1041,6 +1041,10 @@ class InputChannel:
         self._buffer: collections.deque = collections.deque()
         self._cond = threading.Condition()
         self._processing: _Upstream | None = None
+        # See on_arrival(): called (from the channel's thread) when a train arrives while the
+        # consumer has not been told of one it has yet to take.
+        self._notify: Callable[[], None] | None = None
+        self._notified = False
         self._commands: collections.deque = collections.deque()
         wake = f"inproc://pt-in-wake-{id(self)}-{self.session}"
         self._wake_r = self._ctx.socket(zmq.PAIR)
@@ -1101,6 +1105,35 @@ class InputChannel:
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"input {self.name}: no data within {timeout} s")
                 self._cond.wait(remaining)
+            up, item = self._buffer.popleft()
+            self._processing = up
+        return item
+
+    def on_arrival(self, notify: Callable[[], None]) -> None:
+        """Be told of trains instead of waiting for them in :meth:`get`.
+
+        ``notify()`` is called (from the channel's thread, so it must only hand over, e.g.
+        queue a job) when a train or end-of-stream arrives and the consumer was not already
+        told of one it has not taken: the consumer then calls :meth:`take` until it returns
+        ``None``, and :meth:`release` after each train it processed.  This saves a thread
+        per consumer (and two thread switches per train) over a thread blocked in :meth:`get`.
+        """
+        with self._cond:
+            self._notify = notify
+            self._notified = bool(self._buffer)
+        if self._notified:
+            notify()
+
+    def take(self) -> Item | EndOfStream | None:
+        """The next train (or end-of-stream) without waiting; ``None`` when there is none.
+
+        After ``None``, the next arrival calls the ``notify`` of :meth:`on_arrival` again.
+        Unlike :meth:`get`, this does not release the previous train: call :meth:`release`.
+        """
+        with self._cond:
+            if not self._buffer:
+                self._notified = False
+                return None
             up, item = self._buffer.popleft()
             self._processing = up
         return item
@@ -1367,6 +1400,10 @@ class InputChannel:
         with self._cond:
             self._buffer.append((up, item))
             self._cond.notify()
+            notify = None if self._notified else self._notify
+            self._notified = True
+        if notify is not None:
+            notify()
 
 
 _ids = itertools.count()

@@ -87,6 +87,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import enum
 import functools
 import importlib
@@ -118,6 +119,7 @@ class HostingServer(Protocol):
         """The control client (:class:`pulsetrain.runtime.control.Client`) of the server hosting
         ``device_id``."""
         ...
+
 
 __all__ = [
     "Access",
@@ -453,8 +455,7 @@ class Device:
         self._handover_values: dict[str, Any] = {}
         self._flush_at = 0.0
         self._ended_inputs: set[str] = set()
-        self._input_threads: list[threading.Thread] = []
-        self._timers: list[threading.Thread] = []
+        self._timer_list: list[_Timer] = []
         self._stopping = threading.Event()
         self.input_channels: dict[str, InputChannel] = {}
         self.output_channels: dict[str, OutputChannel] = {}
@@ -840,14 +841,7 @@ class Device:
         except Exception as exc:  # noqa: BLE001 - any failure of device code: state ERROR
             self.set_error(f"initialisation failed: {exc}")
         for name, channel in self.input_channels.items():
-            t = threading.Thread(
-                target=self._read_input,
-                args=(name, channel),
-                name=f"read:{self.device_id}:{name}",
-                daemon=True,
-            )
-            t.start()
-            self._input_threads.append(t)
+            channel.on_arrival(functools.partial(self._queue_take, name, channel))
 
     #: Seconds a device waits for the inputs its outputs expect before reading its own inputs.
     consumer_wait: float = 5.0
@@ -948,29 +942,18 @@ class Device:
         self._queue.put((self._guarded(fn), future, _name_of(fn)))
 
     def every(self, period: float, fn: Callable[[], Any]) -> None:
-        """Run ``fn`` on the device's thread every ``period`` seconds until the device stops."""
-        what = f"timer {_name_of(fn)}"
+        """Run ``fn`` on the device's thread every ``period`` seconds until the device stops.
 
-        def tick() -> None:
-            next_t = time.monotonic()
-            while not self._stopping.is_set():
-                next_t += period
-                delay = next_t - time.monotonic()
-                if delay < 0:  # fell behind: skip, do not burst
-                    next_t = time.monotonic()
-                    delay = 0
-                if self._stopping.wait(delay):
-                    return
-                done: concurrent.futures.Future = concurrent.futures.Future()
-                self._queue.put((self._guarded(fn), done, what))
-                try:
-                    done.result()
-                except Exception:  # noqa: BLE001, S110 - reported by _guarded (state ERROR)
-                    pass
-
-        t = threading.Thread(target=tick, name=f"timer:{self.device_id}", daemon=True)
-        t.start()
-        self._timers.append(t)
+        The device's thread runs it when it is due (no thread of its own: a timer costs no
+        thread switch).  A call that fell behind is not repeated to catch up.
+        """
+        timer = _Timer(
+            time.monotonic() + period, period, self._guarded(fn), f"timer {_name_of(fn)}"
+        )
+        if self._worker is None or threading.get_ident() == self._worker_ident:
+            self._timer_list.append(timer)
+        else:  # the list belongs to the device's thread (which then also sees the new deadline)
+            self.post(lambda: self._timer_list.append(timer))
 
     # ------------------------------------------------------------ hooks for subclasses
     def initialize(self) -> None:
@@ -1078,12 +1061,24 @@ class Device:
 
     def _idle_deadline(self) -> float | None:
         """Monotonic time at which the worker has work of its own (None: only queued jobs)."""
-        return self._flush_at if self._dirty else None
+        due = self._flush_at if self._dirty else None
+        for timer in self._timer_list:
+            if due is None or timer.due < due:
+                due = timer.due
+        return due
 
     def _idle_work(self, now: float) -> None:
         """The worker's own work, run when :meth:`_idle_deadline` has passed."""
+        self._run_due_timers(now)
         if self._dirty and now >= self._flush_at:
             self._flush_changes()
+
+    def _run_due_timers(self, now: float) -> None:
+        for timer in self._timer_list:
+            if timer.due <= now and not self._stopping.is_set():
+                self._run_job(timer.fn, None, timer.what)  # errors: state ERROR (_guarded)
+                # fell behind: skip, do not burst
+                timer.due = max(timer.due + timer.period, time.monotonic())
 
     def _work(self) -> None:
         self._worker_ident = threading.get_ident()
@@ -1094,8 +1089,13 @@ class Device:
                 if due is None:
                     job = get()
                 else:
-                    wait = due - time.monotonic()
-                    job = get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                    now = time.monotonic()
+                    if due > now:
+                        job = get(timeout=due - now)
+                    else:
+                        job = self._queue.get_nowait()
+                        # Jobs keep coming: due timers still run, before the next job.
+                        self._run_due_timers(now)
             except queue.Empty:
                 self._idle_work(time.monotonic())
                 continue
@@ -1132,29 +1132,37 @@ class Device:
             if self._dirty and time.monotonic() >= self._flush_at:
                 self._flush_changes()
 
-    def _read_input(self, name: str, channel: InputChannel) -> None:
-        while not self._stopping.is_set():
-            try:
-                item = channel.get(timeout=0.5)
-            except TimeoutError:
-                continue
-            except Exception:
-                if self._stopping.is_set():
-                    return
-                raise
+    def _queue_take(self, name: str, channel: InputChannel) -> None:
+        """Queue a turn of input ``name`` on the device's thread (see :meth:`_take_input`)."""
+        if not self._stopping.is_set():
+            job = functools.partial(self._take_input, name, channel)
+            self._queue.put((job, concurrent.futures.Future(), f"input {name!r}"))
+
+    def _take_input(self, name: str, channel: InputChannel) -> None:
+        """One train (or end-of-stream) of input ``name``, on the device's thread.
+
+        The channel calls :meth:`_queue_take` when a train arrives and no turn is queued; a
+        turn that processed a train frees its credit and queues the next turn, behind what
+        was queued meanwhile (property sets, timers, other inputs), until the channel is empty.
+        An error of the hook puts the device in ERROR (``_guarded``); the input goes on.
+        """
+        if self._stopping.is_set():
+            return
+        item = channel.take()
+        if item is None:
+            return
+        try:
             if isinstance(item, EndOfStream):
-                job = self._guarded(lambda: self._end_of_input(name))
-                what: str | Callable[[], str] = f"on_eos({name!r})"
+                self._busy_what = f"on_eos({name!r})"
+                self._guarded(lambda: self._end_of_input(name))()
             else:
-                job = self._guarded(lambda item=item: self._data(item.data, item.meta, name))
-                what = functools.partial(_describe_data, item.meta, name)
-            future: concurrent.futures.Future = concurrent.futures.Future()
-            self._queue.put((job, future, what))
-            try:
-                future.result()
-            except Exception:  # noqa: BLE001, S110 - reported by _guarded (state ERROR)
-                pass
-        channel.release()
+                self._busy_what = functools.partial(_describe_data, item.meta, name)
+                self._guarded(lambda: self._data(item.data, item.meta, name))()
+        except Exception:  # noqa: BLE001, S110 - reported by _guarded (state ERROR)
+            pass
+        finally:
+            channel.release()
+            self._queue_take(name, channel)
 
     def _data(self, data: dict, meta: dict, name: str) -> None:
         self.count("trainsIn")
@@ -1164,6 +1172,16 @@ class Device:
     def _end_of_input(self, name: str) -> None:
         self._ended_inputs.add(name)
         self.on_eos(name)
+
+
+@dataclasses.dataclass
+class _Timer:
+    """A call of :meth:`Device.every`: when it is due next, its period, the call, its name."""
+
+    due: float
+    period: float
+    fn: Callable[[], Any]
+    what: str
 
 
 def _describe_data(meta: dict, name: str) -> str:
