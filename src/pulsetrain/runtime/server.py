@@ -102,6 +102,7 @@ class DeviceServer:
         self.events_endpoint = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self._replies: queue.SimpleQueue = queue.SimpleQueue()
         self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._events_announced = False  # a wake for the events queued is on its way
         wake = f"inproc://pt-server-wake-{id(self)}"
         self._wake_r = self._ctx.socket(zmq.PAIR)
         self._wake_r.bind(wake)
@@ -264,7 +265,9 @@ class DeviceServer:
 
     def _on_change(self, device_id: str, key: str, value: Any) -> None:
         self._events.put((device_id, key, value, time.time()))
-        self._wake()
+        if not self._events_announced:  # one wake for a burst of changes (a device's flush)
+            self._events_announced = True
+            self._wake()
 
     # ------------------------------------------------------------ running
     def start(self) -> DeviceServer:
@@ -345,6 +348,7 @@ class DeviceServer:
             pass
 
     def _publish_events(self) -> None:
+        self._events_announced = False  # before taking: a change put from now on wakes again
         for _ in range(10000):
             try:
                 device_id, key, value, t = self._events.get_nowait()
