@@ -1,9 +1,9 @@
 """Benchmark: the live GUI's cost to the pipeline, and Bokeh against a hand-written canvas page.
 
 One run, on the demo topology of ``examples/scenes/gui-topology.toml`` (simulated AGIPD-1M,
-16 modules, 4 pulses per train at 10 Hz -> TrainMatcher -> PreviewAssembler on one server, and
-the analysis devices — ROIs, pixel histogram, average, correlator — on a second), measured side
-by side:
+16 modules, 4 pulses per train at 10 Hz -> 16 corrections -> TrainMatcher on one server, the
+analysis devices — ROIs, pixel histogram, average, correlator — on a second, the
+PreviewAssembler for the displays on a third), measured side by side:
 
 1. **Pipeline train rate with and without the GUI attached.**  Windows alternate between
    "no GUI" (no GUI process, no browser) and "GUI" (``pulsetrain gui`` in its own process with
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for k, rect in enumerate(ROIS, 1):
             sup.set(ROI, f"roi{k}", rect)
         server = psutil.Process(sup.pid("pipeline"))
-        servers = [server, psutil.Process(sup.pid("analysis"))]
+        servers = [server, psutil.Process(sup.pid("analysis")), psutil.Process(sup.pid("display"))]
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         # ---------------------------------------------------------------- 1. rate
         _rates(sup, min(window, 10.0))  # warm-up window, not counted
@@ -409,7 +409,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         except PlaywrightTimeout:  # measured as it is: a slow page is a result
                             print("  a page did not reach 20 images within 60 s", flush=True)
                 time.sleep(settle)  # let the pipeline reach its steady state (backlog, latency)
-                groups = {"pipeline": [servers[0]], "analysis": [servers[1]]}
+                groups = {
+                    "pipeline": [servers[0]],
+                    "analysis": [servers[1]],
+                    "display": [servers[2]],
+                }
                 if gui is not None:
                     groups["gui"] = [gui.ps]
                     groups["chromium"] = _chromium_procs()
@@ -491,7 +495,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )
         for key, label in (
             ("pipeline", "pipeline server CPU (detector, corrections, matcher)"),
-            ("analysis", "analysis server CPU (preview, ROI, histogram, average, correlation)"),
+            ("analysis", "analysis server CPU (ROI, histogram, average, correlation)"),
+            ("display", "display server CPU (preview)"),
             ("gui", "GUI server CPU (2 detector pages)"),
             ("chromium", "chromium CPU (2 detector pages)"),
         ):
