@@ -3,12 +3,16 @@
 For each signal, sent while the detector runs (and SIGTERM also while the servers start): the
 demo exits with 128 + the signal number after printing a summary of what it did, and within
 10 s no process it started is left and no shared-memory segment of those processes.
+
+The demos start from a copy of one catalogue with the simulator's constants (stored once for
+the module), so each test spends its time on the servers, not on storing the same constants.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +26,27 @@ from pulsetrain.runtime.topology import free_port
 from waiting import wait_until
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stored_constants(tmp_path_factory):
+    """A demo data directory holding only the catalogue with the demo's constants."""
+    from pulsetrain.demo import DemoOptions, prepare_catalog
+
+    path = tmp_path_factory.mktemp("demo-constants")
+    opts = DemoOptions(data_dir=path)  # the defaults of `pulsetrain demo`
+    prepare_catalog(opts, f"sqlite:///{path / 'catalog.sqlite'}", lambda line: None)
+    return path
+
+
+@pytest.fixture
+def data_dir(tmp_path, stored_constants):
+    """A fresh data directory with a copy of the stored catalogue (constant files linked)."""
+    path = tmp_path / "demo"
+    shutil.copytree(stored_constants, path, copy_function=os.link)
+    (path / "catalog.sqlite").unlink()  # the catalogue itself is copied, not linked
+    shutil.copy2(stored_constants / "catalog.sqlite", path / "catalog.sqlite")
+    return path
 
 
 class _Demo:
@@ -85,6 +110,7 @@ def _segments(pids: list[int]) -> list[str]:
 
 
 def _stop_and_check(demo: _Demo, sig: int) -> None:
+    assert "constants: all 16 modules already in the catalogue" in demo.text, demo.text[:2000]
     children = demo.processes()
     assert children, "the demo has no server processes"
     pids = [demo.proc.pid] + [p.pid for p in children]
@@ -113,8 +139,8 @@ def _stop_and_check(demo: _Demo, sig: int) -> None:
 @pytest.mark.parametrize(
     "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name
 )
-def test_signal_while_the_detector_runs(tmp_path, sig):
-    demo = _Demo(tmp_path / "demo")
+def test_signal_while_the_detector_runs(data_dir, sig):
+    demo = _Demo(data_dir)
     try:
         demo.wait_for_line("first corrected train after", timeout=400)
         _stop_and_check(demo, sig)
@@ -128,8 +154,8 @@ def test_signal_while_the_detector_runs(tmp_path, sig):
 
 
 @pytest.mark.timeout(600)
-def test_sigterm_while_the_servers_start(tmp_path):
-    demo = _Demo(tmp_path / "demo")
+def test_sigterm_while_the_servers_start(data_dir):
+    demo = _Demo(data_dir)
     try:
         demo.wait_for_line("servers: starting", timeout=300)
         wait_until(
