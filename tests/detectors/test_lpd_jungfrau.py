@@ -8,6 +8,7 @@ deposited energy.  The numba kernel must equal the numpy reference bit for bit.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
 import pytest
@@ -226,3 +227,20 @@ def test_geometry_and_sources(name):
     # and the momentum transfer it gives is the simulator's (where its water ring is)
     q = geom.replace(distance_m=sim.detector_distance_m).radial_map("q_A^-1", 9.3)
     np.testing.assert_allclose(q[1], sim.q_map(1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_dark_analysis_median_is_numpys_nanmedian(dtype):
+    from pulsetrain.detectors._gainbits import _nanmedian_last
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(3, 40, 6, 33)).astype(dtype)
+    a[rng.random(a.shape) < 0.3] = np.nan
+    a[0, 1] = np.nan  # rows with no number at all
+    a[1, 2, :, 1:] = np.nan  # rows with one number
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice"
+        expected = np.nanmedian(a, axis=-1)
+    got = _nanmedian_last(a)
+    assert got.dtype == expected.dtype
+    assert np.array_equal(got, expected, equal_nan=True)
