@@ -66,13 +66,6 @@ DETECTOR_PIXEL_MM = 0.2
 #: Seconds without an acknowledgement from the browser after which images are sent anyway.
 ACK_TIMEOUT = 2.0
 
-#: Seconds between two updates of the status line and of the colour bar's limits while images
-#: flow (each is a re-render in the browser, beside the image's own drawing: at the train rate
-#: on two pages they cost more than the images).  The colour bar follows at once a change of
-#: its limits by more than LEVELS_JUMP of its range.  The image itself is never held back.
-STATUS_INTERVAL = 0.5
-LEVELS_JUMP = 0.02
-
 #: Rectangles an ROI device has (``roi1`` .. ``roi4``) and their colours.
 ROI_COLOURS = ("#e6194b", "#f58231", "#ffe119", "#3cb44b")
 
@@ -191,8 +184,6 @@ class DetectorImagePanel(PanelBase):
         self.status_time = 0.0
         self.sent = self.acked = 0
         self.sent_at = self.acked_at = 0.0
-        self._status_at = self._levels_at = 0.0
-        self._status_paused: bool | None = None
         self.geometry: dict[str, Any] = {}
         self.geometry_key: tuple | None = None
         self.map_version: Any = None
@@ -929,12 +920,7 @@ class DetectorImagePanel(PanelBase):
             self.bar_mapper = wanted(palette=self.bar_mapper.palette, low=vmin, high=vmax)
             self.bar.color_mapper = self.bar_mapper
         elif (self.bar_mapper.low, self.bar_mapper.high) != (vmin, vmax):
-            low, high = self.bar_mapper.low, self.bar_mapper.high
-            jump = abs(vmin - low) + abs(vmax - high) > LEVELS_JUMP * abs(high - low)
-            now = time.monotonic()
-            if jump or now - self._levels_at >= STATUS_INTERVAL:
-                self._levels_at = now
-                self.bar_mapper.update(low=vmin, high=vmax)
+            self.bar_mapper.update(low=vmin, high=vmax)
         title = unit or "value"
         if self.bar.title != title:
             self.bar.title = title
@@ -942,10 +928,6 @@ class DetectorImagePanel(PanelBase):
     def _update_status(
         self, frame: TapFrame, values: dict, pulse: int, n: int, pid: int, cid: int
     ) -> None:
-        now = time.monotonic()
-        if now - self._status_at < STATUS_INTERVAL and self.paused == self._status_paused:
-            return
-        self._status_at, self._status_paused = now, self.paused
         rate = (
             (len(self.pushes) - 1) / (self.pushes[-1] - self.pushes[0])
             if len(self.pushes) > 2
