@@ -379,8 +379,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         _wait(lambda: sup.get(MATCHER, "matchedTrains") >= 20, 180, "corrected trains flowing")
         for k, rect in enumerate(ROIS, 1):
             sup.set(ROI, f"roi{k}", rect)
-        server = psutil.Process(sup.pid("pipeline"))
-        servers = [server, psutil.Process(sup.pid("analysis")), psutil.Process(sup.pid("display"))]
+        servers = {
+            name: psutil.Process(sup.pid(name)) for name in ("pipeline", "analysis", "display")
+        }
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         # ---------------------------------------------------------------- 1. rate
         _rates(sup, min(window, 10.0))  # warm-up window, not counted
@@ -409,11 +410,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         except PlaywrightTimeout:  # measured as it is: a slow page is a result
                             print("  a page did not reach 20 images within 60 s", flush=True)
                 time.sleep(settle)  # let the pipeline reach its steady state (backlog, latency)
-                groups = {
-                    "pipeline": [servers[0]],
-                    "analysis": [servers[1]],
-                    "display": [servers[2]],
-                }
+                groups = {name: [proc] for name, proc in servers.items()}
                 if gui is not None:
                     groups["gui"] = [gui.ps]
                     groups["chromium"] = _chromium_procs()
