@@ -22,7 +22,6 @@ module.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -100,7 +99,7 @@ class DeviceHarness:
             class_name = register_device_class(device_class, qualified)
             cls = device_class
         self.device_id = device_id
-        self.token = secrets.token_urlsafe(16)
+        self.token = control.new_token()
         self.server = DeviceServer(
             f"harness-{device_id}", token=self.token, request_timeout=request_timeout
         ).start()

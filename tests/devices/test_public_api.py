@@ -320,7 +320,11 @@ def test_a_start_whose_output_cannot_bind_leaves_no_thread_or_port():
     finally:
         taken.close()
     assert not [t for t in threading.enumerate() if t.name == "dev:TEST/TWO/OUTPUTS"]
-    again = socket.socket()  # the first output's port was released
+    # The first output's port was released: no socket listens on it when start() has returned.
+    # SO_REUSEADDR (as every server sets it) so that a connection some other test's input made
+    # to this port number, now in TIME_WAIT, does not count as the port being held.
+    again = socket.socket()
+    again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         again.bind(("127.0.0.1", first))
     finally:

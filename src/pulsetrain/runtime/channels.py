@@ -59,6 +59,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from pulsetrain import protocol
 from pulsetrain.errors import ChannelError, ConfigurationError, ProtocolError
@@ -216,6 +217,37 @@ def bind_retrying(sock: zmq.Socket, endpoint: str, retry: float) -> None:
         delay = min(delay * 2, 0.2)
 
 
+def unbind_released(sock: zmq.Socket, endpoints: list[str], timeout: float = 1.0) -> None:
+    """Unbind ``endpoints`` and wait until ZeroMQ closed their listening sockets.
+
+    ZeroMQ closes a listener on its I/O thread, after ``close()`` or ``unbind()`` returned: a
+    caller that binds the same address right away (a restarted device, a test) could find it
+    still taken. The socket monitor reports each listener's close; this waits for them (at most
+    ``timeout`` seconds). Connections already made stay, so queued messages are still sent.
+    """
+    waiting = {ep for ep in endpoints if ep.startswith(("tcp://", "ipc://"))}
+    if not waiting:
+        return
+    monitor = sock.get_monitor_socket(zmq.EVENT_CLOSED)
+    try:
+        for ep in list(waiting):
+            try:
+                sock.unbind(ep)
+            except zmq.ZMQError:  # not bound (any more): nothing to wait for
+                waiting.discard(ep)
+        deadline = time.monotonic() + timeout
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0 or not monitor.poll(int(left * 1000) + 1):
+                log.debug("listeners %s not reported closed within %.1f s", waiting, timeout)
+                break
+            event = recv_monitor_message(monitor)
+            waiting.discard(event["endpoint"].decode(errors="replace"))
+    finally:
+        sock.disable_monitor()
+        monitor.close(0)
+
+
 @dataclasses.dataclass
 class _Pending:
     frames: list | None  # None = end of stream
@@ -354,6 +386,7 @@ class OutputChannel:
                 bind_retrying(self._router, ep, bind_retry)
                 self.endpoints.append(self._router.getsockopt_string(zmq.LAST_ENDPOINT))
         except zmq.ZMQError as exc:
+            unbind_released(self._router, self.endpoints)
             self._router.close(0)
             raise ChannelError(f"output {name}: cannot bind {bind!r}: {exc}") from exc
         # The channel's thread sleeps on the socket's file descriptor, not in zmq_poll on the
@@ -491,7 +524,9 @@ class OutputChannel:
             pending.done.set()
         self._wake_writer()
         with self._lock:  # a writer may still be using the socket
-            # ZeroMQ still sends what is queued (the last trains' bytes) for up to the linger.
+            # The address is free when close() returns (a restart may bind it at once); ZeroMQ
+            # still sends what is queued (the last trains' bytes) for up to the linger.
+            unbind_released(self._router, self.endpoints)
             self._router.close(int(max(0.0, deadline - time.monotonic()) * 1000))
             for fd in (self._writer_wake_r, self._writer_wake_w):
                 os.close(fd)

@@ -81,8 +81,15 @@ def unpack(buf: Any) -> Any:
 
 
 def new_token() -> str:
-    """A fresh random control token."""
-    return secrets.token_urlsafe(24)
+    """A fresh random control token.
+
+    Never one starting with ``-``: the command line (``ctl ... --token TOKEN``) would read that
+    as an option, and one in 64 tokens would fail as a user types it.
+    """
+    while True:
+        token = secrets.token_urlsafe(24)
+        if not token.startswith("-"):
+            return token
 
 
 def token_from_env(default: str | None = None) -> str | None:
