@@ -265,25 +265,32 @@ def test_slider_shows_the_chosen_pulse(gui, page, collector):
 
 #: The canvas under the image figure's frame: its pixels, where the frame is, and the image's
 #: place in it (data coordinates 0..dw, 0..dh to canvas pixels).
-CANVAS_JS = """() => {
+CANVAS_JS = """async () => {
   const p = window.pulsetrain.imagePanels[0];
   const f = p.view.frame, b = f.bbox, c = p.canvas;
-  const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  const shot = await p.snapshot();  // from the worker that draws on the canvas
+  const px = shot.rgba;
   let text = '';
   for (let i = 0; i < px.length; i += 8192) {
     text += String.fromCharCode.apply(null, px.subarray(i, i + 8192));
   }
   const d = p.image;
-  return {width: c.width, height: c.height, rgba: btoa(text), colours: p.info.colours,
+  return {width: shot.width, height: shot.height, rgba: btoa(text), colours: p.info.colours,
+          worker: p.worker !== null,
           left: c.getBoundingClientRect().left - p.view.canvas_view.el.getBoundingClientRect().left,
           frame_left: b.left, x0: f.x_scale.compute(0) - b.left, x1: f.x_scale.compute(d.dw) - b.left,
           y0: f.y_scale.compute(0) - b.top, y1: f.y_scale.compute(d.dh) - b.top};
 }"""
 
 
-def test_canvas_shows_the_image_in_its_colours(gui, page):
+@pytest.mark.parametrize("worker", [True, False], ids=["worker", "main-thread"])
+def test_canvas_shows_the_image_in_its_colours(gui, page, worker):
     """What reaches the screen: every canvas pixel has the palette colour of the image pixel under
-    it (level 0, no detector pixel, in the gap colour), and the canvas sits on the figure's frame."""
+    it (level 0, no detector pixel, in the gap colour), and the canvas sits on the figure's frame.
+    Drawn by a worker (Chromium), and on the main thread where a browser cannot give a canvas
+    to a worker."""
+    if not worker:
+        page.add_init_script("delete HTMLCanvasElement.prototype.transferControlToOffscreen;")
     open_scene(page, gui["live"])
     page.wait_for_function("window.pulsetrain && window.pulsetrain.total >= 2", timeout=60000)
     page.locator(".pt-pause").click()  # a still image: the canvas and the image agree
@@ -297,6 +304,7 @@ def test_canvas_shows_the_image_in_its_colours(gui, page):
     canvas = page.evaluate(CANVAS_JS)
     levels = shown_image(shown)
     h, w = levels.shape
+    assert canvas["worker"] is worker
     assert canvas["left"] == pytest.approx(canvas["frame_left"], abs=1)
     rgba = np.frombuffer(base64.b64decode(canvas["rgba"]), np.uint8).reshape(
         canvas["height"], canvas["width"], 4

@@ -498,12 +498,17 @@ def _page_template(columns: int) -> Any:
 
 
 def _image_script(channels: list[dict[str, Any]]) -> str:
-    """The page's image channels and the script that draws them (``static/image.js``)."""
+    """The page's image channels and the scripts that draw them (``static/image*.js``)."""
     if not channels:
         return ""
     names = json.dumps(channels).replace("</", "<\\/")
+    render = (STATIC_DIR / "image-render.js").read_text()
+    source = json.dumps(render).replace("</", "<\\/")  # the worker is made from this text
     return (
         f"<script>window.ptImageChannels = {names};\n"
+        f"window.ptImageRenderSource = {source};\n"
+        + render
+        + "\n"
         + (STATIC_DIR / "image.js").read_text()
         + "</script>"
     )

@@ -4,8 +4,13 @@ Why not a Bokeh data source: every change of a figure's data makes BokehJS apply
 and repaint the whole figure — axes, tick labels (measured with the page's text styles), the
 overlays — and often lay it out again.  Profiled in Chromium at 10 images per second, that was
 ~85 % of a detector page's time; colour-mapping and drawing the pixels was ~1 %.  So the image
-travels on a WebSocket of its own as raw bytes and is drawn by ``static/image.js`` on a canvas
-placed *under* the Bokeh figure's frame (the figure's background is transparent).  The figure
+travels on a WebSocket of its own as raw bytes and is drawn on a canvas placed *under* the
+Bokeh figure's frame (the figure's background is transparent).  The page hands that canvas to a
+Web Worker (``static/image-render.js``; ``static/image.js`` places it), which receives,
+colour-maps, draws and acknowledges each image on a thread of its own: while BokehJS keeps the
+page's main thread busy redrawing trends and histograms, images still reach the screen (with
+two analysis pages on 2 cores, the slower page got 6-9 images a second when the main thread
+drew them).  The figure
 keeps what it is good at and repaints only when they change: axes in mm or pixels, the beam
 centre, q rings, ROI boxes drawn with the mouse, zoom and pan, and the hover read-out (which
 reads the values of the image on the canvas).

@@ -1,8 +1,11 @@
 // pulsetrain: detector images drawn on a canvas under each image panel's Bokeh figure.
 // The images come on a WebSocket of their own (see pulsetrain/gui/imagestream.py for the
-// message layout and why); this script colour-maps them with a 256-entry table, draws them
-// where the figure's frame is (following its zoom and pan), keeps the last one for the hover
-// read-out and the tests (window.pulsetrain.images[key]) and acknowledges each image drawn.
+// message layout and why).  Each panel's canvas is handed to a Web Worker (image-render.js)
+// that receives, colour-maps, draws and acknowledges the images by itself, so that they keep
+// reaching the screen while BokehJS keeps the page's main thread busy.  This script finds
+// where the figure's frame is (following zoom, pan and layout) and tells the worker, keeps the
+// last image for the hover read-out and the tests (window.pulsetrain.images[key]) and counts
+// the images drawn (window.pulsetrain.frames).
 (function () {
   "use strict";
   const channels = window.ptImageChannels || [];
@@ -10,7 +13,6 @@
   pt.frames = pt.frames || {};
   pt.images = pt.images || {};
   const base = (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
-  const decoder = new TextDecoder();
 
   function rgba(hex) {
     const v = parseInt(hex.slice(1, 7), 16);
@@ -18,61 +20,84 @@
     return ((255 << 24) | (b << 16) | (g << 8) | r) >>> 0; // little-endian RGBA in a Uint32
   }
 
+  // The renderer's worker, from the source of ptImageRenderer (image-render.js, on this page).
+  let workerUrl = null;
+  function makeWorker() {
+    if (typeof Worker === "undefined" || typeof OffscreenCanvas === "undefined" ||
+        !HTMLCanvasElement.prototype.transferControlToOffscreen) { return null; }
+    try {
+      if (workerUrl === null) {
+        const source = window.ptImageRenderSource;
+        workerUrl = URL.createObjectURL(new Blob([source], { type: "text/javascript" }));
+      }
+      return new Worker(workerUrl);
+    } catch (err) {
+      console.info("pulsetrain: images drawn on the main thread (" + err + ")");
+      return null;
+    }
+  }
+
   function Panel(info) {
     this.info = info;
-    this.lut = new Uint32Array(info.colours.map(rgba));
-    this.off = document.createElement("canvas"); // the image at its own resolution
-    this.octx = this.off.getContext("2d");
-    this.pixels = null;
+    const lut = new Uint32Array(info.colours.map(rgba));
+    const url = base + info.path + "?c=" + encodeURIComponent(info.token);
     this.canvas = document.createElement("canvas"); // on the page, under the figure's frame
     this.canvas.className = "pt-image-canvas";
     this.canvas.style.position = "absolute";
     this.canvas.style.pointerEvents = "none";
     this.view = null;
-    this.image = null;
+    this.image = null; // the last image's metadata, levels and values
     this.counted = true;
-    this.scheduled = false;
-    this.retries = 0;
     this.waiting = false;
-    this.connect();
+    this.placed = null; // the placement last sent (as JSON)
+    this.snapshots = {};
+    this.worker = makeWorker();
+    if (this.worker !== null) {
+      const off = this.canvas.transferControlToOffscreen();
+      this.worker.onmessage = (ev) => this.message(ev.data);
+      this.worker.postMessage({ type: "init", canvas: off, lut: lut, url: url }, [off]);
+      this.renderer = null;
+    } else {
+      const Renderer = ptImageRenderer();
+      this.renderer = new Renderer(this.canvas, lut, url, (msg) => this.message(msg));
+    }
   }
 
-  Panel.prototype.connect = function () {
-    const ws = new WebSocket(base + this.info.path + "?c=" + encodeURIComponent(this.info.token));
-    ws.binaryType = "arraybuffer";
-    ws.onopen = () => { this.retries = 0; };
-    ws.onmessage = (ev) => this.received(ev.data, ws);
-    ws.onclose = (ev) => {
-      if (ev.code === 4404 || ev.code === 4000) { return; } // page gone, or a newer connection
-      this.retries += 1;
-      setTimeout(() => this.connect(), Math.min(5000, 250 * this.retries));
-    };
-  };
-
-  Panel.prototype.received = function (buffer, ws) {
-    const n = new DataView(buffer).getUint32(0, true);
-    const meta = JSON.parse(decoder.decode(new Uint8Array(buffer, 4, n)));
-    const size = meta.h * meta.w;
-    meta.levels = new Uint8Array(buffer, meta.levels_at, size);
-    meta.values = meta.values_at == null ? null : new Float32Array(buffer, meta.values_at, size);
-    this.colour(meta);
-    this.image = meta;
-    pt.images[this.info.key] = meta;
-    this.counted = false;
-    this.draw();
-    if (ws.readyState === WebSocket.OPEN) { ws.send(JSON.stringify({ ack: meta.push })); }
-  };
-
-  Panel.prototype.colour = function (meta) {
-    if (this.off.width !== meta.w || this.off.height !== meta.h || this.pixels === null) {
-      this.off.width = meta.w;
-      this.off.height = meta.h;
-      this.pixels = this.octx.createImageData(meta.w, meta.h);
+  Panel.prototype.message = function (m) {
+    if (m.type === "image") {
+      this.image = m.meta;
+      pt.images[this.info.key] = m.meta;
+      this.counted = false;
+      if (m.drawn) { this.counts(); }
+      this.schedule();
+    } else if (m.type === "drawn") {
+      if (this.image !== null && this.image.push === m.push) { this.counts(); }
+    } else if (m.type === "snapshot") {
+      const done = this.snapshots[m.id];
+      delete this.snapshots[m.id];
+      if (done) { done(m); }
     }
-    const out = new Uint32Array(this.pixels.data.buffer);
-    const lut = this.lut, px = meta.levels;
-    for (let i = 0; i < px.length; i++) { out[i] = lut[px[i]]; }
-    this.octx.putImageData(this.pixels, 0, 0);
+  };
+
+  Panel.prototype.place = function (placement) {
+    const key = JSON.stringify(placement);
+    if (key === this.placed) { return; }
+    this.placed = key;
+    if (this.worker !== null) {
+      this.worker.postMessage({ type: "place", placement: placement });
+    } else {
+      this.renderer.place(placement);
+    }
+  };
+
+  // What the canvas shows: a promise of {width, height, rgba} (for tests).
+  Panel.prototype.snapshot = function () {
+    if (this.worker === null) { return Promise.resolve(this.renderer.snapshot()); }
+    const id = Math.random().toString(36).slice(2);
+    return new Promise((resolve) => {
+      this.snapshots[id] = resolve;
+      this.worker.postMessage({ type: "snapshot", id: id });
+    });
   };
 
   // Find the figure's view once BokehJS has drawn it; put the canvas under its frame.
@@ -85,6 +110,7 @@
     if (!view || !view.canvas_view || !view.frame) { return false; }
     this.view = view;
     this.canvas.style.position = "absolute";
+    this.canvas.style.display = "";
     view.canvas_view.underlays_el.appendChild(this.canvas);
     const again = () => this.schedule();
     model.x_range.change.connect(again);
@@ -96,39 +122,39 @@
   Panel.prototype.schedule = function () {
     if (this.scheduled) { return; }
     this.scheduled = true;
-    requestAnimationFrame(() => { this.scheduled = false; this.draw(); });
+    requestAnimationFrame(() => { this.scheduled = false; this.layout(); });
   };
 
-  Panel.prototype.draw = function () {
+  // Tell the renderer where the image goes (it draws every image there by itself).
+  Panel.prototype.layout = function () {
     const meta = this.image;
     if (meta === null) { return; }
     if (!this.attach()) { // the figure is not built yet: show the image in its place meanwhile
-      if (this.early()) { this.counts(); }
+      this.early();
       if (!this.waiting) {
         this.waiting = true;
-        setTimeout(() => { this.waiting = false; this.draw(); }, 50);
+        setTimeout(() => { this.waiting = false; this.layout(); }, 50);
       }
       return;
     }
     const frame = this.view.frame, bbox = frame.bbox;
     const c = this.canvas, ratio = window.devicePixelRatio || 1;
-    const W = Math.max(1, Math.round(bbox.width * ratio)), H = Math.max(1, Math.round(bbox.height * ratio));
-    if (c.width !== W || c.height !== H) { c.width = W; c.height = H; }
     const box = [bbox.left, bbox.top, bbox.width, bbox.height].map((v) => v + "px");
     if (c.style.left !== box[0]) { c.style.left = box[0]; }
     if (c.style.top !== box[1]) { c.style.top = box[1]; }
     if (c.style.width !== box[2]) { c.style.width = box[2]; }
     if (c.style.height !== box[3]) { c.style.height = box[3]; }
-    const ctx = c.getContext("2d");
-    ctx.setTransform(1, 0, 0, 1, 0, 0);
-    ctx.clearRect(0, 0, W, H);
-    // data coordinates (full-resolution pixels, dw x dh) to the frame's pixels
-    const x0 = frame.x_scale.compute(0) - bbox.left, x1 = frame.x_scale.compute(meta.dw) - bbox.left;
-    const y0 = frame.y_scale.compute(0) - bbox.top, y1 = frame.y_scale.compute(meta.dh) - bbox.top;
-    ctx.imageSmoothingEnabled = false;
-    ctx.setTransform((ratio * (x1 - x0)) / meta.w, 0, 0, (ratio * (y1 - y0)) / meta.h, ratio * x0, ratio * y0);
-    ctx.drawImage(this.off, 0, 0);
-    this.counts();
+    // data coordinates (full-resolution pixels, dw x dh) to the frame's CSS pixels
+    this.place({
+      mode: "frame",
+      W: Math.max(1, Math.round(bbox.width * ratio)),
+      H: Math.max(1, Math.round(bbox.height * ratio)),
+      ratio: ratio,
+      x0: frame.x_scale.compute(0) - bbox.left,
+      x1: frame.x_scale.compute(meta.dw) - bbox.left,
+      y0: frame.y_scale.compute(0) - bbox.top,
+      y1: frame.y_scale.compute(meta.dh) - bbox.top,
+    });
   };
 
   Panel.prototype.counts = function () {
@@ -144,24 +170,16 @@
   // top of its panel's place, in the figure's size, without axes.
   Panel.prototype.early = function () {
     const cell = document.querySelector('.pt-cell[data-root="' + this.info.root + '"]');
-    const meta = this.image;
-    if (!cell || meta === null) { return false; }
+    if (!cell) { return; }
     const c = this.canvas;
     if (c.parentNode !== cell) {
       c.style.position = "static";
       c.style.display = "block";
+      c.style.width = "";
+      c.style.height = "";
       cell.prepend(c);
     }
-    const scale = Math.min(this.info.size[0] / meta.w, this.info.size[1] / meta.h);
-    const w = Math.max(1, Math.round(meta.w * scale)), h = Math.max(1, Math.round(meta.h * scale));
-    if (c.width !== w || c.height !== h) { c.width = w; c.height = h; }
-    c.style.width = w + "px";
-    c.style.height = h + "px";
-    const ctx = c.getContext("2d");
-    ctx.setTransform(1, 0, 0, 1, 0, 0);
-    ctx.imageSmoothingEnabled = false;
-    ctx.drawImage(this.off, 0, 0, w, h);
-    return true;
+    this.place({ mode: "early", size: this.info.size });
   };
 
   // The figure's frame moves when the layout changes (axis labels, window size): follow it.
@@ -171,6 +189,7 @@
       const b = p.view.frame.bbox, s = p.canvas.style;
       if (s.left !== b.left + "px" || s.top !== b.top + "px" || s.width !== b.width + "px" ||
           s.height !== b.height + "px") { p.schedule(); }
+      else if (window.devicePixelRatio !== p.ratio) { p.ratio = window.devicePixelRatio; p.schedule(); }
     }
   }, 500);
 
