@@ -8,7 +8,9 @@ import h5py
 import numpy as np
 from bokeh import palettes
 
-from pulsetrain.gui.base import axis_limits
+from bokeh.models import Range1d
+
+from pulsetrain.gui.base import axis_limits, follow_range
 from pulsetrain.gui.export import frame_hdf5, frame_png
 from pulsetrain.gui.image import rect_from_box
 
@@ -20,6 +22,23 @@ def test_axis_limits_show_small_and_flat_values():
     assert axis_limits(0.0, 0.0) == (-1.0, 1.0)
     lo, hi = axis_limits(1e-9, 3e-9)
     assert lo < 1e-9 and 3e-9 < hi and hi - lo < 1e-8
+
+
+def test_a_growing_axis_moves_now_and_then_and_always_shows_the_data():
+    rng = Range1d(0, 1)
+    changes = 0
+    t0 = 1_000_000.0
+    for second in range(1, 601):  # a trend of the last 300 s, one update a second
+        first, last = t0 + max(0, second - 300), t0 + second
+        before = (rng.start, rng.end)
+        follow_range(rng, first, last)
+        changes += (rng.start, rng.end) != before
+        assert rng.start <= first and last <= rng.end  # every point on the axis
+        assert last - first >= 0.6 * (rng.end - rng.start) or second < 2  # and filling it
+    assert 10 <= changes <= 60  # not once per update (600)
+    # data that jump back (a new run) refit at once
+    follow_range(rng, 5.0, 50.0)
+    assert rng.start == 5.0 and 50.0 <= rng.end <= 60.0
 
 
 def test_rect_from_box_rounds_and_clips():

@@ -129,8 +129,10 @@ class RegionGather:
         out = np.full((n, h * w), np.nan, dtype=np.float32)
         for m, pos, ss, fs in self._parts:
             arr = modules.get(m)
-            if arr is not None:
-                out[:, pos] = arr[:n, ss, fs]
+            if arr is not None and n:
+                # a loop, not arr[:n, ss, fs] into out[:, pos]: NumPy's fancy indexing made a
+                # temporary and took most of a region histogram's time
+                _gather(arr, n, ss, fs, pos, out)
         return out.reshape(n, h, w)
 
     def statistics(self, modules: Mapping[int, np.ndarray], n: int) -> RoiStatistics:
@@ -177,6 +179,14 @@ class RegionGather:
                 proj_x_train=(px.sum(axis=0) / pxn.sum(axis=0)).astype(np.float32),
                 proj_y_train=(py.sum(axis=0) / pyn.sum(axis=0)).astype(np.float32),
             )
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather(frames, n, ss, fs, pos, out):  # pragma: no cover
+    """out[p, pos[k]] = frames[p, ss[k], fs[k]] for the first n frames (as float32)."""
+    for p in range(n):
+        for k in range(ss.shape[0]):
+            out[p, pos[k]] = np.float32(frames[p, ss[k], fs[k]])
 
 
 @numba.njit(cache=True, nogil=True)

@@ -33,6 +33,7 @@ from pulsetrain.gui.base import (
     PropertyEditor,
     RateLimiter,
     fit_range,
+    follow_range,
     frame_source,
 )
 from pulsetrain.gui.scene import Panel
@@ -324,7 +325,9 @@ class RoiPanel(_OutputPanel):
         x = x[np.isfinite(x)]
         if y.size:
             fit_range(fig.y_range, float(y.min()), float(y.max()))
-        if x.size:
+        if x.size and xkey == "train":  # train IDs: a growing axis
+            follow_range(fig.x_range, float(x.min()) - 0.5, float(x.max()) + 0.5)
+        elif x.size:  # pulse indices, pixels of a projection
             lo, hi = float(x.min()), float(x.max())
             fig.x_range.update(start=lo - 0.5, end=hi + 0.5 if hi > lo else lo + 0.5)
 
@@ -446,9 +449,12 @@ class HistogramPanel(_OutputPanel):
             "train": np.full(len(counts), frame.train_id or -1, dtype=np.int64),
         }
         top = float(counts.max()) if counts.size else 1.0
-        fig.x_range.update(start=float(edges[0]), end=float(edges[-1]))
+        # bins that move a little from train to train (an automatic range) keep the axis
+        fit_range(fig.x_range, float(edges[0]), float(edges[-1]))
         if scale == "log":
-            fig.y_range.update(start=0.5, end=max(1.0, top) * 2.0)
+            # a new top only when the highest count leaves the upper decade below the axis top
+            if not 0.1 * fig.y_range.end <= max(1.0, top) <= fig.y_range.end / 1.5:
+                fig.y_range.update(start=0.5, end=max(1.0, top) * 3.0)
         elif not FIT_KEEP_FILL * fig.y_range.end <= max(1.0, top) <= fig.y_range.end:
             # a new top only when the counts leave 60-100 % of the axis (see fit_range)
             fig.y_range.update(start=0.0, end=max(1.0, top) * 1.05)

@@ -414,3 +414,31 @@ def fit_range(rng: Any, lo: float, hi: float) -> None:
     start, end = axis_limits(lo, hi)
     if (rng.start, rng.end) != (start, end):
         rng.update(start=start, end=end)
+
+
+#: A growing axis (time, train ID) gets this fraction of its span as room ahead of the data.
+FOLLOW_AHEAD = 0.15
+
+
+def follow_range(rng: Any, first: float, last: float, min_span: float = 1.0) -> None:
+    """Fit a ``Range1d`` to a growing axis (time, train ID) that changes only now and then.
+
+    Data that advance at every update would move the range at every update, and each move
+    makes the browser measure the axis's tick labels again: the end goes :data:`FOLLOW_AHEAD`
+    of the data's span (at least ``min_span``) beyond the last value, and the range stays while
+    the data are inside it and fill :data:`FIT_KEEP_FILL` of it (a trend of 300 s moves once
+    every 45 s, not every second).
+    """
+    span = max(last - first, min_span)
+    start, end = rng.start, rng.end
+    if (
+        start is not None
+        and end is not None
+        and start <= first
+        and last <= end
+        and span >= FIT_KEEP_FILL * (end - start)
+    ):
+        return
+    new = (first, last + FOLLOW_AHEAD * span)
+    if (rng.start, rng.end) != new:
+        rng.update(start=new[0], end=new[1])

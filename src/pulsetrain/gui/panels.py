@@ -44,6 +44,7 @@ from pulsetrain.gui.base import (
     css_name,
     fit_range,
     fmt_value,
+    follow_range,
     frame_source,
     state_html,
 )
@@ -272,8 +273,7 @@ class TrendPanel(PanelBase):
         if times:
             first = min(float(t[0]) for t in times)
             last = max(float(t[-1]) for t in times)
-            if (self.fig.x_range.start, self.fig.x_range.end) != (first, last):
-                self.fig.x_range.update(start=first, end=max(last, first + 1000.0))
+            follow_range(self.fig.x_range, first, last, min_span=1000.0)  # ms
 
 
 class CountersPanel(PanelBase):
