@@ -193,3 +193,24 @@ def test_poll_keeps_typed_text_that_already_is_the_device_value(session):
         drive(session, lambda: vmax.widget.value == "8000.0")
     finally:
         session.backend.set_property(PREVIEW, "vmax", original, token)
+
+
+def test_a_page_opening_holds_back_other_pages_deferred_panels_for_a_while(monkeypatch):
+    """Deferred panels of page A wait while page B is served but has no first image yet (the
+    web server's one loop goes to B's HTML, image socket and first image), at most
+    OPENING_SECONDS; a page never holds itself up."""
+    from pulsetrain.gui import app
+
+    clock = [100.0]
+    monkeypatch.setattr(app.time, "monotonic", lambda: clock[0])
+    server = object.__new__(app.GuiServer)  # the bookkeeping only: no web server
+    server.opening = {}
+    assert not server.another_page_opening(1)
+    server.opening[2] = clock[0]  # page 2 served, no image yet
+    assert server.another_page_opening(1)
+    assert not server.another_page_opening(2)
+    clock[0] += app.OPENING_SECONDS - 0.1
+    assert server.another_page_opening(1)
+    clock[0] += 0.2  # no image came in time: page 2 holds nobody up any longer
+    assert not server.another_page_opening(1)
+    assert server.opening == {}

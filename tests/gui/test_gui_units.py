@@ -7,7 +7,6 @@ import io
 import h5py
 import numpy as np
 from bokeh import palettes
-
 from bokeh.models import Range1d
 
 from pulsetrain.gui.base import axis_limits, follow_range

@@ -63,6 +63,10 @@ PAGE_BUILT_JS = """() => {
 #: Seconds after which a page's other panels are built even if its first image has not come.
 LATER_SECONDS = 1.5
 
+#: A page opened less than this many seconds ago and still without its first image keeps
+#: other pages from building their deferred panels (see ``SceneSession._build_later``).
+OPENING_SECONDS = 4.0
+
 #: Seconds between two checks for new pipeline data in a page.
 TICK_SECONDS = 0.025
 
@@ -128,6 +132,8 @@ class SceneSession:
             doc.add_timeout_callback(self._start_later, int(LATER_SECONDS * 1000))
         else:
             self._last_root.tags = ["built"]
+        if served and self.image_channels:
+            server.opening[id(self)] = time.monotonic()
         doc.template = _page_template(scene.columns)
         doc.template_variables["pt_image_script"] = _image_script(self.image_channels)
         self._last_poll = self.backend.polls
@@ -149,7 +155,17 @@ class SceneSession:
             self._build_later(later)
 
     def _build_later(self, later: list[tuple[Panel, Any]]) -> None:
-        """Build the next deferred panel, then give the loop back (images, other pages)."""
+        """Build the next deferred panel, then give the loop back (images, other pages).
+
+        While another page is opening (served, first image not yet sent, for at most
+        :data:`OPENING_SECONDS`), wait: building a panel holds the web server's only loop for a
+        good part of a second on a loaded machine, and the other page's HTML, its image
+        WebSocket and its first image all wait for that loop (measured: a second page opened
+        while the first built its panels got its first image after 4-5 s instead of 2).
+        """
+        if self.server.another_page_opening(id(self)):
+            self.doc.add_timeout_callback(functools.partial(self._build_later, later), 50)
+            return
         spec, root = later.pop(0)
         try:
             self._add_panel(spec, root)
@@ -282,6 +298,7 @@ class SceneSession:
     def count_image_push(self) -> None:
         """Count one image sent to the browser (``image_pushes`` in ``/status.json``)."""
         self.server.image_pushes += 1
+        self.server.opening.pop(id(self), None)
         if self._later:
             self.doc.add_next_tick_callback(self._start_later)
 
@@ -689,6 +706,8 @@ class GuiServer:
         self.css = (STATIC_DIR / "pulsetrain.css").read_text()
         self.sessions = 0
         self.image_pushes = 0
+        #: pages opening: id(SceneSession) → time.monotonic() when served (until a first image)
+        self.opening: dict[int, float] = {}
         self.image_channels = ImageChannels()
         #: key → (filename, bytes, MIME type, time.monotonic() when offered)
         self.downloads: dict[str, tuple[str, bytes, str, float]] = {}
@@ -729,6 +748,16 @@ class GuiServer:
         return f"/download/{key}"
 
     # ------------------------------------------------------------ serving
+    def another_page_opening(self, me: int) -> bool:
+        """Whether a page other than ``me`` is opening (see ``SceneSession._build_later``)."""
+        now = time.monotonic()
+        for key, since in list(self.opening.items()):
+            if now - since > OPENING_SECONDS:  # no image came: it holds nobody up any longer
+                self.opening.pop(key, None)
+            elif key != me:
+                return True
+        return False
+
     def _make_document(self, scene: Scene, doc: Document) -> None:
         self.sessions += 1
         SceneSession(self, scene, doc)

@@ -263,7 +263,7 @@ class DetectorImagePanel(PanelBase):
         self.acked_at = time.monotonic()
 
     def _may_push(self, now: float) -> bool:
-        """Whether the browser took the images sent so far (at most one in flight).
+        """Whether the browser took the images sent so far (at most two in flight).
 
         Each image carries its number (``push``), which the page sends back once it has drawn
         it.  Nothing goes before the page has connected; after :data:`ACK_TIMEOUT` seconds

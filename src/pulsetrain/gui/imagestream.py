@@ -22,8 +22,9 @@ A message (little-endian)::
 The metadata says where the arrays start (``levels_at``, ``values_at``, 8-byte aligned) and what
 the image is (``train``, ``pulse``, ``kind``, ``unit``, levels ``vmin``/``vmax``/``scale``,
 ``push``: the image's number).  Level 0 is "no detector pixel".  The page answers each message
-with ``{"ack": push}`` once it has drawn it: the panel sends the next image only then (at most
-one in flight), so a page short of CPU gets fewer images, never a queue of stale ones.
+with ``{"ack": push}`` once it has drawn it: the panel sends a new image only while at most
+one is unanswered (two in flight at most), so a page short of CPU gets fewer images, never a
+queue of stale ones.
 
 The WebSocket is found by a random token that only the page's own HTML carries; it is served by
 the GUI's web server on :data:`PATH` and answers only origins the GUI allows.
