@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -209,6 +210,8 @@ class CanvasPeer:
 
 #: GUI processes started by this run (stopped at the end even when the run fails).
 _STARTED: list[GuiProcess] = []
+#: Work directories of this run (catalogue of constants: a few hundred MB), removed at the end.
+_WORKDIRS: list[Path] = []
 
 
 class GuiProcess:
@@ -366,6 +369,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from pulsetrain.runtime.supervisor import Supervisor
 
     work = Path(tempfile.mkdtemp(prefix="pulsetrain-bench-gui-"))
+    _WORKDIRS.append(work)
     topology = prepare_topology(work, f"gui-bench-{os.getpid()}", lambda s: print(s, flush=True))
     (work / "live.toml").write_text(LIVE_SCENE)
     print(
@@ -586,6 +590,8 @@ def run(main) -> None:
     finally:
         for started in _STARTED:
             started.close()
+        for work in _WORKDIRS:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
