@@ -211,9 +211,17 @@ def test_no_sbatch_is_one_line(raw_and_catalog, slurm_partition, tmp_path):
     assert done.stderr.strip().splitlines() == [expected]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def _ignore_sigint() -> None:  # as bash starts a background job of a script
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize(
+    ("sig", "started_ignoring_sigint"),
+    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGINT, True)],
+    ids=["SIGTERM", "SIGINT", "SIGINT-to-a-background-job"],
+)
 def test_jobs_are_cancelled_when_the_command_is_stopped(
-    raw_and_catalog, slurm_partition, tmp_path, sig
+    raw_and_catalog, slurm_partition, tmp_path, sig, started_ignoring_sigint
 ):
     raw, url = raw_and_catalog
     before = set(squeue())
@@ -223,6 +231,7 @@ def test_jobs_are_cancelled_when_the_command_is_stopped(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_ignore_sigint if started_ignoring_sigint else None,  # noqa: PLW1509
     )
     jobs: set[str] = set()
     try:

@@ -386,17 +386,20 @@ class _SlurmWatch:
 
 
 class _Interrupted(KeyboardInterrupt):
-    """SIGTERM or SIGHUP arrived while SLURM jobs were out (handled as Ctrl-C)."""
+    """SIGINT, SIGTERM or SIGHUP arrived while SLURM jobs were out (handled as Ctrl-C)."""
 
 
 @contextlib.contextmanager
 def _signals_interrupt() -> Iterator[None]:
-    """While in this block, SIGTERM and SIGHUP interrupt the main thread like Ctrl-C does.
+    """While in this block, SIGINT, SIGTERM and SIGHUP interrupt the main thread like Ctrl-C.
 
-    Python's default for them ends the process without unwinding, which would leave the SLURM
-    jobs queued or running until their workers' ``--death-timeout`` (60 s without a
-    scheduler); raised as :class:`KeyboardInterrupt`, they unwind through the cluster's close,
-    which cancels the jobs.  Only in the main thread (elsewhere signals cannot be handled).
+    Python's default for SIGTERM and SIGHUP ends the process without unwinding, which would
+    leave the SLURM jobs queued or running until their workers' ``--death-timeout`` (60 s
+    without a scheduler); raised as :class:`KeyboardInterrupt`, they unwind through the
+    cluster's close, which cancels the jobs.  SIGINT too, even when the command was started
+    with SIGINT ignored (a background job of a script: Python then keeps ignoring it), so that
+    ``kill -INT`` stops it as it stops ``pulsetrain run``.  Only in the main thread (elsewhere
+    signals cannot be handled).
     """
     import signal
     import threading
@@ -408,7 +411,9 @@ def _signals_interrupt() -> Iterator[None]:
     def interrupt(signum: int, frame: Any) -> None:
         raise _Interrupted(signal.Signals(signum).name)
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {
+        sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
     try:
         yield
     finally:
