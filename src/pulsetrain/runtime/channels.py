@@ -223,7 +223,8 @@ def unbind_released(sock: zmq.Socket, endpoints: list[str], timeout: float = 1.0
     ZeroMQ closes a listener on its I/O thread, after ``close()`` or ``unbind()`` returned: a
     caller that binds the same address right away (a restarted device, a test) could find it
     still taken. The socket monitor reports each listener's close; this waits for them (at most
-    ``timeout`` seconds). Connections already made stay, so queued messages are still sent.
+    ``timeout`` seconds). Unbinding also drops the connections the listener accepted, and what
+    is still queued for them: only for a socket about to be closed without linger.
     """
     waiting = {ep for ep in endpoints if ep.startswith(("tcp://", "ipc://"))}
     if not waiting:
@@ -524,10 +525,14 @@ class OutputChannel:
             pending.done.set()
         self._wake_writer()
         with self._lock:  # a writer may still be using the socket
-            # The address is free when close() returns (a restart may bind it at once); ZeroMQ
-            # still sends what is queued (the last trains' bytes) for up to the linger.
-            unbind_released(self._router, self.endpoints)
-            self._router.close(int(max(0.0, deadline - time.monotonic()) * 1000))
+            # ZeroMQ still sends what is queued (the last trains' bytes, the goodbye) for up to
+            # the linger; then it closes the listener on its own thread (a restart binding the
+            # same address retries: bind_retrying).  Without linger nothing more is sent, and
+            # the address is free when close() returns (a failed start leaves no port bound).
+            linger_ms = int(max(0.0, deadline - time.monotonic()) * 1000)
+            if linger_ms == 0:
+                unbind_released(self._router, self.endpoints)
+            self._router.close(linger_ms)
             for fd in (self._writer_wake_r, self._writer_wake_w):
                 os.close(fd)
         for sock in (self._wake_r, self._wake_w):
