@@ -519,16 +519,13 @@ def _image_script(channels: list[dict[str, Any]]) -> str:
     if not channels:
         return ""
     names = json.dumps(channels).replace("</", "<\\/")
-    render = (STATIC_DIR / "image-render.js").read_text()
-    source = json.dumps(render).replace("</", "<\\/")  # the worker is made from this text
-    return (
-        f"<script>window.ptImageChannels = {names};\n"
-        f"window.ptImageRenderSource = {source};\n"
-        + render
-        + "\n"
-        + (STATIC_DIR / "image.js").read_text()
-        + "</script>"
-    )
+    return f"<script>window.ptImageChannels = {names};\n{_image_scripts()}</script>"
+
+
+@functools.cache
+def _image_scripts() -> str:
+    """``static/image-render.js`` and ``static/image.js``, read once per process."""
+    return "\n".join((STATIC_DIR / f).read_text() for f in ("image-render.js", "image.js"))
 
 
 def _download_trigger() -> Div:

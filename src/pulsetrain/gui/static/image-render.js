@@ -2,8 +2,8 @@
 // message layout).  This function runs in a Web Worker of its own when the browser can hand a
 // canvas to a worker (OffscreenCanvas), so that images arrive, are colour-mapped, drawn and
 // acknowledged while the page's main thread is busy with BokehJS redrawing the other panels;
-// otherwise (older browsers) image.js uses it on the main thread.  It must stay self-contained:
-// the worker is built from its source text.
+// otherwise (older browsers) image.js uses it on the main thread.  Both functions must stay
+// self-contained: the worker is built from their source text.
 function ptImageRenderer() {
   "use strict";
   const decoder = new TextDecoder();
@@ -120,10 +120,10 @@ function ptImageRenderer() {
   return Renderer;
 }
 
-// In a worker: the page sends {type: "init", canvas, lut, url}, then placements and snapshot
-// requests.
-if (typeof WorkerGlobalScope !== "undefined" && self instanceof WorkerGlobalScope) {
-  const Renderer = ptImageRenderer();
+// The worker's own code: the page sends {type: "init", canvas, lut, url}, then placements and
+// snapshot requests.  image.js makes the worker from the source of these two functions.
+function ptImageWorkerMain(Renderer) {
+  "use strict";
   let renderer = null;
   self.onmessage = (ev) => {
     const m = ev.data;

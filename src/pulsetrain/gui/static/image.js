@@ -20,14 +20,14 @@
     return ((255 << 24) | (b << 16) | (g << 8) | r) >>> 0; // little-endian RGBA in a Uint32
   }
 
-  // The renderer's worker, from the source of ptImageRenderer (image-render.js, on this page).
+  // The renderer's worker, from the source of image-render.js's two functions (on this page).
   let workerUrl = null;
   function makeWorker() {
     if (typeof Worker === "undefined" || typeof OffscreenCanvas === "undefined" ||
         !HTMLCanvasElement.prototype.transferControlToOffscreen) { return null; }
     try {
       if (workerUrl === null) {
-        const source = window.ptImageRenderSource;
+        const source = "(" + ptImageWorkerMain + ")((" + ptImageRenderer + ")());";
         workerUrl = URL.createObjectURL(new Blob([source], { type: "text/javascript" }));
       }
       return new Worker(workerUrl);
